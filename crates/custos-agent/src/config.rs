@@ -1,0 +1,779 @@
+//! The agent configuration file (TOML).
+//!
+//! The file is parsed into private "raw" structs that reject unknown fields,
+//! then validated into the typed structs below, whose rustdoc is the
+//! reference for every option. Errors name the offending field, e.g.
+//! `sources[1].table: ...`.
+//!
+//! A complete example, with every default spelled out:
+//!
+//! ```toml
+//! [agent]                      # optional section
+//! # hostname = "web-1"         # default: /proc/sys/kernel/hostname
+//! batch_max_events = 5000
+//! batch_max_bytes = 1048576
+//! flush_interval_ms = 1000
+//!
+//! [[sources]]
+//! type = "file"
+//! paths = ["/var/log/app/*.log"]
+//! table = "logs"
+//! level = "enhanced"           # or 0-3
+//! start_at = "beginning"       # or "end"
+//! max_line_bytes = 262144
+//!
+//! [[sources]]
+//! type = "stdin"
+//! table = "logs"
+//!
+//! [[sources]]
+//! type = "inventory"
+//! interval_secs = 3600
+//! ```
+//!
+//! A configuration with no `[[sources]]` at all is rejected.
+
+use custos_model::{Level, TableName};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default for [`AgentSettings::batch_max_events`].
+pub const DEFAULT_BATCH_MAX_EVENTS: usize = 5000;
+/// Default for [`AgentSettings::batch_max_bytes`].
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 1024 * 1024;
+/// Default for [`AgentSettings::flush_interval`], in milliseconds.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
+/// Default for the `table` of file and stdin sources.
+pub const DEFAULT_LOG_TABLE: &str = "logs";
+/// Default for `max_line_bytes` of file and stdin sources.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024;
+/// Upper bound accepted for `max_line_bytes` (a line is buffered whole in memory).
+pub const MAX_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+/// Default for [`InventorySourceConfig::interval`], in seconds.
+pub const DEFAULT_INVENTORY_INTERVAL_SECS: u64 = 3600;
+/// Where the system host name is read from when `agent.hostname` is not set.
+pub const SYSTEM_HOSTNAME_PATH: &str = "/proc/sys/kernel/hostname";
+
+/// A configuration that could not be read, parsed or validated.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("reading config file {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// An error in a particular configuration file (wraps the specific error).
+    #[error("config file {}: {source}", .path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: Box<ConfigError>,
+    },
+    /// Not valid TOML, an unknown field or source type, a missing required
+    /// field, or a value of the wrong type.
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A field has a value that is not allowed.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, as a TOML path (`sources[0].table`).
+        field: String,
+        /// Why the value is rejected (names the value).
+        reason: String,
+    },
+    /// The configuration declares no source.
+    #[error("config has no [[sources]]: add at least one source (file, stdin or inventory)")]
+    NoSources,
+    /// `agent.hostname` is not set and the system host name could not be read.
+    #[error("agent.hostname is not set and the system host name could not be read from {SYSTEM_HOSTNAME_PATH}: {0}")]
+    Hostname(String),
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The validated agent configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentConfig {
+    /// The `[agent]` section (all defaults when absent).
+    pub agent: AgentSettings,
+    /// The `[[sources]]`, in file order; never empty.
+    pub sources: Vec<SourceConfig>,
+}
+
+/// The `[agent]` section: batching and identity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentSettings {
+    /// `hostname`: the host name reported in every event. Optional; when
+    /// absent, the system host name ([`SYSTEM_HOSTNAME_PATH`]) is used, see
+    /// [`AgentSettings::resolve_hostname`]. Must be non-empty, at most 253
+    /// bytes, without whitespace or control characters.
+    pub hostname: Option<String>,
+    /// `batch_max_events`: the most events in one shipped batch. Default 5000, at least 1.
+    pub batch_max_events: usize,
+    /// `batch_max_bytes`: the approximate most raw bytes (message text and
+    /// attributes) in one batch. Default 1048576, at least 1024. A single
+    /// event larger than this still travels, alone.
+    pub batch_max_bytes: usize,
+    /// `flush_interval_ms`: a batch that is not full is shipped after this
+    /// long. Default 1000 ms, at least 1 ms.
+    pub flush_interval: Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            hostname: None,
+            batch_max_events: DEFAULT_BATCH_MAX_EVENTS,
+            batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            flush_interval: Duration::from_millis(DEFAULT_FLUSH_INTERVAL_MS),
+        }
+    }
+}
+
+impl AgentSettings {
+    /// The host name to report: the configured override, else the system host
+    /// name read from [`SYSTEM_HOSTNAME_PATH`].
+    pub fn resolve_hostname(&self) -> Result<String, ConfigError> {
+        match &self.hostname {
+            Some(h) => Ok(h.clone()),
+            None => system_hostname(),
+        }
+    }
+}
+
+/// The system host name, from [`SYSTEM_HOSTNAME_PATH`], trimmed.
+pub fn system_hostname() -> Result<String, ConfigError> {
+    let raw = std::fs::read_to_string(SYSTEM_HOSTNAME_PATH)
+        .map_err(|e| ConfigError::Hostname(e.to_string()))?;
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(ConfigError::Hostname("the file is empty".into()));
+    }
+    Ok(name.to_string())
+}
+
+/// One `[[sources]]` entry; `type` selects the variant.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceConfig {
+    /// `type = "file"`: tail files matching glob patterns.
+    File(FileSourceConfig),
+    /// `type = "stdin"`: read lines from standard input until it ends.
+    Stdin(StdinSourceConfig),
+    /// `type = "inventory"`: periodic hardware and OS inventory.
+    Inventory(InventorySourceConfig),
+}
+
+impl SourceConfig {
+    /// The source's unique name (its `name`, or the default derived from its type).
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::File(f) => &f.name,
+            SourceConfig::Stdin(s) => &s.name,
+            SourceConfig::Inventory(i) => &i.name,
+        }
+    }
+}
+
+/// Where to start reading a file the agent has never seen before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// `"beginning"`: read the whole file (the default).
+    #[default]
+    Beginning,
+    /// `"end"`: skip what the file already holds and read only what is
+    /// appended. Applies only to files present when the source first starts
+    /// without saved positions; files appearing later (for example after a
+    /// rotation) are always read from the beginning so nothing is lost.
+    End,
+}
+
+/// A `type = "file"` source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSourceConfig {
+    /// `name`: unique name of the source, the key of its saved positions.
+    /// Optional; default `file:<table>:<paths joined by ",">`. Set it
+    /// explicitly if you want positions kept when you edit `paths`.
+    pub name: String,
+    /// `paths`: absolute glob patterns (`*`, `?`, `[..]`, `**`), required and
+    /// non-empty. Re-evaluated on every poll, so new files are picked up.
+    pub paths: Vec<String>,
+    /// `table`: destination table, a lowercase SQL identifier. Default `"logs"`.
+    pub table: TableName,
+    /// `level`: consent level of the events, a name (`security`, `basic`,
+    /// `enhanced`, `full`) or a number 0-3. Default `enhanced`.
+    pub level: Level,
+    /// `start_at`: `"beginning"` (default) or `"end"`; see [`StartAt`].
+    pub start_at: StartAt,
+    /// `max_line_bytes`: longer lines are split into pieces of at most this
+    /// many bytes, each event getting the attribute `truncated = true`.
+    /// Default 262144; between 1 and 16777216.
+    pub max_line_bytes: usize,
+}
+
+/// A `type = "stdin"` source (at most one per configuration).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StdinSourceConfig {
+    /// `name`: unique name of the source. Optional; default `"stdin"`.
+    pub name: String,
+    /// `table`: destination table. Default `"logs"`.
+    pub table: TableName,
+    /// `level`: consent level of the events (name or 0-3). Default `enhanced`.
+    pub level: Level,
+    /// `max_line_bytes`: as for file sources. Default 262144.
+    pub max_line_bytes: usize,
+}
+
+/// A `type = "inventory"` source. Its events go to the table `inventory`,
+/// category inventory, level basic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InventorySourceConfig {
+    /// `name`: unique name of the source. Optional; default `"inventory"`.
+    pub name: String,
+    /// `interval_secs`: how often the inventory is collected again while the
+    /// agent runs (it is always collected at start). Default 3600, at least 1.
+    pub interval: Duration,
+}
+
+// ---------------------------------------------------------------------------
+// Raw (serde) shapes.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    agent: Option<RawAgent>,
+    #[serde(default)]
+    sources: Vec<RawSource>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    hostname: Option<String>,
+    batch_max_events: Option<i64>,
+    batch_max_bytes: Option<i64>,
+    flush_interval_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum RawSource {
+    File(RawFileSource),
+    Stdin(RawStdinSource),
+    Inventory(RawInventorySource),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileSource {
+    name: Option<String>,
+    paths: Vec<String>,
+    table: Option<String>,
+    level: Option<toml::Value>,
+    start_at: Option<String>,
+    max_line_bytes: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStdinSource {
+    name: Option<String>,
+    table: Option<String>,
+    level: Option<toml::Value>,
+    max_line_bytes: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventorySource {
+    name: Option<String>,
+    interval_secs: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------
+// Validation.
+
+impl AgentConfig {
+    /// Parse and validate a configuration from TOML text.
+    pub fn from_toml_str(text: &str) -> Result<AgentConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        validate(raw)
+    }
+
+    /// Read, parse and validate a configuration file; errors name the file.
+    pub fn from_path(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|e| ConfigError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<AgentConfig, ConfigError> {
+    let agent = validate_agent(raw.agent.unwrap_or_default())?;
+    if raw.sources.is_empty() {
+        return Err(ConfigError::NoSources);
+    }
+    let mut sources = Vec::with_capacity(raw.sources.len());
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    let mut stdin_at: Option<usize> = None;
+    for (i, rs) in raw.sources.into_iter().enumerate() {
+        let at = format!("sources[{i}]");
+        let source = match rs {
+            RawSource::File(f) => SourceConfig::File(validate_file(&at, f)?),
+            RawSource::Stdin(s) => {
+                if let Some(first) = stdin_at {
+                    return Err(invalid(
+                        format!("{at}.type"),
+                        format!(
+                            "only one stdin source is allowed (sources[{first}] is already one)"
+                        ),
+                    ));
+                }
+                stdin_at = Some(i);
+                SourceConfig::Stdin(validate_stdin(&at, s)?)
+            }
+            RawSource::Inventory(v) => SourceConfig::Inventory(validate_inventory(&at, v)?),
+        };
+        if let Some(first) = names.insert(source.name().to_string(), i) {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!(
+                    "duplicate source name {:?} (also sources[{first}]); give one of them a distinct `name`",
+                    source.name()
+                ),
+            ));
+        }
+        sources.push(source);
+    }
+    Ok(AgentConfig { agent, sources })
+}
+
+fn positive(
+    field: &str,
+    v: Option<i64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    match u64::try_from(v) {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(invalid(
+            field,
+            format!("{v} is out of range (expected {min} to {max})"),
+        )),
+    }
+}
+
+fn to_usize(field: &str, v: u64) -> Result<usize, ConfigError> {
+    usize::try_from(v).map_err(|_| invalid(field, format!("{v} is too large for this platform")))
+}
+
+fn validate_agent(raw: RawAgent) -> Result<AgentSettings, ConfigError> {
+    let hostname = match raw.hostname {
+        None => None,
+        Some(h) => {
+            if h.is_empty() || h.len() > 253 {
+                return Err(invalid(
+                    "agent.hostname",
+                    format!("{h:?} must be 1 to 253 bytes long"),
+                ));
+            }
+            if h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "agent.hostname",
+                    format!("{h:?} must not contain whitespace or control characters"),
+                ));
+            }
+            Some(h)
+        }
+    };
+    let batch_max_events = positive(
+        "agent.batch_max_events",
+        raw.batch_max_events,
+        DEFAULT_BATCH_MAX_EVENTS as u64,
+        1,
+        10_000_000,
+    )?;
+    let batch_max_bytes = positive(
+        "agent.batch_max_bytes",
+        raw.batch_max_bytes,
+        DEFAULT_BATCH_MAX_BYTES as u64,
+        1024,
+        1 << 30,
+    )?;
+    let flush_ms = positive(
+        "agent.flush_interval_ms",
+        raw.flush_interval_ms,
+        DEFAULT_FLUSH_INTERVAL_MS,
+        1,
+        24 * 3600 * 1000,
+    )?;
+    Ok(AgentSettings {
+        hostname,
+        batch_max_events: to_usize("agent.batch_max_events", batch_max_events)?,
+        batch_max_bytes: to_usize("agent.batch_max_bytes", batch_max_bytes)?,
+        flush_interval: Duration::from_millis(flush_ms),
+    })
+}
+
+fn validate_name(
+    at: &str,
+    name: Option<String>,
+    default: impl FnOnce() -> String,
+) -> Result<String, ConfigError> {
+    let Some(name) = name else {
+        return Ok(default());
+    };
+    if name.trim().is_empty() || name.len() > 256 {
+        return Err(invalid(
+            format!("{at}.name"),
+            format!("{name:?} must be 1 to 256 bytes and not blank"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid(
+            format!("{at}.name"),
+            format!("{name:?} must not contain control characters"),
+        ));
+    }
+    Ok(name)
+}
+
+fn validate_table(at: &str, table: Option<String>) -> Result<TableName, ConfigError> {
+    let table = table.unwrap_or_else(|| DEFAULT_LOG_TABLE.to_string());
+    TableName::new(table).map_err(|e| invalid(format!("{at}.table"), e.to_string()))
+}
+
+fn validate_level(at: &str, level: Option<toml::Value>) -> Result<Level, ConfigError> {
+    let field = format!("{at}.level");
+    match level {
+        None => Ok(Level::default()),
+        Some(toml::Value::String(s)) => s
+            .parse()
+            .map_err(|e: custos_model::LevelParseError| invalid(field, e.to_string())),
+        Some(toml::Value::Integer(n)) => u8::try_from(n)
+            .ok()
+            .and_then(|n| Level::try_from(n).ok())
+            .ok_or_else(|| {
+                invalid(
+                    field,
+                    format!("invalid level {n}: expected 0-3 or security, basic, enhanced, full"),
+                )
+            }),
+        Some(other) => Err(invalid(
+            field,
+            format!(
+                "expected a level name or a number 0-3, found a {}",
+                other.type_str()
+            ),
+        )),
+    }
+}
+
+fn validate_max_line(at: &str, v: Option<i64>) -> Result<usize, ConfigError> {
+    let field = format!("{at}.max_line_bytes");
+    let v = positive(
+        &field,
+        v,
+        DEFAULT_MAX_LINE_BYTES as u64,
+        1,
+        MAX_MAX_LINE_BYTES as u64,
+    )?;
+    to_usize(&field, v)
+}
+
+fn validate_file(at: &str, raw: RawFileSource) -> Result<FileSourceConfig, ConfigError> {
+    if raw.paths.is_empty() {
+        return Err(invalid(
+            format!("{at}.paths"),
+            "must list at least one glob pattern",
+        ));
+    }
+    for (j, p) in raw.paths.iter().enumerate() {
+        let field = format!("{at}.paths[{j}]");
+        if !Path::new(p).is_absolute() {
+            return Err(invalid(
+                field,
+                format!("pattern {p:?} is not an absolute path"),
+            ));
+        }
+        if let Err(e) = glob::Pattern::new(p) {
+            return Err(invalid(
+                field,
+                format!("pattern {p:?} is not a valid glob: {e}"),
+            ));
+        }
+    }
+    let table = validate_table(at, raw.table)?;
+    let level = validate_level(at, raw.level)?;
+    let start_at = match raw.start_at.as_deref() {
+        None | Some("beginning") => StartAt::Beginning,
+        Some("end") => StartAt::End,
+        Some(other) => {
+            return Err(invalid(
+                format!("{at}.start_at"),
+                format!("{other:?} is not one of \"beginning\", \"end\""),
+            ))
+        }
+    };
+    let max_line_bytes = validate_max_line(at, raw.max_line_bytes)?;
+    let name = validate_name(at, raw.name, || {
+        format!("file:{}:{}", table.as_str(), raw.paths.join(","))
+    })?;
+    Ok(FileSourceConfig {
+        name,
+        paths: raw.paths,
+        table,
+        level,
+        start_at,
+        max_line_bytes,
+    })
+}
+
+fn validate_stdin(at: &str, raw: RawStdinSource) -> Result<StdinSourceConfig, ConfigError> {
+    Ok(StdinSourceConfig {
+        name: validate_name(at, raw.name, || "stdin".to_string())?,
+        table: validate_table(at, raw.table)?,
+        level: validate_level(at, raw.level)?,
+        max_line_bytes: validate_max_line(at, raw.max_line_bytes)?,
+    })
+}
+
+fn validate_inventory(
+    at: &str,
+    raw: RawInventorySource,
+) -> Result<InventorySourceConfig, ConfigError> {
+    let secs = positive(
+        &format!("{at}.interval_secs"),
+        raw.interval_secs,
+        DEFAULT_INVENTORY_INTERVAL_SECS,
+        1,
+        365 * 24 * 3600,
+    )?;
+    Ok(InventorySourceConfig {
+        name: validate_name(at, raw.name, || "inventory".to_string())?,
+        interval: Duration::from_secs(secs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        AgentConfig::from_toml_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn full_example_parses_with_values() {
+        let cfg = AgentConfig::from_toml_str(
+            r#"
+            [agent]
+            hostname = "web-1"
+            batch_max_events = 100
+            batch_max_bytes = 65536
+            flush_interval_ms = 250
+
+            [[sources]]
+            type = "file"
+            paths = ["/var/log/app/*.log", "/var/log/other.log"]
+            table = "app_logs"
+            level = "full"
+            start_at = "end"
+            max_line_bytes = 1000
+
+            [[sources]]
+            type = "stdin"
+            level = 1
+
+            [[sources]]
+            type = "inventory"
+            interval_secs = 60
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.agent.hostname.as_deref(), Some("web-1"));
+        assert_eq!(cfg.agent.batch_max_events, 100);
+        assert_eq!(cfg.agent.batch_max_bytes, 65536);
+        assert_eq!(cfg.agent.flush_interval, Duration::from_millis(250));
+        assert_eq!(cfg.agent.resolve_hostname().unwrap(), "web-1");
+        let SourceConfig::File(f) = &cfg.sources[0] else {
+            panic!("not a file source")
+        };
+        assert_eq!(f.paths.len(), 2);
+        assert_eq!(f.table.as_str(), "app_logs");
+        assert_eq!(f.level, Level::Full);
+        assert_eq!(f.start_at, StartAt::End);
+        assert_eq!(f.max_line_bytes, 1000);
+        assert_eq!(
+            f.name,
+            "file:app_logs:/var/log/app/*.log,/var/log/other.log"
+        );
+        let SourceConfig::Stdin(s) = &cfg.sources[1] else {
+            panic!("not stdin")
+        };
+        assert_eq!(s.level, Level::Basic);
+        assert_eq!(s.table.as_str(), "logs");
+        assert_eq!(s.name, "stdin");
+        let SourceConfig::Inventory(i) = &cfg.sources[2] else {
+            panic!("not inventory")
+        };
+        assert_eq!(i.interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn defaults_apply_when_fields_are_absent() {
+        let cfg =
+            AgentConfig::from_toml_str("[[sources]]\ntype = \"file\"\npaths = [\"/x/*.log\"]\n")
+                .unwrap();
+        assert_eq!(cfg.agent, AgentSettings::default());
+        let SourceConfig::File(f) = &cfg.sources[0] else {
+            panic!("not a file source")
+        };
+        assert_eq!(f.table.as_str(), "logs");
+        assert_eq!(f.level, Level::Enhanced);
+        assert_eq!(f.start_at, StartAt::Beginning);
+        assert_eq!(f.max_line_bytes, DEFAULT_MAX_LINE_BYTES);
+        let cfg = AgentConfig::from_toml_str("[[sources]]\ntype = \"inventory\"\n").unwrap();
+        let SourceConfig::Inventory(i) = &cfg.sources[0] else {
+            panic!("not inventory")
+        };
+        assert_eq!(i.interval, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn empty_config_is_rejected_for_having_no_sources() {
+        assert!(err("").contains("config has no [[sources]]"));
+        assert!(err("[agent]\nbatch_max_events = 10\n").contains("no [[sources]]"));
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = err("[[sources]]\ntype = \"file\"\npaths = [\"/a\"]\npathz = 1\n");
+        assert!(e.contains("pathz"), "{e}");
+        let e = err("[agent]\nbatch_size = 1\n[[sources]]\ntype = \"stdin\"\n");
+        assert!(e.contains("batch_size"), "{e}");
+        let e = err("colour = 1\n[[sources]]\ntype = \"stdin\"\n");
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn unknown_source_type_is_named() {
+        let e = err("[[sources]]\ntype = \"journald\"\n");
+        assert!(e.contains("journald"), "{e}");
+        let e = err("[[sources]]\npaths = [\"/a\"]\n");
+        assert!(e.contains("type"), "{e}");
+    }
+
+    #[test]
+    fn bad_table_name_is_rejected_naming_the_field() {
+        let e = err("[[sources]]\ntype = \"file\"\npaths = [\"/a\"]\ntable = \"Bad-Name\"\n");
+        assert!(
+            e.contains("sources[0].table") && e.contains("Bad-Name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_level_is_rejected_naming_the_field() {
+        let e = err("[[sources]]\ntype = \"stdin\"\nlevel = \"verbose\"\n");
+        assert!(
+            e.contains("sources[0].level") && e.contains("verbose"),
+            "{e}"
+        );
+        let e = err("[[sources]]\ntype = \"stdin\"\nlevel = 4\n");
+        assert!(e.contains("sources[0].level") && e.contains('4'), "{e}");
+        let e = err("[[sources]]\ntype = \"stdin\"\nlevel = true\n");
+        assert!(e.contains("sources[0].level"), "{e}");
+    }
+
+    #[test]
+    fn missing_or_empty_paths_are_rejected() {
+        let e = err("[[sources]]\ntype = \"file\"\n");
+        assert!(e.contains("paths"), "{e}");
+        let e = err("[[sources]]\ntype = \"file\"\npaths = []\n");
+        assert!(
+            e.contains("sources[0].paths") && e.contains("at least one"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn relative_or_malformed_patterns_are_rejected() {
+        let e = err("[[sources]]\ntype = \"file\"\npaths = [\"/ok\", \"logs/*.log\"]\n");
+        assert!(
+            e.contains("sources[0].paths[1]") && e.contains("logs/*.log"),
+            "{e}"
+        );
+        let e = err("[[sources]]\ntype = \"file\"\npaths = [\"/a/[z\"]\n");
+        assert!(e.contains("sources[0].paths[0]"), "{e}");
+    }
+
+    #[test]
+    fn bad_start_at_and_out_of_range_numbers_are_rejected() {
+        let e = err("[[sources]]\ntype = \"file\"\npaths = [\"/a\"]\nstart_at = \"middle\"\n");
+        assert!(
+            e.contains("sources[0].start_at") && e.contains("middle"),
+            "{e}"
+        );
+        let e = err("[[sources]]\ntype = \"file\"\npaths = [\"/a\"]\nmax_line_bytes = 0\n");
+        assert!(e.contains("sources[0].max_line_bytes"), "{e}");
+        let e = err("[agent]\nbatch_max_events = -5\n[[sources]]\ntype = \"stdin\"\n");
+        assert!(
+            e.contains("agent.batch_max_events") && e.contains("-5"),
+            "{e}"
+        );
+        let e = err("[[sources]]\ntype = \"inventory\"\ninterval_secs = 0\n");
+        assert!(e.contains("sources[0].interval_secs"), "{e}");
+        let e = err("[agent]\nhostname = \"a b\"\n[[sources]]\ntype = \"stdin\"\n");
+        assert!(e.contains("agent.hostname"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_and_second_stdin_are_rejected() {
+        let e = err("[[sources]]\ntype = \"inventory\"\n[[sources]]\ntype = \"inventory\"\n");
+        assert!(
+            e.contains("sources[1].name") && e.contains("duplicate"),
+            "{e}"
+        );
+        let e =
+            err("[[sources]]\ntype = \"stdin\"\n[[sources]]\ntype = \"stdin\"\nname = \"other\"\n");
+        assert!(
+            e.contains("sources[1]") && e.contains("only one stdin"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn from_path_names_the_file_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let e = AgentConfig::from_path(&path).unwrap_err().to_string();
+        assert!(e.contains("agent.toml"), "{e}");
+        std::fs::write(&path, "[[sources]]\ntype = \"stdin\"\ntable = \"9x\"\n").unwrap();
+        let e = AgentConfig::from_path(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("agent.toml") && e.contains("sources[0].table"),
+            "{e}"
+        );
+        std::fs::write(&path, "[[sources]]\ntype = \"stdin\"\n").unwrap();
+        assert_eq!(AgentConfig::from_path(&path).unwrap().sources.len(), 1);
+    }
+}

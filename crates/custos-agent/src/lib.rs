@@ -1,0 +1,20 @@
+//! The custos agent: collects events on a host and ships them to the
+//! service. It links only the model (and later redact and wal): never the
+//! store, catalog or server crates (a test checks this).
+//!
+//! The path of an event on the host: a source ([`sources`]) reads it, the
+//! run loop ([`run`]) batches and compresses it into a wire frame, the
+//! shipper ([`ship`]) sends it over mutual TLS to a server trusted by its
+//! key pin ([`tls`]), and only after the server's acknowledgement does the
+//! source's position advance.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod error;
+pub mod identity;
+pub mod run;
+pub mod ship;
+pub mod sources;
+pub mod tls;
+
+pub use error::{error_chain, AgentError};

@@ -1,0 +1,654 @@
+//! The inventory source: hardware and operating system facts read from
+//! `/proc`, `/sys` and `os-release`.
+//!
+//! Events go to the table `inventory`, category inventory, level basic, and
+//! carry an attribute `kind`:
+//!
+//! - `kind = "host"` (one event): `os_name` (os-release `PRETTY_NAME`, else
+//!   `NAME`), `os_version` (`VERSION_ID`), `kernel` (`/proc/sys/kernel/osrelease`),
+//!   `cpu_model`, `cpu_cores` (logical CPUs), `memory_total_bytes`
+//!   (`/proc/meminfo` MemTotal), `boot_time` (microseconds since the Unix
+//!   epoch, from `/proc/stat` btime).
+//! - `kind = "disk"` (one per block device in `/sys/block`, except loop, ram
+//!   and zram devices): `disk_name`, `disk_size_bytes`, `disk_rotational`
+//!   (bool), `disk_model` when the device reports one.
+//! - `kind = "nic"` (one per interface in `/sys/class/net`, except `lo`):
+//!   `nic_name`, `nic_speed_mbps` (absent when unknown), `nic_operstate`.
+//!
+//! A fact that cannot be read is left out; collecting never fails. The
+//! message is a short human summary. The snapshot is taken at the first poll
+//! and again every `interval_secs`; nothing is persisted (a restart collects
+//! again), so commit is a no-op.
+
+use super::{Checkpoint, Poll, Source, SourceError};
+use crate::config::InventorySourceConfig;
+use custos_model::{Category, Event, Level, TableName, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The table inventory events go to.
+pub const INVENTORY_TABLE: &str = "inventory";
+
+/// A monotonic clock, injectable for tests.
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+/// Where the inventory is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InventoryPaths {
+    /// The procfs root (`/proc`).
+    pub proc_root: PathBuf,
+    /// The sysfs root (`/sys`).
+    pub sys_root: PathBuf,
+    /// os-release files, the first readable one wins
+    /// (`/etc/os-release`, `/usr/lib/os-release`).
+    pub os_release: Vec<PathBuf>,
+}
+
+impl InventoryPaths {
+    /// The running system's paths.
+    pub fn system() -> Self {
+        Self::under(Path::new("/"))
+    }
+
+    /// The same layout below `root` (for a fake tree, or a host file system
+    /// mounted in a container).
+    pub fn under(root: &Path) -> Self {
+        Self {
+            proc_root: root.join("proc"),
+            sys_root: root.join("sys"),
+            os_release: vec![root.join("etc/os-release"), root.join("usr/lib/os-release")],
+        }
+    }
+}
+
+impl Default for InventoryPaths {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+/// Collects the host inventory every `interval`.
+pub struct InventorySource {
+    cfg: InventorySourceConfig,
+    hostname: String,
+    table: TableName,
+    paths: InventoryPaths,
+    clock: Clock,
+    last_collected: Option<Instant>,
+    /// Events of the current snapshot not yet returned.
+    pending: VecDeque<Event>,
+    seq: u64,
+}
+
+impl InventorySource {
+    /// A source reading the running system.
+    pub fn new(cfg: InventorySourceConfig, hostname: &str) -> Self {
+        // Invariant: INVENTORY_TABLE is a constant lowercase identifier.
+        #[allow(clippy::expect_used)]
+        let table = TableName::new(INVENTORY_TABLE).expect("\"inventory\" is a valid table name");
+        Self {
+            cfg,
+            hostname: hostname.to_string(),
+            table,
+            paths: InventoryPaths::system(),
+            clock: Arc::new(Instant::now),
+            last_collected: None,
+            pending: VecDeque::new(),
+            seq: 0,
+        }
+    }
+
+    /// Read from `paths` instead of the running system.
+    pub fn with_paths(mut self, paths: InventoryPaths) -> Self {
+        self.paths = paths;
+        self
+    }
+
+    /// Use `clock` to decide when the interval has passed.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Take a snapshot now: the host event, then disks, then NICs.
+    pub fn collect(&self) -> Vec<Event> {
+        let time = custos_model::now_micros();
+        let mut events = Vec::new();
+        let mut push = |message: String, attrs: BTreeMap<String, Value>| {
+            events.push(Event {
+                table: self.table.clone(),
+                time,
+                level: Level::Basic,
+                category: Category::Inventory,
+                host: self.hostname.clone(),
+                message,
+                attrs,
+            });
+        };
+        let (msg, attrs) = host_facts(&self.paths);
+        push(msg, attrs);
+        for (msg, attrs) in disk_facts(&self.paths.sys_root) {
+            push(msg, attrs);
+        }
+        for (msg, attrs) in nic_facts(&self.paths.sys_root) {
+            push(msg, attrs);
+        }
+        events
+    }
+}
+
+impl Source for InventorySource {
+    fn name(&self) -> String {
+        self.cfg.name.clone()
+    }
+
+    /// Returns the snapshot (over several polls if the limits are small),
+    /// then nothing, exhausted, until `interval_secs` has passed since it was
+    /// taken. `drain` makes no difference.
+    fn poll(
+        &mut self,
+        max_events: usize,
+        max_bytes: usize,
+        _drain: bool,
+    ) -> Result<Poll, SourceError> {
+        let now = (self.clock)();
+        let due = self
+            .last_collected
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.interval);
+        if self.pending.is_empty() && due {
+            self.pending = self.collect().into();
+            self.last_collected = Some(now);
+            tracing::debug!(source = %self.cfg.name, events = self.pending.len(), "inventory collected");
+        }
+        let (max_events, max_bytes) = (max_events.max(1), max_bytes.max(1));
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(e) = self.pending.front() {
+            let size = e.approx_size();
+            if !events.is_empty() && (events.len() >= max_events || bytes + size > max_bytes) {
+                break;
+            }
+            bytes += size;
+            if let Some(e) = self.pending.pop_front() {
+                events.push(e);
+            }
+        }
+        self.seq += 1;
+        Ok(Poll {
+            events,
+            checkpoint: Checkpoint::new(&self.cfg.name, self.seq, None),
+            exhausted: self.pending.is_empty(),
+        })
+    }
+
+    fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), SourceError> {
+        checkpoint.check_owner(&self.cfg.name)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Readers. Every one returns None (or nothing) when the data is unavailable.
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Parse os-release `KEY=value` lines, unquoting values.
+fn parse_os_release(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim();
+        let v = if v.len() >= 2
+            && (v.starts_with('"') && v.ends_with('"') || v.starts_with('\'') && v.ends_with('\''))
+        {
+            let inner = &v[1..v.len() - 1];
+            let mut s = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                if c == '\\' {
+                    if let Some(n) = chars.next() {
+                        s.push(n);
+                    }
+                } else {
+                    s.push(c);
+                }
+            }
+            s
+        } else {
+            v.to_string()
+        };
+        out.insert(k.trim().to_string(), v);
+    }
+    out
+}
+
+/// `key : value` lines of /proc/cpuinfo: (model, logical CPU count).
+fn parse_cpuinfo(text: &str) -> (Option<String>, i64) {
+    let mut count = 0i64;
+    let mut model: Option<(usize, String)> = None;
+    // Keys naming the CPU model on various architectures, best first.
+    const MODEL_KEYS: [&str; 5] = ["model name", "cpu model", "Hardware", "uarch", "cpu"];
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k == "processor" {
+            count += 1;
+        }
+        if let Some(rank) = MODEL_KEYS.iter().position(|m| *m == k) {
+            if !v.is_empty() && model.as_ref().is_none_or(|(r, _)| rank < *r) {
+                model = Some((rank, v.to_string()));
+            }
+        }
+    }
+    (model.map(|(_, m)| m), count)
+}
+
+/// Count CPUs in a sysfs CPU list such as `0-3,8,10-11`.
+fn count_cpu_list(list: &str) -> Option<i64> {
+    let mut n = 0i64;
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (i64, i64) = (a.parse().ok()?, b.parse().ok()?);
+                n += (b - a + 1).max(0);
+            }
+            None => {
+                part.parse::<i64>().ok()?;
+                n += 1;
+            }
+        }
+    }
+    (n > 0).then_some(n)
+}
+
+/// `key: value` lookup in /proc/meminfo or /proc/stat style text.
+fn field<'a>(text: &'a str, key: &str, sep: char) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(sep)?;
+        (k.trim() == key).then(|| v.trim())
+    })
+}
+
+fn human_bytes(b: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+type Facts = (String, BTreeMap<String, Value>);
+
+fn host_facts(paths: &InventoryPaths) -> Facts {
+    let mut a: BTreeMap<String, Value> = BTreeMap::new();
+    a.insert("kind".into(), "host".into());
+    let os = paths
+        .os_release
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| parse_os_release(&t))
+        .unwrap_or_default();
+    let os_name = os
+        .get("PRETTY_NAME")
+        .or_else(|| os.get("NAME"))
+        .filter(|s| !s.is_empty())
+        .cloned();
+    let os_name = os_name.or_else(|| read_trimmed(&paths.proc_root.join("sys/kernel/ostype")));
+    if let Some(v) = &os_name {
+        a.insert("os_name".into(), v.as_str().into());
+    }
+    if let Some(v) = os.get("VERSION_ID").filter(|s| !s.is_empty()) {
+        a.insert("os_version".into(), v.as_str().into());
+    }
+    let kernel = read_trimmed(&paths.proc_root.join("sys/kernel/osrelease"));
+    if let Some(v) = &kernel {
+        a.insert("kernel".into(), v.as_str().into());
+    }
+    let (cpu_model, mut cores) = std::fs::read_to_string(paths.proc_root.join("cpuinfo"))
+        .map(|t| parse_cpuinfo(&t))
+        .unwrap_or((None, 0));
+    if cores == 0 {
+        cores = read_trimmed(&paths.sys_root.join("devices/system/cpu/online"))
+            .and_then(|l| count_cpu_list(&l))
+            .unwrap_or(0);
+    }
+    if let Some(v) = &cpu_model {
+        a.insert("cpu_model".into(), v.as_str().into());
+    }
+    if cores > 0 {
+        a.insert("cpu_cores".into(), Value::Int(cores));
+    }
+    let meminfo = std::fs::read_to_string(paths.proc_root.join("meminfo")).unwrap_or_default();
+    let mem = field(&meminfo, "MemTotal", ':')
+        .and_then(|v| v.trim_end_matches("kB").trim().parse::<i64>().ok())
+        .and_then(|kb| kb.checked_mul(1024));
+    if let Some(v) = mem {
+        a.insert("memory_total_bytes".into(), Value::Int(v));
+    }
+    let stat = std::fs::read_to_string(paths.proc_root.join("stat")).unwrap_or_default();
+    let boot = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .and_then(|s| s.checked_mul(1_000_000));
+    if let Some(v) = boot {
+        a.insert("boot_time".into(), Value::Int(v));
+    }
+    let mut parts = vec![os_name.unwrap_or_else(|| "unknown OS".into())];
+    if let Some(k) = kernel {
+        parts.push(format!("kernel {k}"));
+    }
+    if cores > 0 || cpu_model.is_some() {
+        parts.push(format!(
+            "{} x {}",
+            cores,
+            cpu_model.as_deref().unwrap_or("CPU")
+        ));
+    }
+    if let Some(m) = mem {
+        parts.push(format!("{} memory", human_bytes(m)));
+    }
+    (parts.join("; "), a)
+}
+
+/// Sorted names of the entries of `dir` (empty when unreadable).
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), error = %e, "cannot list directory");
+            Vec::new()
+        }
+    };
+    names.sort();
+    names
+}
+
+fn disk_facts(sys_root: &Path) -> Vec<Facts> {
+    let block = sys_root.join("block");
+    let mut out = Vec::new();
+    for name in dir_names(&block) {
+        if ["loop", "ram", "zram"].iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let dev = block.join(&name);
+        let mut a: BTreeMap<String, Value> = BTreeMap::new();
+        a.insert("kind".into(), "disk".into());
+        a.insert("disk_name".into(), name.as_str().into());
+        let size = read_trimmed(&dev.join("size"))
+            .and_then(|s| s.parse::<i64>().ok())
+            .and_then(|sectors| sectors.checked_mul(512));
+        if let Some(v) = size {
+            a.insert("disk_size_bytes".into(), Value::Int(v));
+        }
+        let rotational = read_trimmed(&dev.join("queue/rotational")).map(|s| s == "1");
+        if let Some(v) = rotational {
+            a.insert("disk_rotational".into(), Value::Bool(v));
+        }
+        let model = read_trimmed(&dev.join("device/model"));
+        if let Some(v) = &model {
+            a.insert("disk_model".into(), v.as_str().into());
+        }
+        let mut msg = format!("disk {name}");
+        if let Some(s) = size {
+            msg.push_str(&format!(", {}", human_bytes(s)));
+        }
+        match rotational {
+            Some(true) => msg.push_str(", rotational"),
+            Some(false) => msg.push_str(", non-rotational"),
+            None => {}
+        }
+        if let Some(m) = model {
+            msg.push_str(&format!(", {m}"));
+        }
+        out.push((msg, a));
+    }
+    out
+}
+
+fn nic_facts(sys_root: &Path) -> Vec<Facts> {
+    let net = sys_root.join("class/net");
+    let mut out = Vec::new();
+    for name in dir_names(&net) {
+        if name == "lo" {
+            continue;
+        }
+        let dev = net.join(&name);
+        let mut a: BTreeMap<String, Value> = BTreeMap::new();
+        a.insert("kind".into(), "nic".into());
+        a.insert("nic_name".into(), name.as_str().into());
+        // Reading `speed` fails (EINVAL) or gives -1 when the link is down or
+        // the driver does not know.
+        let speed = read_trimmed(&dev.join("speed"))
+            .and_then(|s| s.parse::<i64>().ok())
+            .filter(|s| *s >= 0);
+        if let Some(v) = speed {
+            a.insert("nic_speed_mbps".into(), Value::Int(v));
+        }
+        let state = read_trimmed(&dev.join("operstate"));
+        if let Some(v) = &state {
+            a.insert("nic_operstate".into(), v.as_str().into());
+        }
+        let mut msg = format!("nic {name}");
+        if let Some(s) = state {
+            msg.push_str(&format!(", {s}"));
+        }
+        if let Some(s) = speed {
+            msg.push_str(&format!(", {s} Mb/s"));
+        }
+        out.push((msg, a));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    fn cfg(secs: u64) -> InventorySourceConfig {
+        InventorySourceConfig {
+            name: "inventory".into(),
+            interval: Duration::from_secs(secs),
+        }
+    }
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn fake_tree(root: &Path) {
+        write(root, "etc/os-release", "NAME=\"Fake Linux\"\nPRETTY_NAME=\"Fake Linux 9 (Test)\"\nVERSION_ID=\"9.1\"\n# comment\n");
+        write(root, "proc/sys/kernel/osrelease", "6.1.0-fake\n");
+        write(
+            root,
+            "proc/cpuinfo",
+            "processor\t: 0\nmodel name\t: Fake CPU @ 3.00GHz\n\nprocessor\t: 1\nmodel name\t: Fake CPU @ 3.00GHz\n",
+        );
+        write(
+            root,
+            "proc/meminfo",
+            "MemTotal:       16318964 kB\nMemFree:         1000 kB\n",
+        );
+        write(root, "proc/stat", "cpu  1 2 3\nbtime 1700000000\n");
+        write(root, "sys/block/sda/size", "1953525168\n");
+        write(root, "sys/block/sda/queue/rotational", "1\n");
+        write(root, "sys/block/sda/device/model", "FAKEDISK 1TB   \n");
+        write(root, "sys/block/nvme0n1/size", "1000\n");
+        write(root, "sys/block/nvme0n1/queue/rotational", "0\n");
+        write(root, "sys/block/loop0/size", "8\n");
+        write(root, "sys/block/ram0/size", "8\n");
+        write(root, "sys/class/net/lo/operstate", "unknown\n");
+        write(root, "sys/class/net/eth0/operstate", "up\n");
+        write(root, "sys/class/net/eth0/speed", "1000\n");
+        write(root, "sys/class/net/wlan0/operstate", "down\n");
+        write(root, "sys/class/net/wlan0/speed", "-1\n");
+    }
+
+    fn by_kind<'a>(events: &'a [Event], kind: &str) -> Vec<&'a Event> {
+        events
+            .iter()
+            .filter(|e| e.attrs.get("kind") == Some(&Value::Str(kind.into())))
+            .collect()
+    }
+
+    fn assert_valid_attr_names(events: &[Event]) {
+        for e in events {
+            for k in e.attrs.keys() {
+                custos_model::validate_column_name(k).unwrap_or_else(|err| panic!("{k}: {err}"));
+            }
+        }
+    }
+
+    #[test]
+    fn collects_host_disks_and_nics_from_a_fake_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_tree(dir.path());
+        let src = InventorySource::new(cfg(60), "h1").with_paths(InventoryPaths::under(dir.path()));
+        let events = src.collect();
+        assert_valid_attr_names(&events);
+        for e in &events {
+            assert_eq!(e.table.as_str(), "inventory");
+            assert_eq!((e.level, e.category), (Level::Basic, Category::Inventory));
+            assert_eq!(e.host, "h1");
+        }
+        let host = by_kind(&events, "host");
+        assert_eq!(host.len(), 1);
+        let h = &host[0].attrs;
+        assert_eq!(h["os_name"], Value::Str("Fake Linux 9 (Test)".into()));
+        assert_eq!(h["os_version"], Value::Str("9.1".into()));
+        assert_eq!(h["kernel"], Value::Str("6.1.0-fake".into()));
+        assert_eq!(h["cpu_model"], Value::Str("Fake CPU @ 3.00GHz".into()));
+        assert_eq!(h["cpu_cores"], Value::Int(2));
+        assert_eq!(h["memory_total_bytes"], Value::Int(16318964 * 1024));
+        assert_eq!(h["boot_time"], Value::Int(1_700_000_000_000_000));
+        assert!(host[0].message.contains("Fake Linux 9") && host[0].message.contains("6.1.0-fake"));
+
+        let disks = by_kind(&events, "disk");
+        let names: Vec<&Value> = disks.iter().map(|e| &e.attrs["disk_name"]).collect();
+        assert_eq!(
+            names,
+            [&Value::Str("nvme0n1".into()), &Value::Str("sda".into())]
+        );
+        let sda = &disks[1].attrs;
+        assert_eq!(sda["disk_size_bytes"], Value::Int(1953525168 * 512));
+        assert_eq!(sda["disk_rotational"], Value::Bool(true));
+        assert_eq!(sda["disk_model"], Value::Str("FAKEDISK 1TB".into()));
+        assert_eq!(disks[0].attrs["disk_rotational"], Value::Bool(false));
+        assert!(!disks[0].attrs.contains_key("disk_model"));
+
+        let nics = by_kind(&events, "nic");
+        assert_eq!(nics.len(), 2, "lo is skipped");
+        assert_eq!(nics[0].attrs["nic_name"], Value::Str("eth0".into()));
+        assert_eq!(nics[0].attrs["nic_speed_mbps"], Value::Int(1000));
+        assert_eq!(nics[0].attrs["nic_operstate"], Value::Str("up".into()));
+        assert!(
+            !nics[1].attrs.contains_key("nic_speed_mbps"),
+            "unknown speed is absent"
+        );
+    }
+
+    #[test]
+    fn missing_files_leave_facts_out_without_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "sys/devices/system/cpu/online", "0-3,6\n");
+        let src = InventorySource::new(cfg(60), "h").with_paths(InventoryPaths::under(dir.path()));
+        let events = src.collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].attrs["cpu_cores"], Value::Int(5));
+        assert!(!events[0].attrs.contains_key("kernel"));
+    }
+
+    #[test]
+    fn collects_sane_values_from_this_machine() {
+        let src = InventorySource::new(cfg(60), "h");
+        let events = src.collect();
+        assert_valid_attr_names(&events);
+        let host = by_kind(&events, "host");
+        assert_eq!(host.len(), 1);
+        let h = &host[0].attrs;
+        let Some(Value::Str(kernel)) = h.get("kernel") else {
+            panic!("no kernel in {h:?}")
+        };
+        assert!(
+            kernel.chars().next().is_some_and(|c| c.is_ascii_digit()),
+            "{kernel}"
+        );
+        let Some(Value::Int(cores)) = h.get("cpu_cores") else {
+            panic!("no cpu_cores in {h:?}")
+        };
+        assert!((1..=65536).contains(cores));
+        let Some(Value::Int(mem)) = h.get("memory_total_bytes") else {
+            panic!("no memory in {h:?}")
+        };
+        assert!(*mem > 16 * 1024 * 1024, "{mem}");
+        if let Some(Value::Int(boot)) = h.get("boot_time") {
+            assert!(*boot > 1_000_000_000_000_000 && *boot < custos_model::now_micros());
+        }
+        for d in by_kind(&events, "disk") {
+            assert!(matches!(d.attrs.get("disk_size_bytes"), Some(Value::Int(s)) if *s >= 0));
+        }
+        assert!(by_kind(&events, "nic")
+            .iter()
+            .all(|n| n.attrs["nic_name"] != Value::Str("lo".into())));
+    }
+
+    #[test]
+    fn snapshot_is_returned_once_then_again_after_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_tree(dir.path());
+        let base = Instant::now();
+        let offset_secs = Arc::new(AtomicU64::new(0));
+        let o = Arc::clone(&offset_secs);
+        let clock: Clock = Arc::new(move || base + Duration::from_secs(o.load(Ordering::SeqCst)));
+        let mut src = InventorySource::new(cfg(60), "h")
+            .with_paths(InventoryPaths::under(dir.path()))
+            .with_clock(clock);
+        let p = src.poll(2, 1 << 20, false).unwrap();
+        assert_eq!(p.events.len(), 2);
+        assert!(
+            !p.exhausted,
+            "the rest of the snapshot waits for the next poll"
+        );
+        let p = src.poll(100, 1 << 20, false).unwrap();
+        assert_eq!(p.events.len(), 3);
+        assert!(p.exhausted);
+        src.commit(&p.checkpoint).unwrap();
+        offset_secs.store(59, Ordering::SeqCst);
+        let p = src.poll(100, 1 << 20, false).unwrap();
+        assert!(p.events.is_empty() && p.exhausted);
+        offset_secs.store(60, Ordering::SeqCst);
+        assert_eq!(src.poll(100, 1 << 20, false).unwrap().events.len(), 5);
+        assert!(src.poll(100, 1 << 20, false).unwrap().events.is_empty());
+    }
+
+    #[test]
+    fn os_release_values_are_unquoted() {
+        let m = parse_os_release("A=plain\nB=\"dq \\\"x\\\"\"\nC='sq'\nbad line\n");
+        assert_eq!(m["A"], "plain");
+        assert_eq!(m["B"], "dq \"x\"");
+        assert_eq!(m["C"], "sq");
+    }
+}

@@ -1,0 +1,192 @@
+//! The custos service: HTTPS API (rustls, TLS 1.2+), mutual-TLS ingest,
+//! the durable ingest log, the segment builder and SQL queries.
+//!
+//! [`Server::start`] initialises the data directory on first start (service
+//! CA, server certificate, admin token, catalog, storage), binds, writes
+//! `server.json`, and serves until [`Server::shutdown`].
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+mod error;
+pub mod ingest;
+pub mod pki;
+pub mod query;
+mod tls;
+
+pub use config::ServerConfig;
+pub use error::ServerError;
+
+use custos_catalog::Catalog;
+use custos_store::Storage;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Shared state of request handlers.
+pub struct AppState {
+    /// Configuration in force.
+    pub config: ServerConfig,
+    /// The catalog.
+    pub catalog: Arc<dyn Catalog>,
+    /// Segment storage.
+    pub storage: Arc<dyn Storage>,
+    /// The ingest pipeline.
+    pub ingest: Arc<ingest::Ingest>,
+    /// The service CA (signs agent certificates).
+    pub ca: Arc<pki::ServiceCa>,
+    /// SHA-256 of the admin token.
+    pub admin_token_hash: [u8; 32],
+}
+
+/// What `server.json` holds: how to reach and trust this server.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServerInfo {
+    /// host:port actually bound.
+    pub listen: String,
+    /// `https://host:port`.
+    pub url: String,
+    /// `sha256/<base64>` of the server certificate's SubjectPublicKeyInfo.
+    pub pin: String,
+    /// Path of the CA certificate (PEM).
+    pub ca: String,
+    /// Path of the admin token file.
+    pub admin_token_file: String,
+    /// Region served.
+    pub region: String,
+    /// Server version.
+    pub version: String,
+}
+
+/// A running server.
+pub struct Server {
+    info: ServerInfo,
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    state: Arc<AppState>,
+    _lock: std::fs::File,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Initialise (first start) or open the data directory, bind and serve.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let addr = config.validate()?;
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| ServerError::io(format!("cannot create data dir {}", dir.display()), e))?;
+        set_mode(&dir, 0o700)?;
+        let lock = lock_data_dir(&dir)?;
+        let material = tls::init_or_load(&dir, addr, &config.server_names)?;
+        let catalog = custos_catalog::open(&config.catalog_uri()).await?;
+        let storage = custos_store::storage_from_uri(&config.storage_uri())?;
+        let mut limits = custos_model::wire::Limits::default();
+        limits.max_frame_bytes = config.ingest.max_batch_bytes;
+        limits.max_payload_bytes = config.ingest.max_payload_bytes;
+        limits.max_events = config.ingest.max_events_per_batch;
+        let ingest = ingest::Ingest::start(
+            &dir.join("wal"),
+            config.ingest.wal_segment_bytes,
+            limits,
+            ingest::BuilderLimits {
+                segment_rows: config.ingest.segment_rows,
+                buffer_bytes: config.ingest.buffer_bytes,
+                flush_interval: std::time::Duration::from_millis(config.ingest.flush_interval_ms.max(10)),
+            },
+            catalog.clone(),
+            storage.clone(),
+        )
+        .await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServerError::io(format!("cannot listen on {addr}"), e))?;
+        let bound = listener.local_addr().map_err(|e| ServerError::io("cannot read bound address", e))?;
+        let state = Arc::new(AppState {
+            config: config.clone(),
+            catalog,
+            storage,
+            ingest,
+            ca: Arc::new(material.ca),
+            admin_token_hash: material.admin_token_hash,
+        });
+        let host = match bound.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let info = ServerInfo {
+            listen: bound.to_string(),
+            url: format!("https://{host}:{}", bound.port()),
+            pin: material.pin,
+            ca: abs(&dir.join("ca.crt")),
+            admin_token_file: abs(&dir.join("admin.token")),
+            region: config.region.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let json = serde_json::to_vec_pretty(&info).unwrap_or_default();
+        pki::write_private(&dir.join("server.json"), &json)
+            .map_err(|e| ServerError::io("cannot write server.json", e))?;
+        let (shutdown, rx) = watch::channel(false);
+        let app = api::router(state.clone());
+        let task = tokio::spawn(tls::serve(listener, material.server_config, app, rx));
+        tracing::info!(listen = %bound, region = %config.region, "custos server listening");
+        Ok(Server { info, addr: bound, shutdown, task, state, _lock: lock })
+    }
+
+    /// How to reach and trust this server (what `server.json` holds).
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shared state (for in-process tools such as the quickstart).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Stop accepting connections, write buffered rows to segments, and stop.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        self.state.ingest.flush().await
+    }
+}
+
+fn abs(p: &Path) -> String {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| ServerError::io(format!("cannot set permissions of {}", p.display()), e))
+}
+
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
+    let path: PathBuf = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ServerError::io(format!("cannot open {}", path.display()), e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::Config(format!(
+            "data dir {} is in use by another custos server",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(ServerError::io(format!("cannot lock {}", path.display()), e)),
+    }
+}

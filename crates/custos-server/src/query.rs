@@ -1,0 +1,229 @@
+//! SQL over one workspace's segments, with Apache DataFusion.
+//!
+//! Each query gets a fresh `SessionContext` in which only the tables of the
+//! caller's workspace are registered, each as a [`SegmentTable`] that reads
+//! that workspace's segments through the storage trait. Nothing else is
+//! reachable: DDL, DML and statements are refused, and there is no file or
+//! URL table function. Isolation therefore does not depend on filtering rows:
+//! another workspace's segments are never even listed.
+
+use crate::ServerError;
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use custos_catalog::{Catalog, Segment};
+use custos_model::api::QueryResponse;
+use custos_model::{TableName, WorkspaceId};
+use custos_store::Storage;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::{StreamExt, TryStreamExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Tables every workspace has, even before any data arrives, so that a query
+/// on an empty workspace returns no rows rather than "table not found".
+pub const STANDARD_TABLES: &[&str] = &["logs", "inventory"];
+
+/// A table of one workspace, backed by its segments.
+#[derive(Debug)]
+pub struct SegmentTable {
+    segments: Vec<Segment>,
+    schema: SchemaRef,
+    storage: Arc<dyn Storage>,
+    partitions: usize,
+}
+
+impl SegmentTable {
+    /// Build the provider from the catalog's segment list.
+    pub fn new(segments: Vec<Segment>, storage: Arc<dyn Storage>, partitions: usize) -> Self {
+        let cols: Vec<Vec<(String, custos_model::ValueType)>> = segments
+            .iter()
+            .map(|s| s.columns.iter().map(|c| (c.name.clone(), c.ty)).collect())
+            .collect();
+        let schema = custos_store::table_schema(cols.iter().map(|c| c.as_slice()));
+        Self { segments, schema, storage, partitions: partitions.max(1) }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SegmentTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = self.schema.clone();
+        let decoded: Vec<Vec<RecordBatch>> = futures::stream::iter(self.segments.iter().cloned())
+            .map(|seg| {
+                let storage = self.storage.clone();
+                let schema = schema.clone();
+                async move {
+                    let bytes = storage.get(&seg.path).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    tokio::task::spawn_blocking(move || {
+                        let d = custos_store::decode_segment(&bytes).map_err(|e| {
+                            DataFusionError::Execution(format!("segment {} ({}): {e}", seg.id, seg.path))
+                        })?;
+                        d.batches
+                            .iter()
+                            .map(|b| custos_store::adapt_batch(b, &schema).map_err(|e| DataFusionError::External(Box::new(e))))
+                            .collect::<DfResult<Vec<_>>>()
+                    })
+                    .await
+                    .map_err(|e| DataFusionError::Execution(format!("segment decode task: {e}")))?
+                }
+            })
+            .buffered(self.partitions * 2)
+            .try_collect()
+            .await?;
+        let mut partitions: Vec<Vec<RecordBatch>> = vec![Vec::new(); self.partitions];
+        for (i, b) in decoded.into_iter().flatten().enumerate() {
+            partitions[i % self.partitions].push(b);
+        }
+        let exec = MemorySourceConfig::try_new_exec(&partitions, schema, projection.cloned())?;
+        Ok(exec)
+    }
+}
+
+/// Run one SQL query over one workspace.
+pub async fn run(
+    catalog: &dyn Catalog,
+    storage: Arc<dyn Storage>,
+    ws: WorkspaceId,
+    sql: &str,
+    max_rows: usize,
+    timeout: Duration,
+) -> Result<QueryResponse, ServerError> {
+    let started = Instant::now();
+    let partitions = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let config = SessionConfig::new()
+        .with_target_partitions(partitions)
+        .with_information_schema(false);
+    let ctx = SessionContext::new_with_config(config);
+    let mut tables = catalog.list_tables(ws).await?;
+    for t in STANDARD_TABLES {
+        if let Ok(name) = TableName::new(*t) {
+            if !tables.contains(&name) {
+                tables.push(name);
+            }
+        }
+    }
+    for table in tables {
+        let segments = catalog.list_segments(ws, &table, None).await?;
+        let provider = SegmentTable::new(segments, storage.clone(), partitions);
+        ctx.register_table(table.as_str(), Arc::new(provider))
+            .map_err(|e| ServerError::Query(e.to_string()))?;
+    }
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let work = async {
+        let df = ctx.sql_with_options(sql, options).await?;
+        let df = df.limit(0, Some(max_rows + 1))?;
+        df.collect().await
+    };
+    let batches = match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r.map_err(|e| ServerError::Query(e.to_string()))?,
+        Err(_) => return Err(ServerError::Query(format!("query exceeded the {} s time limit", timeout.as_secs()))),
+    };
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if total > max_rows {
+        return Err(ServerError::Query(format!(
+            "query returns more than {max_rows} rows; add a LIMIT or aggregate"
+        )));
+    }
+    let mut resp = batches_to_response(&batches)?;
+    resp.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(resp)
+}
+
+/// Convert record batches to the API's row-major JSON form.
+pub fn batches_to_response(batches: &[RecordBatch]) -> Result<QueryResponse, ServerError> {
+    let Some(first) = batches.first() else {
+        return Ok(QueryResponse { columns: vec![], types: vec![], rows: vec![], elapsed_ms: 0 });
+    };
+    let schema = first.schema();
+    let columns = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let types = schema.fields().iter().map(|f| f.data_type().to_string()).collect();
+    let mut rows = Vec::new();
+    for batch in batches {
+        let cols: Vec<Box<dyn Fn(usize) -> serde_json::Value + '_>> =
+            batch.columns().iter().map(|c| column_to_json(c)).collect::<Result<_, _>>()?;
+        for i in 0..batch.num_rows() {
+            rows.push(cols.iter().map(|f| f(i)).collect());
+        }
+    }
+    Ok(QueryResponse { columns, types, rows, elapsed_ms: 0 })
+}
+
+fn column_to_json(col: &ArrayRef) -> Result<Box<dyn Fn(usize) -> serde_json::Value + '_>, ServerError> {
+    use arrow::datatypes::*;
+    use serde_json::Value as J;
+    let col = col.as_ref();
+    macro_rules! prim {
+        ($t:ty) => {{
+            let a = col.as_primitive::<$t>();
+            Box::new(move |i| if a.is_null(i) { J::Null } else { J::from(a.value(i)) })
+        }};
+    }
+    macro_rules! float {
+        ($t:ty) => {{
+            let a = col.as_primitive::<$t>();
+            Box::new(move |i| {
+                if a.is_null(i) {
+                    J::Null
+                } else {
+                    serde_json::Number::from_f64(a.value(i) as f64).map(J::Number).unwrap_or(J::Null)
+                }
+            })
+        }};
+    }
+    Ok(match col.data_type() {
+        DataType::Null => Box::new(|_| J::Null),
+        DataType::Boolean => {
+            let a = col.as_boolean();
+            Box::new(move |i| if a.is_null(i) { J::Null } else { J::Bool(a.value(i)) })
+        }
+        DataType::Int8 => prim!(Int8Type),
+        DataType::Int16 => prim!(Int16Type),
+        DataType::Int32 => prim!(Int32Type),
+        DataType::Int64 => prim!(Int64Type),
+        DataType::UInt8 => prim!(UInt8Type),
+        DataType::UInt16 => prim!(UInt16Type),
+        DataType::UInt32 => prim!(UInt32Type),
+        DataType::UInt64 => prim!(UInt64Type),
+        DataType::Float32 => float!(Float32Type),
+        DataType::Float64 => float!(Float64Type),
+        DataType::Utf8 => {
+            let a = col.as_string::<i32>();
+            Box::new(move |i| if a.is_null(i) { J::Null } else { J::String(a.value(i).to_string()) })
+        }
+        DataType::LargeUtf8 => {
+            let a = col.as_string::<i64>();
+            Box::new(move |i| if a.is_null(i) { J::Null } else { J::String(a.value(i).to_string()) })
+        }
+        DataType::Utf8View => {
+            let a = col.as_string_view();
+            Box::new(move |i| if a.is_null(i) { J::Null } else { J::String(a.value(i).to_string()) })
+        }
+        _ => {
+            let opts = FormatOptions::default();
+            let f = ArrayFormatter::try_new(col, &opts).map_err(|e| ServerError::Query(e.to_string()))?;
+            Box::new(move |i| if col.is_null(i) { J::Null } else { J::String(f.value(i).to_string()) })
+        }
+    })
+}

@@ -1,0 +1,667 @@
+//! The segment format: one immutable, self-describing, checksummed file of
+//! columnar events for one (workspace, table).
+//!
+//! # File layout, format version 1
+//!
+//! All integers are little-endian.
+//!
+//! ```text
+//! offset        size  field
+//! 0             4     magic "CSEG"
+//! 4             2     u16 format version, 1
+//! 6             2     u16 flags, 0 (no flag is defined in version 1)
+//! 8             4     u32 header length H
+//! 12            H     header: UTF-8 JSON `SegmentHeader`
+//! 12+H          B     body: an Arrow IPC *file* (`ARROW1` ... `ARROW1`),
+//!                     buffers compressed with zstd (IPC metadata V5)
+//! 12+H+B        8     u64 total length of everything before this field (12+H+B)
+//! 20+H+B        4     u32 CRC-32C (Castagnoli) of everything before the u64
+//! 24+H+B        4     magic "CSEG"
+//! ```
+//!
+//! The framing (leading magic, version field, the 16-byte trailer) is the
+//! same in every version; versions change the header and body. A reader
+//! therefore verifies the framing and checksum first, then refuses versions
+//! (and flags) it does not know with a clear error.
+//!
+//! The header JSON looks like:
+//!
+//! ```json
+//! {"format_version":1,"segment_id":"0190...","workspace_id":"0190...",
+//!  "table":"logs","rows":3,"min_time":10,"max_time":30,
+//!  "columns":[["pid","int"],["unit","str"]],"created_at":1718000000000000}
+//! ```
+//!
+//! # Arrow schema
+//!
+//! Envelope columns first ([`envelope_fields`]): `time`
+//! Timestamp(µs, "UTC"), `level` UInt8, `category` Utf8, `host` Utf8,
+//! `message` Utf8, `agent_id` Utf8 (hyphenated UUID), all non-null; then one
+//! nullable column per attribute key, sorted by name ([`arrow_type`] maps
+//! value types). A key seen with several value types in one segment gets the
+//! [`ValueType::widen`]ed type and its values are converted with Arrow's cast
+//! (int → float; anything → its string form), exactly as [`adapt_batch`]
+//! converts whole columns across segments. Rows are sorted by time (stable:
+//! equal times keep arrival order) and split into record batches of at most
+//! [`MAX_BATCH_ROWS`] rows.
+
+use crate::StoreError;
+use arrow::array::{
+    new_null_array, Array, ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
+    RecordBatchOptions, StringBuilder, TimestampMicrosecondArray, UInt64Array, UInt8Array,
+};
+use arrow::compute::kernels::zip::zip;
+use arrow::compute::{cast, is_not_null, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
+use arrow::ipc::CompressionType;
+use bytes::Bytes;
+use custos_model::{AgentId, Event, SegmentId, TableName, TimestampMicros, Value, ValueType, WorkspaceId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The segment file magic, at the start and at the very end.
+pub const SEGMENT_MAGIC: &[u8; 4] = b"CSEG";
+/// The only segment format version this build writes and reads.
+pub const SEGMENT_FORMAT_VERSION: u16 = 1;
+/// File name extension of segment objects.
+pub const SEGMENT_EXTENSION: &str = "cseg";
+/// Most rows in one record batch of a segment.
+pub const MAX_BATCH_ROWS: usize = 64 * 1024;
+
+/// Magic, version, flags, header length.
+const PREAMBLE_LEN: usize = 12;
+/// Total length, CRC, magic.
+const TRAILER_LEN: usize = 16;
+
+/// Names of the envelope columns, in schema order.
+pub const ENVELOPE_COLUMNS: [&str; 6] = ["time", "level", "category", "host", "message", "agent_id"];
+
+/// The JSON header of a segment (format version 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SegmentHeader {
+    /// Format version; equals the version in the preamble.
+    pub format_version: u16,
+    /// The segment's id.
+    pub segment_id: SegmentId,
+    /// The workspace the events belong to.
+    pub workspace_id: WorkspaceId,
+    /// The table.
+    pub table: TableName,
+    /// Number of rows.
+    pub rows: u64,
+    /// Earliest event time (µs since the epoch).
+    pub min_time: TimestampMicros,
+    /// Latest event time (µs since the epoch).
+    pub max_time: TimestampMicros,
+    /// Attribute columns and their types, sorted by name.
+    pub columns: Vec<(String, ValueType)>,
+    /// When the segment was encoded (µs since the epoch).
+    pub created_at: TimestampMicros,
+}
+
+/// An encoded segment, ready to store, with the facts a catalog records.
+#[derive(Clone, Debug)]
+pub struct EncodedSegment {
+    /// The file bytes (see the module docs for the layout).
+    pub bytes: Bytes,
+    /// Number of rows.
+    pub rows: u64,
+    /// Earliest event time.
+    pub min_time: TimestampMicros,
+    /// Latest event time.
+    pub max_time: TimestampMicros,
+    /// Attribute columns and their types, sorted by name.
+    pub columns: Vec<(String, ValueType)>,
+}
+
+/// A decoded, verified segment.
+#[derive(Clone, Debug)]
+pub struct DecodedSegment {
+    /// The header.
+    pub header: SegmentHeader,
+    /// The Arrow schema (envelope columns, then attributes).
+    pub schema: SchemaRef,
+    /// The rows, sorted by time, in batches of at most [`MAX_BATCH_ROWS`].
+    pub batches: Vec<RecordBatch>,
+}
+
+/// The Arrow type storing values of a [`ValueType`].
+pub fn arrow_type(t: ValueType) -> DataType {
+    match t {
+        ValueType::Bool => DataType::Boolean,
+        ValueType::Int => DataType::Int64,
+        ValueType::Float => DataType::Float64,
+        ValueType::Str => DataType::Utf8,
+    }
+}
+
+/// The envelope columns every segment and table starts with.
+pub fn envelope_fields() -> Vec<Field> {
+    vec![
+        Field::new("time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new("level", DataType::UInt8, false),
+        Field::new("category", DataType::Utf8, false),
+        Field::new("host", DataType::Utf8, false),
+        Field::new("message", DataType::Utf8, false),
+        Field::new("agent_id", DataType::Utf8, false),
+    ]
+}
+
+/// The schema of a table whose segments have the given attribute columns:
+/// envelope columns first, then the union of attribute columns sorted by
+/// name; a column with different types in different segments gets the
+/// [`ValueType::widen`]ed type.
+pub fn table_schema<'a>(segment_columns: impl IntoIterator<Item = &'a [(String, ValueType)]>) -> SchemaRef {
+    let mut union: BTreeMap<&str, ValueType> = BTreeMap::new();
+    for cols in segment_columns {
+        for (name, ty) in cols {
+            union.entry(name.as_str()).and_modify(|t| *t = t.widen(*ty)).or_insert(*ty);
+        }
+    }
+    let mut fields = envelope_fields();
+    fields.extend(union.into_iter().map(|(name, ty)| Field::new(name, arrow_type(ty), true)));
+    Arc::new(Schema::new(fields))
+}
+
+/// Whether [`adapt_batch`] may convert a column of type `from` to `to`: the
+/// conversions [`ValueType::widen`] implies.
+fn is_widening(from: &DataType, to: &DataType) -> bool {
+    from == to
+        || matches!(
+            (from, to),
+            (DataType::Int64, DataType::Float64)
+                | (DataType::Boolean | DataType::Int64 | DataType::Float64, DataType::Utf8)
+        )
+}
+
+/// Bring a segment's batch to a table schema (usually from [`table_schema`]):
+/// columns reordered, widened (Int64 → Float64, anything → Utf8, via Arrow's
+/// cast), and missing nullable columns filled with nulls.
+///
+/// Refuses (rather than drop data) a batch column absent from `target`, a
+/// narrowing or unrelated type change, and a missing non-nullable column.
+pub fn adapt_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, StoreError> {
+    let mismatch = |column: &str, reason: String| StoreError::SchemaMismatch { column: column.to_string(), reason };
+    for f in batch.schema().fields() {
+        if target.field_with_name(f.name()).is_err() {
+            return Err(mismatch(f.name(), "the column is not in the target schema".into()));
+        }
+    }
+    let rows = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        let to = field.data_type();
+        let col = match batch.column_by_name(field.name()) {
+            Some(col) if col.data_type() == to => Arc::clone(col),
+            Some(col) if is_widening(col.data_type(), to) => {
+                cast(col, to).map_err(|e| mismatch(field.name(), format!("cast from {} to {to}: {e}", col.data_type())))?
+            }
+            Some(col) => {
+                return Err(mismatch(field.name(), format!("{} cannot be widened to {to}", col.data_type())))
+            }
+            None if field.is_nullable() => new_null_array(to, rows),
+            None => return Err(mismatch(field.name(), "the non-nullable column is missing from the batch".into())),
+        };
+        columns.push(col);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    RecordBatch::try_new_with_options(Arc::clone(target), columns, &options)
+        .map_err(|e| mismatch("*", format!("building the adapted batch: {e}")))
+}
+
+/// The object path of a segment: `ws/<workspace>/<table>/<segment>.cseg`.
+pub fn segment_path(workspace: WorkspaceId, table: &TableName, id: SegmentId) -> String {
+    format!("{}{id}.{SEGMENT_EXTENSION}", table_prefix(workspace, table))
+}
+
+/// The prefix under which all segments of a table live:
+/// `ws/<workspace>/<table>/`.
+pub fn table_prefix(workspace: WorkspaceId, table: &TableName) -> String {
+    format!("ws/{workspace}/{table}/")
+}
+
+/// One attribute column while building: a builder per value type seen, each
+/// padded with nulls up to its last value; merged at `finish`.
+#[derive(Default)]
+struct AttrColumn {
+    bools: Option<BooleanBuilder>,
+    ints: Option<Int64Builder>,
+    floats: Option<Float64Builder>,
+    strs: Option<StringBuilder>,
+}
+
+macro_rules! append_at {
+    ($slot:expr, $new:expr, $row:expr, $v:expr) => {{
+        let b = $slot.get_or_insert_with($new);
+        if b.len() < $row {
+            b.append_nulls($row - b.len());
+        }
+        b.append_value($v);
+    }};
+}
+
+impl AttrColumn {
+    fn push(&mut self, row: usize, v: &Value) {
+        match v {
+            Value::Bool(b) => append_at!(self.bools, BooleanBuilder::new, row, *b),
+            Value::Int(i) => append_at!(self.ints, Int64Builder::new, row, *i),
+            Value::Float(f) => append_at!(self.floats, Float64Builder::new, row, *f),
+            Value::Str(s) => append_at!(self.strs, StringBuilder::new, row, s),
+        }
+    }
+
+    fn value_type(&self) -> Option<ValueType> {
+        [
+            self.bools.as_ref().map(|_| ValueType::Bool),
+            self.ints.as_ref().map(|_| ValueType::Int),
+            self.floats.as_ref().map(|_| ValueType::Float),
+            self.strs.as_ref().map(|_| ValueType::Str),
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(ValueType::widen)
+    }
+
+    /// The column as one array of `rows` values of type `ty`.
+    fn finish(self, rows: usize, ty: ValueType) -> Result<ArrayRef, arrow::error::ArrowError> {
+        let mut parts: Vec<ArrayRef> = Vec::new();
+        macro_rules! part {
+            ($slot:expr) => {
+                if let Some(mut b) = $slot {
+                    let missing = rows - b.len();
+                    b.append_nulls(missing);
+                    parts.push(Arc::new(b.finish()));
+                }
+            };
+        }
+        part!(self.bools);
+        part!(self.ints);
+        part!(self.floats);
+        part!(self.strs);
+        let to = arrow_type(ty);
+        let mut merged: Option<ArrayRef> = None;
+        for part in parts {
+            let part = if part.data_type() == &to { part } else { cast(&part, &to)? };
+            merged = Some(match merged {
+                None => part,
+                // At most one part holds a value in any row.
+                Some(acc) => zip(&is_not_null(&part)?, &part, &acc)?,
+            });
+        }
+        Ok(merged.unwrap_or_else(|| new_null_array(&to, rows)))
+    }
+}
+
+/// Accumulates the events of one (workspace, table) and encodes them as a
+/// segment.
+pub struct SegmentBuilder {
+    workspace: WorkspaceId,
+    table: TableName,
+    times: Vec<TimestampMicros>,
+    levels: Vec<u8>,
+    categories: StringBuilder,
+    hosts: StringBuilder,
+    messages: StringBuilder,
+    agents: StringBuilder,
+    attrs: BTreeMap<String, AttrColumn>,
+    approx_bytes: usize,
+}
+
+impl std::fmt::Debug for SegmentBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentBuilder")
+            .field("workspace", &self.workspace)
+            .field("table", &self.table)
+            .field("rows", &self.rows())
+            .field("approx_bytes", &self.approx_bytes)
+            .finish()
+    }
+}
+
+impl SegmentBuilder {
+    /// An empty builder for events of `table` in `workspace`.
+    pub fn new(workspace: WorkspaceId, table: TableName) -> Self {
+        Self {
+            workspace,
+            table,
+            times: Vec::new(),
+            levels: Vec::new(),
+            categories: StringBuilder::new(),
+            hosts: StringBuilder::new(),
+            messages: StringBuilder::new(),
+            agents: StringBuilder::new(),
+            attrs: BTreeMap::new(),
+            approx_bytes: 0,
+        }
+    }
+
+    /// Add one event from `agent`. The caller guarantees
+    /// `event.table == table` (checked in debug builds).
+    pub fn push(&mut self, agent: AgentId, event: &Event) {
+        debug_assert_eq!(event.table, self.table, "event for another table pushed to a segment builder");
+        let row = self.times.len();
+        self.times.push(event.time);
+        self.levels.push(u8::from(event.level));
+        self.categories.append_value(event.category.name());
+        self.hosts.append_value(&event.host);
+        self.messages.append_value(&event.message);
+        let mut buf = uuid::Uuid::encode_buffer();
+        self.agents.append_value(agent.as_uuid().hyphenated().encode_lower(&mut buf));
+        for (k, v) in &event.attrs {
+            match self.attrs.get_mut(k) {
+                Some(col) => col.push(row, v),
+                None => self.attrs.entry(k.clone()).or_default().push(row, v),
+            }
+        }
+        self.approx_bytes += event.approx_size() + 36;
+    }
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> usize {
+        self.times.len()
+    }
+
+    /// A rough in-memory size of the rows pushed, for flush thresholds.
+    pub fn approx_bytes(&self) -> usize {
+        self.approx_bytes
+    }
+
+    /// Sort the rows by time and encode them as segment `id`.
+    ///
+    /// Fails with [`StoreError::EmptySegment`] when no row was pushed.
+    pub fn finish(self, id: SegmentId) -> Result<EncodedSegment, StoreError> {
+        let rows = self.times.len();
+        let encode_err = |e: arrow::error::ArrowError| StoreError::Encode { segment: id.to_string(), reason: e.to_string() };
+        let (Some(&min_time), Some(&max_time)) = (self.times.iter().min(), self.times.iter().max()) else {
+            return Err(StoreError::EmptySegment {
+                segment: id.to_string(),
+                table: self.table.to_string(),
+                workspace: self.workspace.to_string(),
+            });
+        };
+
+        let mut columns_meta = Vec::with_capacity(self.attrs.len());
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(ENVELOPE_COLUMNS.len() + self.attrs.len());
+        let sorted = self.times.windows(2).all(|w| w[0] <= w[1]);
+        let permutation: Option<Vec<u64>> = (!sorted).then(|| {
+            let mut idx: Vec<u64> = (0..rows as u64).collect();
+            // `sort_by_key` is stable: equal times keep arrival order.
+            idx.sort_by_key(|&i| self.times[i as usize]);
+            idx
+        });
+        let mut categories = self.categories;
+        let mut hosts = self.hosts;
+        let mut messages = self.messages;
+        let mut agents = self.agents;
+        arrays.push(Arc::new(TimestampMicrosecondArray::from(self.times).with_timezone("UTC")));
+        arrays.push(Arc::new(UInt8Array::from(self.levels)));
+        arrays.push(Arc::new(categories.finish()));
+        arrays.push(Arc::new(hosts.finish()));
+        arrays.push(Arc::new(messages.finish()));
+        arrays.push(Arc::new(agents.finish()));
+        for (name, col) in self.attrs {
+            // Every stored column has at least one value, so a type.
+            let ty = col.value_type().unwrap_or(ValueType::Str);
+            arrays.push(col.finish(rows, ty).map_err(encode_err)?);
+            columns_meta.push((name, ty));
+        }
+        let schema = table_schema([columns_meta.as_slice()]);
+
+        let header = SegmentHeader {
+            format_version: SEGMENT_FORMAT_VERSION,
+            segment_id: id,
+            workspace_id: self.workspace,
+            table: self.table,
+            rows: rows as u64,
+            min_time,
+            max_time,
+            columns: columns_meta.clone(),
+            created_at: custos_model::now_micros(),
+        };
+        let header_json = serde_json::to_vec(&header)
+            .map_err(|e| StoreError::Encode { segment: id.to_string(), reason: format!("header json: {e}") })?;
+        let header_len = u32::try_from(header_json.len())
+            .map_err(|_| StoreError::Encode { segment: id.to_string(), reason: "header longer than 4 GiB".into() })?;
+
+        let mut out = Vec::with_capacity(PREAMBLE_LEN + header_json.len() + rows * 32 + TRAILER_LEN);
+        out.extend_from_slice(SEGMENT_MAGIC);
+        out.extend_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&header_len.to_le_bytes());
+        out.extend_from_slice(&header_json);
+
+        let options = IpcWriteOptions::default()
+            .try_with_compression(Some(CompressionType::ZSTD))
+            .map_err(encode_err)?;
+        let mut writer = FileWriter::try_new_with_options(&mut out, &schema, options).map_err(encode_err)?;
+        let mut start = 0;
+        while start < rows {
+            let len = MAX_BATCH_ROWS.min(rows - start);
+            let cols = match &permutation {
+                None => arrays.iter().map(|a| a.slice(start, len)).collect::<Vec<_>>(),
+                Some(perm) => {
+                    let idx = UInt64Array::from(perm[start..start + len].to_vec());
+                    arrays.iter().map(|a| take(a, &idx, None)).collect::<Result<Vec<_>, _>>().map_err(encode_err)?
+                }
+            };
+            let batch = RecordBatch::try_new(Arc::clone(&schema), cols).map_err(encode_err)?;
+            writer.write(&batch).map_err(encode_err)?;
+            start += len;
+        }
+        writer.finish().map_err(encode_err)?;
+        drop(writer);
+
+        let total = out.len() as u64;
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&total.to_le_bytes());
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(SEGMENT_MAGIC);
+        Ok(EncodedSegment { bytes: Bytes::from(out), rows: rows as u64, min_time, max_time, columns: columns_meta })
+    }
+}
+
+fn corrupt(msg: impl Into<String>) -> StoreError {
+    StoreError::CorruptSegment(msg.into())
+}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    // Callers check `b.len() >= at + 2`.
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// Decode and verify segment bytes (see the module docs for the layout).
+///
+/// Checks, in order: the minimum length, both magics, the trailer's length,
+/// the CRC-32C, the format version and flags, the header length and JSON,
+/// then reads the Arrow IPC body and checks its schema, row count and time
+/// range against the header. Any damaged or truncated byte gives
+/// [`StoreError::CorruptSegment`] naming the check that failed; an intact
+/// segment of another version gives [`StoreError::UnsupportedSegmentVersion`].
+pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, StoreError> {
+    let len = bytes.len();
+    if len < PREAMBLE_LEN + TRAILER_LEN {
+        return Err(corrupt(format!(
+            "truncated: {len} bytes is shorter than the {} bytes of preamble and trailer",
+            PREAMBLE_LEN + TRAILER_LEN
+        )));
+    }
+    if &bytes[..4] != SEGMENT_MAGIC {
+        return Err(corrupt("bad leading magic: not a custos segment"));
+    }
+    if &bytes[len - 4..] != SEGMENT_MAGIC {
+        return Err(corrupt("bad trailing magic: truncated, or not a custos segment"));
+    }
+    let body_end = len - TRAILER_LEN;
+    let trailer = &bytes[body_end..];
+    let mut total = [0u8; 8];
+    total.copy_from_slice(&trailer[..8]);
+    let declared = u64::from_le_bytes(total);
+    if declared != body_end as u64 {
+        return Err(corrupt(format!(
+            "length mismatch: the trailer declares {declared} bytes before it, found {body_end}"
+        )));
+    }
+    let expected_crc = u32::from_le_bytes([trailer[8], trailer[9], trailer[10], trailer[11]]);
+    let actual_crc = crc32c::crc32c(&bytes[..body_end]);
+    let version = le_u16(bytes, 4);
+    if expected_crc != actual_crc {
+        let note = if version == SEGMENT_FORMAT_VERSION {
+            String::new()
+        } else {
+            format!(" (the preamble declares format version {version})")
+        };
+        return Err(corrupt(format!(
+            "checksum mismatch: the trailer says crc32c {expected_crc:#010x}, the bytes give {actual_crc:#010x}{note}"
+        )));
+    }
+    if version != SEGMENT_FORMAT_VERSION {
+        return Err(StoreError::UnsupportedSegmentVersion { version, supported: SEGMENT_FORMAT_VERSION });
+    }
+    let flags = le_u16(bytes, 6);
+    if flags != 0 {
+        return Err(StoreError::UnsupportedSegmentFlags { flags });
+    }
+    let header_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+    if header_len > body_end - PREAMBLE_LEN {
+        return Err(corrupt(format!(
+            "header length {header_len} runs past the {} bytes available",
+            body_end - PREAMBLE_LEN
+        )));
+    }
+    let header_end = PREAMBLE_LEN + header_len;
+    let header: SegmentHeader = serde_json::from_slice(&bytes[PREAMBLE_LEN..header_end])
+        .map_err(|e| corrupt(format!("header is not a valid segment header: {e}")))?;
+    let seg = header.segment_id;
+    if header.format_version != version {
+        return Err(corrupt(format!(
+            "segment {seg}: header declares format version {} but the preamble {version}",
+            header.format_version
+        )));
+    }
+    if !header.columns.windows(2).all(|w| w[0].0 < w[1].0) {
+        return Err(corrupt(format!("segment {seg}: header columns are not sorted and unique")));
+    }
+
+    let expected = table_schema([header.columns.as_slice()]);
+    let ipc = &bytes[header_end..body_end];
+    // Arrow's reader trusts sizes inside the IPC file; `read_ipc` bounds them
+    // first, and any panic left in Arrow on crafted input becomes an error.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_ipc(ipc, &expected)));
+    let batches = match read {
+        Ok(r) => r.map_err(|e| corrupt(format!("segment {seg}: arrow ipc body: {e}")))?,
+        Err(_) => return Err(corrupt(format!("segment {seg}: arrow ipc body: the reader panicked"))),
+    };
+    let mut rows = 0u64;
+    let mut times: Option<(i64, i64)> = None;
+    for batch in &batches {
+        rows += batch.num_rows() as u64;
+        if let Some(t) = batch.column(0).as_any().downcast_ref::<TimestampMicrosecondArray>() {
+            if let (Some(lo), Some(hi)) = (arrow::compute::min(t), arrow::compute::max(t)) {
+                times = Some(match times {
+                    None => (lo, hi),
+                    Some((a, b)) => (a.min(lo), b.max(hi)),
+                });
+            }
+        }
+    }
+    if rows != header.rows {
+        return Err(corrupt(format!("segment {seg}: the header declares {} rows, the body holds {rows}", header.rows)));
+    }
+    if rows > 0 && times != Some((header.min_time, header.max_time)) {
+        return Err(corrupt(format!("segment {seg}: the body's time range does not match the header's")));
+    }
+    Ok(DecodedSegment { header, schema: expected, batches })
+}
+
+/// Largest decompressed size accepted for one Arrow buffer (1 GiB); larger
+/// declared sizes are treated as corruption instead of being allocated.
+const MAX_DECODED_BUFFER_BYTES: i64 = 1 << 30;
+
+/// Read the record batches of an Arrow IPC file written by
+/// [`SegmentBuilder::finish`], interpreting them with the schema the header
+/// implies (the file's own schema message is not trusted).
+///
+/// Before Arrow decodes a block, its message is parsed here and checked:
+/// the block lies inside the file, it is a record batch of at most
+/// [`MAX_BATCH_ROWS`] rows, every buffer lies inside the body, and every
+/// compressed buffer declares at most [`MAX_DECODED_BUFFER_BYTES`].
+fn read_ipc(ipc: &[u8], schema: &SchemaRef) -> Result<Vec<RecordBatch>, String> {
+    use arrow::ipc::reader::{read_footer_length, FileDecoder};
+    const ARROW_TRAILER: usize = 10; // i32 footer length + "ARROW1"
+    let len = ipc.len();
+    if len < 8 + ARROW_TRAILER {
+        return Err(format!("{len} bytes is too short for an arrow ipc file"));
+    }
+    let buffer = arrow::buffer::Buffer::from(ipc.to_vec());
+    let trailer_start = len - ARROW_TRAILER;
+    let mut tail = [0u8; ARROW_TRAILER];
+    tail.copy_from_slice(&ipc[trailer_start..]);
+    let footer_len = read_footer_length(tail).map_err(|e| e.to_string())?;
+    let footer_start = trailer_start
+        .checked_sub(footer_len)
+        .ok_or_else(|| format!("footer length {footer_len} runs past the start of the file"))?;
+    let footer = arrow::ipc::root_as_footer(&ipc[footer_start..trailer_start]).map_err(|e| format!("footer: {e}"))?;
+    if footer.dictionaries().is_some_and(|d| !d.is_empty()) {
+        return Err("unexpected dictionary blocks".into());
+    }
+    let blocks = footer.recordBatches().ok_or("the footer lists no record batches")?;
+    let decoder = FileDecoder::new(Arc::clone(schema), footer.version());
+    let mut batches = Vec::with_capacity(blocks.len());
+    for (i, block) in blocks.iter().enumerate() {
+        let bad = |what: String| format!("record batch {i}: {what}");
+        let offset = usize::try_from(block.offset()).map_err(|_| bad("negative offset".into()))?;
+        let meta = usize::try_from(block.metaDataLength()).map_err(|_| bad("negative metadata length".into()))?;
+        let body = usize::try_from(block.bodyLength()).map_err(|_| bad("negative body length".into()))?;
+        let end = offset.checked_add(meta).and_then(|x| x.checked_add(body));
+        if end.is_none_or(|end| end > footer_start) || meta < 8 {
+            return Err(bad("block lies outside the file".into()));
+        }
+        check_block(&ipc[offset..offset + meta], &ipc[offset + meta..offset + meta + body]).map_err(bad)?;
+        let data = buffer.slice_with_length(offset, meta + body);
+        match decoder.read_record_batch(block, &data) {
+            Ok(Some(batch)) => batches.push(batch),
+            Ok(None) => return Err(bad("empty message".into())),
+            Err(e) => return Err(bad(e.to_string())),
+        }
+    }
+    Ok(batches)
+}
+
+/// Bounds-check one record-batch block before Arrow decodes it.
+fn check_block(meta: &[u8], body: &[u8]) -> Result<(), String> {
+    // Message framing: 0xFFFFFFFF continuation marker, i32 length, flatbuffer
+    // (or the pre-0.15 form without the marker).
+    let fb = if meta[..4] == [0xff; 4] { &meta[8..] } else { &meta[4..] };
+    let message = arrow::ipc::root_as_message(fb).map_err(|e| format!("message: {e}"))?;
+    let batch = message.header_as_record_batch().ok_or("the message is not a record batch")?;
+    let rows = batch.length();
+    if !(0..=MAX_BATCH_ROWS as i64).contains(&rows) {
+        return Err(format!("{rows} rows is outside 0..={MAX_BATCH_ROWS}"));
+    }
+    if batch.nodes().is_some_and(|nodes| nodes.iter().any(|n| n.length() != rows || !(0..=rows).contains(&n.null_count()))) {
+        return Err("a column's length or null count disagrees with the batch".into());
+    }
+    let compressed = batch.compression().is_some();
+    for buf in batch.buffers().iter().flatten() {
+        let (start, len) = (buf.offset(), buf.length());
+        let inside = start >= 0 && len >= 0 && start.checked_add(len).is_some_and(|e| e <= body.len() as i64);
+        if !inside {
+            return Err(format!("buffer {start}+{len} lies outside the {}-byte body", body.len()));
+        }
+        if compressed && len >= 8 {
+            let at = start as usize;
+            let mut prefix = [0u8; 8];
+            prefix.copy_from_slice(&body[at..at + 8]);
+            let declared = i64::from_le_bytes(prefix);
+            if declared < -1 || declared > MAX_DECODED_BUFFER_BYTES {
+                return Err(format!("a compressed buffer declares {declared} decompressed bytes"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

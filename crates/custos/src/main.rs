@@ -1,0 +1,292 @@
+//! `custos`: the server, the agent, and every admin and operator command in
+//! one binary.
+#![forbid(unsafe_code)]
+
+mod client;
+mod output;
+mod quickstart;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use client::{Client, ConnArgs};
+use custos_model::api::*;
+use output::Output;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "custos", version, about = "Governed telemetry and diagnostic logs: server, agent and admin CLI")]
+struct Cli {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the service (HTTPS API, ingest, query).
+    Server(ServerArgs),
+    /// Start a server, a demo workspace and an in-process agent, ship sample
+    /// data, show example queries, and keep serving.
+    Quickstart(quickstart::Args),
+    /// Manage workspaces.
+    #[command(subcommand)]
+    Workspace(WorkspaceCmd),
+    /// Run SQL over one workspace's tables.
+    Query {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+        /// One SQL query.
+        sql: String,
+    },
+    /// The host agent.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServerArgs {
+    /// Data directory (created and initialised on first start).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen address (host:port); port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Region this server stores data in.
+    #[arg(long)]
+    region: Option<String>,
+    /// Configuration file (TOML); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkspaceCmd {
+    /// Create a workspace; prints its id, region and a single-use enrollment key.
+    Create {
+        /// Workspace name (unique).
+        name: String,
+        /// Region; must be the server's region.
+        #[arg(long)]
+        region: String,
+        /// Default retention in days.
+        #[arg(long)]
+        retention_days: Option<u32>,
+    },
+    /// List workspaces.
+    List,
+    /// Show one workspace.
+    Show {
+        /// Workspace id.
+        id: String,
+    },
+    /// Issue another single-use enrollment key.
+    EnrollmentKey {
+        /// Workspace id.
+        id: String,
+    },
+    /// List a workspace's tables with rows and bytes stored.
+    Tables {
+        /// Workspace id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AgentCmd {
+    /// Enroll this host: make a key pair, present the enrollment key to a
+    /// server whose key matches the pin, and store the signed certificate.
+    Enroll {
+        /// Server URL (https://host:port).
+        #[arg(long = "server", id = "enroll_server")]
+        server: String,
+        /// Single-use enrollment key from `custos workspace create`.
+        #[arg(long)]
+        enrollment_key: String,
+        /// The server's key pin (sha256/...), from server.json.
+        #[arg(long)]
+        pin: String,
+        /// Agent state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Host name to report (default: the system host name).
+        #[arg(long)]
+        hostname: Option<String>,
+    },
+    /// Collect and ship.
+    Run {
+        /// Agent state directory (enrolled).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Agent configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Drain every source, ship, wait for acknowledgements, exit.
+        #[arg(long)]
+        once: bool,
+        /// With --once: give up if the server cannot be reached for this many seconds.
+        #[arg(long, default_value_t = 300)]
+        give_up_after_secs: u64,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_value<T: serde::Serialize>(out: Output, v: &T) -> Result<()> {
+    let v = serde_json::to_value(v)?;
+    print!("{}", output::records(out, &v));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let out = cli.output;
+    match cli.cmd {
+        Cmd::Server(a) => {
+            init_logging("info");
+            let mut cfg = match &a.config {
+                Some(p) => custos_server::ServerConfig::from_path(p)?,
+                None => custos_server::ServerConfig::default(),
+            };
+            if let Some(d) = a.data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(l) = a.listen {
+                cfg.listen = l;
+            }
+            if let Some(r) = a.region {
+                cfg.region = r;
+            }
+            let server = custos_server::Server::start(cfg).await?;
+            print_value(out, server.info())?;
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            server.shutdown().await?;
+            Ok(())
+        }
+        Cmd::Quickstart(a) => {
+            init_logging("warn");
+            quickstart::run(a, out).await
+        }
+        Cmd::Workspace(w) => {
+            init_logging("warn");
+            let c = Client::from_args(&cli.conn)?;
+            match w {
+                WorkspaceCmd::Create { name, region, retention_days } => {
+                    let r: CreateWorkspaceResponse =
+                        c.post("/v1/workspaces", &CreateWorkspaceRequest { name, region, retention_days }).await?;
+                    print_value(out, &r)
+                }
+                WorkspaceCmd::List => {
+                    let r: Vec<WorkspaceInfo> = c.get("/v1/workspaces").await?;
+                    print_value(out, &r)
+                }
+                WorkspaceCmd::Show { id } => {
+                    let r: WorkspaceInfo = c.get(&format!("/v1/workspaces/{}", enc(&id))).await?;
+                    print_value(out, &r)
+                }
+                WorkspaceCmd::EnrollmentKey { id } => {
+                    let r: EnrollmentKeyResponse =
+                        c.post(&format!("/v1/workspaces/{}/enrollment-keys", enc(&id)), &serde_json::json!({})).await?;
+                    print_value(out, &r)
+                }
+                WorkspaceCmd::Tables { id } => {
+                    let r: Vec<TableInfo> = c.get(&format!("/v1/workspaces/{}/tables", enc(&id))).await?;
+                    print_value(out, &r)
+                }
+            }
+        }
+        Cmd::Query { workspace, sql } => {
+            init_logging("warn");
+            let c = Client::from_args(&cli.conn)?;
+            let r: QueryResponse = c.post(&format!("/v1/workspaces/{}/query", enc(&workspace)), &QueryRequest { sql }).await?;
+            print_query(out, &r);
+            Ok(())
+        }
+        Cmd::Agent(AgentCmd::Enroll { server, enrollment_key, pin, state_dir, hostname }) => {
+            init_logging("warn");
+            let hostname = match hostname {
+                Some(h) => h,
+                None => custos_agent::config::system_hostname().unwrap_or_else(|_| "unknown".into()),
+            };
+            let id = custos_agent::identity::enroll(&server, &enrollment_key, &pin, &state_dir, &hostname).await?;
+            print_value(out, &id)
+        }
+        Cmd::Agent(AgentCmd::Run { state_dir, config, once, give_up_after_secs }) => {
+            init_logging("info");
+            let cfg = custos_agent::config::AgentConfig::from_path(&config)?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = tx.send(true);
+            });
+            let mut opts = custos_agent::run::RunOptions { once, ..Default::default() };
+            if once {
+                opts.retry.give_up_after = Some(std::time::Duration::from_secs(give_up_after_secs));
+            }
+            let summary = custos_agent::run::run(&state_dir, &cfg, opts, rx)
+                .await
+                .with_context(|| format!("agent run with state dir {}", state_dir.display()))?;
+            print_value(out, &summary)
+        }
+    }
+}
+
+/// Percent-encode a path segment (ids are UUIDs; anything else is sent
+/// encoded and refused by the server with a clear error).
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+pub(crate) fn print_query(out: Output, r: &QueryResponse) {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&output::json_rows(&r.columns, &r.rows)).unwrap_or_default()),
+        Output::Csv => print!("{}", output::csv(&r.columns, &r.rows)),
+        Output::Table => {
+            print!("{}", output::table(&r.columns, &r.rows));
+            println!("({} rows, {} ms)", r.rows.len(), r.elapsed_ms);
+        }
+    }
+}

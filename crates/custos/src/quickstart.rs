@@ -1,0 +1,152 @@
+//! `custos quickstart`: the whole path on one machine, with nothing to set
+//! up. Initialises (or reuses) a data dir, starts the server, creates the
+//! `demo` workspace, enrolls an in-process agent, ships host inventory and
+//! the sample logs from `examples/logs`, prints example queries, and keeps
+//! serving until Ctrl-C.
+
+use crate::client::Client;
+use crate::output::Output;
+use anyhow::{Context, Result};
+use custos_model::api::*;
+use std::path::{Path, PathBuf};
+
+/// Sample logs shipped with the binary (also in `examples/logs/`).
+const SAMPLE_LOGS: &[(&str, &str)] = &[
+    ("web-access.log", include_str!("../../../examples/logs/web-access.log")),
+    ("platform.log", include_str!("../../../examples/logs/platform.log")),
+];
+
+/// Example queries the quickstart runs.
+pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
+    ("events per table", "SELECT 'logs' AS tbl, count(*) AS events FROM logs UNION ALL SELECT 'inventory', count(*) FROM inventory"),
+    (
+        "error lines per component (platform.log)",
+        "SELECT regexp_match(message, '\\[([a-z-]+)\\]')[1] AS component, count(*) AS errors FROM logs WHERE message LIKE '%ERROR%' GROUP BY 1 ORDER BY 2 DESC",
+    ),
+    (
+        "this host's inventory",
+        "SELECT kind, message FROM inventory ORDER BY kind, message",
+    ),
+];
+
+/// Quickstart options.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Data directory (reused if it exists).
+    #[arg(long, default_value = "custos-data")]
+    data_dir: PathBuf,
+    /// Listen address; if the port is taken a free one is used.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: String,
+    /// Exit after showing the queries instead of serving until Ctrl-C.
+    #[arg(long)]
+    no_serve: bool,
+}
+
+fn agent_config(logs_dir: &Path) -> String {
+    format!(
+        "# Written by `custos quickstart`.\n[agent]\nbatch_max_events = 5000\n\n[[sources]]\ntype = \"file\"\npaths = [\"{}/*.log\"]\ntable = \"logs\"\n\n[[sources]]\ntype = \"inventory\"\n",
+        logs_dir.display()
+    )
+}
+
+pub async fn run(a: Args, out: Output) -> Result<()> {
+    let data_dir = std::path::absolute(&a.data_dir)?;
+    let step = |s: &str| {
+        if out != Output::Json {
+            println!("==> {s}");
+        }
+    };
+    step(&format!("starting the server in {}", data_dir.display()));
+    let mut cfg = custos_server::ServerConfig { data_dir: data_dir.clone(), listen: a.listen.clone(), ..Default::default() };
+    cfg.ingest.flush_interval_ms = 1000;
+    let server = match custos_server::Server::start(cfg.clone()).await {
+        Ok(s) => s,
+        Err(custos_server::ServerError::Io { context, .. }) if context.starts_with("cannot listen") => {
+            cfg.listen = "127.0.0.1:0".into();
+            custos_server::Server::start(cfg).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let info = server.info().clone();
+    let token = std::fs::read_to_string(&info.admin_token_file)?.trim().to_string();
+    let client = Client::new(&info.url, Some(Path::new(&info.ca)), token)?;
+
+    let workspaces: Vec<WorkspaceInfo> = client.get("/v1/workspaces").await?;
+    let agent_dir = data_dir.join("quickstart-agent");
+    let ws_id = match workspaces.iter().find(|w| w.name == "demo") {
+        Some(w) => {
+            step(&format!("reusing workspace demo ({})", w.id));
+            w.id
+        }
+        None => {
+            let r: CreateWorkspaceResponse = client
+                .post("/v1/workspaces", &CreateWorkspaceRequest { name: "demo".into(), region: info.region.clone(), retention_days: None })
+                .await?;
+            step(&format!("created workspace demo ({}) in region {}", r.id, r.region));
+            let _ = std::fs::remove_dir_all(&agent_dir);
+            r.id
+        }
+    };
+    if !agent_dir.join("identity.json").exists() {
+        let k: EnrollmentKeyResponse = client.post(&format!("/v1/workspaces/{ws_id}/enrollment-keys"), &serde_json::json!({})).await?;
+        let host = custos_agent::config::system_hostname().unwrap_or_else(|_| "quickstart-host".into());
+        let id = custos_agent::identity::enroll(&info.url, &k.enrollment_key, &info.pin, &agent_dir, &host).await?;
+        step(&format!("enrolled agent {} (mutual TLS, server pinned by {})", id.agent_id, info.pin));
+    } else {
+        step("reusing the enrolled agent");
+    }
+    let logs_dir = data_dir.join("quickstart-logs");
+    std::fs::create_dir_all(&logs_dir)?;
+    for (name, text) in SAMPLE_LOGS {
+        let p = logs_dir.join(name);
+        if !p.exists() {
+            std::fs::write(&p, text)?;
+        }
+    }
+    let cfg_path = data_dir.join("quickstart-agent.toml");
+    std::fs::write(&cfg_path, agent_config(&logs_dir))?;
+    let agent_cfg = custos_agent::config::AgentConfig::from_path(&cfg_path)?;
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let mut opts = custos_agent::run::RunOptions { once: true, ..Default::default() };
+    opts.retry.give_up_after = Some(std::time::Duration::from_secs(60));
+    let summary = custos_agent::run::run(&agent_dir, &agent_cfg, opts, rx).await.context("quickstart agent")?;
+    step(&format!(
+        "agent shipped {} events in {} batches ({} bytes compressed); already-shipped lines are not sent again",
+        summary.events, summary.batches, summary.bytes_sent
+    ));
+
+    let mut results = Vec::new();
+    for (title, sql) in EXAMPLE_QUERIES {
+        let r: QueryResponse = client.post(&format!("/v1/workspaces/{ws_id}/query"), &QueryRequest { sql: sql.to_string() }).await?;
+        if out == Output::Json {
+            results.push(serde_json::json!({"title": title, "sql": sql, "rows": crate::output::json_rows(&r.columns, &r.rows)}));
+        } else {
+            println!("\n-- {title}\n{sql}\n");
+            crate::print_query(out, &r);
+        }
+    }
+    if out == Output::Json {
+        let v = serde_json::json!({
+            "server": info, "workspace": ws_id, "agent": summary, "queries": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "\nThe server is at {url}. Point the CLI at it from another terminal:\n\n  export CUSTOS_SERVER={url} CUSTOS_CA={ca} CUSTOS_TOKEN_FILE={tok}\n  custos workspace list\n  custos query --workspace {ws_id} \"SELECT host, count(*) FROM logs GROUP BY host\"\n",
+            url = info.url,
+            ca = info.ca,
+            tok = info.admin_token_file
+        );
+    }
+    if a.no_serve {
+        server.shutdown().await?;
+        return Ok(());
+    }
+    if out != Output::Json {
+        println!("Serving; press Ctrl-C to stop.");
+    }
+    crate::shutdown_signal().await;
+    server.shutdown().await?;
+    Ok(())
+}
