@@ -167,6 +167,19 @@ pub fn http_client(cfg: rustls::ClientConfig) -> Result<reqwest::Client, AgentEr
         .map_err(|e| AgentError::Tls(error_chain(&e)))
 }
 
+/// Point an enrolled agent at a new server URL (same server key and pins),
+/// for example after the server moved to another port.
+pub fn set_server(state_dir: &Path, server: &str) -> Result<Identity, AgentError> {
+    let sd = StateDir(state_dir.to_path_buf());
+    let text = std::fs::read(sd.identity()).map_err(|e| AgentError::NotEnrolled(format!("{}: {e}", sd.identity().display())))?;
+    let mut id: Identity = serde_json::from_slice(&text)
+        .map_err(|e| AgentError::Invalid(format!("{} is invalid: {e}", sd.identity().display())))?;
+    id.server = normalise_url(server)?;
+    let json = serde_json::to_vec_pretty(&id).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    write_file(&sd.identity(), &json, 0o600)?;
+    Ok(id)
+}
+
 /// The enrolled identity and a client that presents the agent certificate.
 pub fn load(state_dir: &Path) -> Result<(Identity, reqwest::Client), AgentError> {
     let sd = StateDir(state_dir.to_path_buf());

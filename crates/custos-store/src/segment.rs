@@ -102,7 +102,7 @@ pub struct SegmentHeader {
 }
 
 /// An encoded segment, ready to store, with the facts a catalog records.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EncodedSegment {
     /// The file bytes (see the module docs for the layout).
     pub bytes: Bytes,
@@ -114,6 +114,18 @@ pub struct EncodedSegment {
     pub max_time: TimestampMicros,
     /// Attribute columns and their types, sorted by name.
     pub columns: Vec<(String, ValueType)>,
+}
+
+impl std::fmt::Debug for EncodedSegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedSegment")
+            .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .field("rows", &self.rows)
+            .field("min_time", &self.min_time)
+            .field("max_time", &self.max_time)
+            .field("columns", &self.columns)
+            .finish()
+    }
 }
 
 /// A decoded, verified segment.
@@ -655,7 +667,7 @@ fn check_block(meta: &[u8], body: &[u8]) -> Result<(), String> {
             let mut prefix = [0u8; 8];
             prefix.copy_from_slice(&body[at..at + 8]);
             let declared = i64::from_le_bytes(prefix);
-            if declared < -1 || declared > MAX_DECODED_BUFFER_BYTES {
+            if !(-1..=MAX_DECODED_BUFFER_BYTES).contains(&declared) {
                 return Err(format!("a compressed buffer declares {declared} decompressed bytes"));
             }
         }

@@ -20,7 +20,7 @@ pub struct ObjectMeta {
 ///
 /// Paths must pass [`validate_object_path`]: relative, no empty, `.` or `..`
 /// components, no backslash or NUL. Every implementation must pass
-/// [`crate::conformance::run_all`].
+/// `custos_store::conformance::run_all` (feature `conformance`).
 #[async_trait]
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// The URI this storage was opened from (e.g. `file:///var/lib/custos`).

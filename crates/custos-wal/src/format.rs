@@ -274,3 +274,45 @@ pub(crate) fn decode_record_header(h: &[u8; RECORD_HEADER_LEN as usize]) -> Opti
 pub(crate) fn segment_path(dir: &Path, first_lsn: Lsn) -> std::path::PathBuf {
     dir.join(segment_file_name(first_lsn))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip_and_reject_other_names() {
+        for lsn in [0, 1, 42, u64::MAX] {
+            let name = segment_file_name(lsn);
+            assert_eq!(name.len(), 24);
+            assert_eq!(parse_segment_file_name(&name), Some(lsn));
+        }
+        for bad in ["1.wal", "0000000000000000000a.wal", "00000000000000000000.log", "99999999999999999999.wal", "ack"] {
+            assert_eq!(parse_segment_file_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn headers_and_ack_blocks_detect_any_single_byte_change() {
+        let h = encode_segment_header(77);
+        assert_eq!(decode_segment_header(&h), Block::Valid { version: FORMAT_VERSION, value: 77 });
+        assert_eq!(decode_ack(&h), Block::Damaged, "magics differ");
+        for i in 0..h.len() {
+            let mut d = h;
+            d[i] ^= 0x01;
+            assert_eq!(decode_segment_header(&d), Block::Damaged, "byte {i}");
+        }
+        assert_eq!(decode_segment_header(&h[..31]), Block::Damaged);
+        assert_eq!(decode_ack(&encode_ack(5)), Block::Valid { version: FORMAT_VERSION, value: 5 });
+    }
+
+    #[test]
+    fn record_headers_round_trip() {
+        let h = encode_record_header(9, b"hello");
+        let d = decode_record_header(&h).unwrap();
+        assert_eq!((d.len, d.lsn), (5, 9));
+        assert_eq!(crc32c::crc32c_append(d.partial_crc, b"hello"), d.crc);
+        let mut bad = h;
+        bad[0] ^= 1;
+        assert!(decode_record_header(&bad).is_none());
+    }
+}

@@ -16,7 +16,7 @@
 //!   file); readers are independent iterators over durable records.
 //!
 //! The on-disk format, its invariants and the recovery rules are specified in
-//! [`format`].
+//! [`format`](mod@format).
 //!
 //! ```
 //! # fn main() -> Result<(), custos_wal::WalError> {

@@ -59,7 +59,7 @@ impl WalOptions {
     }
 }
 
-/// What [`Wal::open`] found and repaired. See the recovery rules in [`crate::format`].
+/// What [`Wal::open`] found and repaired. See the recovery rules in [`crate::format`](mod@crate::format).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// Segment files in use after recovery.
@@ -90,7 +90,7 @@ pub(crate) struct Segment {
 }
 
 /// A segmented, checksummed, crash-safe append-only log. See [`crate`] for an
-/// overview and [`crate::format`] for the on-disk format.
+/// overview and [`crate::format`](mod@crate::format) for the on-disk format.
 ///
 /// Dropping a `Wal` without [`Wal::sync`] hands buffered records to the
 /// operating system (best effort) but does not make them durable.
@@ -192,7 +192,7 @@ impl Wal {
     ///
     /// Never panics on any file content and never loads the whole log into
     /// memory: each segment is streamed once with a bounded buffer. Damage is
-    /// repaired or skipped as described in [`crate::format`]; only unknown
+    /// repaired or skipped as described in [`crate::format`](mod@crate::format); only unknown
     /// format versions, a header contradicting its file name, I/O failures and
     /// a directory locked by another writer are errors.
     pub fn open(opts: WalOptions) -> Result<(Wal, RecoveryReport), WalError> {

@@ -51,7 +51,7 @@ fn child(dir: &Path, seed: u64) -> ! {
         o.flush().expect("stdout");
         drop(o);
         batches += 1;
-        if batches % 40 == 0 && last > 200 {
+        if batches.is_multiple_of(40) && last > 200 {
             let upto = last - 200;
             wal.ack(upto).expect("ack");
             let mut o = out.lock();

@@ -100,10 +100,8 @@ enum WorkspaceCmd {
 enum AgentCmd {
     /// Enroll this host: make a key pair, present the enrollment key to a
     /// server whose key matches the pin, and store the signed certificate.
+    /// The server URL is the global `--server` (or CUSTOS_SERVER).
     Enroll {
-        /// Server URL (https://host:port).
-        #[arg(long = "server", id = "enroll_server")]
-        server: String,
         /// Single-use enrollment key from `custos workspace create`.
         #[arg(long)]
         enrollment_key: String,
@@ -137,7 +135,12 @@ enum AgentCmd {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() -> std::process::ExitCode {
@@ -243,8 +246,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print_query(out, &r);
             Ok(())
         }
-        Cmd::Agent(AgentCmd::Enroll { server, enrollment_key, pin, state_dir, hostname }) => {
+        Cmd::Agent(AgentCmd::Enroll { enrollment_key, pin, state_dir, hostname }) => {
             init_logging("warn");
+            let server = cli
+                .conn
+                .server
+                .clone()
+                .context("agent enroll needs --server URL (or CUSTOS_SERVER)")?;
             let hostname = match hostname {
                 Some(h) => h,
                 None => custos_agent::config::system_hostname().unwrap_or_else(|_| "unknown".into()),
@@ -288,5 +296,16 @@ pub(crate) fn print_query(out: Output, r: &QueryResponse) {
             print!("{}", output::table(&r.columns, &r.rows));
             println!("({} rows, {} ms)", r.rows.len(), r.elapsed_ms);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -94,6 +94,8 @@ pub async fn run(a: Args, out: Output) -> Result<()> {
         let id = custos_agent::identity::enroll(&info.url, &k.enrollment_key, &info.pin, &agent_dir, &host).await?;
         step(&format!("enrolled agent {} (mutual TLS, server pinned by {})", id.agent_id, info.pin));
     } else {
+        // The server may listen on another port than last time.
+        custos_agent::identity::set_server(&agent_dir, &info.url)?;
         step("reusing the enrolled agent");
     }
     let logs_dir = data_dir.join("quickstart-logs");

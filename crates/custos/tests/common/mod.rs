@@ -1,0 +1,160 @@
+//! Test harness: the real `custos` binary, a real server on 127.0.0.1.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_custos")
+}
+
+/// `../shared/corpus` beside the repository.
+pub fn corpus() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus");
+    assert!(p.is_dir(), "test corpus not found at {} (shared/ must sit beside the repository)", p.display());
+    p
+}
+
+pub struct ServerProc {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub info: Value,
+}
+
+impl ServerProc {
+    pub fn start(dir: &Path) -> ServerProc {
+        Self::start_with(dir, &[])
+    }
+
+    pub fn start_with(dir: &Path, extra: &[&str]) -> ServerProc {
+        let _ = std::fs::remove_file(dir.join("server.json"));
+        let log = std::fs::File::create(dir.with_extension("server.log")).unwrap();
+        let child = Command::new(bin())
+            .args(["server", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0", "--output", "json"])
+            .args(extra)
+            .env("CUSTOS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let info_path = dir.join("server.json");
+        loop {
+            if let Ok(b) = std::fs::read(&info_path) {
+                if let Ok(info) = serde_json::from_slice::<Value>(&b) {
+                    return ServerProc { child, dir: dir.to_path_buf(), info };
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "server did not start; see {}", dir.with_extension("server.log").display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.info["url"].as_str().unwrap().to_string()
+    }
+    pub fn pin(&self) -> String {
+        self.info["pin"].as_str().unwrap().to_string()
+    }
+    pub fn addr(&self) -> String {
+        self.info["listen"].as_str().unwrap().to_string()
+    }
+
+    /// Run an admin CLI command against this server with `--output json`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        self.cli_raw(&a)
+    }
+
+    /// Run an admin CLI command against this server as given.
+    pub fn cli_raw(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("CUSTOS_SERVER", self.url())
+            .env("CUSTOS_CA", self.info["ca"].as_str().unwrap())
+            .env("CUSTOS_TOKEN_FILE", self.info["admin_token_file"].as_str().unwrap())
+            .output()
+            .unwrap()
+    }
+
+    /// Run and parse JSON, asserting success.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
+        assert!(out.status.success(), "custos {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("custos {args:?}: bad json ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub fn create_workspace(&self, name: &str) -> (String, String) {
+        let v = self.cli_json(&["workspace", "create", name, "--region", "local"]);
+        (v["id"].as_str().unwrap().to_string(), v["enrollment_key"].as_str().unwrap().to_string())
+    }
+
+    pub fn count(&self, ws: &str, table: &str) -> i64 {
+        let v = self.cli_json(&["query", "--workspace", ws, &format!("SELECT count(*) AS n FROM {table}")]);
+        v[0]["n"].as_i64().unwrap()
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.cli(&["workspace", "list"]).status.success()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn custos(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+pub fn enroll(server: &ServerProc, key: &str, state: &Path) -> Output {
+    Command::new(bin())
+        .args(["agent", "enroll", "--server", &server.url(), "--enrollment-key", key, "--pin", &server.pin(), "--state-dir"])
+        .arg(state)
+        .args(["--output", "json"])
+        .output()
+        .unwrap()
+}
+
+pub fn write_agent_config(path: &Path, glob: &str) {
+    std::fs::write(path, format!("[[sources]]\ntype = \"file\"\npaths = [\"{glob}\"]\ntable = \"logs\"\n")).unwrap();
+}
+
+pub fn agent_once(state: &Path, config: &Path) -> Output {
+    Command::new(bin())
+        .args(["agent", "run", "--once", "--give-up-after-secs", "20", "--output", "json", "--state-dir"])
+        .arg(state)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,149 @@
+//! End to end through the real binary: server, workspaces, enrollment,
+//! shipping a real log file, SQL, isolation, and durability across kill -9.
+
+mod common;
+use common::*;
+
+#[test]
+fn ships_a_loghub_file_and_only_its_workspace_sees_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("data"));
+    let (ws_a, key_a) = server.create_workspace("alpha");
+    let (ws_b, key_b) = server.create_workspace("beta");
+
+    // The workspace is listed and shown.
+    let list = server.cli_json(&["workspace", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let show = server.cli_json(&["workspace", "show", &ws_a]);
+    assert_eq!(show["name"], "alpha");
+    assert_eq!(show["region"], "local");
+
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::copy(corpus().join("loghub/OpenSSH/OpenSSH_2k.log"), logs.join("sshd.log")).unwrap();
+    let cfg = tmp.path().join("agent.toml");
+    write_agent_config(&cfg, &format!("{}/*.log", logs.display()));
+    let state_a = tmp.path().join("agent-a");
+    let out = enroll(&server, &key_a, &state_a);
+    assert!(out.status.success(), "enroll: {}", stderr(&out));
+
+    let out = agent_once(&state_a, &cfg);
+    assert!(out.status.success(), "agent run: {}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["events"], 2000, "{summary}");
+
+    assert_eq!(server.count(&ws_a, "logs"), 2000);
+    assert_eq!(server.count(&ws_b, "logs"), 0, "another workspace must see nothing");
+
+    // A second agent in workspace B ships another file; A is unchanged.
+    let logs_b = tmp.path().join("logs-b");
+    std::fs::create_dir_all(&logs_b).unwrap();
+    std::fs::copy(corpus().join("loghub/Apache/Apache_2k.log"), logs_b.join("apache.log")).unwrap();
+    let cfg_b = tmp.path().join("agent-b.toml");
+    write_agent_config(&cfg_b, &format!("{}/*.log", logs_b.display()));
+    let state_b = tmp.path().join("agent-b");
+    assert!(enroll(&server, &key_b, &state_b).status.success());
+    assert!(agent_once(&state_b, &cfg_b).status.success());
+    assert_eq!(server.count(&ws_b, "logs"), 2000);
+    assert_eq!(server.count(&ws_a, "logs"), 2000);
+    let v = server.cli_json(&["query", "--workspace", &ws_a, "SELECT count(*) AS n FROM logs WHERE message LIKE '%Apache%' OR file LIKE '%apache%'"]);
+    assert_eq!(v[0]["n"], 0);
+
+    // Running again ships nothing new: positions were committed after the ACK.
+    let out = agent_once(&state_a, &cfg);
+    assert!(out.status.success());
+    assert_eq!(server.count(&ws_a, "logs"), 2000);
+
+    // A line appended later is picked up, and only it.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(logs.join("sshd.log")).unwrap();
+    writeln!(f, "\nDec 10 11:11:11 LabSZ sshd[1]: appended line").unwrap();
+    drop(f);
+    let out = agent_once(&state_a, &cfg);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(server.count(&ws_a, "logs"), 2001);
+
+    // Table, json and csv outputs.
+    let csv = server.cli_raw(&["query", "--workspace", &ws_a, "SELECT count(*) AS n FROM logs", "--output", "csv"]);
+    assert!(String::from_utf8_lossy(&csv.stdout).starts_with("n\n2001"), "{}", String::from_utf8_lossy(&csv.stdout));
+}
+
+#[test]
+fn acknowledged_batches_survive_kill_9_of_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // A long flush interval: acknowledged data sits only in the ingest log.
+    std::fs::create_dir_all(tmp.path()).unwrap();
+    let conf = tmp.path().join("server.toml");
+    std::fs::write(&conf, "[ingest]\nflush_interval_ms = 600000\n").unwrap();
+    let mut server = ServerProc::start_with(&data, &["--config", conf.to_str().unwrap()]);
+    let (ws, key) = server.create_workspace("durable");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::copy(corpus().join("loghub/Zookeeper/Zookeeper_2k.log"), logs.join("zk.log")).unwrap();
+    let cfg = tmp.path().join("agent.toml");
+    write_agent_config(&cfg, &format!("{}/*.log", logs.display()));
+    let state = tmp.path().join("agent");
+    assert!(enroll(&server, &key, &state).status.success());
+    let out = agent_once(&state, &cfg);
+    assert!(out.status.success(), "{}", stderr(&out));
+    server.kill9();
+    assert!(!data.join("segments/ws").exists() || std::fs::read_dir(data.join("segments/ws")).unwrap().count() == 0,
+        "nothing should have been written to segments before the kill");
+    let server = ServerProc::start_with(&data, &["--config", conf.to_str().unwrap()]);
+    assert_eq!(server.count(&ws, "logs"), 2000, "acknowledged events must survive kill -9");
+    // Replay must not duplicate on a second restart either.
+    drop(server);
+    let server = ServerProc::start_with(&data, &["--config", conf.to_str().unwrap()]);
+    assert_eq!(server.count(&ws, "logs"), 2000);
+}
+
+#[test]
+fn server_json_pins_the_certificate_and_admin_token_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = ServerProc::start(&data);
+    let mode = std::fs::metadata(data.join("admin.token")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(server.pin().starts_with("sha256/"));
+    assert!(server.addr().starts_with("127.0.0.1:") && !server.addr().ends_with(":0"));
+    assert!(std::path::Path::new(server.info["ca"].as_str().unwrap()).exists());
+    // Same data dir, same identity: the pin survives a restart.
+    let pin = server.pin();
+    drop(server);
+    let again = ServerProc::start(&data);
+    assert_eq!(again.pin(), pin);
+}
+
+#[test]
+fn quickstart_ships_sample_data_and_reuses_it_on_a_second_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("qs");
+    for _ in 0..2 {
+        let out = std::process::Command::new(bin())
+            .args(["quickstart", "--no-serve", "--listen", "127.0.0.1:0", "--output", "json", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "quickstart: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = &v["queries"][0]["rows"];
+        let logs = rows.as_array().unwrap().iter().find(|r| r["tbl"] == "logs").unwrap();
+        assert_eq!(logs["events"], 1000, "{v}");
+    }
+}
+
+#[test]
+fn table_output_is_aligned_for_people() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("data"));
+    server.create_workspace("tabular");
+    let out = server.cli_raw(&["workspace", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("id") && header.contains("name") && header.contains("region"), "{text}");
+    assert!(lines.next().unwrap().starts_with("----"));
+    assert!(lines.next().unwrap().contains("tabular"));
+}
