@@ -170,6 +170,8 @@ pub fn parse_segment_file_name(name: &str) -> Option<Lsn> {
     digits.parse().ok()
 }
 
+// The little-endian readers below are only given the fixed-size layouts above
+// (length-checked 32-byte blocks, 20-byte record headers), so ranges are in bounds.
 fn le_u16(b: &[u8], at: usize) -> u16 {
     let mut a = [0u8; 2];
     a.copy_from_slice(&b[at..at + 2]);
