@@ -56,3 +56,10 @@ fn agent_never_depends_on_store_catalog_or_server() {
     }
     assert!(names.contains("custos-model"), "sanity: the walk found the model crate");
 }
+
+#[test]
+fn the_example_agent_config_parses() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/agent.toml");
+    let cfg = custos_agent::config::AgentConfig::from_path(&path).unwrap();
+    assert_eq!(cfg.sources.len(), 2);
+}
