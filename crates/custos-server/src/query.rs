@@ -69,21 +69,25 @@ impl TableProvider for SegmentTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let schema = self.schema.clone();
+        // Decode only the columns the query needs (projection pushdown):
+        // the other columns' buffers are never decompressed.
+        let target: SchemaRef = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let wanted: Vec<String> = target.fields().iter().map(|f| f.name().clone()).collect();
         let decoded: Vec<Vec<RecordBatch>> = futures::stream::iter(self.segments.iter().cloned())
             .map(|seg| {
                 let storage = self.storage.clone();
-                let schema = schema.clone();
+                let target = target.clone();
+                let wanted = wanted.clone();
                 async move {
                     let bytes = storage.get(&seg.path).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
                     tokio::task::spawn_blocking(move || {
-                        let d = custos_store::decode_segment(&bytes).map_err(|e| {
+                        let d = custos_store::decode_segment_columns(&bytes, Some(&wanted)).map_err(|e| {
                             DataFusionError::Execution(format!("segment {} ({}): {e}", seg.id, seg.path))
                         })?;
-                        d.batches
-                            .iter()
-                            .map(|b| custos_store::adapt_batch(b, &schema).map_err(|e| DataFusionError::External(Box::new(e))))
-                            .collect::<DfResult<Vec<_>>>()
+                        d.batches.iter().map(|b| project_to(b, &target)).collect::<DfResult<Vec<_>>>()
                     })
                     .await
                     .map_err(|e| DataFusionError::Execution(format!("segment decode task: {e}")))?
@@ -96,9 +100,29 @@ impl TableProvider for SegmentTable {
         for (i, b) in decoded.into_iter().flatten().enumerate() {
             partitions[i % self.partitions].push(b);
         }
-        let exec = MemorySourceConfig::try_new_exec(&partitions, schema, projection.cloned())?;
+        let exec = MemorySourceConfig::try_new_exec(&partitions, target, None)?;
         Ok(exec)
     }
+}
+
+/// Shape a decoded batch to `target`: drop columns it does not name, then
+/// reorder, widen and null-fill with the store's adapter. A target with no
+/// columns (as for `count(*)`) keeps only the row count.
+fn project_to(batch: &RecordBatch, target: &SchemaRef) -> DfResult<RecordBatch> {
+    if target.fields().is_empty() {
+        let opts = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        return Ok(RecordBatch::try_new_with_options(target.clone(), vec![], &opts)?);
+    }
+    let keep: Vec<usize> = batch
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| target.field_with_name(f.name()).is_ok())
+        .map(|(i, _)| i)
+        .collect();
+    let projected = batch.project(&keep)?;
+    custos_store::adapt_batch(&projected, target).map_err(|e| DataFusionError::External(Box::new(e)))
 }
 
 /// Run one SQL query over one workspace.

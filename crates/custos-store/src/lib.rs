@@ -18,7 +18,7 @@ mod storage;
 pub use error::StoreError;
 pub use local::LocalStorage;
 pub use segment::{
-    adapt_batch, arrow_type, decode_segment, envelope_fields, segment_path, table_prefix, table_schema,
+    adapt_batch, arrow_type, decode_segment, decode_segment_columns, envelope_fields, segment_path, table_prefix, table_schema,
     DecodedSegment, EncodedSegment, SegmentBuilder, SegmentHeader, ENVELOPE_COLUMNS, MAX_BATCH_ROWS,
     SEGMENT_EXTENSION, SEGMENT_FORMAT_VERSION, SEGMENT_MAGIC,
 };

@@ -492,6 +492,15 @@ fn le_u16(b: &[u8], at: usize) -> u16 {
 /// [`StoreError::CorruptSegment`] naming the check that failed; an intact
 /// segment of another version gives [`StoreError::UnsupportedSegmentVersion`].
 pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, StoreError> {
+    decode_segment_columns(bytes, None)
+}
+
+/// Like [`decode_segment`], but decompresses and decodes only the named
+/// columns (plus `time`, which the integrity checks need); columns the
+/// segment lacks are ignored. The whole file is still checksummed. The
+/// returned schema and batches hold only the decoded columns, in segment
+/// order.
+pub fn decode_segment_columns(bytes: &[u8], columns: Option<&[String]>) -> Result<DecodedSegment, StoreError> {
     let len = bytes.len();
     if len < PREAMBLE_LEN + TRAILER_LEN {
         return Err(corrupt(format!(
@@ -560,7 +569,16 @@ pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, StoreError> {
     let ipc = &bytes[header_end..body_end];
     // Arrow's reader trusts sizes inside the IPC file; `read_ipc` bounds them
     // first, and any panic left in Arrow on crafted input becomes an error.
-    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_ipc(ipc, &expected)));
+    let projection: Option<Vec<usize>> = columns.map(|cols| {
+        expected
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| *i == 0 || cols.iter().any(|c| c == f.name()))
+            .map(|(i, _)| i)
+            .collect()
+    });
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_ipc(ipc, &expected, projection.clone())));
     let batches = match read {
         Ok(r) => r.map_err(|e| corrupt(format!("segment {seg}: arrow ipc body: {e}")))?,
         Err(_) => return Err(corrupt(format!("segment {seg}: arrow ipc body: the reader panicked"))),
@@ -584,7 +602,11 @@ pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, StoreError> {
     if rows > 0 && times != Some((header.min_time, header.max_time)) {
         return Err(corrupt(format!("segment {seg}: the body's time range does not match the header's")));
     }
-    Ok(DecodedSegment { header, schema: expected, batches })
+    let schema = match &projection {
+        Some(p) => Arc::new(expected.project(p).map_err(|e| corrupt(format!("segment {seg}: projection: {e}")))?),
+        None => expected,
+    };
+    Ok(DecodedSegment { header, schema, batches })
 }
 
 /// Largest decompressed size accepted for one Arrow buffer (1 GiB); larger
@@ -599,7 +621,7 @@ const MAX_DECODED_BUFFER_BYTES: i64 = 1 << 30;
 /// the block lies inside the file, it is a record batch of at most
 /// [`MAX_BATCH_ROWS`] rows, every buffer lies inside the body, and every
 /// compressed buffer declares at most [`MAX_DECODED_BUFFER_BYTES`].
-fn read_ipc(ipc: &[u8], schema: &SchemaRef) -> Result<Vec<RecordBatch>, String> {
+fn read_ipc(ipc: &[u8], schema: &SchemaRef, projection: Option<Vec<usize>>) -> Result<Vec<RecordBatch>, String> {
     use arrow::ipc::reader::{read_footer_length, FileDecoder};
     const ARROW_TRAILER: usize = 10; // i32 footer length + "ARROW1"
     let len = ipc.len();
@@ -619,7 +641,10 @@ fn read_ipc(ipc: &[u8], schema: &SchemaRef) -> Result<Vec<RecordBatch>, String> 
         return Err("unexpected dictionary blocks".into());
     }
     let blocks = footer.recordBatches().ok_or("the footer lists no record batches")?;
-    let decoder = FileDecoder::new(Arc::clone(schema), footer.version());
+    let mut decoder = FileDecoder::new(Arc::clone(schema), footer.version());
+    if let Some(p) = projection {
+        decoder = decoder.with_projection(p);
+    }
     let mut batches = Vec::with_capacity(blocks.len());
     for (i, block) in blocks.iter().enumerate() {
         let bad = |what: String| format!("record batch {i}: {what}");

@@ -147,3 +147,89 @@ fn table_output_is_aligned_for_people() {
     assert!(lines.next().unwrap().starts_with("----"));
     assert!(lines.next().unwrap().contains("tabular"));
 }
+
+#[test]
+fn agent_runs_until_sigterm_then_exits_cleanly_and_stdin_and_inventory_ship() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("data"));
+    let (ws, key) = server.create_workspace("live");
+    let state = tmp.path().join("agent");
+    assert!(enroll(&server, &key, &state).status.success());
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nflush_interval_ms = 100\n\n[[sources]]\ntype = \"file\"\npaths = [\"{}/*.log\"]\n\n[[sources]]\ntype = \"inventory\"\n",
+            logs.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Command::new(bin())
+        .args(["agent", "run", "--output", "json", "--state-dir"])
+        .arg(&state)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Lines written while the agent runs arrive without a restart.
+    let mut f = std::fs::File::create(logs.join("live.log")).unwrap();
+    for i in 0..300 {
+        writeln!(f, "live line {i}").unwrap();
+    }
+    drop(f);
+    let started = Instant::now();
+    while server.count(&ws, "logs") < 300 {
+        assert!(started.elapsed() < Duration::from_secs(30), "running agent did not ship new lines");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(server.count(&ws, "inventory") >= 1, "inventory snapshot shipped");
+    let v = server.cli_json(&["query", "--workspace", &ws, "SELECT cpu_cores, memory_total_bytes FROM inventory WHERE kind = 'host'"]);
+    assert!(v[0]["cpu_cores"].as_i64().unwrap() >= 1 && v[0]["memory_total_bytes"].as_i64().unwrap() > 0, "{v}");
+    Command::new("kill").arg("-TERM").arg(agent.id().to_string()).status().unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = agent.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "agent did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "agent exits 0 after SIGTERM");
+    let mut out = String::new();
+    std::io::Read::read_to_string(agent.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(summary["events"].as_u64().unwrap() >= 301, "{summary}");
+    assert_eq!(server.count(&ws, "logs"), 300, "no duplicates");
+
+    // stdin: every line including a last one without a newline.
+    let stdin_cfg = tmp.path().join("stdin.toml");
+    std::fs::write(&stdin_cfg, "[[sources]]\ntype = \"stdin\"\ntable = \"piped\"\n").unwrap();
+    let mut child = Command::new(bin())
+        .args(["agent", "run", "--once", "--output", "json", "--state-dir"])
+        .arg(&state)
+        .arg("--config")
+        .arg(&stdin_cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    for i in 0..499 {
+        writeln!(input, "piped {i}").unwrap();
+    }
+    write!(input, "last line without newline").unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(server.count(&ws, "piped"), 500);
+    let v = server.cli_json(&["query", "--workspace", &ws, "SELECT count(*) AS n FROM piped WHERE message = 'last line without newline'"]);
+    assert_eq!(v[0]["n"], 1);
+}

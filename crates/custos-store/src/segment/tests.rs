@@ -474,3 +474,23 @@ proptest! {
         let _ = decode_segment(&b);
     }
 }
+
+#[test]
+fn projected_decode_returns_only_the_named_columns_and_time() {
+    let a = AgentId::new();
+    let mut b = SegmentBuilder::new(WorkspaceId::new(), TableName::new("logs").unwrap());
+    for i in 0..100 {
+        b.push(a, &event(i, "msg", vec![("pid", Value::Int(i)), ("unit", "x".into())]));
+    }
+    let enc = b.finish(SegmentId::new()).unwrap();
+    let d = decode_segment_columns(&enc.bytes, Some(&["pid".to_string(), "absent".to_string()])).unwrap();
+    let names: Vec<&str> = d.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, vec!["time", "pid"]);
+    assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 100);
+    assert!(d.batches.iter().all(|b| b.num_columns() == 2));
+    // Corruption is still caught when only some columns are decoded.
+    let mut bad = enc.bytes.to_vec();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    assert!(decode_segment_columns(&bad, Some(&["pid".to_string()])).is_err());
+}
