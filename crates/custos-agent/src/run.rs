@@ -41,6 +41,27 @@ pub struct RunSummary {
 
 type Shared = Arc<Mutex<Box<dyn Source>>>;
 
+/// Batches of one source on the wire at once.
+const MAX_IN_FLIGHT: usize = 4;
+
+type Shipped = Option<Result<(custos_model::api::IngestAck, u64, u64), AgentError>>;
+
+/// Consume one finished send: count it and commit the position after it.
+async fn finish(src: &Shared, done: (crate::sources::Checkpoint, Shipped), summary: &mut RunSummary) -> Result<(), AgentError> {
+    let (cp, shipped) = done;
+    if let Some(r) = shipped {
+        let (ack, n, bytes) = r?;
+        summary.batches += 1;
+        summary.events += n;
+        summary.bytes_sent += bytes;
+        if ack.duplicate {
+            summary.duplicate_batches += 1;
+        }
+        tracing::debug!(batch = %ack.batch_id, events = n, ack = %ack.ack_id, "batch acknowledged");
+    }
+    blocking(src, move |s| s.commit(&cp)).await
+}
+
 async fn blocking<T: Send + 'static>(
     src: &Shared,
     f: impl FnOnce(&mut dyn Source) -> Result<T, crate::sources::SourceError> + Send + 'static,
@@ -73,35 +94,62 @@ pub async fn run(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, mut shut
     tracing::info!(agent = %id.agent_id, server = %id.server, sources = sources.len(), once = opts.once, "agent running");
     'outer: loop {
         for src in &sources {
+            // Up to `MAX_IN_FLIGHT` batches of this source travel at once;
+            // acknowledgements are consumed in order, and a source's position
+            // is committed only once every batch before it is acknowledged.
+            let mut inflight = futures::stream::FuturesOrdered::new();
+            let mut stop = false;
             loop {
                 if *shutdown.borrow() {
-                    break 'outer;
+                    // Finish what is on the wire (so its positions commit),
+                    // read nothing more.
+                    stop = true;
+                }
+                if inflight.len() >= MAX_IN_FLIGHT || (stop && !inflight.is_empty()) {
+                    if let Some(done) = futures::StreamExt::next(&mut inflight).await {
+                        finish(src, done, &mut summary).await?;
+                    }
+                    continue;
+                }
+                if stop {
+                    break;
                 }
                 let drain = opts.once;
                 let poll = blocking(src, move |s| s.poll(max_events, max_bytes, drain)).await?;
-                if !poll.events.is_empty() {
+                let exhausted = poll.exhausted;
+                if poll.events.is_empty() {
+                    if inflight.is_empty() {
+                        // Nothing pending: the position may advance (skipped
+                        // empty lines, a rotation) right away.
+                        let cp = poll.checkpoint;
+                        blocking(src, move |s| s.commit(&cp)).await?;
+                    } else {
+                        inflight.push_back(futures::future::Either::Left(async move { (poll.checkpoint, None) }));
+                    }
+                } else {
                     let n = poll.events.len() as u64;
                     let payload = BatchPayload { batch_id: BatchId::new(), created: custos_model::now_micros(), events: poll.events };
                     let frame = tokio::task::spawn_blocking(move || wire::encode(&payload, Codec::Zstd))
                         .await
                         .map_err(|e| AgentError::Invalid(format!("encode task failed: {e}")))?;
-                    let ack = shipper.send(&frame, &opts.retry, &mut shutdown).await?;
-                    summary.batches += 1;
-                    summary.events += n;
-                    summary.bytes_sent += frame.len() as u64;
-                    if ack.duplicate {
-                        summary.duplicate_batches += 1;
-                    }
-                    tracing::debug!(batch = %ack.batch_id, events = n, ack = %ack.ack_id, "batch acknowledged");
+                    let shipper = shipper.clone();
+                    let retry = opts.retry.clone();
+                    let mut shutdown = shutdown.clone();
+                    let cp = poll.checkpoint;
+                    inflight.push_back(futures::future::Either::Right(async move {
+                        let r = shipper.send(&frame, &retry, &mut shutdown).await;
+                        (cp, Some(r.map(|ack| (ack, n, frame.len() as u64))))
+                    }));
                 }
-                let cp = poll.checkpoint;
-                blocking(src, move |s| s.commit(&cp)).await?;
-                if poll.exhausted {
-                    break;
+                if exhausted {
+                    stop = true;
                 }
             }
+            if *shutdown.borrow() {
+                break 'outer;
+            }
         }
-        if opts.once {
+        if opts.once || *shutdown.borrow() {
             break;
         }
         tokio::select! {
