@@ -85,10 +85,12 @@ bench_args() {
     fi
     [ -x "$BIN" ] || die "custos binary not found or not executable: $BIN"
     BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-    command -v jq >/dev/null || die "jq is required"
-    if [ ! -x /usr/bin/time ]; then
-        log "/usr/bin/time is missing; installing the 'time' package"
-        apt-get install -y time >&2 || die "cannot install /usr/bin/time (apt-get install time)"
+    local missing=()
+    command -v jq >/dev/null || missing+=(jq)
+    [ -x /usr/bin/time ] || missing+=(time)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing missing packages: ${missing[*]}"
+        { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; } >&2 || die "cannot install ${missing[*]} (apt-get install ${missing[*]})"
     fi
 }
 
