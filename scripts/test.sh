@@ -29,6 +29,11 @@ apt_install() {
     fi
 }
 
+if cargo clippy --version >/dev/null 2>&1; then
+    echo "==> cargo clippy --workspace --all-targets (warnings are errors)"
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
 echo "==> cargo test --workspace ($(nproc) cores)"
 start=$(date +%s)
 cargo test --workspace --locked "$@"

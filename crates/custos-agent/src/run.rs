@@ -24,6 +24,9 @@ pub struct RunOptions {
     pub once: bool,
     /// Retry policy for each batch.
     pub retry: RetryPolicy,
+    /// Receives the running totals after every acknowledged batch (for a
+    /// progress display).
+    pub progress: Option<Arc<watch::Sender<RunSummary>>>,
 }
 
 /// What a run shipped.
@@ -47,7 +50,12 @@ const MAX_IN_FLIGHT: usize = 4;
 type Shipped = Option<Result<(custos_model::api::IngestAck, u64, u64), AgentError>>;
 
 /// Consume one finished send: count it and commit the position after it.
-async fn finish(src: &Shared, done: (crate::sources::Checkpoint, Shipped), summary: &mut RunSummary) -> Result<(), AgentError> {
+async fn finish(
+    src: &Shared,
+    done: (crate::sources::Checkpoint, Shipped),
+    summary: &mut RunSummary,
+    progress: Option<&watch::Sender<RunSummary>>,
+) -> Result<(), AgentError> {
     let (cp, shipped) = done;
     if let Some(r) = shipped {
         let (ack, n, bytes) = r?;
@@ -58,6 +66,9 @@ async fn finish(src: &Shared, done: (crate::sources::Checkpoint, Shipped), summa
             summary.duplicate_batches += 1;
         }
         tracing::debug!(batch = %ack.batch_id, events = n, ack = %ack.ack_id, "batch acknowledged");
+        if let Some(p) = progress {
+            p.send_replace(summary.clone());
+        }
     }
     blocking(src, move |s| s.commit(&cp)).await
 }
@@ -107,7 +118,7 @@ pub async fn run(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, mut shut
                 }
                 if inflight.len() >= MAX_IN_FLIGHT || (stop && !inflight.is_empty()) {
                     if let Some(done) = futures::StreamExt::next(&mut inflight).await {
-                        finish(src, done, &mut summary).await?;
+                        finish(src, done, &mut summary, opts.progress.as_deref()).await?;
                     }
                     continue;
                 }

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 /// Consent level. Levels are cumulative: an event of level `L` is collected
 /// only when the effective level is `>= L`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u8", into = "u8")]
 pub enum Level {
     /// 0: settings and security events only.
@@ -12,6 +12,7 @@ pub enum Level {
     /// 1: inventory, agent health, quality, compatibility.
     Basic = 1,
     /// 2: performance samples, service usage, warning-and-above logs (the default).
+    #[default]
     Enhanced = 2,
     /// 3: everything, including debug logs and crash reports.
     Full = 3,
@@ -29,12 +30,6 @@ impl Level {
             Level::Enhanced => "enhanced",
             Level::Full => "full",
         }
-    }
-}
-
-impl Default for Level {
-    fn default() -> Self {
-        Level::Enhanced
     }
 }
 

@@ -97,10 +97,13 @@ pub struct IngestStats {
     pub flush_failures: std::sync::atomic::AtomicU64,
 }
 
+/// The unacknowledged WAL: the end LSN and the records before it.
+type Unacked = (Lsn, Vec<(Lsn, Vec<u8>)>);
+
 enum WalCmd {
     Append { record: Vec<u8>, batch: Arc<Decoded>, reply: oneshot::Sender<Result<Lsn, String>> },
     Ack(Lsn),
-    ReadUnacked { reply: oneshot::Sender<Result<(Lsn, Vec<(Lsn, Vec<u8>)>), String>> },
+    ReadUnacked { reply: oneshot::Sender<Result<Unacked, String>> },
 }
 
 /// A decoded batch on its way to the builder.
@@ -281,7 +284,8 @@ impl Ingest {
 }
 
 fn wal_thread(mut wal: Wal, mut rx: mpsc::Receiver<WalCmd>, builder: mpsc::Sender<BuilderMsg>) {
-    let mut pending: Vec<(Lsn, Arc<Decoded>, oneshot::Sender<Result<Lsn, String>>)> = Vec::new();
+    type Pending = (Lsn, Arc<Decoded>, oneshot::Sender<Result<Lsn, String>>);
+    let mut pending: Vec<Pending> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut cmds = vec![first];
         while cmds.len() < 512 {
@@ -334,7 +338,7 @@ fn wal_thread(mut wal: Wal, mut rx: mpsc::Receiver<WalCmd>, builder: mpsc::Sende
     }
 }
 
-fn read_unacked(wal: &mut Wal) -> Result<(Lsn, Vec<(Lsn, Vec<u8>)>), String> {
+fn read_unacked(wal: &mut Wal) -> Result<Unacked, String> {
     wal.sync().map_err(|e| e.to_string())?;
     let end = wal.next_lsn();
     let mut out = Vec::new();

@@ -87,10 +87,12 @@ impl Server {
         let material = tls::init_or_load(&dir, addr, &config.server_names)?;
         let catalog = custos_catalog::open(&config.catalog_uri()).await?;
         let storage = custos_store::storage_from_uri(&config.storage_uri())?;
-        let mut limits = custos_model::wire::Limits::default();
-        limits.max_frame_bytes = config.ingest.max_batch_bytes;
-        limits.max_payload_bytes = config.ingest.max_payload_bytes;
-        limits.max_events = config.ingest.max_events_per_batch;
+        let limits = custos_model::wire::Limits {
+            max_frame_bytes: config.ingest.max_batch_bytes,
+            max_payload_bytes: config.ingest.max_payload_bytes,
+            max_events: config.ingest.max_events_per_batch,
+            ..Default::default()
+        };
         let ingest = ingest::Ingest::start(
             &dir.join("wal"),
             config.ingest.wal_segment_bytes,

@@ -186,7 +186,7 @@ pub fn batches_to_response(batches: &[RecordBatch]) -> Result<QueryResponse, Ser
     let mut rows = Vec::new();
     for batch in batches {
         let cols: Vec<Box<dyn Fn(usize) -> serde_json::Value + '_>> =
-            batch.columns().iter().map(|c| column_to_json(c)).collect::<Result<_, _>>()?;
+            batch.columns().iter().map(column_to_json).collect::<Result<_, _>>()?;
         for i in 0..batch.num_rows() {
             rows.push(cols.iter().map(|f| f(i)).collect());
         }

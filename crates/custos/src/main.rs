@@ -272,12 +272,40 @@ async fn dispatch(cli: Cli) -> Result<()> {
             if once {
                 opts.retry.give_up_after = Some(std::time::Duration::from_secs(give_up_after_secs));
             }
-            let summary = custos_agent::run::run(&state_dir, &cfg, opts, rx)
-                .await
-                .with_context(|| format!("agent run with state dir {}", state_dir.display()))?;
+            let bar = progress_bar(&mut opts);
+            let result = custos_agent::run::run(&state_dir, &cfg, opts, rx).await;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let summary = result.with_context(|| format!("agent run with state dir {}", state_dir.display()))?;
             print_value(out, &summary)
         }
     }
+}
+
+/// A spinner with the running totals when stderr is a terminal.
+fn progress_bar(opts: &mut custos_agent::run::RunOptions) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let (tx, mut rx) = tokio::sync::watch::channel(custos_agent::run::RunSummary::default());
+    opts.progress = Some(std::sync::Arc::new(tx));
+    let b = bar.clone();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let s = rx.borrow_and_update().clone();
+            b.set_message(format!(
+                "shipped {} events in {} batches ({:.1} MiB compressed)",
+                s.events,
+                s.batches,
+                s.bytes_sent as f64 / 1048576.0
+            ));
+        }
+    });
+    Some(bar)
 }
 
 /// Percent-encode a path segment (ids are UUIDs; anything else is sent

@@ -41,12 +41,15 @@ impl ServerProc {
             .stderr(log)
             .spawn()
             .unwrap();
+        // Owned from here on: a panic below still kills the server (Drop).
+        let mut sp = ServerProc { child, dir: dir.to_path_buf(), info: Value::Null };
         let started = Instant::now();
         let info_path = dir.join("server.json");
         loop {
             if let Ok(b) = std::fs::read(&info_path) {
                 if let Ok(info) = serde_json::from_slice::<Value>(&b) {
-                    return ServerProc { child, dir: dir.to_path_buf(), info };
+                    sp.info = info;
+                    return sp;
                 }
             }
             assert!(started.elapsed() < Duration::from_secs(60), "server did not start; see {}", dir.with_extension("server.log").display());
