@@ -16,8 +16,10 @@ pub const RESERVED_COLUMNS: &[&str] = &[
     "ingest_time",
 ];
 
-/// A typed attribute value.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A typed attribute value. On the wire a JSON boolean, integer, float or
+/// string (decoded with a direct visitor, not serde's untagged probing,
+/// which builds an error per failed variant).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Value {
     /// A boolean.
@@ -28,6 +30,37 @@ pub enum Value {
     Float(f64),
     /// A UTF-8 string.
     Str(String),
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a boolean, number or string")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+                Ok(Value::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+                Ok(Value::from(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+                Ok(Value::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::Str(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Value, E> {
+                Ok(Value::Str(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The type of a [`Value`], and of the column that stores it.
@@ -139,5 +172,19 @@ impl Event {
         64 + self.host.len()
             + self.message.len()
             + self.attrs.iter().map(|(k, v)| k.len() + v.approx_size()).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_decode_to_their_json_type() {
+        let v: Vec<Value> = serde_json::from_str(r#"[true, -3, 18446744073709551615, 1.5, "x"]"#).unwrap();
+        assert_eq!(v, vec![Value::Bool(true), Value::Int(-3), Value::Float(18446744073709551615.0), Value::Float(1.5), Value::Str("x".into())]);
+        assert!(serde_json::from_str::<Value>("null").is_err());
+        assert!(serde_json::from_str::<Value>("[1]").is_err());
+        assert!(serde_json::from_str::<Value>("{}").is_err());
     }
 }

@@ -405,12 +405,18 @@ impl Builder {
     }
 
     fn add(&mut self, lsn: Lsn, batch: &Decoded) {
-        for ev in &batch.events {
-            self.buffered_bytes += ev.approx_size();
-            self.buffers
-                .entry((batch.ws, ev.table.clone()))
-                .or_insert_with(|| SegmentBuilder::new(batch.ws, ev.table.clone()))
-                .push(batch.agent, ev);
+        // Runs of events for the same table share one builder lookup.
+        for run in batch.events.chunk_by(|a, b| a.table == b.table) {
+            let table = &run[0].table;
+            let b = self
+                .buffers
+                .entry((batch.ws, table.clone()))
+                .or_insert_with(|| SegmentBuilder::new(batch.ws, table.clone()));
+            let before = b.approx_bytes();
+            for ev in run {
+                b.push(batch.agent, ev);
+            }
+            self.buffered_bytes += b.approx_bytes() - before;
         }
         self.batches.push((batch.ws, batch.batch));
         self.last_lsn = Some(lsn);

@@ -134,8 +134,9 @@ pub async fn run(a: Args, out: Output) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "custos".into());
         println!(
-            "\nThe server is at {url}. Point the CLI at it from another terminal:\n\n  export CUSTOS_SERVER={url} CUSTOS_CA={ca} CUSTOS_TOKEN_FILE={tok}\n  custos workspace list\n  custos query --workspace {ws_id} \"SELECT host, count(*) FROM logs GROUP BY host\"\n",
+            "\nThe server is at {url}. Point the CLI at it from another terminal:\n\n  export CUSTOS_SERVER={url} CUSTOS_CA={ca} CUSTOS_TOKEN_FILE={tok}\n  {exe} workspace list\n  {exe} query --workspace {ws_id} \"SELECT host, count(*) FROM logs GROUP BY host\"\n",
             url = info.url,
             ca = info.ca,
             tok = info.admin_token_file
