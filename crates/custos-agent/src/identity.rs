@@ -63,26 +63,9 @@ impl StateDir {
     }
 }
 
-/// Write a file atomically with the given mode.
+/// Write a state file atomically with the given mode.
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), AgentError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let ctx = |what: &str| format!("cannot {what} {}", path.display());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| AgentError::io(ctx("create"), e))?;
-    f.write_all(contents).map_err(|e| AgentError::io(ctx("write"), e))?;
-    f.sync_all().map_err(|e| AgentError::io(ctx("sync"), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| AgentError::io(ctx("rename into"), e))?;
-    if let Some(d) = path.parent() {
-        let _ = std::fs::File::open(d).and_then(|d| d.sync_all());
-    }
-    Ok(())
+    crate::fsutil::write_atomic(path, contents, mode).map_err(|e| AgentError::io(format!("cannot write {}", path.display()), e))
 }
 
 /// Normalise a server URL: `https://` required, no trailing slash.

@@ -11,6 +11,7 @@
 
 pub mod config;
 mod error;
+mod fsutil;
 pub mod identity;
 pub mod run;
 pub mod ship;

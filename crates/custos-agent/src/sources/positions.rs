@@ -21,7 +21,6 @@
 use super::SourceError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The name of the positions file inside the state directory.
@@ -143,27 +142,13 @@ impl PositionStore {
     }
 }
 
-/// Write `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
+/// Write `bytes` to `path` atomically (see [`crate::fsutil::write_atomic`]).
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SourceError> {
-    let tmp = path.with_extension("json.tmp");
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SourceError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    f.write_all(bytes).map_err(io("writing", &tmp))?;
-    f.sync_all().map_err(io("syncing", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io("renaming temporary file over", path))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing directory", dir))?;
-    Ok(())
+    crate::fsutil::write_atomic(path, bytes, 0o600).map_err(|source| SourceError::Io {
+        action: "writing",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
