@@ -453,6 +453,20 @@ impl Builder {
         let (end, records) = rx.await.map_err(|_| "wal thread stopped".to_string())??;
         let mut replayed = 0usize;
         let mut skipped = 0usize;
+        // Which replayed batches the catalog already holds: one query per
+        // workspace, not one per record.
+        let mut ids: HashMap<WorkspaceId, Vec<BatchId>> = HashMap::new();
+        for (_, bytes) in &records {
+            if let Ok(rec) = decode_record(bytes) {
+                ids.entry(rec.ws).or_default().push(rec.batch);
+            }
+        }
+        let mut stored: HashSet<(WorkspaceId, BatchId)> = HashSet::new();
+        for (ws, batch_ids) in ids {
+            for b in self.catalog.stored_batches(ws, &batch_ids).await.map_err(|e| e.to_string())? {
+                stored.insert((ws, b));
+            }
+        }
         for (lsn, bytes) in records {
             let rec = match decode_record(&bytes) {
                 Ok(r) => r,
@@ -461,7 +475,7 @@ impl Builder {
                     continue;
                 }
             };
-            if !self.catalog.stored_batches(rec.ws, &[rec.batch]).await.map_err(|e| e.to_string())?.is_empty() {
+            if stored.contains(&(rec.ws, rec.batch)) {
                 skipped += 1;
                 continue;
             }
