@@ -2,7 +2,9 @@
 //!
 //! A backend's tests open a fresh, empty catalog and call [`run_all`] with it
 //! (as an `Arc<dyn Catalog>`, because [`concurrent_consumers_enroll_once`]
-//! shares the catalog between tasks). Each check is also public, so a
+//! and the other concurrency checks share the catalog between tasks);
+//! `run_all` returns how many checks ran, so a backend's test can assert
+//! that none was skipped. Each check is also public, so a
 //! failing one can be run alone. Checks create their own workspaces with
 //! unique names and never assume the catalog is empty, so they may run in
 //! any order against the same catalog. Every check panics (with a message
@@ -13,8 +15,14 @@
 //!
 //! Only compiled for this crate's tests and with the `conformance` feature.
 
-use crate::{Agent, Catalog, CatalogError, ColumnDef, EnrollmentKey, Result, Segment, Workspace};
-use custos_model::{AgentId, BatchId, SegmentId, TableName, TimestampMicros, ValueType, WorkspaceId};
+use crate::{
+    AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError,
+    ColumnDef, EnrollmentKey, Principal, Result, RoleBinding, Segment, Workspace,
+};
+use custos_model::{
+    AccessRequestId, AgentId, BatchId, CaseId, PrincipalId, SegmentId, ServiceRole, TableName,
+    TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
+};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -22,33 +30,79 @@ use std::sync::Arc;
 /// depend on the wall clock.
 const T0: TimestampMicros = 1_704_067_200_000_000;
 
+/// How many checks [`run_all`] runs.
+pub const CHECKS: usize = 53;
+
 /// Run every check against `cat`, which should start empty (but the checks
-/// do not rely on it).
-pub async fn run_all(cat: Arc<dyn Catalog>) {
+/// do not rely on it). Returns the number of checks run ([`CHECKS`]).
+pub async fn run_all(cat: Arc<dyn Catalog>) -> usize {
     let c: &dyn Catalog = cat.as_ref();
-    workspaces_round_trip(c).await;
-    workspace_names_are_unique(c).await;
-    workspaces_are_listed_oldest_first(c).await;
-    enrollment_key_needs_existing_workspace(c).await;
-    enrollment_key_is_single_use(c).await;
-    expired_enrollment_key_is_refused(c).await;
-    wrong_enrollment_key_is_refused(c).await;
-    enrollment_keys_enroll_into_their_own_workspace(c).await;
-    concurrent_consumers_enroll_once(cat.clone()).await;
-    agents_round_trip(c).await;
-    duplicate_agent_is_refused(c).await;
-    agent_needs_existing_workspace(c).await;
-    agents_are_listed_per_workspace(c).await;
-    segments_round_trip(c).await;
-    segments_never_cross_workspaces(c).await;
-    batch_ids_are_per_workspace(c).await;
-    recorded_batch_ids_are_ignored(c).await;
-    stored_batches_handles_many_ids(c).await;
-    commit_segments_is_atomic(c).await;
-    duplicate_segment_is_refused(c).await;
-    commit_segments_needs_existing_workspace(c).await;
-    time_range_filters_segments(c).await;
-    tables_are_listed_per_workspace(c).await;
+    let mut ran = 0usize;
+    macro_rules! run {
+        ($($check:ident($arg:expr);)*) => {
+            $(
+                $check($arg).await;
+                ran += 1;
+            )*
+        };
+    }
+    run! {
+        workspaces_round_trip(c);
+        workspace_names_are_unique(c);
+        workspaces_are_listed_oldest_first(c);
+        lockbox_round_trips_and_can_be_switched(c);
+        set_lockbox_on_unknown_workspace_is_workspace_not_found(c);
+        enrollment_key_needs_existing_workspace(c);
+        enrollment_key_is_single_use(c);
+        expired_enrollment_key_is_refused(c);
+        wrong_enrollment_key_is_refused(c);
+        enrollment_keys_enroll_into_their_own_workspace(c);
+        concurrent_consumers_enroll_once(cat.clone());
+        agents_round_trip(c);
+        duplicate_agent_is_refused(c);
+        agent_needs_existing_workspace(c);
+        agents_are_listed_per_workspace(c);
+        segments_round_trip(c);
+        segments_never_cross_workspaces(c);
+        batch_ids_are_per_workspace(c);
+        recorded_batch_ids_are_ignored(c);
+        stored_batches_handles_many_ids(c);
+        commit_segments_is_atomic(c);
+        duplicate_segment_is_refused(c);
+        commit_segments_needs_existing_workspace(c);
+        time_range_filters_segments(c);
+        tables_are_listed_per_workspace(c);
+        principals_round_trip(c);
+        principal_names_are_unique(c);
+        principals_are_listed_oldest_first(c);
+        tokens_round_trip(c);
+        token_lookup_by_hash_finds_it_and_revoke_keeps_the_first_time(c);
+        revoking_an_unknown_token_is_token_not_found(c);
+        token_needs_existing_principal(c);
+        token_hashes_are_unique(c);
+        role_grant_is_idempotent_and_revoke_returns_false_the_second_time(c);
+        roles_of_only_returns_roles_in_that_workspace(c);
+        bindings_are_listed_per_workspace_and_per_principal(c);
+        bindings_need_an_existing_workspace_and_principal(c);
+        cases_round_trip(c);
+        case_needs_existing_workspace(c);
+        list_cases_filters_by_workspace_newest_first(c);
+        closing_a_closed_case_fails_with_case_closed(c);
+        closing_an_unknown_case_is_case_not_found(c);
+        concurrent_closers_close_once(cat.clone());
+        access_requests_round_trip(c);
+        access_request_needs_its_case_in_its_workspace(c);
+        only_pending_access_requests_are_created(c);
+        approval_stores_grant_expires_at(c);
+        access_request_is_decided_only_once(c);
+        deciding_an_unknown_request_is_not_found(c);
+        malformed_decisions_are_refused_and_change_nothing(c);
+        concurrent_deciders_decide_once(cat.clone());
+        list_access_requests_filters_by_each_field(c);
+        list_access_requests_is_newest_first(c);
+    }
+    assert_eq!(ran, CHECKS, "CHECKS is out of date");
+    ran
 }
 
 // ---------------------------------------------------------------- helpers
@@ -79,6 +133,7 @@ async fn new_workspace(cat: &dyn Catalog, tag: &str, created_at: TimestampMicros
         region: "eu-central".into(),
         retention_days: 14,
         created_at,
+        lockbox: true,
     };
     ok(cat.create_workspace(&ws).await, "create_workspace");
     ws
@@ -106,7 +161,12 @@ fn agent(ws: WorkspaceId, host: &str, enrolled_at: TimestampMicros) -> Agent {
     }
 }
 
-fn segment(ws: WorkspaceId, tbl: &str, min_time: TimestampMicros, max_time: TimestampMicros) -> Segment {
+fn segment(
+    ws: WorkspaceId,
+    tbl: &str,
+    min_time: TimestampMicros,
+    max_time: TimestampMicros,
+) -> Segment {
     let id = SegmentId::new();
     Segment {
         id,
@@ -118,8 +178,14 @@ fn segment(ws: WorkspaceId, tbl: &str, min_time: TimestampMicros, max_time: Time
         rows: 42,
         bytes: 4096,
         columns: vec![
-            ColumnDef { name: "pid".into(), ty: ValueType::Int },
-            ColumnDef { name: "unit".into(), ty: ValueType::Str },
+            ColumnDef {
+                name: "pid".into(),
+                ty: ValueType::Int,
+            },
+            ColumnDef {
+                name: "unit".into(),
+                ty: ValueType::Str,
+            },
         ],
         created_at: T0,
     }
@@ -131,39 +197,73 @@ fn ids(segs: &[Segment]) -> Vec<SegmentId> {
 
 // ---------------------------------------------------------------- workspaces
 
-/// A created workspace reads back identically, by id and in the list; an
-/// unknown id reads as `None`.
+/// A created workspace reads back identically (lockbox on or off), by id
+/// and in the list; an unknown id reads as `None`.
 pub async fn workspaces_round_trip(cat: &dyn Catalog) {
-    let ws = Workspace {
-        id: WorkspaceId::new(),
-        name: unique("round trip ünïcode"),
-        region: "us-east".into(),
-        retention_days: u32::MAX,
-        created_at: T0 + 123,
-    };
-    ok(cat.create_workspace(&ws).await, "create_workspace");
-    assert_eq!(ok(cat.get_workspace(ws.id).await, "get_workspace"), Some(ws.clone()));
-    assert_eq!(ok(cat.get_workspace(WorkspaceId::new()).await, "get_workspace(unknown)"), None);
-    let all = ok(cat.list_workspaces().await, "list_workspaces");
-    assert_eq!(all.iter().filter(|w| **w == ws).count(), 1, "workspace listed exactly once: {all:?}");
+    for lockbox in [true, false] {
+        let ws = Workspace {
+            id: WorkspaceId::new(),
+            name: unique("round trip ünïcode"),
+            region: "us-east".into(),
+            retention_days: u32::MAX,
+            created_at: T0 + 123,
+            lockbox,
+        };
+        ok(cat.create_workspace(&ws).await, "create_workspace");
+        assert_eq!(
+            ok(cat.get_workspace(ws.id).await, "get_workspace"),
+            Some(ws.clone())
+        );
+        let all = ok(cat.list_workspaces().await, "list_workspaces");
+        assert_eq!(
+            all.iter().filter(|w| **w == ws).count(),
+            1,
+            "workspace listed exactly once: {all:?}"
+        );
+    }
+    assert_eq!(
+        ok(
+            cat.get_workspace(WorkspaceId::new()).await,
+            "get_workspace(unknown)"
+        ),
+        None
+    );
 }
 
 /// A second workspace with a taken name is refused with
 /// `WorkspaceNameTaken`, and the first is left as it was.
 pub async fn workspace_names_are_unique(cat: &dyn Catalog) {
     let first = new_workspace(cat, "unique", T0).await;
-    let second = Workspace { id: WorkspaceId::new(), region: "elsewhere".into(), ..first.clone() };
+    let second = Workspace {
+        id: WorkspaceId::new(),
+        region: "elsewhere".into(),
+        ..first.clone()
+    };
     match cat.create_workspace(&second).await {
         Err(CatalogError::WorkspaceNameTaken(name)) => assert_eq!(name, first.name),
         other => panic!("duplicate workspace name: expected WorkspaceNameTaken, got {other:?}"),
     }
-    assert_eq!(ok(cat.get_workspace(second.id).await, "get_workspace"), None, "refused workspace was stored");
-    assert_eq!(ok(cat.get_workspace(first.id).await, "get_workspace"), Some(first.clone()));
+    assert_eq!(
+        ok(cat.get_workspace(second.id).await, "get_workspace"),
+        None,
+        "refused workspace was stored"
+    );
+    assert_eq!(
+        ok(cat.get_workspace(first.id).await, "get_workspace"),
+        Some(first.clone())
+    );
     let all = ok(cat.list_workspaces().await, "list_workspaces");
     assert_eq!(all.iter().filter(|w| w.name == first.name).count(), 1);
     // Names are compared exactly: another name still works.
-    let other = Workspace { id: WorkspaceId::new(), name: format!("{}-2", first.name), ..first.clone() };
-    ok(cat.create_workspace(&other).await, "create_workspace(different name)");
+    let other = Workspace {
+        id: WorkspaceId::new(),
+        name: format!("{}-2", first.name),
+        ..first.clone()
+    };
+    ok(
+        cat.create_workspace(&other).await,
+        "create_workspace(different name)",
+    );
 }
 
 /// `list_workspaces` orders by creation time, not by insertion order.
@@ -204,7 +304,13 @@ pub async fn enrollment_key_is_single_use(cat: &dyn Catalog) {
     let ws = new_workspace(cat, "single-use", T0).await;
     let key = enrollment_key(ws.id, T0 + 3_600_000_000);
     ok(cat.add_enrollment_key(&key).await, "add_enrollment_key");
-    assert_eq!(ok(cat.consume_enrollment_key(&key.key_hash, T0 + 1).await, "first consume"), ws.id);
+    assert_eq!(
+        ok(
+            cat.consume_enrollment_key(&key.key_hash, T0 + 1).await,
+            "first consume"
+        ),
+        ws.id
+    );
     for now in [T0 + 2, T0 + 1] {
         match cat.consume_enrollment_key(&key.key_hash, now).await {
             Err(CatalogError::EnrollmentKeyUsed) => {}
@@ -212,7 +318,10 @@ pub async fn enrollment_key_is_single_use(cat: &dyn Catalog) {
         }
     }
     // A used key stays used (and reads as used, not expired) after expiry.
-    match cat.consume_enrollment_key(&key.key_hash, key.expires_at + 1).await {
+    match cat
+        .consume_enrollment_key(&key.key_hash, key.expires_at + 1)
+        .await
+    {
         Err(CatalogError::EnrollmentKeyUsed) => {}
         other => panic!("used key after expiry: expected EnrollmentKeyUsed, got {other:?}"),
     }
@@ -235,7 +344,13 @@ pub async fn expired_enrollment_key_is_refused(cat: &dyn Catalog) {
 
     let key = enrollment_key(ws.id, expires);
     ok(cat.add_enrollment_key(&key).await, "add_enrollment_key");
-    assert_eq!(ok(cat.consume_enrollment_key(&key.key_hash, expires - 1).await, "consume just before expiry"), ws.id);
+    assert_eq!(
+        ok(
+            cat.consume_enrollment_key(&key.key_hash, expires - 1).await,
+            "consume just before expiry"
+        ),
+        ws.id
+    );
 }
 
 /// An unknown key hash is `EnrollmentKeyInvalid`, including one that differs
@@ -246,14 +361,26 @@ pub async fn wrong_enrollment_key_is_refused(cat: &dyn Catalog) {
     ok(cat.add_enrollment_key(&key).await, "add_enrollment_key");
     let upper = key.key_hash.to_uppercase();
     let prefix = &key.key_hash[..32];
-    for wrong in [format!("{:064x}", 7u8), upper, prefix.to_string(), String::new(), "%".into()] {
+    for wrong in [
+        format!("{:064x}", 7u8),
+        upper,
+        prefix.to_string(),
+        String::new(),
+        "%".into(),
+    ] {
         match cat.consume_enrollment_key(&wrong, T0).await {
             Err(CatalogError::EnrollmentKeyInvalid) => {}
             other => panic!("wrong key {wrong:?}: expected EnrollmentKeyInvalid, got {other:?}"),
         }
     }
     // The wrong attempts did not use up the real key.
-    assert_eq!(ok(cat.consume_enrollment_key(&key.key_hash, T0).await, "consume real key"), ws.id);
+    assert_eq!(
+        ok(
+            cat.consume_enrollment_key(&key.key_hash, T0).await,
+            "consume real key"
+        ),
+        ws.id
+    );
 }
 
 /// Each key enrolls into the workspace it was issued for.
@@ -264,8 +391,20 @@ pub async fn enrollment_keys_enroll_into_their_own_workspace(cat: &dyn Catalog) 
     let kb = enrollment_key(b.id, T0 + 1_000_000);
     ok(cat.add_enrollment_key(&ka).await, "add key a");
     ok(cat.add_enrollment_key(&kb).await, "add key b");
-    assert_eq!(ok(cat.consume_enrollment_key(&kb.key_hash, T0).await, "consume b"), b.id);
-    assert_eq!(ok(cat.consume_enrollment_key(&ka.key_hash, T0).await, "consume a"), a.id);
+    assert_eq!(
+        ok(
+            cat.consume_enrollment_key(&kb.key_hash, T0).await,
+            "consume b"
+        ),
+        b.id
+    );
+    assert_eq!(
+        ok(
+            cat.consume_enrollment_key(&ka.key_hash, T0).await,
+            "consume a"
+        ),
+        a.id
+    );
 }
 
 /// Many tasks consuming the same key at once: exactly one gets the
@@ -299,8 +438,15 @@ pub async fn concurrent_consumers_enroll_once(cat: Arc<dyn Catalog>) {
                 Err(e) => panic!("concurrent consumer task failed: {e}"),
             }
         }
-        assert_eq!(won, 1, "round {round}: {won} of {CONSUMERS} concurrent consumers enrolled");
-        assert_eq!(used, CONSUMERS - 1, "round {round}: the others must see EnrollmentKeyUsed");
+        assert_eq!(
+            won, 1,
+            "round {round}: {won} of {CONSUMERS} concurrent consumers enrolled"
+        );
+        assert_eq!(
+            used,
+            CONSUMERS - 1,
+            "round {round}: the others must see EnrollmentKeyUsed"
+        );
     }
 }
 
@@ -315,10 +461,22 @@ pub async fn agents_round_trip(cat: &dyn Catalog) {
     earlier.revoked_at = Some(T0 + 9_999);
     ok(cat.add_agent(&later).await, "add_agent");
     ok(cat.add_agent(&earlier).await, "add_agent");
-    assert_eq!(ok(cat.get_agent(later.id).await, "get_agent"), Some(later.clone()));
-    assert_eq!(ok(cat.get_agent(earlier.id).await, "get_agent"), Some(earlier.clone()));
-    assert_eq!(ok(cat.get_agent(AgentId::new()).await, "get_agent(unknown)"), None);
-    assert_eq!(ok(cat.list_agents(ws.id).await, "list_agents"), vec![earlier, later]);
+    assert_eq!(
+        ok(cat.get_agent(later.id).await, "get_agent"),
+        Some(later.clone())
+    );
+    assert_eq!(
+        ok(cat.get_agent(earlier.id).await, "get_agent"),
+        Some(earlier.clone())
+    );
+    assert_eq!(
+        ok(cat.get_agent(AgentId::new()).await, "get_agent(unknown)"),
+        None
+    );
+    assert_eq!(
+        ok(cat.list_agents(ws.id).await, "list_agents"),
+        vec![earlier, later]
+    );
 }
 
 /// Registering an agent id twice is `AgentExists`; the first stays.
@@ -328,17 +486,29 @@ pub async fn duplicate_agent_is_refused(cat: &dyn Catalog) {
     let first = agent(ws.id, "first", T0);
     ok(cat.add_agent(&first).await, "add_agent");
     for dup in [
-        Agent { hostname: "impostor".into(), ..first.clone() },
-        Agent { workspace_id: other_ws.id, ..first.clone() },
+        Agent {
+            hostname: "impostor".into(),
+            ..first.clone()
+        },
+        Agent {
+            workspace_id: other_ws.id,
+            ..first.clone()
+        },
     ] {
         match cat.add_agent(&dup).await {
             Err(CatalogError::AgentExists(id)) => assert_eq!(id, first.id),
             other => panic!("duplicate agent: expected AgentExists, got {other:?}"),
         }
     }
-    assert_eq!(ok(cat.get_agent(first.id).await, "get_agent"), Some(first.clone()));
+    assert_eq!(
+        ok(cat.get_agent(first.id).await, "get_agent"),
+        Some(first.clone())
+    );
     assert_eq!(ok(cat.list_agents(ws.id).await, "list_agents"), vec![first]);
-    assert_eq!(ok(cat.list_agents(other_ws.id).await, "list_agents"), vec![]);
+    assert_eq!(
+        ok(cat.list_agents(other_ws.id).await, "list_agents"),
+        vec![]
+    );
 }
 
 /// An agent of a workspace that does not exist is `WorkspaceNotFound`.
@@ -363,8 +533,17 @@ pub async fn agents_are_listed_per_workspace(cat: &dyn Catalog) {
     ok(cat.add_agent(&ab).await, "add_agent");
     assert_eq!(ok(cat.list_agents(a.id).await, "list_agents a"), vec![aa]);
     assert_eq!(ok(cat.list_agents(b.id).await, "list_agents b"), vec![ab]);
-    assert_eq!(ok(cat.list_agents(empty.id).await, "list_agents empty"), vec![]);
-    assert_eq!(ok(cat.list_agents(WorkspaceId::new()).await, "list_agents unknown"), vec![]);
+    assert_eq!(
+        ok(cat.list_agents(empty.id).await, "list_agents empty"),
+        vec![]
+    );
+    assert_eq!(
+        ok(
+            cat.list_agents(WorkspaceId::new()).await,
+            "list_agents unknown"
+        ),
+        vec![]
+    );
 }
 
 // ---------------------------------------------------------------- segments
@@ -378,15 +557,37 @@ pub async fn segments_round_trip(cat: &dyn Catalog) {
     s1.bytes = 0;
     s1.columns = vec![];
     let mut s2 = segment(ws.id, "logs", T0, T0 + 10);
-    s2.columns.push(ColumnDef { name: "ok".into(), ty: ValueType::Bool });
-    s2.columns.push(ColumnDef { name: "load".into(), ty: ValueType::Float });
+    s2.columns.push(ColumnDef {
+        name: "ok".into(),
+        ty: ValueType::Bool,
+    });
+    s2.columns.push(ColumnDef {
+        name: "load".into(),
+        ty: ValueType::Float,
+    });
     let batches = [(ws.id, BatchId::new()), (ws.id, BatchId::new())];
-    ok(cat.commit_segments(&[s2.clone(), s1.clone()], &batches, T0 + 20).await, "commit_segments");
-    assert_eq!(ok(cat.list_segments(ws.id, &s1.table, None).await, "list_segments"), vec![s1, s2]);
+    ok(
+        cat.commit_segments(&[s2.clone(), s1.clone()], &batches, T0 + 20)
+            .await,
+        "commit_segments",
+    );
+    assert_eq!(
+        ok(
+            cat.list_segments(ws.id, &s1.table, None).await,
+            "list_segments"
+        ),
+        vec![s1, s2]
+    );
     let wanted: Vec<BatchId> = batches.iter().map(|b| b.1).collect();
-    assert_eq!(ok(cat.stored_batches(ws.id, &wanted).await, "stored_batches"), wanted);
+    assert_eq!(
+        ok(cat.stored_batches(ws.id, &wanted).await, "stored_batches"),
+        wanted
+    );
     // An empty commit is fine and changes nothing.
-    ok(cat.commit_segments(&[], &[], T0).await, "empty commit_segments");
+    ok(
+        cat.commit_segments(&[], &[], T0).await,
+        "empty commit_segments",
+    );
 }
 
 /// Segments of one workspace never show up in another's listings, even for
@@ -398,13 +599,41 @@ pub async fn segments_never_cross_workspaces(cat: &dyn Catalog) {
     let sb = segment(b.id, "logs", 0, 100);
     let sb2 = segment(b.id, "metrics", 0, 100);
     // One commit spanning both workspaces.
-    ok(cat.commit_segments(&[sa.clone(), sb.clone(), sb2.clone()], &[], T0).await, "commit_segments");
+    ok(
+        cat.commit_segments(&[sa.clone(), sb.clone(), sb2.clone()], &[], T0)
+            .await,
+        "commit_segments",
+    );
     let logs = table("logs");
-    assert_eq!(ok(cat.list_segments(a.id, &logs, None).await, "list a"), vec![sa.clone()]);
-    assert_eq!(ok(cat.list_segments(a.id, &logs, Some((0, 100))).await, "list a ranged"), vec![sa]);
-    assert_eq!(ok(cat.list_segments(b.id, &logs, None).await, "list b"), vec![sb]);
-    assert_eq!(ok(cat.list_segments(a.id, &table("metrics"), None).await, "list a metrics"), vec![]);
-    assert_eq!(ok(cat.list_segments(WorkspaceId::new(), &logs, None).await, "list unknown"), vec![]);
+    assert_eq!(
+        ok(cat.list_segments(a.id, &logs, None).await, "list a"),
+        vec![sa.clone()]
+    );
+    assert_eq!(
+        ok(
+            cat.list_segments(a.id, &logs, Some((0, 100))).await,
+            "list a ranged"
+        ),
+        vec![sa]
+    );
+    assert_eq!(
+        ok(cat.list_segments(b.id, &logs, None).await, "list b"),
+        vec![sb]
+    );
+    assert_eq!(
+        ok(
+            cat.list_segments(a.id, &table("metrics"), None).await,
+            "list a metrics"
+        ),
+        vec![]
+    );
+    assert_eq!(
+        ok(
+            cat.list_segments(WorkspaceId::new(), &logs, None).await,
+            "list unknown"
+        ),
+        vec![]
+    );
     assert_eq!(ok(cat.list_tables(a.id).await, "tables a"), vec![logs]);
 }
 
@@ -414,12 +643,44 @@ pub async fn batch_ids_are_per_workspace(cat: &dyn Catalog) {
     let a = new_workspace(cat, "batch-a", T0).await;
     let b = new_workspace(cat, "batch-b", T0).await;
     let (shared, only_a, never) = (BatchId::new(), BatchId::new(), BatchId::new());
-    ok(cat.commit_segments(&[segment(a.id, "logs", 0, 1)], &[(a.id, shared), (a.id, only_a)], T0).await, "commit a");
-    assert_eq!(ok(cat.stored_batches(a.id, &[never, only_a, shared]).await, "stored a"), vec![only_a, shared]);
-    assert_eq!(ok(cat.stored_batches(b.id, &[shared, only_a, never]).await, "stored b"), vec![]);
-    ok(cat.commit_segments(&[], &[(b.id, shared)], T0).await, "commit b");
-    assert_eq!(ok(cat.stored_batches(b.id, &[shared, only_a]).await, "stored b"), vec![shared]);
-    assert_eq!(ok(cat.stored_batches(a.id, &[]).await, "stored a, no ids"), vec![]);
+    ok(
+        cat.commit_segments(
+            &[segment(a.id, "logs", 0, 1)],
+            &[(a.id, shared), (a.id, only_a)],
+            T0,
+        )
+        .await,
+        "commit a",
+    );
+    assert_eq!(
+        ok(
+            cat.stored_batches(a.id, &[never, only_a, shared]).await,
+            "stored a"
+        ),
+        vec![only_a, shared]
+    );
+    assert_eq!(
+        ok(
+            cat.stored_batches(b.id, &[shared, only_a, never]).await,
+            "stored b"
+        ),
+        vec![]
+    );
+    ok(
+        cat.commit_segments(&[], &[(b.id, shared)], T0).await,
+        "commit b",
+    );
+    assert_eq!(
+        ok(
+            cat.stored_batches(b.id, &[shared, only_a]).await,
+            "stored b"
+        ),
+        vec![shared]
+    );
+    assert_eq!(
+        ok(cat.stored_batches(a.id, &[]).await, "stored a, no ids"),
+        vec![]
+    );
 }
 
 /// Committing a batch id that is already recorded is not an error, and
@@ -428,14 +689,29 @@ pub async fn recorded_batch_ids_are_ignored(cat: &dyn Catalog) {
     let ws = new_workspace(cat, "batch-replay", T0).await;
     let (old, new) = (BatchId::new(), BatchId::new());
     let s1 = segment(ws.id, "logs", 0, 10);
-    ok(cat.commit_segments(std::slice::from_ref(&s1), &[(ws.id, old)], T0).await, "first commit");
+    ok(
+        cat.commit_segments(std::slice::from_ref(&s1), &[(ws.id, old)], T0)
+            .await,
+        "first commit",
+    );
     let s2 = segment(ws.id, "logs", 20, 30);
     ok(
-        cat.commit_segments(std::slice::from_ref(&s2), &[(ws.id, old), (ws.id, new), (ws.id, new)], T0 + 1).await,
+        cat.commit_segments(
+            std::slice::from_ref(&s2),
+            &[(ws.id, old), (ws.id, new), (ws.id, new)],
+            T0 + 1,
+        )
+        .await,
         "commit with an already recorded batch id",
     );
-    assert_eq!(ok(cat.list_segments(ws.id, &table("logs"), None).await, "list"), vec![s1, s2]);
-    assert_eq!(ok(cat.stored_batches(ws.id, &[old, new, old]).await, "stored"), vec![old, new]);
+    assert_eq!(
+        ok(cat.list_segments(ws.id, &table("logs"), None).await, "list"),
+        vec![s1, s2]
+    );
+    assert_eq!(
+        ok(cat.stored_batches(ws.id, &[old, new, old]).await, "stored"),
+        vec![old, new]
+    );
 }
 
 /// `stored_batches` answers exactly for many ids at once (more than fit one
@@ -443,15 +719,29 @@ pub async fn recorded_batch_ids_are_ignored(cat: &dyn Catalog) {
 pub async fn stored_batches_handles_many_ids(cat: &dyn Catalog) {
     let ws = new_workspace(cat, "many-batches", T0).await;
     let all: Vec<BatchId> = (0..2_345).map(|_| BatchId::new()).collect();
-    let stored: Vec<BatchId> = all.iter().copied().enumerate().filter(|(i, _)| i % 3 != 1).map(|(_, b)| b).collect();
+    let stored: Vec<BatchId> = all
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 1)
+        .map(|(_, b)| b)
+        .collect();
     let pairs: Vec<(WorkspaceId, BatchId)> = stored.iter().map(|b| (ws.id, *b)).collect();
-    ok(cat.commit_segments(&[], &pairs, T0).await, "commit many batch ids");
+    ok(
+        cat.commit_segments(&[], &pairs, T0).await,
+        "commit many batch ids",
+    );
     let got = ok(cat.stored_batches(ws.id, &all).await, "stored_batches");
     assert_eq!(got.len(), stored.len());
-    assert_eq!(got, stored, "stored_batches must return exactly the stored ids, in the order asked");
+    assert_eq!(
+        got, stored,
+        "stored_batches must return exactly the stored ids, in the order asked"
+    );
     let mut reversed = all.clone();
     reversed.reverse();
-    let got: HashSet<BatchId> = ok(cat.stored_batches(ws.id, &reversed).await, "stored_batches").into_iter().collect();
+    let got: HashSet<BatchId> = ok(cat.stored_batches(ws.id, &reversed).await, "stored_batches")
+        .into_iter()
+        .collect();
     assert_eq!(got, stored.iter().copied().collect::<HashSet<_>>());
 }
 
@@ -463,30 +753,81 @@ pub async fn commit_segments_is_atomic(cat: &dyn Catalog) {
     let s1 = segment(ws.id, "logs", 0, 10);
     let s2 = segment(ws.id, "logs", 20, 30);
     let s3 = segment(ws.id, "audit", 0, 10);
-    let dup = Segment { path: "elsewhere.seg".into(), ..s1.clone() };
+    let dup = Segment {
+        path: "elsewhere.seg".into(),
+        ..s1.clone()
+    };
     let batch = BatchId::new();
     // A duplicate segment id inside the same commit, after other rows.
-    match cat.commit_segments(&[s1.clone(), s2.clone(), s3.clone(), dup], &[(ws.id, batch)], T0).await {
+    match cat
+        .commit_segments(
+            &[s1.clone(), s2.clone(), s3.clone(), dup],
+            &[(ws.id, batch)],
+            T0,
+        )
+        .await
+    {
         Err(CatalogError::SegmentExists(id)) => assert_eq!(id, s1.id),
-        other => panic!("commit with a duplicate segment id: expected SegmentExists, got {other:?}"),
+        other => {
+            panic!("commit with a duplicate segment id: expected SegmentExists, got {other:?}")
+        }
     }
-    assert_eq!(ok(cat.list_segments(ws.id, &logs, None).await, "list"), vec![], "partial segments left behind");
-    assert_eq!(ok(cat.list_tables(ws.id).await, "tables"), vec![], "partial segments left behind");
-    assert_eq!(ok(cat.stored_batches(ws.id, &[batch]).await, "stored"), vec![], "batch id of a failed commit recorded");
+    assert_eq!(
+        ok(cat.list_segments(ws.id, &logs, None).await, "list"),
+        vec![],
+        "partial segments left behind"
+    );
+    assert_eq!(
+        ok(cat.list_tables(ws.id).await, "tables"),
+        vec![],
+        "partial segments left behind"
+    );
+    assert_eq!(
+        ok(cat.stored_batches(ws.id, &[batch]).await, "stored"),
+        vec![],
+        "batch id of a failed commit recorded"
+    );
 
     // A batch id for a workspace that does not exist, after good rows.
     let ghost = WorkspaceId::new();
-    match cat.commit_segments(std::slice::from_ref(&s1), &[(ws.id, batch), (ghost, BatchId::new())], T0).await {
+    match cat
+        .commit_segments(
+            std::slice::from_ref(&s1),
+            &[(ws.id, batch), (ghost, BatchId::new())],
+            T0,
+        )
+        .await
+    {
         Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost),
-        other => panic!("commit with an unknown workspace: expected WorkspaceNotFound, got {other:?}"),
+        other => {
+            panic!("commit with an unknown workspace: expected WorkspaceNotFound, got {other:?}")
+        }
     }
-    assert_eq!(ok(cat.list_segments(ws.id, &logs, None).await, "list"), vec![], "partial segments left behind");
-    assert_eq!(ok(cat.stored_batches(ws.id, &[batch]).await, "stored"), vec![], "batch id of a failed commit recorded");
+    assert_eq!(
+        ok(cat.list_segments(ws.id, &logs, None).await, "list"),
+        vec![],
+        "partial segments left behind"
+    );
+    assert_eq!(
+        ok(cat.stored_batches(ws.id, &[batch]).await, "stored"),
+        vec![],
+        "batch id of a failed commit recorded"
+    );
 
     // The same commit without the bad rows then goes through.
-    ok(cat.commit_segments(&[s1.clone(), s2.clone()], &[(ws.id, batch)], T0).await, "retry");
-    assert_eq!(ok(cat.list_segments(ws.id, &logs, None).await, "list"), vec![s1, s2]);
-    assert_eq!(ok(cat.stored_batches(ws.id, &[batch]).await, "stored"), vec![batch]);
+    ok(
+        cat.commit_segments(&[s1.clone(), s2.clone()], &[(ws.id, batch)], T0)
+            .await,
+        "retry",
+    );
+    assert_eq!(
+        ok(cat.list_segments(ws.id, &logs, None).await, "list"),
+        vec![s1, s2]
+    );
+    assert_eq!(
+        ok(cat.stored_batches(ws.id, &[batch]).await, "stored"),
+        vec![batch]
+    );
 }
 
 /// A segment id already registered (by an earlier commit, in any
@@ -495,18 +836,46 @@ pub async fn duplicate_segment_is_refused(cat: &dyn Catalog) {
     let a = new_workspace(cat, "dup-seg-a", T0).await;
     let b = new_workspace(cat, "dup-seg-b", T0).await;
     let s1 = segment(a.id, "logs", 0, 10);
-    ok(cat.commit_segments(std::slice::from_ref(&s1), &[], T0).await, "commit");
+    ok(
+        cat.commit_segments(std::slice::from_ref(&s1), &[], T0)
+            .await,
+        "commit",
+    );
     let fresh = segment(a.id, "logs", 50, 60);
     let batch = BatchId::new();
-    for again in [s1.clone(), Segment { workspace_id: b.id, ..s1.clone() }] {
-        match cat.commit_segments(&[fresh.clone(), again], &[(a.id, batch)], T0).await {
+    for again in [
+        s1.clone(),
+        Segment {
+            workspace_id: b.id,
+            ..s1.clone()
+        },
+    ] {
+        match cat
+            .commit_segments(&[fresh.clone(), again], &[(a.id, batch)], T0)
+            .await
+        {
             Err(CatalogError::SegmentExists(id)) => assert_eq!(id, s1.id),
             other => panic!("re-registering a segment: expected SegmentExists, got {other:?}"),
         }
     }
-    assert_eq!(ok(cat.list_segments(a.id, &table("logs"), None).await, "list a"), vec![s1]);
-    assert_eq!(ok(cat.list_segments(b.id, &table("logs"), None).await, "list b"), vec![]);
-    assert_eq!(ok(cat.stored_batches(a.id, &[batch]).await, "stored"), vec![]);
+    assert_eq!(
+        ok(
+            cat.list_segments(a.id, &table("logs"), None).await,
+            "list a"
+        ),
+        vec![s1]
+    );
+    assert_eq!(
+        ok(
+            cat.list_segments(b.id, &table("logs"), None).await,
+            "list b"
+        ),
+        vec![]
+    );
+    assert_eq!(
+        ok(cat.stored_batches(a.id, &[batch]).await, "stored"),
+        vec![]
+    );
 }
 
 /// A segment of a workspace that does not exist is `WorkspaceNotFound`.
@@ -517,7 +886,10 @@ pub async fn commit_segments_needs_existing_workspace(cat: &dyn Catalog) {
         Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost),
         other => panic!("segment of unknown workspace: expected WorkspaceNotFound, got {other:?}"),
     }
-    assert_eq!(ok(cat.list_segments(ghost, &table("logs"), None).await, "list"), vec![]);
+    assert_eq!(
+        ok(cat.list_segments(ghost, &table("logs"), None).await, "list"),
+        vec![]
+    );
 }
 
 /// With a time range, `list_segments` returns the segments overlapping
@@ -531,27 +903,57 @@ pub async fn time_range_filters_segments(cat: &dyn Catalog) {
     let s_wide = segment(ws.id, "logs", -100, 1_000);
     let other_table = segment(ws.id, "audit", 0, 1_000);
     // Committed out of order, across two commits.
-    ok(cat.commit_segments(&[s_50_60.clone(), s_10_20.clone(), other_table], &[], T0).await, "commit");
-    ok(cat.commit_segments(&[s_30_40.clone(), s_wide.clone(), s_0_10.clone()], &[], T0).await, "commit");
+    ok(
+        cat.commit_segments(&[s_50_60.clone(), s_10_20.clone(), other_table], &[], T0)
+            .await,
+        "commit",
+    );
+    ok(
+        cat.commit_segments(&[s_30_40.clone(), s_wide.clone(), s_0_10.clone()], &[], T0)
+            .await,
+        "commit",
+    );
     let logs = table("logs");
-    let list = |range| async move { ids(&ok(cat.list_segments(ws.id, &table("logs"), range).await, "list_segments")) };
+    let list = |range| async move {
+        ids(&ok(
+            cat.list_segments(ws.id, &table("logs"), range).await,
+            "list_segments",
+        ))
+    };
 
     assert_eq!(
         ids(&ok(cat.list_segments(ws.id, &logs, None).await, "list")),
-        ids(&[s_wide.clone(), s_0_10.clone(), s_10_20.clone(), s_30_40.clone(), s_50_60.clone()]),
+        ids(&[
+            s_wide.clone(),
+            s_0_10.clone(),
+            s_10_20.clone(),
+            s_30_40.clone(),
+            s_50_60.clone()
+        ]),
         "no range: all, ordered by min_time"
     );
     // Touching both ends counts as overlapping.
     assert_eq!(
         list(Some((10, 30))).await,
-        ids(&[s_wide.clone(), s_0_10.clone(), s_10_20.clone(), s_30_40.clone()])
+        ids(&[
+            s_wide.clone(),
+            s_0_10.clone(),
+            s_10_20.clone(),
+            s_30_40.clone()
+        ])
     );
     // Strictly inside one segment.
-    assert_eq!(list(Some((12, 13))).await, ids(&[s_wide.clone(), s_10_20.clone()]));
+    assert_eq!(
+        list(Some((12, 13))).await,
+        ids(&[s_wide.clone(), s_10_20.clone()])
+    );
     // A gap between segments.
     assert_eq!(list(Some((21, 29))).await, vec![s_wide.id]);
     // A single instant at a boundary.
-    assert_eq!(list(Some((60, 60))).await, ids(&[s_wide.clone(), s_50_60.clone()]));
+    assert_eq!(
+        list(Some((60, 60))).await,
+        ids(&[s_wide.clone(), s_50_60.clone()])
+    );
     // Entirely before and after everything.
     assert_eq!(list(Some((-1_000, -101))).await, vec![]);
     assert_eq!(list(Some((1_001, 2_000))).await, vec![]);
@@ -583,9 +985,1289 @@ pub async fn tables_are_listed_per_workspace(cat: &dyn Catalog) {
     );
     assert_eq!(
         ok(cat.list_tables(a.id).await, "tables a"),
-        vec![table("_internal"), table("audit"), table("auth_2"), table("syslog")]
+        vec![
+            table("_internal"),
+            table("audit"),
+            table("auth_2"),
+            table("syslog")
+        ]
     );
-    assert_eq!(ok(cat.list_tables(b.id).await, "tables b"), vec![table("metrics")]);
+    assert_eq!(
+        ok(cat.list_tables(b.id).await, "tables b"),
+        vec![table("metrics")]
+    );
     assert_eq!(ok(cat.list_tables(empty.id).await, "tables empty"), vec![]);
-    assert_eq!(ok(cat.list_tables(WorkspaceId::new()).await, "tables unknown"), vec![]);
+    assert_eq!(
+        ok(cat.list_tables(WorkspaceId::new()).await, "tables unknown"),
+        vec![]
+    );
+}
+
+// ---------------------------------------------------------------- lockbox
+
+/// A workspace created with the lockbox on (the default callers use) reads
+/// back on; `set_lockbox` switches it off and on again, idempotently, and
+/// touches no other workspace.
+pub async fn lockbox_round_trips_and_can_be_switched(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "lockbox", T0).await;
+    let other = new_workspace(cat, "lockbox-other", T0).await;
+    let lockbox_of = |id| async move {
+        match ok(cat.get_workspace(id).await, "get_workspace") {
+            Some(w) => w.lockbox,
+            None => panic!("workspace {id} vanished"),
+        }
+    };
+    assert!(
+        lockbox_of(ws.id).await,
+        "lockbox created on must read back on"
+    );
+    for on in [false, false, true, true, false] {
+        ok(cat.set_lockbox(ws.id, on).await, "set_lockbox");
+        assert_eq!(
+            lockbox_of(ws.id).await,
+            on,
+            "set_lockbox({on}) did not stick"
+        );
+        let listed = ok(cat.list_workspaces().await, "list_workspaces");
+        match listed.iter().find(|w| w.id == ws.id) {
+            Some(w) => assert_eq!(
+                w,
+                &Workspace {
+                    lockbox: on,
+                    ..ws.clone()
+                },
+                "only lockbox may change"
+            ),
+            None => panic!("workspace missing from list_workspaces"),
+        }
+        assert!(
+            lockbox_of(other.id).await,
+            "set_lockbox changed another workspace"
+        );
+    }
+}
+
+/// `set_lockbox` on a workspace that does not exist is `WorkspaceNotFound`
+/// (and creates nothing).
+pub async fn set_lockbox_on_unknown_workspace_is_workspace_not_found(cat: &dyn Catalog) {
+    let ghost = WorkspaceId::new();
+    for on in [true, false] {
+        match cat.set_lockbox(ghost, on).await {
+            Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost),
+            other => panic!(
+                "set_lockbox on unknown workspace: expected WorkspaceNotFound, got {other:?}"
+            ),
+        }
+    }
+    assert_eq!(ok(cat.get_workspace(ghost).await, "get_workspace"), None);
+}
+
+// ---------------------------------------------------------------- principals
+
+async fn new_principal(
+    cat: &dyn Catalog,
+    tag: &str,
+    service_role: Option<ServiceRole>,
+    created_at: TimestampMicros,
+) -> Principal {
+    let p = Principal {
+        id: PrincipalId::new(),
+        name: unique(tag),
+        service_role,
+        created_at,
+    };
+    ok(cat.create_principal(&p).await, "create_principal");
+    p
+}
+
+/// Principals with and without a service role read back identically, by id,
+/// by name and in the list; unknown ids and names read as `None`.
+pub async fn principals_round_trip(cat: &dyn Catalog) {
+    let plain = new_principal(cat, "ädmin ünïcode", None, T0 + 1).await;
+    let admin = new_principal(cat, "admin", Some(ServiceRole::Admin), T0 + 2).await;
+    let support = new_principal(cat, "support", Some(ServiceRole::Support), T0 + 3).await;
+    let all = ok(cat.list_principals().await, "list_principals");
+    for p in [&plain, &admin, &support] {
+        assert_eq!(
+            ok(cat.get_principal(p.id).await, "get_principal"),
+            Some(p.clone())
+        );
+        assert_eq!(
+            ok(
+                cat.get_principal_by_name(&p.name).await,
+                "get_principal_by_name"
+            ),
+            Some(p.clone())
+        );
+        assert_eq!(
+            all.iter().filter(|q| *q == p).count(),
+            1,
+            "principal listed exactly once: {all:?}"
+        );
+    }
+    assert_eq!(
+        ok(
+            cat.get_principal(PrincipalId::new()).await,
+            "get_principal(unknown)"
+        ),
+        None
+    );
+    assert_eq!(
+        ok(
+            cat.get_principal_by_name(&unique("nobody")).await,
+            "get_principal_by_name(unknown)"
+        ),
+        None
+    );
+    // Names are matched exactly, not by case or prefix or pattern.
+    let upper = plain.name.to_uppercase();
+    for wrong in [upper.as_str(), &plain.name[..plain.name.len() - 1], "%", ""] {
+        assert_eq!(
+            ok(
+                cat.get_principal_by_name(wrong).await,
+                "get_principal_by_name"
+            ),
+            None,
+            "{wrong:?}"
+        );
+    }
+}
+
+/// A second principal with a taken name is `PrincipalNameTaken`; the first
+/// is left as it was.
+pub async fn principal_names_are_unique(cat: &dyn Catalog) {
+    let first = new_principal(cat, "unique-principal", None, T0).await;
+    let second = Principal {
+        id: PrincipalId::new(),
+        service_role: Some(ServiceRole::Admin),
+        ..first.clone()
+    };
+    match cat.create_principal(&second).await {
+        Err(CatalogError::PrincipalNameTaken(name)) => assert_eq!(name, first.name),
+        other => panic!("duplicate principal name: expected PrincipalNameTaken, got {other:?}"),
+    }
+    assert_eq!(
+        ok(cat.get_principal(second.id).await, "get_principal"),
+        None,
+        "refused principal was stored"
+    );
+    assert_eq!(
+        ok(
+            cat.get_principal_by_name(&first.name).await,
+            "get_principal_by_name"
+        ),
+        Some(first.clone())
+    );
+    let all = ok(cat.list_principals().await, "list_principals");
+    assert_eq!(all.iter().filter(|p| p.name == first.name).count(), 1);
+}
+
+/// `list_principals` orders by creation time, not by insertion order.
+pub async fn principals_are_listed_oldest_first(cat: &dyn Catalog) {
+    let newer = new_principal(cat, "newer", None, T0 + 2_000).await;
+    let older = new_principal(cat, "older", None, T0 + 1_000).await;
+    let all = ok(cat.list_principals().await, "list_principals");
+    assert!(
+        all.windows(2).all(|w| w[0].created_at <= w[1].created_at),
+        "principals not sorted by created_at: {all:?}"
+    );
+    let pos = |id| all.iter().position(|p| p.id == id);
+    match (pos(older.id), pos(newer.id)) {
+        (Some(o), Some(n)) => assert!(o < n, "older principal listed after newer"),
+        _ => panic!("created principals missing from list_principals"),
+    }
+}
+
+// ---------------------------------------------------------------- tokens
+
+fn token(principal: PrincipalId, created_at: TimestampMicros) -> ApiToken {
+    ApiToken {
+        id: TokenId::new(),
+        principal_id: principal,
+        // Shaped like a SHA-256 hex digest, and unique.
+        token_hash: format!("{:064x}", TokenId::new().as_uuid().as_u128()),
+        created_at,
+        expires_at: None,
+        revoked_at: None,
+    }
+}
+
+/// Tokens read back identically (with and without expiry, revoked or not),
+/// by id and by hash, and are listed per principal, oldest first.
+pub async fn tokens_round_trip(cat: &dyn Catalog) {
+    let p = new_principal(cat, "tokens", None, T0).await;
+    let other = new_principal(cat, "tokens-other", None, T0).await;
+    let mut later = token(p.id, T0 + 500);
+    later.expires_at = Some(T0 + 86_400_000_000);
+    let mut earlier = token(p.id, T0 + 100);
+    earlier.revoked_at = Some(T0 + 200);
+    let others = token(other.id, T0);
+    for t in [&later, &earlier, &others] {
+        ok(cat.add_token(t).await, "add_token");
+    }
+    for t in [&later, &earlier, &others] {
+        assert_eq!(ok(cat.get_token(t.id).await, "get_token"), Some(t.clone()));
+        assert_eq!(
+            ok(
+                cat.get_token_by_hash(&t.token_hash).await,
+                "get_token_by_hash"
+            ),
+            Some(t.clone())
+        );
+    }
+    assert_eq!(
+        ok(cat.get_token(TokenId::new()).await, "get_token(unknown)"),
+        None
+    );
+    assert_eq!(
+        ok(cat.list_tokens(p.id).await, "list_tokens"),
+        vec![earlier, later]
+    );
+    assert_eq!(
+        ok(cat.list_tokens(other.id).await, "list_tokens other"),
+        vec![others]
+    );
+    assert_eq!(
+        ok(
+            cat.list_tokens(PrincipalId::new()).await,
+            "list_tokens unknown"
+        ),
+        vec![]
+    );
+}
+
+/// A token is found by the hash of its secret, and only by exactly that
+/// hash. Revoking it records the time; revoking again keeps the first time;
+/// a revoked token is still found (the caller decides).
+pub async fn token_lookup_by_hash_finds_it_and_revoke_keeps_the_first_time(cat: &dyn Catalog) {
+    let p = new_principal(cat, "revoke", None, T0).await;
+    let t = token(p.id, T0);
+    let bystander = token(p.id, T0 + 1);
+    ok(cat.add_token(&t).await, "add_token");
+    ok(cat.add_token(&bystander).await, "add_token");
+    assert_eq!(
+        ok(
+            cat.get_token_by_hash(&t.token_hash).await,
+            "get_token_by_hash"
+        ),
+        Some(t.clone())
+    );
+    let upper = t.token_hash.to_uppercase();
+    for wrong in [upper.as_str(), &t.token_hash[..32], "", "%"] {
+        assert_eq!(
+            ok(
+                cat.get_token_by_hash(wrong).await,
+                "get_token_by_hash(wrong)"
+            ),
+            None,
+            "{wrong:?}"
+        );
+    }
+
+    let revoked = ApiToken {
+        revoked_at: Some(T0 + 10),
+        ..t.clone()
+    };
+    assert_eq!(
+        ok(cat.revoke_token(t.id, T0 + 10).await, "revoke_token"),
+        revoked
+    );
+    for now in [T0 + 20, T0 + 5] {
+        assert_eq!(
+            ok(cat.revoke_token(t.id, now).await, "revoke_token again"),
+            revoked,
+            "a second revocation must keep the first time"
+        );
+    }
+    assert_eq!(
+        ok(
+            cat.get_token_by_hash(&t.token_hash).await,
+            "get_token_by_hash(revoked)"
+        ),
+        Some(revoked.clone())
+    );
+    assert_eq!(
+        ok(cat.get_token(t.id).await, "get_token(revoked)"),
+        Some(revoked)
+    );
+    assert_eq!(
+        ok(cat.get_token(bystander.id).await, "get_token"),
+        Some(bystander),
+        "revoke touched another token"
+    );
+}
+
+/// Revoking a token id that does not exist is `TokenNotFound`.
+pub async fn revoking_an_unknown_token_is_token_not_found(cat: &dyn Catalog) {
+    let ghost = TokenId::new();
+    match cat.revoke_token(ghost, T0).await {
+        Err(CatalogError::TokenNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("revoking unknown token: expected TokenNotFound, got {other:?}"),
+    }
+    assert_eq!(ok(cat.get_token(ghost).await, "get_token"), None);
+}
+
+/// A token of a principal that does not exist is `PrincipalNotFound`.
+pub async fn token_needs_existing_principal(cat: &dyn Catalog) {
+    let ghost = PrincipalId::new();
+    let t = token(ghost, T0);
+    match cat.add_token(&t).await {
+        Err(CatalogError::PrincipalNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("token of unknown principal: expected PrincipalNotFound, got {other:?}"),
+    }
+    assert_eq!(
+        ok(
+            cat.get_token_by_hash(&t.token_hash).await,
+            "get_token_by_hash"
+        ),
+        None
+    );
+}
+
+/// A second token with a hash already stored is refused (with some error),
+/// so a hash always names exactly one token; the first is left as it was.
+pub async fn token_hashes_are_unique(cat: &dyn Catalog) {
+    let p = new_principal(cat, "dup-hash", None, T0).await;
+    let q = new_principal(cat, "dup-hash-other", None, T0).await;
+    let first = token(p.id, T0);
+    ok(cat.add_token(&first).await, "add_token");
+    let dup = ApiToken {
+        id: TokenId::new(),
+        principal_id: q.id,
+        ..first.clone()
+    };
+    if let Ok(()) = cat.add_token(&dup).await {
+        panic!("a second token with the same hash was accepted");
+    }
+    assert_eq!(
+        ok(cat.get_token(dup.id).await, "get_token"),
+        None,
+        "refused token was stored"
+    );
+    assert_eq!(
+        ok(
+            cat.get_token_by_hash(&first.token_hash).await,
+            "get_token_by_hash"
+        ),
+        Some(first)
+    );
+    assert_eq!(ok(cat.list_tokens(q.id).await, "list_tokens"), vec![]);
+}
+
+// ---------------------------------------------------------------- role bindings
+
+fn binding(
+    ws: WorkspaceId,
+    p: PrincipalId,
+    role: WorkspaceRole,
+    granted_at: TimestampMicros,
+) -> RoleBinding {
+    RoleBinding {
+        workspace_id: ws,
+        principal_id: p,
+        role,
+        granted_at,
+        granted_by: PrincipalId::new(),
+    }
+}
+
+/// Granting a binding that exists returns false and keeps the original
+/// (time and grantor); revoking returns true once, then false.
+pub async fn role_grant_is_idempotent_and_revoke_returns_false_the_second_time(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "grant", T0).await;
+    let p = new_principal(cat, "grantee", None, T0).await;
+    let b = binding(ws.id, p.id, WorkspaceRole::Reader, T0 + 1);
+    assert!(
+        ok(cat.grant_role(&b).await, "grant_role"),
+        "first grant must return true"
+    );
+    let again = binding(ws.id, p.id, WorkspaceRole::Reader, T0 + 2);
+    assert!(
+        !ok(cat.grant_role(&again).await, "grant_role again"),
+        "repeated grant must return false"
+    );
+    assert!(
+        !ok(cat.grant_role(&b).await, "grant_role again"),
+        "repeated grant must return false"
+    );
+    assert_eq!(
+        ok(cat.list_role_bindings(ws.id).await, "list_role_bindings"),
+        vec![b.clone()],
+        "original kept"
+    );
+    assert_eq!(
+        ok(cat.roles_of(p.id, ws.id).await, "roles_of"),
+        vec![WorkspaceRole::Reader]
+    );
+
+    // Revoking a role the principal does not hold changes nothing.
+    assert!(!ok(
+        cat.revoke_role(ws.id, p.id, WorkspaceRole::Owner).await,
+        "revoke_role(not held)"
+    ));
+    assert!(
+        ok(
+            cat.revoke_role(ws.id, p.id, WorkspaceRole::Reader).await,
+            "revoke_role"
+        ),
+        "first revoke: true"
+    );
+    assert!(
+        !ok(
+            cat.revoke_role(ws.id, p.id, WorkspaceRole::Reader).await,
+            "revoke_role"
+        ),
+        "second revoke: false"
+    );
+    assert_eq!(ok(cat.roles_of(p.id, ws.id).await, "roles_of"), vec![]);
+    assert_eq!(
+        ok(cat.list_role_bindings(ws.id).await, "list_role_bindings"),
+        vec![]
+    );
+    // Unknown workspace or principal: nothing to revoke, not an error.
+    assert!(!ok(
+        cat.revoke_role(WorkspaceId::new(), p.id, WorkspaceRole::Reader)
+            .await,
+        "revoke_role(ghost ws)"
+    ));
+    assert!(!ok(
+        cat.revoke_role(ws.id, PrincipalId::new(), WorkspaceRole::Reader)
+            .await,
+        "revoke_role(ghost p)"
+    ));
+    // After a revoke the same binding can be granted again.
+    assert!(ok(cat.grant_role(&again).await, "grant_role after revoke"));
+    assert_eq!(
+        ok(cat.list_role_bindings(ws.id).await, "list_role_bindings"),
+        vec![again]
+    );
+}
+
+/// `roles_of` returns the principal's roles in that workspace only: a
+/// binding in another workspace, or another principal's binding in the same
+/// workspace, does not leak. Revoking one role leaves the others.
+pub async fn roles_of_only_returns_roles_in_that_workspace(cat: &dyn Catalog) {
+    let a = new_workspace(cat, "roles-a", T0).await;
+    let b = new_workspace(cat, "roles-b", T0).await;
+    let c = new_workspace(cat, "roles-c", T0).await;
+    let p = new_principal(cat, "roles-p", None, T0).await;
+    let q = new_principal(cat, "roles-q", None, T0).await;
+    for bnd in [
+        binding(a.id, p.id, WorkspaceRole::Reader, T0),
+        binding(a.id, p.id, WorkspaceRole::Owner, T0 + 1),
+        binding(b.id, p.id, WorkspaceRole::Auditor, T0),
+        binding(c.id, q.id, WorkspaceRole::Owner, T0),
+        binding(a.id, q.id, WorkspaceRole::Contributor, T0),
+    ] {
+        assert!(ok(cat.grant_role(&bnd).await, "grant_role"));
+    }
+    let mut in_a = ok(cat.roles_of(p.id, a.id).await, "roles_of(p, a)");
+    in_a.sort();
+    assert_eq!(in_a, vec![WorkspaceRole::Owner, WorkspaceRole::Reader]);
+    assert_eq!(
+        ok(cat.roles_of(p.id, b.id).await, "roles_of(p, b)"),
+        vec![WorkspaceRole::Auditor]
+    );
+    assert_eq!(
+        ok(cat.roles_of(p.id, c.id).await, "roles_of(p, c)"),
+        vec![],
+        "q's binding leaked to p"
+    );
+    assert_eq!(
+        ok(cat.roles_of(q.id, a.id).await, "roles_of(q, a)"),
+        vec![WorkspaceRole::Contributor]
+    );
+    assert_eq!(ok(cat.roles_of(q.id, b.id).await, "roles_of(q, b)"), vec![]);
+    assert_eq!(
+        ok(
+            cat.roles_of(p.id, WorkspaceId::new()).await,
+            "roles_of(unknown ws)"
+        ),
+        vec![]
+    );
+    assert_eq!(
+        ok(
+            cat.roles_of(PrincipalId::new(), a.id).await,
+            "roles_of(unknown p)"
+        ),
+        vec![]
+    );
+
+    assert!(ok(
+        cat.revoke_role(a.id, p.id, WorkspaceRole::Owner).await,
+        "revoke_role"
+    ));
+    assert_eq!(
+        ok(cat.roles_of(p.id, a.id).await, "roles_of(p, a)"),
+        vec![WorkspaceRole::Reader]
+    );
+    assert_eq!(
+        ok(cat.roles_of(p.id, b.id).await, "roles_of(p, b)"),
+        vec![WorkspaceRole::Auditor]
+    );
+    assert_eq!(
+        ok(cat.roles_of(q.id, a.id).await, "roles_of(q, a)"),
+        vec![WorkspaceRole::Contributor]
+    );
+}
+
+/// `list_role_bindings` shows one workspace's bindings (every principal);
+/// `bindings_of` one principal's (every workspace). Both read back exactly.
+pub async fn bindings_are_listed_per_workspace_and_per_principal(cat: &dyn Catalog) {
+    let a = new_workspace(cat, "bindings-a", T0).await;
+    let b = new_workspace(cat, "bindings-b", T0).await;
+    let empty = new_workspace(cat, "bindings-empty", T0).await;
+    let p = new_principal(cat, "bindings-p", None, T0).await;
+    let q = new_principal(cat, "bindings-q", Some(ServiceRole::Support), T0).await;
+    let lonely = new_principal(cat, "bindings-lonely", None, T0).await;
+    let pa = binding(a.id, p.id, WorkspaceRole::Owner, T0 + 10);
+    let pb = binding(b.id, p.id, WorkspaceRole::Reader, T0 + 20);
+    let qa = binding(a.id, q.id, WorkspaceRole::Auditor, T0 + 30);
+    for bnd in [&qa, &pb, &pa] {
+        assert!(ok(cat.grant_role(bnd).await, "grant_role"));
+    }
+    let sorted = |mut v: Vec<RoleBinding>| {
+        v.sort_by_key(|b| (b.workspace_id, b.principal_id, b.role));
+        v
+    };
+    assert_eq!(
+        sorted(ok(
+            cat.list_role_bindings(a.id).await,
+            "list_role_bindings(a)"
+        )),
+        sorted(vec![pa.clone(), qa.clone()])
+    );
+    assert_eq!(
+        ok(cat.list_role_bindings(b.id).await, "list_role_bindings(b)"),
+        vec![pb.clone()]
+    );
+    assert_eq!(
+        ok(
+            cat.list_role_bindings(empty.id).await,
+            "list_role_bindings(empty)"
+        ),
+        vec![]
+    );
+    assert_eq!(
+        ok(
+            cat.list_role_bindings(WorkspaceId::new()).await,
+            "list_role_bindings(unknown)"
+        ),
+        vec![]
+    );
+    assert_eq!(
+        sorted(ok(cat.bindings_of(p.id).await, "bindings_of(p)")),
+        sorted(vec![pa, pb])
+    );
+    assert_eq!(ok(cat.bindings_of(q.id).await, "bindings_of(q)"), vec![qa]);
+    assert_eq!(
+        ok(cat.bindings_of(lonely.id).await, "bindings_of(lonely)"),
+        vec![]
+    );
+    assert_eq!(
+        ok(
+            cat.bindings_of(PrincipalId::new()).await,
+            "bindings_of(unknown)"
+        ),
+        vec![]
+    );
+}
+
+/// A binding in a workspace that does not exist is `WorkspaceNotFound`; of a
+/// principal that does not exist, `PrincipalNotFound`. Nothing is stored.
+pub async fn bindings_need_an_existing_workspace_and_principal(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "binding-fk", T0).await;
+    let p = new_principal(cat, "binding-fk", None, T0).await;
+    let (ghost_ws, ghost_p) = (WorkspaceId::new(), PrincipalId::new());
+    match cat
+        .grant_role(&binding(ghost_ws, p.id, WorkspaceRole::Owner, T0))
+        .await
+    {
+        Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost_ws),
+        other => panic!("binding in unknown workspace: expected WorkspaceNotFound, got {other:?}"),
+    }
+    match cat
+        .grant_role(&binding(ws.id, ghost_p, WorkspaceRole::Owner, T0))
+        .await
+    {
+        Err(CatalogError::PrincipalNotFound(id)) => assert_eq!(id, ghost_p),
+        other => panic!("binding of unknown principal: expected PrincipalNotFound, got {other:?}"),
+    }
+    match cat
+        .grant_role(&binding(ghost_ws, ghost_p, WorkspaceRole::Owner, T0))
+        .await
+    {
+        Err(CatalogError::WorkspaceNotFound(_) | CatalogError::PrincipalNotFound(_)) => {}
+        other => panic!("binding of unknown principal in unknown workspace: got {other:?}"),
+    }
+    assert_eq!(
+        ok(cat.list_role_bindings(ws.id).await, "list_role_bindings"),
+        vec![]
+    );
+    assert_eq!(ok(cat.bindings_of(p.id).await, "bindings_of"), vec![]);
+    assert_eq!(ok(cat.roles_of(p.id, ghost_ws).await, "roles_of"), vec![]);
+}
+
+// ---------------------------------------------------------------- cases
+
+fn case(ws: WorkspaceId, opened_at: TimestampMicros) -> Case {
+    Case {
+        id: CaseId::new(),
+        workspace_id: ws,
+        title: "Ingest stalls after upgrade — ünïcode".into(),
+        opened_by: PrincipalId::new(),
+        opened_at,
+        closed_at: None,
+        closed_by: None,
+    }
+}
+
+async fn new_case(cat: &dyn Catalog, ws: WorkspaceId, opened_at: TimestampMicros) -> Case {
+    let c = case(ws, opened_at);
+    ok(cat.create_case(&c).await, "create_case");
+    c
+}
+
+/// Cases (open, and created closed) read back identically; an unknown id
+/// reads as `None`.
+pub async fn cases_round_trip(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "cases", T0).await;
+    let open = new_case(cat, ws.id, T0 + 1).await;
+    let closed = Case {
+        closed_at: Some(T0 + 50),
+        closed_by: Some(PrincipalId::new()),
+        ..case(ws.id, T0 + 2)
+    };
+    ok(cat.create_case(&closed).await, "create_case(closed)");
+    assert_eq!(
+        ok(cat.get_case(open.id).await, "get_case"),
+        Some(open.clone())
+    );
+    assert_eq!(
+        ok(cat.get_case(closed.id).await, "get_case"),
+        Some(closed.clone())
+    );
+    assert_eq!(
+        ok(cat.get_case(CaseId::new()).await, "get_case(unknown)"),
+        None
+    );
+}
+
+/// A case on a workspace that does not exist is `WorkspaceNotFound`.
+pub async fn case_needs_existing_workspace(cat: &dyn Catalog) {
+    let ghost = WorkspaceId::new();
+    let c = case(ghost, T0);
+    match cat.create_case(&c).await {
+        Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("case on unknown workspace: expected WorkspaceNotFound, got {other:?}"),
+    }
+    assert_eq!(ok(cat.get_case(c.id).await, "get_case"), None);
+    assert_eq!(ok(cat.list_cases(Some(ghost)).await, "list_cases"), vec![]);
+}
+
+/// `list_cases(Some(ws))` shows only that workspace's cases, newest first;
+/// `list_cases(None)` shows every workspace's, newest first.
+pub async fn list_cases_filters_by_workspace_newest_first(cat: &dyn Catalog) {
+    let a = new_workspace(cat, "cases-a", T0).await;
+    let b = new_workspace(cat, "cases-b", T0).await;
+    let empty = new_workspace(cat, "cases-empty", T0).await;
+    let a_mid = new_case(cat, a.id, T0 + 200).await;
+    let a_old = new_case(cat, a.id, T0 + 100).await;
+    let b_only = new_case(cat, b.id, T0 + 150).await;
+    let a_new = new_case(cat, a.id, T0 + 300).await;
+    assert_eq!(
+        ok(cat.list_cases(Some(a.id)).await, "list_cases(a)"),
+        vec![a_new.clone(), a_mid.clone(), a_old.clone()]
+    );
+    assert_eq!(
+        ok(cat.list_cases(Some(b.id)).await, "list_cases(b)"),
+        vec![b_only.clone()]
+    );
+    assert_eq!(
+        ok(cat.list_cases(Some(empty.id)).await, "list_cases(empty)"),
+        vec![]
+    );
+    assert_eq!(
+        ok(
+            cat.list_cases(Some(WorkspaceId::new())).await,
+            "list_cases(unknown)"
+        ),
+        vec![]
+    );
+    let all = ok(cat.list_cases(None).await, "list_cases(None)");
+    assert!(
+        all.windows(2).all(|w| w[0].opened_at >= w[1].opened_at),
+        "not newest first: {all:?}"
+    );
+    let ours: Vec<CaseId> = all
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| [a_old.id, a_mid.id, a_new.id, b_only.id].contains(id))
+        .collect();
+    assert_eq!(
+        ours,
+        vec![a_new.id, a_mid.id, b_only.id, a_old.id],
+        "list_cases(None) must list every workspace's"
+    );
+}
+
+/// Closing an open case records who and when; closing it again fails with
+/// `CaseClosed` and keeps the first closing.
+pub async fn closing_a_closed_case_fails_with_case_closed(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "close", T0).await;
+    let c = new_case(cat, ws.id, T0).await;
+    let other = new_case(cat, ws.id, T0).await;
+    let (closer, late) = (PrincipalId::new(), PrincipalId::new());
+    let closed = Case {
+        closed_at: Some(T0 + 10),
+        closed_by: Some(closer),
+        ..c.clone()
+    };
+    assert_eq!(
+        ok(cat.close_case(c.id, closer, T0 + 10).await, "close_case"),
+        closed
+    );
+    assert_eq!(
+        ok(cat.get_case(c.id).await, "get_case"),
+        Some(closed.clone())
+    );
+    for now in [T0 + 20, T0 + 5] {
+        match cat.close_case(c.id, late, now).await {
+            Err(CatalogError::CaseClosed(id)) => assert_eq!(id, c.id),
+            other => panic!("closing a closed case: expected CaseClosed, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        ok(cat.get_case(c.id).await, "get_case"),
+        Some(closed),
+        "a second close changed the case"
+    );
+    assert_eq!(
+        ok(cat.get_case(other.id).await, "get_case"),
+        Some(other),
+        "close_case touched another case"
+    );
+}
+
+/// Closing a case that does not exist is `CaseNotFound`.
+pub async fn closing_an_unknown_case_is_case_not_found(cat: &dyn Catalog) {
+    let ghost = CaseId::new();
+    match cat.close_case(ghost, PrincipalId::new(), T0).await {
+        Err(CatalogError::CaseNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("closing unknown case: expected CaseNotFound, got {other:?}"),
+    }
+}
+
+/// Many tasks closing the same case at once: exactly one closes it, every
+/// other gets `CaseClosed`, and the stored case is the winner's.
+pub async fn concurrent_closers_close_once(cat: Arc<dyn Catalog>) {
+    const CLOSERS: usize = 8;
+    let ws = new_workspace(cat.as_ref(), "concurrent-close", T0).await;
+    let c = new_case(cat.as_ref(), ws.id, T0).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(CLOSERS));
+    let mut tasks = Vec::with_capacity(CLOSERS);
+    for i in 0..CLOSERS {
+        let cat = cat.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            cat.close_case(c.id, PrincipalId::new(), T0 + 1 + i as i64)
+                .await
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(Ok(closed)) => winners.push(closed),
+            Ok(Err(CatalogError::CaseClosed(id))) => assert_eq!(id, c.id),
+            Ok(Err(e)) => panic!("concurrent closer: unexpected error {e:?}"),
+            Err(e) => panic!("concurrent closer task failed: {e}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "{} of {CLOSERS} concurrent closers closed the case",
+        winners.len()
+    );
+    assert_eq!(
+        ok(cat.get_case(c.id).await, "get_case"),
+        winners.pop(),
+        "stored case is not the winner's"
+    );
+}
+
+// ---------------------------------------------------------------- access requests
+
+fn request(c: &Case, requester: PrincipalId, requested_at: TimestampMicros) -> AccessRequest {
+    AccessRequest {
+        id: AccessRequestId::new(),
+        case_id: c.id,
+        workspace_id: c.workspace_id,
+        requester,
+        reason: "read the agent logs of host db-02 — ünïcode".into(),
+        duration: 4 * 3_600_000_000,
+        requested_at,
+        state: AccessState::Pending,
+        decided_at: None,
+        decided_by: None,
+        grant_expires_at: None,
+    }
+}
+
+async fn new_request(
+    cat: &dyn Catalog,
+    c: &Case,
+    requester: PrincipalId,
+    at: TimestampMicros,
+) -> AccessRequest {
+    let r = request(c, requester, at);
+    ok(cat.create_access_request(&r).await, "create_access_request");
+    r
+}
+
+/// A pending request reads back identically; an unknown id reads as `None`.
+pub async fn access_requests_round_trip(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "requests", T0).await;
+    let c = new_case(cat, ws.id, T0).await;
+    let r = new_request(cat, &c, PrincipalId::new(), T0 + 1).await;
+    let mut long = request(&c, PrincipalId::new(), T0 + 2);
+    long.duration = i64::MAX;
+    long.reason = String::new();
+    ok(
+        cat.create_access_request(&long).await,
+        "create_access_request",
+    );
+    assert_eq!(
+        ok(cat.get_access_request(r.id).await, "get_access_request"),
+        Some(r)
+    );
+    assert_eq!(
+        ok(cat.get_access_request(long.id).await, "get_access_request"),
+        Some(long)
+    );
+    assert_eq!(
+        ok(
+            cat.get_access_request(AccessRequestId::new()).await,
+            "get_access_request(unknown)"
+        ),
+        None
+    );
+}
+
+/// A request for a case that does not exist, or that belongs to another
+/// workspace than the request names, is `CaseNotFound`; nothing is stored.
+pub async fn access_request_needs_its_case_in_its_workspace(cat: &dyn Catalog) {
+    let a = new_workspace(cat, "request-fk-a", T0).await;
+    let b = new_workspace(cat, "request-fk-b", T0).await;
+    let ca = new_case(cat, a.id, T0).await;
+    let ghost_case = case(a.id, T0);
+    let mut wrong_ws = request(&ca, PrincipalId::new(), T0);
+    wrong_ws.workspace_id = b.id;
+    let mut ghost_ws = request(&ca, PrincipalId::new(), T0);
+    ghost_ws.workspace_id = WorkspaceId::new();
+    for (what, r) in [
+        ("unknown case", request(&ghost_case, PrincipalId::new(), T0)),
+        ("case of another workspace", wrong_ws),
+        ("unknown workspace", ghost_ws),
+    ] {
+        match cat.create_access_request(&r).await {
+            Err(CatalogError::CaseNotFound(id)) => assert_eq!(id, r.case_id),
+            other => panic!("request for {what}: expected CaseNotFound, got {other:?}"),
+        }
+        assert_eq!(
+            ok(cat.get_access_request(r.id).await, "get_access_request"),
+            None,
+            "{what}: stored"
+        );
+    }
+    let filter = AccessFilter {
+        workspace: Some(b.id),
+        ..AccessFilter::default()
+    };
+    assert_eq!(
+        ok(
+            cat.list_access_requests(&filter).await,
+            "list_access_requests"
+        ),
+        vec![]
+    );
+}
+
+/// Only a pending request can be created; an already decided one is
+/// refused with `AccessRequestNotPending` naming its state.
+pub async fn only_pending_access_requests_are_created(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "request-pending", T0).await;
+    let c = new_case(cat, ws.id, T0).await;
+    let approved = AccessRequest {
+        state: AccessState::Approved,
+        decided_at: Some(T0 + 1),
+        decided_by: Some(PrincipalId::new()),
+        grant_expires_at: Some(T0 + 100),
+        ..request(&c, PrincipalId::new(), T0)
+    };
+    let denied = AccessRequest {
+        state: AccessState::Denied,
+        decided_at: Some(T0 + 1),
+        decided_by: Some(PrincipalId::new()),
+        ..request(&c, PrincipalId::new(), T0)
+    };
+    for r in [approved, denied] {
+        match cat.create_access_request(&r).await {
+            Err(CatalogError::AccessRequestNotPending { id, state }) => {
+                assert_eq!(id, r.id);
+                assert_eq!(state, r.state);
+            }
+            other => panic!(
+                "creating a {} request: expected AccessRequestNotPending, got {other:?}",
+                r.state
+            ),
+        }
+        assert_eq!(
+            ok(cat.get_access_request(r.id).await, "get_access_request"),
+            None
+        );
+    }
+}
+
+/// Approving stores the decision, who made it, when, and the end of the
+/// grant; denying stores no grant end.
+pub async fn approval_stores_grant_expires_at(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "approve", T0).await;
+    let c = new_case(cat, ws.id, T0).await;
+    let owner = PrincipalId::new();
+    let r = new_request(cat, &c, PrincipalId::new(), T0).await;
+    let approved = AccessRequest {
+        state: AccessState::Approved,
+        decided_at: Some(T0 + 10),
+        decided_by: Some(owner),
+        grant_expires_at: Some(T0 + 10 + r.duration),
+        ..r.clone()
+    };
+    assert_eq!(
+        ok(
+            cat.decide_access_request(
+                r.id,
+                AccessState::Approved,
+                owner,
+                T0 + 10,
+                Some(T0 + 10 + r.duration)
+            )
+            .await,
+            "approve"
+        ),
+        approved
+    );
+    assert_eq!(
+        ok(cat.get_access_request(r.id).await, "get_access_request"),
+        Some(approved)
+    );
+
+    let d = new_request(cat, &c, PrincipalId::new(), T0).await;
+    let denied = AccessRequest {
+        state: AccessState::Denied,
+        decided_at: Some(T0 + 20),
+        decided_by: Some(owner),
+        grant_expires_at: None,
+        ..d.clone()
+    };
+    assert_eq!(
+        ok(
+            cat.decide_access_request(d.id, AccessState::Denied, owner, T0 + 20, None)
+                .await,
+            "deny"
+        ),
+        denied
+    );
+    assert_eq!(
+        ok(cat.get_access_request(d.id).await, "get_access_request"),
+        Some(denied)
+    );
+}
+
+/// A request is decided once: any second decision is
+/// `AccessRequestNotPending` carrying the state it was decided to, and the
+/// first decision stays.
+pub async fn access_request_is_decided_only_once(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "decide-once", T0).await;
+    let c = new_case(cat, ws.id, T0).await;
+    for first in [AccessState::Approved, AccessState::Denied] {
+        let r = new_request(cat, &c, PrincipalId::new(), T0).await;
+        let grant = |s: AccessState| (s == AccessState::Approved).then_some(T0 + 1_000);
+        let decided = ok(
+            cat.decide_access_request(r.id, first, PrincipalId::new(), T0 + 1, grant(first))
+                .await,
+            "first decision",
+        );
+        assert_eq!(decided.state, first);
+        for second in [AccessState::Approved, AccessState::Denied] {
+            match cat
+                .decide_access_request(r.id, second, PrincipalId::new(), T0 + 2, grant(second))
+                .await
+            {
+                Err(CatalogError::AccessRequestNotPending { id, state }) => {
+                    assert_eq!(id, r.id);
+                    assert_eq!(
+                        state, first,
+                        "the error must name the state the request is in"
+                    );
+                }
+                other => panic!(
+                    "{second} after {first}: expected AccessRequestNotPending, got {other:?}"
+                ),
+            }
+        }
+        assert_eq!(
+            ok(cat.get_access_request(r.id).await, "get_access_request"),
+            Some(decided)
+        );
+    }
+}
+
+/// Deciding a request that does not exist is `AccessRequestNotFound`.
+pub async fn deciding_an_unknown_request_is_not_found(cat: &dyn Catalog) {
+    let ghost = AccessRequestId::new();
+    for (decision, grant) in [
+        (AccessState::Approved, Some(T0 + 1)),
+        (AccessState::Denied, None),
+    ] {
+        match cat
+            .decide_access_request(ghost, decision, PrincipalId::new(), T0, grant)
+            .await
+        {
+            Err(CatalogError::AccessRequestNotFound(id)) => assert_eq!(id, ghost),
+            other => {
+                panic!("deciding unknown request: expected AccessRequestNotFound, got {other:?}")
+            }
+        }
+    }
+}
+
+/// An approval without a grant end, a denial with one, or a "decision" to
+/// pending is refused (with some error) and leaves the request pending.
+pub async fn malformed_decisions_are_refused_and_change_nothing(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "bad-decision", T0).await;
+    let c = new_case(cat, ws.id, T0).await;
+    let r = new_request(cat, &c, PrincipalId::new(), T0).await;
+    for (decision, grant) in [
+        (AccessState::Approved, None),
+        (AccessState::Denied, Some(T0 + 100)),
+        (AccessState::Pending, None),
+        (AccessState::Pending, Some(T0 + 100)),
+    ] {
+        if let Ok(got) = cat
+            .decide_access_request(r.id, decision, PrincipalId::new(), T0 + 1, grant)
+            .await
+        {
+            panic!("malformed decision ({decision}, grant {grant:?}) was accepted: {got:?}");
+        }
+        assert_eq!(
+            ok(cat.get_access_request(r.id).await, "get_access_request"),
+            Some(r.clone())
+        );
+    }
+    // It can still be decided properly.
+    let approved = ok(
+        cat.decide_access_request(
+            r.id,
+            AccessState::Approved,
+            PrincipalId::new(),
+            T0 + 2,
+            Some(T0 + 3),
+        )
+        .await,
+        "approve",
+    );
+    assert_eq!(approved.state, AccessState::Approved);
+}
+
+/// Many owners deciding the same request at once (some approving, some
+/// denying): exactly one decision wins, every other gets
+/// `AccessRequestNotPending` with the winner's state, and the stored request
+/// is the winner's.
+pub async fn concurrent_deciders_decide_once(cat: Arc<dyn Catalog>) {
+    const DECIDERS: usize = 8;
+    let ws = new_workspace(cat.as_ref(), "concurrent-decide", T0).await;
+    let c = new_case(cat.as_ref(), ws.id, T0).await;
+    for round in 0..3 {
+        let r = new_request(cat.as_ref(), &c, PrincipalId::new(), T0).await;
+        let barrier = Arc::new(tokio::sync::Barrier::new(DECIDERS));
+        let mut tasks = Vec::with_capacity(DECIDERS);
+        for i in 0..DECIDERS {
+            let cat = cat.clone();
+            let barrier = barrier.clone();
+            let (decision, grant) = if i % 2 == 0 {
+                (AccessState::Approved, Some(T0 + 1_000 + i as i64))
+            } else {
+                (AccessState::Denied, None)
+            };
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                cat.decide_access_request(r.id, decision, PrincipalId::new(), T0 + i as i64, grant)
+                    .await
+            }));
+        }
+        let mut winners = Vec::new();
+        let mut losers = Vec::new();
+        for task in tasks {
+            match task.await {
+                Ok(Ok(decided)) => winners.push(decided),
+                Ok(Err(CatalogError::AccessRequestNotPending { id, state })) => {
+                    assert_eq!(id, r.id);
+                    losers.push(state);
+                }
+                Ok(Err(e)) => panic!("concurrent decider (round {round}): unexpected error {e:?}"),
+                Err(e) => panic!("concurrent decider task failed: {e}"),
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} of {DECIDERS} concurrent decisions won",
+            winners.len()
+        );
+        let winner = winners.remove(0);
+        assert!(
+            losers.iter().all(|s| *s == winner.state),
+            "round {round}: losers saw {losers:?}, winner {winner:?}"
+        );
+        assert_eq!(
+            ok(cat.get_access_request(r.id).await, "get_access_request"),
+            Some(winner)
+        );
+    }
+}
+
+/// `list_access_requests` applies every field that is set: workspace, case,
+/// requester, and their combinations.
+pub async fn list_access_requests_filters_by_each_field(cat: &dyn Catalog) {
+    let a = new_workspace(cat, "filter-a", T0).await;
+    let b = new_workspace(cat, "filter-b", T0).await;
+    let a1 = new_case(cat, a.id, T0).await;
+    let a2 = new_case(cat, a.id, T0).await;
+    let b1 = new_case(cat, b.id, T0).await;
+    let (alice, bob) = (PrincipalId::new(), PrincipalId::new());
+    let r_a1_alice = new_request(cat, &a1, alice, T0 + 1).await;
+    let r_a1_bob = new_request(cat, &a1, bob, T0 + 2).await;
+    let r_a2_alice = new_request(cat, &a2, alice, T0 + 3).await;
+    let r_b1_alice = new_request(cat, &b1, alice, T0 + 4).await;
+    // A decided request is listed like the others.
+    let r_b1_bob = new_request(cat, &b1, bob, T0 + 5).await;
+    let r_b1_bob = ok(
+        cat.decide_access_request(r_b1_bob.id, AccessState::Denied, alice, T0 + 6, None)
+            .await,
+        "deny",
+    );
+
+    let ids = |filter: AccessFilter| async move {
+        let mut got: Vec<AccessRequestId> = ok(
+            cat.list_access_requests(&filter).await,
+            "list_access_requests",
+        )
+        .iter()
+        .map(|r| r.id)
+        .collect();
+        got.sort();
+        got
+    };
+    let expect = |rs: &[&AccessRequest]| {
+        let mut v: Vec<AccessRequestId> = rs.iter().map(|r| r.id).collect();
+        v.sort();
+        v
+    };
+    let f = |workspace, case, requester| AccessFilter {
+        workspace,
+        case,
+        requester,
+    };
+
+    assert_eq!(
+        ids(f(Some(a.id), None, None)).await,
+        expect(&[&r_a1_alice, &r_a1_bob, &r_a2_alice])
+    );
+    assert_eq!(
+        ids(f(Some(b.id), None, None)).await,
+        expect(&[&r_b1_alice, &r_b1_bob])
+    );
+    assert_eq!(
+        ids(f(None, Some(a1.id), None)).await,
+        expect(&[&r_a1_alice, &r_a1_bob])
+    );
+    assert_eq!(
+        ids(f(None, Some(a2.id), None)).await,
+        expect(&[&r_a2_alice])
+    );
+    assert_eq!(
+        ids(f(None, None, Some(alice))).await,
+        expect(&[&r_a1_alice, &r_a2_alice, &r_b1_alice])
+    );
+    assert_eq!(
+        ids(f(None, None, Some(bob))).await,
+        expect(&[&r_a1_bob, &r_b1_bob])
+    );
+    assert_eq!(
+        ids(f(Some(a.id), None, Some(alice))).await,
+        expect(&[&r_a1_alice, &r_a2_alice])
+    );
+    assert_eq!(
+        ids(f(Some(a.id), Some(a1.id), Some(bob))).await,
+        expect(&[&r_a1_bob])
+    );
+    assert_eq!(ids(f(None, Some(a2.id), Some(bob))).await, expect(&[]));
+    // Contradictory filters match nothing.
+    assert_eq!(ids(f(Some(b.id), Some(a1.id), None)).await, expect(&[]));
+    assert_eq!(
+        ids(f(Some(WorkspaceId::new()), None, None)).await,
+        expect(&[])
+    );
+    assert_eq!(ids(f(None, Some(CaseId::new()), None)).await, expect(&[]));
+    assert_eq!(
+        ids(f(None, None, Some(PrincipalId::new()))).await,
+        expect(&[])
+    );
+    // No filter: every request, ours among them.
+    let all = ids(AccessFilter::default()).await;
+    for r in [&r_a1_alice, &r_a1_bob, &r_a2_alice, &r_b1_alice, &r_b1_bob] {
+        assert!(all.contains(&r.id), "unfiltered list misses {:?}", r.id);
+    }
+    // Listed requests read back exactly as stored.
+    assert_eq!(
+        ok(
+            cat.list_access_requests(&f(None, Some(b1.id), Some(bob)))
+                .await,
+            "list_access_requests"
+        ),
+        vec![r_b1_bob]
+    );
+}
+
+/// `list_access_requests` orders by request time, newest first, whatever
+/// the insertion order.
+pub async fn list_access_requests_is_newest_first(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "requests-order", T0).await;
+    let c = new_case(cat, ws.id, T0).await;
+    let someone = PrincipalId::new();
+    let mid = new_request(cat, &c, someone, T0 + 20).await;
+    let old = new_request(cat, &c, someone, T0 + 10).await;
+    let new = new_request(cat, &c, someone, T0 + 30).await;
+    let filter = AccessFilter {
+        case: Some(c.id),
+        ..AccessFilter::default()
+    };
+    assert_eq!(
+        ok(
+            cat.list_access_requests(&filter).await,
+            "list_access_requests"
+        ),
+        vec![new, mid, old]
+    );
+    let all = ok(
+        cat.list_access_requests(&AccessFilter::default()).await,
+        "list_access_requests",
+    );
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].requested_at >= w[1].requested_at),
+        "not newest first"
+    );
 }

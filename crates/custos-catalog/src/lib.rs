@@ -1,5 +1,6 @@
 //! The catalog: the service's metadata. Workspaces, enrollment keys, agents,
-//! segments and the batch ids already stored.
+//! segments and the batch ids already stored; principals, their API tokens
+//! and workspace role bindings; support cases and lockbox access requests.
 //!
 //! One trait, [`Catalog`], with an embedded SQLite implementation
 //! ([`SqliteCatalog`]); PostgreSQL arrives behind the same trait. Every
@@ -9,7 +10,10 @@
 #![forbid(unsafe_code)]
 
 use async_trait::async_trait;
-use custos_model::{AgentId, BatchId, SegmentId, TableName, TimestampMicros, ValueType, WorkspaceId};
+use custos_model::{
+    AccessRequestId, AgentId, BatchId, CaseId, PrincipalId, SegmentId, ServiceRole, TableName,
+    TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
+};
 use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "conformance"))]
@@ -42,6 +46,32 @@ pub enum CatalogError {
     /// A segment id is already registered.
     #[error("segment {0} is already registered")]
     SegmentExists(SegmentId),
+    /// A principal with this name already exists.
+    #[error("a principal named {0:?} already exists")]
+    PrincipalNameTaken(String),
+    /// The named principal does not exist.
+    #[error("principal {0} not found")]
+    PrincipalNotFound(PrincipalId),
+    /// The named token does not exist.
+    #[error("token {0} not found")]
+    TokenNotFound(TokenId),
+    /// The named case does not exist.
+    #[error("case {0} not found")]
+    CaseNotFound(CaseId),
+    /// The case is already closed.
+    #[error("case {0} is already closed")]
+    CaseClosed(CaseId),
+    /// The named access request does not exist.
+    #[error("access request {0} not found")]
+    AccessRequestNotFound(AccessRequestId),
+    /// The access request was already decided (or is not in the expected state).
+    #[error("access request {id} is {state}, not pending")]
+    AccessRequestNotPending {
+        /// The request.
+        id: AccessRequestId,
+        /// Its current state.
+        state: AccessState,
+    },
     /// The catalog URI is not understood.
     #[error("unsupported catalog uri {0:?} (supported: sqlite://PATH)")]
     UnsupportedUri(String),
@@ -69,6 +99,9 @@ pub struct Workspace {
     pub retention_days: u32,
     /// Creation time, microseconds since the epoch.
     pub created_at: TimestampMicros,
+    /// Customer lockbox: when on (the default), support engineers read
+    /// nothing in this workspace without a live, owner-approved grant.
+    pub lockbox: bool,
 }
 
 /// An enrollment key, stored by hash only.
@@ -137,6 +170,140 @@ pub struct Segment {
     pub created_at: TimestampMicros,
 }
 
+/// A principal: a person or service account calling the API with tokens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// Id.
+    pub id: PrincipalId,
+    /// Unique name.
+    pub name: String,
+    /// The service role, if this is service staff. Workspace roles are bound
+    /// separately ([`RoleBinding`]).
+    pub service_role: Option<ServiceRole>,
+    /// Creation time.
+    pub created_at: TimestampMicros,
+}
+
+/// An API token, stored by hash only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Id (shown in listings, used to revoke).
+    pub id: TokenId,
+    /// Owner.
+    pub principal_id: PrincipalId,
+    /// SHA-256 of the token, hex. Unique.
+    pub token_hash: String,
+    /// Creation time.
+    pub created_at: TimestampMicros,
+    /// Expiry, if any.
+    pub expires_at: Option<TimestampMicros>,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<TimestampMicros>,
+}
+
+/// A workspace role granted to a principal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleBinding {
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// Principal.
+    pub principal_id: PrincipalId,
+    /// Role.
+    pub role: WorkspaceRole,
+    /// When granted.
+    pub granted_at: TimestampMicros,
+    /// Who granted it.
+    pub granted_by: PrincipalId,
+}
+
+/// A support case on one workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Case {
+    /// Id.
+    pub id: CaseId,
+    /// The workspace the case concerns.
+    pub workspace_id: WorkspaceId,
+    /// Title.
+    pub title: String,
+    /// Who opened it.
+    pub opened_by: PrincipalId,
+    /// When it was opened.
+    pub opened_at: TimestampMicros,
+    /// When it was closed (None while open).
+    pub closed_at: Option<TimestampMicros>,
+    /// Who closed it.
+    pub closed_by: Option<PrincipalId>,
+}
+
+/// State of an access request as stored. Expiry of undecided requests and
+/// the end of grants are computed from times by the server's lockbox logic,
+/// not stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessState {
+    /// Waiting for an owner's decision.
+    Pending,
+    /// Approved: a grant until `grant_expires_at` (or the case closes).
+    Approved,
+    /// Denied by an owner.
+    Denied,
+}
+
+impl AccessState {
+    /// Name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessState::Pending => "pending",
+            AccessState::Approved => "approved",
+            AccessState::Denied => "denied",
+        }
+    }
+}
+
+impl std::fmt::Display for AccessState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A support engineer's request for read access to a case's workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRequest {
+    /// Id (also the grant id once approved).
+    pub id: AccessRequestId,
+    /// The case.
+    pub case_id: CaseId,
+    /// The case's workspace (denormalised for listing).
+    pub workspace_id: WorkspaceId,
+    /// The support engineer.
+    pub requester: PrincipalId,
+    /// Why access is needed.
+    pub reason: String,
+    /// Requested duration of the grant, microseconds.
+    pub duration: i64,
+    /// When requested.
+    pub requested_at: TimestampMicros,
+    /// State.
+    pub state: AccessState,
+    /// When decided.
+    pub decided_at: Option<TimestampMicros>,
+    /// Who decided.
+    pub decided_by: Option<PrincipalId>,
+    /// End of the grant (set on approval).
+    pub grant_expires_at: Option<TimestampMicros>,
+}
+
+/// Which access requests to list. Every field that is set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessFilter {
+    /// Only this workspace.
+    pub workspace: Option<WorkspaceId>,
+    /// Only this case.
+    pub case: Option<CaseId>,
+    /// Only this requester.
+    pub requester: Option<PrincipalId>,
+}
+
 /// The catalog. Every method is atomic on its own.
 #[async_trait]
 pub trait Catalog: Send + Sync + std::fmt::Debug {
@@ -151,7 +318,11 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn add_enrollment_key(&self, key: &EnrollmentKey) -> Result<()>;
     /// Atomically consume a key: succeeds at most once per key, only before
     /// its expiry at `now`. Returns the workspace it enrolls into.
-    async fn consume_enrollment_key(&self, key_hash: &str, now: TimestampMicros) -> Result<WorkspaceId>;
+    async fn consume_enrollment_key(
+        &self,
+        key_hash: &str,
+        now: TimestampMicros,
+    ) -> Result<WorkspaceId>;
 
     /// Register an enrolled agent.
     async fn add_agent(&self, agent: &Agent) -> Result<()>;
@@ -181,13 +352,89 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<Segment>>;
     /// Names of the tables that have at least one segment in the workspace.
     async fn list_tables(&self, ws: WorkspaceId) -> Result<Vec<TableName>>;
+
+    /// Turn a workspace's lockbox on or off.
+    async fn set_lockbox(&self, ws: WorkspaceId, on: bool) -> Result<()>;
+
+    /// Create a principal; names are unique.
+    async fn create_principal(&self, p: &Principal) -> Result<()>;
+    /// Look a principal up by id.
+    async fn get_principal(&self, id: PrincipalId) -> Result<Option<Principal>>;
+    /// Look a principal up by name.
+    async fn get_principal_by_name(&self, name: &str) -> Result<Option<Principal>>;
+    /// All principals, oldest first.
+    async fn list_principals(&self) -> Result<Vec<Principal>>;
+
+    /// Store a token (by hash). The principal must exist.
+    async fn add_token(&self, t: &ApiToken) -> Result<()>;
+    /// Find a token by the hash of its secret (revoked and expired tokens
+    /// are returned too; the caller decides).
+    async fn get_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>>;
+    /// Look a token up by id.
+    async fn get_token(&self, id: TokenId) -> Result<Option<ApiToken>>;
+    /// Tokens of a principal, oldest first.
+    async fn list_tokens(&self, principal: PrincipalId) -> Result<Vec<ApiToken>>;
+    /// Revoke a token at `now` (idempotent: an already revoked token keeps
+    /// its first revocation time). Returns the token as stored afterwards.
+    async fn revoke_token(&self, id: TokenId, now: TimestampMicros) -> Result<ApiToken>;
+
+    /// Bind a workspace role; returns false if the same binding existed.
+    /// Workspace and principal must exist.
+    async fn grant_role(&self, b: &RoleBinding) -> Result<bool>;
+    /// Remove a binding; returns false if there was none.
+    async fn revoke_role(
+        &self,
+        ws: WorkspaceId,
+        principal: PrincipalId,
+        role: WorkspaceRole,
+    ) -> Result<bool>;
+    /// Roles of a principal in a workspace.
+    async fn roles_of(&self, principal: PrincipalId, ws: WorkspaceId)
+        -> Result<Vec<WorkspaceRole>>;
+    /// All bindings of a workspace.
+    async fn list_role_bindings(&self, ws: WorkspaceId) -> Result<Vec<RoleBinding>>;
+    /// All bindings of a principal, across workspaces.
+    async fn bindings_of(&self, principal: PrincipalId) -> Result<Vec<RoleBinding>>;
+
+    /// Open a case. The workspace must exist.
+    async fn create_case(&self, c: &Case) -> Result<()>;
+    /// Look a case up.
+    async fn get_case(&self, id: CaseId) -> Result<Option<Case>>;
+    /// Cases, newest first; only those of `ws` when given.
+    async fn list_cases(&self, ws: Option<WorkspaceId>) -> Result<Vec<Case>>;
+    /// Close an open case at `now`. Fails with [`CatalogError::CaseClosed`]
+    /// if it is already closed.
+    async fn close_case(&self, id: CaseId, by: PrincipalId, now: TimestampMicros) -> Result<Case>;
+
+    /// Store a new (pending) access request. The case must exist in the
+    /// request's workspace (else [`CatalogError::CaseNotFound`]); a request
+    /// whose state is not pending is refused with
+    /// [`CatalogError::AccessRequestNotPending`].
+    async fn create_access_request(&self, r: &AccessRequest) -> Result<()>;
+    /// Look an access request up.
+    async fn get_access_request(&self, id: AccessRequestId) -> Result<Option<AccessRequest>>;
+    /// Access requests matching the filter, newest first.
+    async fn list_access_requests(&self, filter: &AccessFilter) -> Result<Vec<AccessRequest>>;
+    /// Atomically decide a pending request: only if it is still pending
+    /// (else [`CatalogError::AccessRequestNotPending`]). `grant_expires_at`
+    /// is set for an approval and must be None for a denial.
+    async fn decide_access_request(
+        &self,
+        id: AccessRequestId,
+        decision: AccessState,
+        by: PrincipalId,
+        now: TimestampMicros,
+        grant_expires_at: Option<TimestampMicros>,
+    ) -> Result<AccessRequest>;
 }
 
 /// Open a catalog by URI. `sqlite://PATH` (created if missing) is the
 /// embedded default.
 pub async fn open(uri: &str) -> Result<std::sync::Arc<dyn Catalog>> {
     if let Some(path) = uri.strip_prefix("sqlite://") {
-        Ok(std::sync::Arc::new(SqliteCatalog::open(std::path::Path::new(path)).await?))
+        Ok(std::sync::Arc::new(
+            SqliteCatalog::open(std::path::Path::new(path)).await?,
+        ))
     } else {
         Err(CatalogError::UnsupportedUri(uri.to_string()))
     }

@@ -1,26 +1,42 @@
 //! The embedded catalog: one SQLite file in WAL mode.
 //!
-//! Layout (schema version 1):
+//! Layout (schema version 2):
 //!
-//! | table             | key                          | notes                                   |
-//! |-------------------|------------------------------|-----------------------------------------|
-//! | `schema_version`  | `version`                    | one row per applied migration           |
-//! | `workspaces`      | `id`; `name` unique          |                                         |
-//! | `enrollment_keys` | `key_hash`                   | `used_at` NULL until consumed           |
-//! | `agents`          | `id`                         |                                         |
-//! | `segments`        | `id`                         | `columns` is JSON; index on (ws, table, min_time) |
-//! | `batches`         | (`workspace_id`, `batch_id`) | batch ids already stored                |
+//! | table             | key                                       | notes                                   |
+//! |-------------------|-------------------------------------------|-----------------------------------------|
+//! | `schema_version`  | `version`                                 | one row per applied migration           |
+//! | `workspaces`      | `id`; `name` unique                       | `lockbox` 0/1, default 1 (v2)           |
+//! | `enrollment_keys` | `key_hash`                                | `used_at` NULL until consumed           |
+//! | `agents`          | `id`                                      |                                         |
+//! | `segments`        | `id`                                      | `columns` is JSON; index on (ws, table, min_time) |
+//! | `batches`         | (`workspace_id`, `batch_id`)              | batch ids already stored                |
+//! | `principals`      | `id`; `name` unique                       | `service_role` NULL, `admin` or `support` (v2) |
+//! | `api_tokens`      | `id`; `token_hash` unique                 | → `principals`; index on (principal, created_at) (v2) |
+//! | `role_bindings`   | (`workspace_id`, `principal_id`, `role`)  | → `workspaces`, `principals`; index on (principal, ws) (v2) |
+//! | `cases`           | `id`                                      | → `workspaces`; index on (ws, opened_at); `closed_at` NULL while open (v2) |
+//! | `access_requests` | `id`                                      | → `cases` by (case, ws); `state` pending/approved/denied; indexes on ws, case, requester (v2) |
 //!
 //! Ids are UUID text (hyphenated), times are `INTEGER` microseconds, and every
 //! row that belongs to a workspace references `workspaces(id)` (foreign keys
-//! are on). Every query filters by workspace id.
+//! are on). Every query of workspace data filters by workspace id; principals
+//! and their tokens are service-wide. The columns naming who acted
+//! (`granted_by`, `opened_by`, `closed_by`, `requester`, `decided_by`) are
+//! principal ids kept as a record, without foreign keys. Roles and states are
+//! stored by name and checked by the schema.
 
-use crate::{Agent, Catalog, CatalogError, ColumnDef, EnrollmentKey, Result, Segment, Workspace};
+use crate::{
+    AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError,
+    ColumnDef, EnrollmentKey, Principal, Result, RoleBinding, Segment, Workspace,
+};
 use async_trait::async_trait;
-use custos_model::{AgentId, BatchId, SegmentId, TableName, TimestampMicros, WorkspaceId};
+use custos_model::{
+    AccessRequestId, AgentId, BatchId, CaseId, PrincipalId, SegmentId, TableName, TimestampMicros,
+    TokenId, WorkspaceId, WorkspaceRole,
+};
 use sqlx::error::ErrorKind;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Row};
 use std::collections::HashSet;
@@ -93,6 +109,75 @@ CREATE TABLE batches (
     PRIMARY KEY (workspace_id, batch_id)
 ) STRICT, WITHOUT ROWID;
 "#,
+    // Version 2: principals, tokens, role bindings, cases, lockbox.
+    r#"
+ALTER TABLE workspaces ADD COLUMN lockbox INTEGER NOT NULL DEFAULT 1 CHECK (lockbox IN (0, 1));
+
+CREATE TABLE principals (
+    id           TEXT    NOT NULL PRIMARY KEY,
+    name         TEXT    NOT NULL UNIQUE,
+    service_role TEXT    CHECK (service_role IN ('admin', 'support')),
+    created_at   INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE api_tokens (
+    id           TEXT    NOT NULL PRIMARY KEY,
+    principal_id TEXT    NOT NULL REFERENCES principals(id),
+    token_hash   TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER,
+    revoked_at   INTEGER
+) STRICT;
+CREATE UNIQUE INDEX api_tokens_by_hash ON api_tokens(token_hash);
+CREATE INDEX api_tokens_by_principal ON api_tokens(principal_id, created_at);
+
+CREATE TABLE role_bindings (
+    workspace_id TEXT    NOT NULL REFERENCES workspaces(id),
+    principal_id TEXT    NOT NULL REFERENCES principals(id),
+    role         TEXT    NOT NULL CHECK (role IN ('owner', 'contributor', 'reader', 'auditor')),
+    granted_at   INTEGER NOT NULL,
+    granted_by   TEXT    NOT NULL,
+    PRIMARY KEY (workspace_id, principal_id, role)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX role_bindings_by_principal ON role_bindings(principal_id, workspace_id);
+
+CREATE TABLE cases (
+    id           TEXT    NOT NULL PRIMARY KEY,
+    workspace_id TEXT    NOT NULL REFERENCES workspaces(id),
+    title        TEXT    NOT NULL,
+    opened_by    TEXT    NOT NULL,
+    opened_at    INTEGER NOT NULL,
+    closed_at    INTEGER,
+    closed_by    TEXT,
+    CHECK ((closed_at IS NULL) = (closed_by IS NULL))
+) STRICT;
+CREATE INDEX cases_by_workspace ON cases(workspace_id, opened_at);
+-- The target of access_requests' (case_id, workspace_id) foreign key.
+CREATE UNIQUE INDEX cases_by_id_and_workspace ON cases(id, workspace_id);
+
+CREATE TABLE access_requests (
+    id               TEXT    NOT NULL PRIMARY KEY,
+    case_id          TEXT    NOT NULL,
+    workspace_id     TEXT    NOT NULL REFERENCES workspaces(id),
+    requester        TEXT    NOT NULL,
+    reason           TEXT    NOT NULL,
+    duration         INTEGER NOT NULL,
+    requested_at     INTEGER NOT NULL,
+    state            TEXT    NOT NULL CHECK (state IN ('pending', 'approved', 'denied')),
+    decided_at       INTEGER,
+    decided_by       TEXT,
+    grant_expires_at INTEGER,
+    FOREIGN KEY (case_id, workspace_id) REFERENCES cases(id, workspace_id),
+    CHECK (
+        (state = 'pending' AND decided_at IS NULL AND decided_by IS NULL AND grant_expires_at IS NULL)
+        OR (state = 'approved' AND decided_at IS NOT NULL AND decided_by IS NOT NULL AND grant_expires_at IS NOT NULL)
+        OR (state = 'denied' AND decided_at IS NOT NULL AND decided_by IS NOT NULL AND grant_expires_at IS NULL)
+    )
+) STRICT;
+CREATE INDEX access_requests_by_workspace ON access_requests(workspace_id, requested_at);
+CREATE INDEX access_requests_by_case ON access_requests(case_id, requested_at);
+CREATE INDEX access_requests_by_requester ON access_requests(requester, requested_at);
+"#,
 ];
 
 /// The newest schema version this build knows.
@@ -114,6 +199,12 @@ impl SqliteCatalog {
     /// database, or when its schema is newer than this build knows (an older
     /// binary must not write to a newer catalog).
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_at_version(path, SCHEMA_VERSION).await
+    }
+
+    /// [`SqliteCatalog::open`], migrating only up to `target` (tests build
+    /// old catalogs with it).
+    async fn open_at_version(path: &Path, target: i64) -> Result<Self> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -125,9 +216,14 @@ impl SqliteCatalog {
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await
-            .map_err(|e| CatalogError::Database(format!("cannot open catalog {}: {e}", path.display())))?;
-        let cat = SqliteCatalog { pool, path: path.to_path_buf() };
-        if let Err(e) = cat.migrate().await {
+            .map_err(|e| {
+                CatalogError::Database(format!("cannot open catalog {}: {e}", path.display()))
+            })?;
+        let cat = SqliteCatalog {
+            pool,
+            path: path.to_path_buf(),
+        };
+        if let Err(e) = cat.migrate(target).await {
             cat.pool.close().await;
             return Err(e);
         }
@@ -144,11 +240,15 @@ impl SqliteCatalog {
         self.pool.close().await;
     }
 
-    /// Bring the schema to [`SCHEMA_VERSION`], in one immediate transaction so
-    /// two processes opening the same file do not both migrate.
-    async fn migrate(&self) -> Result<()> {
+    /// Bring the schema to `target` (normally [`SCHEMA_VERSION`]), in one
+    /// immediate transaction so two processes opening the same file do not
+    /// both migrate.
+    async fn migrate(&self, target: i64) -> Result<()> {
         let ctx = |e: sqlx::Error| {
-            CatalogError::Database(format!("cannot migrate catalog {}: {e}", self.path.display()))
+            CatalogError::Database(format!(
+                "cannot migrate catalog {}: {e}",
+                self.path.display()
+            ))
         };
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(ctx)?;
         sqlx::query(
@@ -175,7 +275,7 @@ impl SqliteCatalog {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate() {
             let version = i as i64 + 1;
-            if version <= current {
+            if version <= current || version > target {
                 continue;
             }
             tracing::info!(path = %self.path.display(), version, "applying catalog migration");
@@ -198,6 +298,25 @@ impl SqliteCatalog {
             .await
             .map_err(db)?;
         Ok(row.is_some())
+    }
+
+    async fn exists(&self, sql: &'static str, id: String) -> Result<bool> {
+        let row = sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row.is_some())
+    }
+
+    async fn principal_exists(&self, id: PrincipalId) -> Result<bool> {
+        self.exists("SELECT 1 FROM principals WHERE id = ?", id.to_string())
+            .await
+    }
+
+    async fn case_exists(&self, id: CaseId) -> Result<bool> {
+        self.exists("SELECT 1 FROM cases WHERE id = ?", id.to_string())
+            .await
     }
 
     /// After a foreign-key failure: the first of `ids` that does not exist.
@@ -259,7 +378,27 @@ fn get_u64(row: &SqliteRow, col: &str) -> Result<u64> {
 }
 
 fn to_i64(what: &str, v: u64) -> Result<i64> {
-    i64::try_from(v).map_err(|_| CatalogError::Database(format!("{what} {v} is too large to store")))
+    i64::try_from(v)
+        .map_err(|_| CatalogError::Database(format!("{what} {v} is too large to store")))
+}
+
+fn get_bool(row: &SqliteRow, col: &str) -> Result<bool> {
+    match get::<i64>(row, col)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        v => Err(CatalogError::Corrupt(format!(
+            "{col}: expected 0 or 1, found {v}"
+        ))),
+    }
+}
+
+fn get_opt_id<T: FromStr>(row: &SqliteRow, col: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    let s: Option<String> = get(row, col)?;
+    s.map(|s| s.parse().map_err(|e| corrupt(col, e)))
+        .transpose()
 }
 
 fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
@@ -271,8 +410,11 @@ fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
         retention_days: u32::try_from(days)
             .map_err(|_| CatalogError::Corrupt(format!("retention_days: out of range {days}")))?,
         created_at: get(row, "created_at")?,
+        lockbox: get_bool(row, "lockbox")?,
     })
 }
+
+const WORKSPACE_COLUMNS: &str = "id, name, region, retention_days, created_at, lockbox";
 
 fn agent_from_row(row: &SqliteRow) -> Result<Agent> {
     Ok(Agent {
@@ -292,7 +434,8 @@ fn table_from_str(s: String) -> Result<TableName> {
 
 fn segment_from_row(row: &SqliteRow) -> Result<Segment> {
     let columns: String = get(row, "columns")?;
-    let columns: Vec<ColumnDef> = serde_json::from_str(&columns).map_err(|e| corrupt("columns", e))?;
+    let columns: Vec<ColumnDef> =
+        serde_json::from_str(&columns).map_err(|e| corrupt("columns", e))?;
     Ok(Segment {
         id: get_id(row, "id")?,
         workspace_id: get_id(row, "workspace_id")?,
@@ -310,6 +453,88 @@ fn segment_from_row(row: &SqliteRow) -> Result<Segment> {
 const SEGMENT_COLUMNS: &str =
     "id, workspace_id, table_name, path, min_time, max_time, row_count, byte_count, columns, created_at";
 
+fn principal_from_row(row: &SqliteRow) -> Result<Principal> {
+    Ok(Principal {
+        id: get_id(row, "id")?,
+        name: get(row, "name")?,
+        service_role: get_opt_id(row, "service_role")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+const PRINCIPAL_COLUMNS: &str = "id, name, service_role, created_at";
+
+fn token_from_row(row: &SqliteRow) -> Result<ApiToken> {
+    Ok(ApiToken {
+        id: get_id(row, "id")?,
+        principal_id: get_id(row, "principal_id")?,
+        token_hash: get(row, "token_hash")?,
+        created_at: get(row, "created_at")?,
+        expires_at: get(row, "expires_at")?,
+        revoked_at: get(row, "revoked_at")?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, principal_id, token_hash, created_at, expires_at, revoked_at";
+
+fn binding_from_row(row: &SqliteRow) -> Result<RoleBinding> {
+    Ok(RoleBinding {
+        workspace_id: get_id(row, "workspace_id")?,
+        principal_id: get_id(row, "principal_id")?,
+        role: get_id(row, "role")?,
+        granted_at: get(row, "granted_at")?,
+        granted_by: get_id(row, "granted_by")?,
+    })
+}
+
+const BINDING_COLUMNS: &str = "workspace_id, principal_id, role, granted_at, granted_by";
+
+fn case_from_row(row: &SqliteRow) -> Result<Case> {
+    Ok(Case {
+        id: get_id(row, "id")?,
+        workspace_id: get_id(row, "workspace_id")?,
+        title: get(row, "title")?,
+        opened_by: get_id(row, "opened_by")?,
+        opened_at: get(row, "opened_at")?,
+        closed_at: get(row, "closed_at")?,
+        closed_by: get_opt_id(row, "closed_by")?,
+    })
+}
+
+const CASE_COLUMNS: &str = "id, workspace_id, title, opened_by, opened_at, closed_at, closed_by";
+
+fn access_state_from_str(s: &str) -> Result<AccessState> {
+    match s {
+        "pending" => Ok(AccessState::Pending),
+        "approved" => Ok(AccessState::Approved),
+        "denied" => Ok(AccessState::Denied),
+        other => Err(CatalogError::Corrupt(format!(
+            "state: unknown access state {other:?}"
+        ))),
+    }
+}
+
+fn access_request_from_row(row: &SqliteRow) -> Result<AccessRequest> {
+    let state: String = get(row, "state")?;
+    Ok(AccessRequest {
+        id: get_id(row, "id")?,
+        case_id: get_id(row, "case_id")?,
+        workspace_id: get_id(row, "workspace_id")?,
+        requester: get_id(row, "requester")?,
+        reason: get(row, "reason")?,
+        duration: get(row, "duration")?,
+        requested_at: get(row, "requested_at")?,
+        state: access_state_from_str(&state)?,
+        decided_at: get(row, "decided_at")?,
+        decided_by: get_opt_id(row, "decided_by")?,
+        grant_expires_at: get(row, "grant_expires_at")?,
+    })
+}
+
+const ACCESS_REQUEST_COLUMNS: &str =
+    "id, case_id, workspace_id, requester, reason, duration, requested_at, state, \
+     decided_at, decided_by, grant_expires_at";
+
 /// What went wrong inside [`SqliteCatalog::commit_segments`]'s transaction.
 enum CommitFailure {
     DuplicateSegment(SegmentId),
@@ -324,8 +549,8 @@ async fn commit_in_tx(
     now: TimestampMicros,
 ) -> std::result::Result<(), CommitFailure> {
     for seg in segments {
-        let columns =
-            serde_json::to_string(&seg.columns).map_err(|e| CommitFailure::Other(CatalogError::Database(e.to_string())))?;
+        let columns = serde_json::to_string(&seg.columns)
+            .map_err(|e| CommitFailure::Other(CatalogError::Database(e.to_string())))?;
         let rows = to_i64("segment row count", seg.rows).map_err(CommitFailure::Other)?;
         let bytes = to_i64("segment byte count", seg.bytes).map_err(CommitFailure::Other)?;
         let res = sqlx::query(
@@ -375,13 +600,14 @@ async fn commit_in_tx(
 impl Catalog for SqliteCatalog {
     async fn create_workspace(&self, ws: &Workspace) -> Result<()> {
         let res = sqlx::query(
-            "INSERT INTO workspaces (id, name, region, retention_days, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO workspaces (id, name, region, retention_days, created_at, lockbox) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(ws.id.to_string())
         .bind(ws.name.as_str())
         .bind(ws.region.as_str())
         .bind(i64::from(ws.retention_days))
         .bind(ws.created_at)
+        .bind(i64::from(ws.lockbox))
         .execute(&self.pool)
         .await;
         match res.map_err(classify) {
@@ -389,14 +615,20 @@ impl Catalog for SqliteCatalog {
             Err(Failure::Unique(msg)) if msg.contains("workspaces.name") => {
                 Err(CatalogError::WorkspaceNameTaken(ws.name.clone()))
             }
-            Err(Failure::Unique(_)) => Err(CatalogError::Database(format!("workspace id {} already exists", ws.id))),
-            Err(Failure::ForeignKey) => Err(CatalogError::Database("unexpected foreign key failure".into())),
+            Err(Failure::Unique(_)) => Err(CatalogError::Database(format!(
+                "workspace id {} already exists",
+                ws.id
+            ))),
+            Err(Failure::ForeignKey) => Err(CatalogError::Database(
+                "unexpected foreign key failure".into(),
+            )),
             Err(Failure::Other(e)) => Err(e),
         }
     }
 
     async fn get_workspace(&self, id: WorkspaceId) -> Result<Option<Workspace>> {
-        let row = sqlx::query("SELECT id, name, region, retention_days, created_at FROM workspaces WHERE id = ?")
+        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = ?");
+        let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
@@ -405,12 +637,11 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
-        let rows = sqlx::query(
-            "SELECT id, name, region, retention_days, created_at FROM workspaces ORDER BY created_at, rowid",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces ORDER BY created_at, rowid");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         rows.iter().map(workspace_from_row).collect()
     }
 
@@ -427,12 +658,18 @@ impl Catalog for SqliteCatalog {
         match res.map_err(classify) {
             Ok(_) => Ok(()),
             Err(Failure::ForeignKey) => Err(CatalogError::WorkspaceNotFound(key.workspace_id)),
-            Err(Failure::Unique(_)) => Err(CatalogError::Database("enrollment key hash already stored".into())),
+            Err(Failure::Unique(_)) => Err(CatalogError::Database(
+                "enrollment key hash already stored".into(),
+            )),
             Err(Failure::Other(e)) => Err(e),
         }
     }
 
-    async fn consume_enrollment_key(&self, key_hash: &str, now: TimestampMicros) -> Result<WorkspaceId> {
+    async fn consume_enrollment_key(
+        &self,
+        key_hash: &str,
+        now: TimestampMicros,
+    ) -> Result<WorkspaceId> {
         // One statement: the check and the mark are atomic, so of concurrent
         // consumers exactly one sees a row come back.
         let row = sqlx::query(
@@ -532,7 +769,11 @@ impl Catalog for SqliteCatalog {
             }
         }
         let mut seen = HashSet::new();
-        Ok(ids.iter().copied().filter(|id| found.contains(id) && seen.insert(*id)).collect())
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|id| found.contains(id) && seen.insert(*id))
+            .collect())
     }
 
     async fn commit_segments(
@@ -564,7 +805,9 @@ impl Catalog for SqliteCatalog {
                         }
                         match self.missing_workspace(ids).await? {
                             Some(id) => Err(CatalogError::WorkspaceNotFound(id)),
-                            None => Err(CatalogError::Database("foreign key failure committing segments".into())),
+                            None => Err(CatalogError::Database(
+                                "foreign key failure committing segments".into(),
+                            )),
                         }
                     }
                 }
@@ -609,11 +852,13 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn list_tables(&self, ws: WorkspaceId) -> Result<Vec<TableName>> {
-        let rows = sqlx::query("SELECT DISTINCT table_name FROM segments WHERE workspace_id = ? ORDER BY table_name")
-            .bind(ws.to_string())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+        let rows = sqlx::query(
+            "SELECT DISTINCT table_name FROM segments WHERE workspace_id = ? ORDER BY table_name",
+        )
+        .bind(ws.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
         let mut tables = rows
             .iter()
             .map(|r| get(r, "table_name").and_then(table_from_str))
@@ -622,6 +867,455 @@ impl Catalog for SqliteCatalog {
         // order is Rust's, whatever the backend.
         tables.sort();
         Ok(tables)
+    }
+
+    async fn set_lockbox(&self, ws: WorkspaceId, on: bool) -> Result<()> {
+        let res = sqlx::query("UPDATE workspaces SET lockbox = ? WHERE id = ?")
+            .bind(i64::from(on))
+            .bind(ws.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if res.rows_affected() == 0 {
+            return Err(CatalogError::WorkspaceNotFound(ws));
+        }
+        Ok(())
+    }
+
+    async fn create_principal(&self, p: &Principal) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO principals (id, name, service_role, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(p.id.to_string())
+        .bind(p.name.as_str())
+        .bind(p.service_role.map(|r| r.as_str()))
+        .bind(p.created_at)
+        .execute(&self.pool)
+        .await;
+        match res.map_err(classify) {
+            Ok(_) => Ok(()),
+            Err(Failure::Unique(msg)) if msg.contains("principals.name") => {
+                Err(CatalogError::PrincipalNameTaken(p.name.clone()))
+            }
+            Err(Failure::Unique(_)) => Err(CatalogError::Database(format!(
+                "principal id {} already exists",
+                p.id
+            ))),
+            Err(Failure::ForeignKey) => Err(CatalogError::Database(
+                "unexpected foreign key failure".into(),
+            )),
+            Err(Failure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn get_principal(&self, id: PrincipalId) -> Result<Option<Principal>> {
+        let sql = format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE id = ?");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(principal_from_row).transpose()
+    }
+
+    async fn get_principal_by_name(&self, name: &str) -> Result<Option<Principal>> {
+        let sql = format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE name = ?");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(principal_from_row).transpose()
+    }
+
+    async fn list_principals(&self) -> Result<Vec<Principal>> {
+        let sql = format!("SELECT {PRINCIPAL_COLUMNS} FROM principals ORDER BY created_at, rowid");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(principal_from_row).collect()
+    }
+
+    async fn add_token(&self, t: &ApiToken) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO api_tokens (id, principal_id, token_hash, created_at, expires_at, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(t.id.to_string())
+        .bind(t.principal_id.to_string())
+        .bind(t.token_hash.as_str())
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(t.revoked_at)
+        .execute(&self.pool)
+        .await;
+        match res.map_err(classify) {
+            Ok(_) => Ok(()),
+            Err(Failure::ForeignKey) => Err(CatalogError::PrincipalNotFound(t.principal_id)),
+            Err(Failure::Unique(msg)) if msg.contains("api_tokens.token_hash") => {
+                Err(CatalogError::Database("token hash already stored".into()))
+            }
+            Err(Failure::Unique(_)) => Err(CatalogError::Database(format!(
+                "token id {} already exists",
+                t.id
+            ))),
+            Err(Failure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn get_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn get_token(&self, id: TokenId) -> Result<Option<ApiToken>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn list_tokens(&self, principal: PrincipalId) -> Result<Vec<ApiToken>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE principal_id = ? ORDER BY created_at, rowid");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(principal.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: TokenId, now: TimestampMicros) -> Result<ApiToken> {
+        // One statement: a concurrent revoker either set the time first (and
+        // COALESCE keeps it) or finds ours.
+        let sql = format!(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? RETURNING {TOKEN_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        match row {
+            Some(row) => token_from_row(&row),
+            None => Err(CatalogError::TokenNotFound(id)),
+        }
+    }
+
+    async fn grant_role(&self, b: &RoleBinding) -> Result<bool> {
+        let res = sqlx::query(
+            "INSERT INTO role_bindings (workspace_id, principal_id, role, granted_at, granted_by) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (workspace_id, principal_id, role) DO NOTHING",
+        )
+        .bind(b.workspace_id.to_string())
+        .bind(b.principal_id.to_string())
+        .bind(b.role.as_str())
+        .bind(b.granted_at)
+        .bind(b.granted_by.to_string())
+        .execute(&self.pool)
+        .await;
+        match res.map_err(classify) {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            Err(Failure::ForeignKey) => {
+                if !self.workspace_exists(b.workspace_id).await? {
+                    Err(CatalogError::WorkspaceNotFound(b.workspace_id))
+                } else if !self.principal_exists(b.principal_id).await? {
+                    Err(CatalogError::PrincipalNotFound(b.principal_id))
+                } else {
+                    Err(CatalogError::Database(
+                        "foreign key failure granting a role".into(),
+                    ))
+                }
+            }
+            Err(Failure::Unique(m)) => Err(CatalogError::Database(m)),
+            Err(Failure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn revoke_role(
+        &self,
+        ws: WorkspaceId,
+        principal: PrincipalId,
+        role: WorkspaceRole,
+    ) -> Result<bool> {
+        let res = sqlx::query(
+            "DELETE FROM role_bindings WHERE workspace_id = ? AND principal_id = ? AND role = ?",
+        )
+        .bind(ws.to_string())
+        .bind(principal.to_string())
+        .bind(role.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// In the order of [`WorkspaceRole`] (owner first).
+    async fn roles_of(
+        &self,
+        principal: PrincipalId,
+        ws: WorkspaceId,
+    ) -> Result<Vec<WorkspaceRole>> {
+        let rows = sqlx::query(
+            "SELECT role FROM role_bindings WHERE workspace_id = ? AND principal_id = ?",
+        )
+        .bind(ws.to_string())
+        .bind(principal.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut roles = rows
+            .iter()
+            .map(|r| get_id(r, "role"))
+            .collect::<Result<Vec<WorkspaceRole>>>()?;
+        roles.sort();
+        Ok(roles)
+    }
+
+    /// Oldest grant first.
+    async fn list_role_bindings(&self, ws: WorkspaceId) -> Result<Vec<RoleBinding>> {
+        let sql = format!(
+            "SELECT {BINDING_COLUMNS} FROM role_bindings WHERE workspace_id = ? \
+             ORDER BY granted_at, principal_id, role"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ws.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(binding_from_row).collect()
+    }
+
+    /// Oldest grant first.
+    async fn bindings_of(&self, principal: PrincipalId) -> Result<Vec<RoleBinding>> {
+        let sql = format!(
+            "SELECT {BINDING_COLUMNS} FROM role_bindings WHERE principal_id = ? \
+             ORDER BY granted_at, workspace_id, role"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(principal.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(binding_from_row).collect()
+    }
+
+    async fn create_case(&self, c: &Case) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO cases (id, workspace_id, title, opened_by, opened_at, closed_at, closed_by) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(c.id.to_string())
+        .bind(c.workspace_id.to_string())
+        .bind(c.title.as_str())
+        .bind(c.opened_by.to_string())
+        .bind(c.opened_at)
+        .bind(c.closed_at)
+        .bind(c.closed_by.map(|p| p.to_string()))
+        .execute(&self.pool)
+        .await;
+        match res.map_err(classify) {
+            Ok(_) => Ok(()),
+            Err(Failure::ForeignKey) => Err(CatalogError::WorkspaceNotFound(c.workspace_id)),
+            Err(Failure::Unique(_)) => Err(CatalogError::Database(format!(
+                "case id {} already exists",
+                c.id
+            ))),
+            Err(Failure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn get_case(&self, id: CaseId) -> Result<Option<Case>> {
+        let sql = format!("SELECT {CASE_COLUMNS} FROM cases WHERE id = ?");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(case_from_row).transpose()
+    }
+
+    async fn list_cases(&self, ws: Option<WorkspaceId>) -> Result<Vec<Case>> {
+        let rows = match ws {
+            Some(ws) => {
+                let sql = format!(
+                    "SELECT {CASE_COLUMNS} FROM cases WHERE workspace_id = ? ORDER BY opened_at DESC, rowid DESC"
+                );
+                sqlx::query(AssertSqlSafe(sql)).bind(ws.to_string()).fetch_all(&self.pool).await
+            }
+            None => {
+                let sql = format!("SELECT {CASE_COLUMNS} FROM cases ORDER BY opened_at DESC, rowid DESC");
+                sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.pool).await
+            }
+        }
+        .map_err(db)?;
+        rows.iter().map(case_from_row).collect()
+    }
+
+    async fn close_case(&self, id: CaseId, by: PrincipalId, now: TimestampMicros) -> Result<Case> {
+        // One statement: of concurrent closers exactly one sees a row come back.
+        let sql = format!(
+            "UPDATE cases SET closed_at = ?, closed_by = ? WHERE id = ? AND closed_at IS NULL \
+             RETURNING {CASE_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(by.to_string())
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        if let Some(row) = row {
+            return case_from_row(&row);
+        }
+        // Only to say why it failed; the outcome is already decided.
+        if self.case_exists(id).await? {
+            Err(CatalogError::CaseClosed(id))
+        } else {
+            Err(CatalogError::CaseNotFound(id))
+        }
+    }
+
+    /// The request must be pending (else `AccessRequestNotPending`), and its
+    /// case must exist in the request's workspace (else `CaseNotFound`).
+    async fn create_access_request(&self, r: &AccessRequest) -> Result<()> {
+        if r.state != AccessState::Pending {
+            return Err(CatalogError::AccessRequestNotPending {
+                id: r.id,
+                state: r.state,
+            });
+        }
+        let res = sqlx::query(
+            "INSERT INTO access_requests (id, case_id, workspace_id, requester, reason, duration, requested_at, \
+             state, decided_at, decided_by, grant_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+        )
+        .bind(r.id.to_string())
+        .bind(r.case_id.to_string())
+        .bind(r.workspace_id.to_string())
+        .bind(r.requester.to_string())
+        .bind(r.reason.as_str())
+        .bind(r.duration)
+        .bind(r.requested_at)
+        .bind(r.decided_at)
+        .bind(r.decided_by.map(|p| p.to_string()))
+        .bind(r.grant_expires_at)
+        .execute(&self.pool)
+        .await;
+        match res.map_err(classify) {
+            Ok(_) => Ok(()),
+            // The case is missing, or belongs to another workspace: either
+            // way there is no such case in this workspace.
+            Err(Failure::ForeignKey) => Err(CatalogError::CaseNotFound(r.case_id)),
+            Err(Failure::Unique(_)) => Err(CatalogError::Database(format!(
+                "access request id {} already exists",
+                r.id
+            ))),
+            Err(Failure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn get_access_request(&self, id: AccessRequestId) -> Result<Option<AccessRequest>> {
+        let sql = format!("SELECT {ACCESS_REQUEST_COLUMNS} FROM access_requests WHERE id = ?");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(access_request_from_row).transpose()
+    }
+
+    async fn list_access_requests(&self, filter: &AccessFilter) -> Result<Vec<AccessRequest>> {
+        // Only fixed conditions with `?` placeholders are spliced in; every
+        // value is bound. Built per filter so SQLite can use the indexes.
+        let mut conditions: Vec<&str> = Vec::new();
+        let mut values: Vec<String> = Vec::new();
+        if let Some(ws) = filter.workspace {
+            conditions.push("workspace_id = ?");
+            values.push(ws.to_string());
+        }
+        if let Some(case) = filter.case {
+            conditions.push("case_id = ?");
+            values.push(case.to_string());
+        }
+        if let Some(requester) = filter.requester {
+            conditions.push("requester = ?");
+            values.push(requester.to_string());
+        }
+        let where_clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {ACCESS_REQUEST_COLUMNS} FROM access_requests {where_clause} \
+             ORDER BY requested_at DESC, rowid DESC"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for v in values {
+            q = q.bind(v);
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(access_request_from_row).collect()
+    }
+
+    async fn decide_access_request(
+        &self,
+        id: AccessRequestId,
+        decision: AccessState,
+        by: PrincipalId,
+        now: TimestampMicros,
+        grant_expires_at: Option<TimestampMicros>,
+    ) -> Result<AccessRequest> {
+        match (decision, grant_expires_at) {
+            (AccessState::Approved, Some(_)) | (AccessState::Denied, None) => {}
+            (AccessState::Approved, None) => {
+                return Err(CatalogError::Database(format!(
+                    "approving access request {id} needs a grant expiry time"
+                )))
+            }
+            (AccessState::Denied, Some(_)) => {
+                return Err(CatalogError::Database(format!(
+                    "denying access request {id} must not set a grant expiry time"
+                )))
+            }
+            (AccessState::Pending, _) => {
+                return Err(CatalogError::Database(format!(
+                    "access request {id} cannot be decided as pending (approve or deny)"
+                )))
+            }
+        }
+        // One statement: of concurrent deciders exactly one sees a row come back.
+        let sql = format!(
+            "UPDATE access_requests SET state = ?, decided_at = ?, decided_by = ?, grant_expires_at = ? \
+             WHERE id = ? AND state = 'pending' RETURNING {ACCESS_REQUEST_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(decision.as_str())
+            .bind(now)
+            .bind(by.to_string())
+            .bind(grant_expires_at)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        if let Some(row) = row {
+            return access_request_from_row(&row);
+        }
+        // Only to say why it failed; the outcome is already decided.
+        match self.get_access_request(id).await? {
+            None => Err(CatalogError::AccessRequestNotFound(id)),
+            Some(r) => Err(CatalogError::AccessRequestNotPending { id, state: r.state }),
+        }
     }
 }
 
@@ -632,7 +1326,9 @@ mod tests {
 
     async fn fresh() -> (tempfile::TempDir, SqliteCatalog) {
         let dir = tempfile::tempdir().unwrap();
-        let cat = SqliteCatalog::open(&dir.path().join("catalog.db")).await.unwrap();
+        let cat = SqliteCatalog::open(&dir.path().join("catalog.db"))
+            .await
+            .unwrap();
         (dir, cat)
     }
 
@@ -643,13 +1339,15 @@ mod tests {
             region: "eu".into(),
             retention_days: 30,
             created_at: 1_700_000_000_000_000,
+            lockbox: true,
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn sqlite_passes_the_conformance_suite() {
         let (_dir, cat) = fresh().await;
-        crate::conformance::run_all(Arc::new(cat)).await;
+        let ran = crate::conformance::run_all(Arc::new(cat)).await;
+        assert_eq!(ran, crate::conformance::CHECKS);
     }
 
     #[tokio::test]
@@ -661,13 +1359,25 @@ mod tests {
             conns.push(cat.pool.acquire().await.unwrap());
         }
         for conn in &mut conns {
-            let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut **conn).await.unwrap();
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut **conn)
+                .await
+                .unwrap();
             assert_eq!(mode, "wal");
-            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut **conn).await.unwrap();
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut **conn)
+                .await
+                .unwrap();
             assert_eq!(sync, 2, "synchronous=FULL");
-            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(&mut **conn).await.unwrap();
+            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(&mut **conn)
+                .await
+                .unwrap();
             assert_eq!(fk, 1);
-            let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&mut **conn).await.unwrap();
+            let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+                .fetch_one(&mut **conn)
+                .await
+                .unwrap();
             assert!(busy >= 1000, "busy_timeout {busy}");
         }
     }
@@ -686,25 +1396,225 @@ mod tests {
             max_time: 20,
             rows: 3,
             bytes: 300,
-            columns: vec![ColumnDef { name: "pid".into(), ty: custos_model::ValueType::Int }],
+            columns: vec![ColumnDef {
+                name: "pid".into(),
+                ty: custos_model::ValueType::Int,
+            }],
             created_at: 5,
         };
         let batch = BatchId::new();
         {
             let cat = SqliteCatalog::open(&path).await.unwrap();
             cat.create_workspace(&w).await.unwrap();
-            cat.commit_segments(std::slice::from_ref(&seg), &[(w.id, batch)], 7).await.unwrap();
+            cat.commit_segments(std::slice::from_ref(&seg), &[(w.id, batch)], 7)
+                .await
+                .unwrap();
             cat.close().await;
         }
         let cat = SqliteCatalog::open(&path).await.unwrap();
         assert_eq!(cat.get_workspace(w.id).await.unwrap(), Some(w.clone()));
-        assert_eq!(cat.list_segments(w.id, &seg.table, None).await.unwrap(), vec![seg]);
-        assert_eq!(cat.stored_batches(w.id, &[batch]).await.unwrap(), vec![batch]);
+        assert_eq!(
+            cat.list_segments(w.id, &seg.table, None).await.unwrap(),
+            vec![seg]
+        );
+        assert_eq!(
+            cat.stored_batches(w.id, &[batch]).await.unwrap(),
+            vec![batch]
+        );
         // Reopening did not re-run migrations or add versions.
-        let versions: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM schema_version").fetch_one(&cat.pool).await.unwrap();
+        let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_version")
+            .fetch_one(&cat.pool)
+            .await
+            .unwrap();
         assert_eq!(versions, SCHEMA_VERSION);
         cat.close().await;
+    }
+
+    #[tokio::test]
+    async fn version_1_catalog_migrates_to_2_with_lockbox_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let (old, agent_id) = (ws("from-v1"), AgentId::new());
+        {
+            let cat = SqliteCatalog::open_at_version(&path, 1).await.unwrap();
+            let versions: Vec<i64> =
+                sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+                    .fetch_all(&cat.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(versions, vec![1]);
+            // What a version-1 build wrote: no lockbox column, no new tables.
+            sqlx::query(
+                "INSERT INTO workspaces (id, name, region, retention_days, created_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(old.id.to_string())
+            .bind(old.name.as_str())
+            .bind(old.region.as_str())
+            .bind(i64::from(old.retention_days))
+            .bind(old.created_at)
+            .execute(&cat.pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO agents (id, workspace_id, hostname, cert_sha256, cert_not_after, enrolled_at) \
+                 VALUES (?, ?, 'h', 'x', 1, 1)",
+            )
+            .bind(agent_id.to_string())
+            .bind(old.id.to_string())
+            .execute(&cat.pool)
+            .await
+            .unwrap();
+            for table in [
+                "principals",
+                "api_tokens",
+                "role_bindings",
+                "cases",
+                "access_requests",
+            ] {
+                let n: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_schema WHERE name = ?")
+                        .bind(table)
+                        .fetch_one(&cat.pool)
+                        .await
+                        .unwrap();
+                assert_eq!(n, 0, "{table} exists at version 1");
+            }
+            cat.close().await;
+        }
+        let cat = SqliteCatalog::open(&path).await.unwrap();
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+                .fetch_all(&cat.pool)
+                .await
+                .unwrap();
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        assert_eq!(SCHEMA_VERSION, 2);
+        // The existing workspace got the lockbox, and kept everything else.
+        assert_eq!(
+            cat.get_workspace(old.id).await.unwrap(),
+            Some(Workspace {
+                lockbox: true,
+                ..old.clone()
+            })
+        );
+        assert_eq!(cat.list_agents(old.id).await.unwrap().len(), 1);
+        // The new tables work, with the old workspace.
+        cat.set_lockbox(old.id, false).await.unwrap();
+        assert!(!cat.get_workspace(old.id).await.unwrap().unwrap().lockbox);
+        let p = Principal {
+            id: PrincipalId::new(),
+            name: "owner".into(),
+            service_role: None,
+            created_at: 1,
+        };
+        cat.create_principal(&p).await.unwrap();
+        let b = RoleBinding {
+            workspace_id: old.id,
+            principal_id: p.id,
+            role: WorkspaceRole::Owner,
+            granted_at: 2,
+            granted_by: p.id,
+        };
+        assert!(cat.grant_role(&b).await.unwrap());
+        assert_eq!(
+            cat.roles_of(p.id, old.id).await.unwrap(),
+            vec![WorkspaceRole::Owner]
+        );
+        cat.close().await;
+        // Opening again applies nothing more.
+        let cat = SqliteCatalog::open(&path).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_version")
+            .fetch_one(&cat.pool)
+            .await
+            .unwrap();
+        assert_eq!(n, SCHEMA_VERSION);
+        cat.close().await;
+    }
+
+    #[tokio::test]
+    async fn schema_checks_refuse_values_outside_the_enums() {
+        let (_dir, cat) = fresh().await;
+        let w = ws("checks");
+        cat.create_workspace(&w).await.unwrap();
+        let p = Principal {
+            id: PrincipalId::new(),
+            name: "p".into(),
+            service_role: None,
+            created_at: 1,
+        };
+        cat.create_principal(&p).await.unwrap();
+        let c = Case {
+            id: CaseId::new(),
+            workspace_id: w.id,
+            title: "t".into(),
+            opened_by: p.id,
+            opened_at: 1,
+            closed_at: None,
+            closed_by: None,
+        };
+        cat.create_case(&c).await.unwrap();
+        let refused = [
+            format!("UPDATE workspaces SET lockbox = 2 WHERE id = '{}'", w.id),
+            format!("UPDATE principals SET service_role = 'root' WHERE id = '{}'", p.id),
+            format!(
+                "INSERT INTO role_bindings VALUES ('{}', '{}', 'superuser', 1, '{}')",
+                w.id,
+                p.id,
+                p.id
+            ),
+            format!("UPDATE cases SET closed_at = 5 WHERE id = '{}'", c.id),
+            format!(
+                "INSERT INTO access_requests (id, case_id, workspace_id, requester, reason, duration, requested_at, \
+                 state) VALUES ('{}', '{}', '{}', '{}', 'r', 1, 1, 'expired')",
+                AccessRequestId::new(),
+                c.id,
+                w.id,
+                p.id
+            ),
+            // Approved without a grant end.
+            format!(
+                "INSERT INTO access_requests (id, case_id, workspace_id, requester, reason, duration, requested_at, \
+                 state, decided_at, decided_by) VALUES ('{}', '{}', '{}', '{}', 'r', 1, 1, 'approved', 2, '{}')",
+                AccessRequestId::new(),
+                c.id,
+                w.id,
+                p.id,
+                p.id
+            ),
+        ];
+        for sql in refused {
+            // Test-only SQL built from ids this test generated.
+            let res = sqlx::query(AssertSqlSafe(sql.clone()))
+                .execute(&cat.pool)
+                .await;
+            assert!(res.is_err(), "schema accepted: {sql}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_stored_principal_ids_read_as_corrupt() {
+        let (_dir, cat) = fresh().await;
+        // STRICT tables keep types, so break an id the way a hand edit would.
+        let p = Principal {
+            id: PrincipalId::new(),
+            name: "p".into(),
+            service_role: None,
+            created_at: 1,
+        };
+        cat.create_principal(&p).await.unwrap();
+        sqlx::query("UPDATE principals SET id = 'not-a-uuid' WHERE id = ?")
+            .bind(p.id.to_string())
+            .execute(&cat.pool)
+            .await
+            .unwrap();
+        assert!(matches!(
+            cat.list_principals().await,
+            Err(CatalogError::Corrupt(_))
+        ));
+        assert!(matches!(
+            cat.get_principal_by_name("p").await,
+            Err(CatalogError::Corrupt(_))
+        ));
     }
 
     #[tokio::test]
@@ -724,9 +1634,14 @@ mod tests {
         let msg = err.to_string();
         assert!(matches!(err, CatalogError::Database(_)), "{err:?}");
         assert!(msg.contains("newer than this build supports"), "{msg}");
-        assert!(msg.contains(&format!("schema version {}", SCHEMA_VERSION + 1)), "{msg}");
+        assert!(
+            msg.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
+            "{msg}"
+        );
         // Also through the URI entry point.
-        let err = crate::open(&format!("sqlite://{}", path.display())).await.unwrap_err();
+        let err = crate::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("newer"), "{err}");
     }
 
@@ -734,20 +1649,28 @@ mod tests {
     async fn non_sqlite_file_gives_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("not-a-db.txt");
-        std::fs::write(&path, "this is a text file, not a SQLite database\n".repeat(100)).unwrap();
+        std::fs::write(
+            &path,
+            "this is a text file, not a SQLite database\n".repeat(100),
+        )
+        .unwrap();
         let err = SqliteCatalog::open(&path).await.unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, CatalogError::Database(_)), "{err:?}");
         assert!(msg.contains("not-a-db.txt"), "names the file: {msg}");
         assert!(msg.contains("not a database"), "says why: {msg}");
         // The file is left alone.
-        assert!(std::fs::read_to_string(&path).unwrap().starts_with("this is a text file"));
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("this is a text file"));
     }
 
     #[tokio::test]
     async fn missing_parent_directory_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
-        let err = SqliteCatalog::open(&dir.path().join("no/such/dir/catalog.db")).await.unwrap_err();
+        let err = SqliteCatalog::open(&dir.path().join("no/such/dir/catalog.db"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, CatalogError::Database(_)), "{err:?}");
     }
 
@@ -779,7 +1702,10 @@ mod tests {
         .execute(&cat.pool)
         .await
         .unwrap();
-        let err = cat.list_segments(w2.id, &TableName::new("logs").unwrap(), None).await.unwrap_err();
+        let err = cat
+            .list_segments(w2.id, &TableName::new("logs").unwrap(), None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, CatalogError::Corrupt(_)), "{err:?}");
 
         // A workspace with no rows referencing it, so the foreign keys allow the edit.
@@ -801,6 +1727,9 @@ mod tests {
         let cat = crate::open(&uri).await.unwrap();
         cat.create_workspace(&ws("by-uri")).await.unwrap();
         assert_eq!(cat.list_workspaces().await.unwrap().len(), 1);
-        assert!(matches!(crate::open("postgres://x").await, Err(CatalogError::UnsupportedUri(_))));
+        assert!(matches!(
+            crate::open("postgres://x").await,
+            Err(CatalogError::UnsupportedUri(_))
+        ));
     }
 }

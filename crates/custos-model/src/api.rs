@@ -1,7 +1,9 @@
 //! JSON types of the HTTP API (`/v1/...`). Requests deny unknown fields so a
 //! misspelt option is an error, not a silent default.
 
-use crate::{AgentId, BatchId, TimestampMicros, WorkspaceId};
+use crate::{
+    AccessRequestId, AgentId, BatchId, CaseId, PrincipalId, ServiceRole, TimestampMicros, TokenId, WorkspaceId, WorkspaceRole,
+};
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/workspaces`.
@@ -30,6 +32,8 @@ pub struct WorkspaceInfo {
     pub retention_days: u32,
     /// Creation time, RFC 3339.
     pub created_at: String,
+    /// Whether the customer lockbox is on.
+    pub lockbox: bool,
 }
 
 /// Answer to `POST /v1/workspaces`: the workspace and its first enrollment
@@ -146,4 +150,232 @@ pub struct ErrorBody {
     pub code: String,
     /// A specific human-readable message.
     pub error: String,
+}
+
+/// `POST /v1/principals` (service admins).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePrincipalRequest {
+    /// Unique name (1-128 printable characters).
+    pub name: String,
+    /// Service role, for the service's own staff.
+    #[serde(default)]
+    pub service_role: Option<ServiceRole>,
+    /// Lifetime of the first token, seconds (none: no expiry).
+    #[serde(default)]
+    pub token_expires_in_secs: Option<u64>,
+}
+
+/// A principal as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PrincipalInfo {
+    /// Id.
+    pub id: PrincipalId,
+    /// Name.
+    pub name: String,
+    /// Service role, if any.
+    pub service_role: Option<ServiceRole>,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+/// Answer to `POST /v1/principals`: the principal and its first token, shown
+/// only here (the server stores its hash).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreatePrincipalResponse {
+    /// Id.
+    pub id: PrincipalId,
+    /// Name.
+    pub name: String,
+    /// Service role, if any.
+    pub service_role: Option<ServiceRole>,
+    /// Id of the token.
+    pub token_id: TokenId,
+    /// The bearer token, shown once.
+    pub token: String,
+    /// Token expiry, RFC 3339, if any.
+    pub token_expires_at: Option<String>,
+}
+
+/// `POST /v1/tokens` (own) and `POST /v1/principals/{id}/tokens` (admins).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// Lifetime, seconds (none: no expiry).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A new token, shown once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateTokenResponse {
+    /// Token id (for revocation).
+    pub id: TokenId,
+    /// Owner.
+    pub principal_id: PrincipalId,
+    /// The bearer token, shown once.
+    pub token: String,
+    /// Expiry, RFC 3339, if any.
+    pub expires_at: Option<String>,
+}
+
+/// A token as listings show it (never the secret).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TokenInfo {
+    /// Id.
+    pub id: TokenId,
+    /// Owner.
+    pub principal_id: PrincipalId,
+    /// Creation, RFC 3339.
+    pub created_at: String,
+    /// Expiry, RFC 3339, if any.
+    pub expires_at: Option<String>,
+    /// Revocation, RFC 3339, if revoked.
+    pub revoked_at: Option<String>,
+}
+
+/// Who the caller is (`GET /v1/whoami`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WhoAmI {
+    /// The principal.
+    pub id: PrincipalId,
+    /// Name.
+    pub name: String,
+    /// Service role, if any.
+    pub service_role: Option<ServiceRole>,
+    /// Workspace roles.
+    pub roles: Vec<RoleBindingInfo>,
+}
+
+/// `POST /v1/workspaces/{id}/roles`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRoleRequest {
+    /// The principal, by id or name.
+    pub principal: String,
+    /// The role.
+    pub role: WorkspaceRole,
+}
+
+/// A role binding as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RoleBindingInfo {
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// Principal.
+    pub principal_id: PrincipalId,
+    /// Role.
+    pub role: WorkspaceRole,
+    /// When granted, RFC 3339.
+    pub granted_at: String,
+    /// Who granted it.
+    pub granted_by: PrincipalId,
+}
+
+/// `PUT /v1/workspaces/{id}/lockbox`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockboxRequest {
+    /// On (support needs an approved grant) or off (access requests are
+    /// approved automatically; still case-scoped, time-bound and audited).
+    pub enabled: bool,
+}
+
+/// `POST /v1/workspaces/{id}/cases`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenCaseRequest {
+    /// Title (1-256 printable characters).
+    pub title: String,
+}
+
+/// A support case.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CaseInfo {
+    /// Id.
+    pub id: CaseId,
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// Title.
+    pub title: String,
+    /// `open` or `closed`.
+    pub state: String,
+    /// Who opened it.
+    pub opened_by: PrincipalId,
+    /// When, RFC 3339.
+    pub opened_at: String,
+    /// When closed, RFC 3339.
+    pub closed_at: Option<String>,
+}
+
+/// `POST /v1/cases/{id}/access-requests`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequestRequest {
+    /// Requested grant duration, seconds (default 8 hours, at most 7 days).
+    #[serde(default)]
+    pub duration_secs: Option<u64>,
+    /// Why access is needed (1-1024 characters).
+    pub reason: String,
+}
+
+/// An access request (and, once approved, the grant).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AccessRequestInfo {
+    /// Id (the grant id once approved).
+    pub id: AccessRequestId,
+    /// Case.
+    pub case_id: CaseId,
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// The support engineer.
+    pub requester: PrincipalId,
+    /// Reason given.
+    pub reason: String,
+    /// Requested duration, seconds.
+    pub duration_secs: u64,
+    /// When requested, RFC 3339.
+    pub requested_at: String,
+    /// `pending`, `expired` (undecided for 12 hours), `denied`, `active`
+    /// (approved and live), or `ended` (approved, but expired or its case closed).
+    pub status: String,
+    /// Who decided.
+    pub decided_by: Option<PrincipalId>,
+    /// When decided, RFC 3339.
+    pub decided_at: Option<String>,
+    /// End of the grant, RFC 3339 (approved requests).
+    pub grant_expires_at: Option<String>,
+}
+
+/// One audit record as `GET /v1/workspaces/{id}/audit` returns it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    /// Position in the log.
+    pub seq: u64,
+    /// Time, RFC 3339.
+    pub time: String,
+    /// Principal (id, `agent:<id>`), if authenticated.
+    pub principal: Option<String>,
+    /// Role the request acted under.
+    pub role: String,
+    /// Action.
+    pub action: String,
+    /// Target.
+    pub target: String,
+    /// Workspace.
+    pub workspace: Option<String>,
+    /// `ok`, `denied`, `error` or `started`.
+    pub outcome: String,
+    /// HTTP status (0 for `started`).
+    pub status: u16,
+    /// Request id.
+    pub request_id: String,
+    /// Client address.
+    pub client: String,
+    /// Lockbox grant used, if any.
+    pub grant: Option<String>,
+    /// Further details; secrets and payload values are HMAC'd.
+    pub details: std::collections::BTreeMap<String, String>,
+    /// Record hash, hex.
+    pub hash: String,
 }

@@ -80,6 +80,29 @@ uuid_id!(
     "segment"
 );
 
+uuid_id!(
+    /// A principal: a person or service account that calls the API with
+    /// bearer tokens.
+    PrincipalId,
+    "principal"
+);
+uuid_id!(
+    /// An API token of a principal (the secret itself is never stored).
+    TokenId,
+    "token"
+);
+uuid_id!(
+    /// A support case on one workspace.
+    CaseId,
+    "case"
+);
+uuid_id!(
+    /// A support engineer's request for access to a case's workspace; once
+    /// approved, the same id names the grant.
+    AccessRequestId,
+    "access request"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,12 +13,14 @@ mod ids;
 mod level;
 mod names;
 mod secret;
+pub mod roles;
 pub mod wire;
 
 pub use event::{Event, Value, ValueType, RESERVED_COLUMNS};
-pub use ids::{AgentId, BatchId, IdParseError, SegmentId, WorkspaceId};
+pub use ids::{AccessRequestId, AgentId, BatchId, CaseId, IdParseError, PrincipalId, SegmentId, TokenId, WorkspaceId};
 pub use level::{Category, Level, LevelParseError, PiiClass};
 pub use names::{validate_column_name, NameError, TableName};
+pub use roles::{RoleParseError, ServiceRole, WorkspaceRole};
 pub use secret::Secret;
 
 /// Microseconds since the Unix epoch, UTC. All event times use this unit.

@@ -1,29 +1,26 @@
-//! HTTP routes. Every route states who may call it in the table below; the
-//! checks live in [`Caller`] extractors so a handler cannot forget them.
+//! HTTP routes. The table in [`routes`] is the only place a route is
+//! added: each names its method, path, audit action, who may call it
+//! ([`Access`]: public, enrollment key, agent certificate, or a principal
+//! holding a [`Perm`] on the route's target) and whether it changes state.
+//! [`router`] wraps every handler in [`guard::guard`], which authenticates,
+//! checks the permission, and audits (see `guard` and `authz`).
 //!
-//! | route | who |
-//! |---|---|
-//! | `GET /v1/health` | anyone (no data) |
-//! | `POST /v1/enroll` | holder of an enrollment key |
-//! | `POST /v1/ingest` | an enrolled agent (client certificate) |
-//! | `GET /metrics` | admin |
-//! | `POST /v1/workspaces`, `GET /v1/workspaces` | admin |
-//! | `GET /v1/workspaces/{id}` | admin |
-//! | `POST /v1/workspaces/{id}/enrollment-keys` | admin |
-//! | `GET /v1/workspaces/{id}/tables` | admin |
-//! | `POST /v1/workspaces/{id}/query` | admin |
+//! The route table, with permissions, is in `docs/ACCESS.md` (a test keeps
+//! it equal to [`route_table_markdown`]).
 
-use crate::{pki, AppState, ServerError};
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use crate::authz::Perm;
+use crate::guard::{self, Access, Authorized, RouteSpec};
+use crate::{lockbox, pki, AppState, ServerError};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, Method};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use custos_catalog::{Agent, EnrollmentKey, Workspace};
+use custos_catalog::{
+    AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, EnrollmentKey, Principal, RoleBinding, Workspace,
+};
 use custos_model::api::*;
-use custos_model::{AgentId, WorkspaceId};
-use sha2::{Digest, Sha256};
+use custos_model::{AccessRequestId, AgentId, PrincipalId, TokenId, WorkspaceId, WorkspaceRole};
 use std::sync::Arc;
 
 /// What the TLS layer learned about the connection.
@@ -35,91 +32,105 @@ pub struct ConnInfo {
     pub client_cert: Option<Arc<Vec<u8>>>,
 }
 
-/// Build the router.
+macro_rules! route {
+    ($m:ident $path:literal, $action:literal, $access:expr, $mutates:expr, $h:expr) => {
+        (
+            RouteSpec { method: Method::$m, path: $path, action: $action, access: $access, mutates: $mutates },
+            on(MethodFilter::$m, $h),
+        )
+    };
+}
+
+/// Every route: its declaration and its handler.
+pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
+    use Access::{Agent as AgentCert, EnrollmentKey as Key, Principal as P, Public};
+    const R: bool = false; // reads
+    const W: bool = true; // changes state
+    vec![
+        route!(GET "/v1/health", "health", Public, R, health),
+        route!(POST "/v1/enroll", "agent.enroll", Key, W, enroll),
+        route!(POST "/v1/ingest", "ingest.batch", AgentCert, W, ingest),
+        route!(GET "/metrics", "metrics.read", P(Perm::ServiceAdmin), R, metrics),
+        route!(GET "/v1/whoami", "principal.whoami", P(Perm::Authenticated), R, whoami),
+        route!(POST "/v1/principals", "principal.create", P(Perm::ServiceAdmin), W, create_principal),
+        route!(GET "/v1/principals", "principal.list", P(Perm::ServiceAdmin), R, list_principals),
+        route!(POST "/v1/principals/{principal}/tokens", "token.create", P(Perm::ServiceAdmin), W, create_token_for),
+        route!(POST "/v1/tokens", "token.create", P(Perm::Authenticated), W, create_own_token),
+        route!(GET "/v1/tokens", "token.list", P(Perm::Authenticated), R, list_own_tokens),
+        route!(DELETE "/v1/tokens/{token}", "token.revoke", P(Perm::TokenRevoke), W, revoke_token),
+        route!(POST "/v1/workspaces", "workspace.create", P(Perm::ServiceAdmin), W, create_workspace),
+        route!(GET "/v1/workspaces", "workspace.list", P(Perm::Authenticated), R, list_workspaces),
+        route!(GET "/v1/workspaces/{ws}", "workspace.show", P(Perm::WorkspaceView), R, show_workspace),
+        route!(PUT "/v1/workspaces/{ws}/lockbox", "workspace.lockbox", P(Perm::PolicyManage), W, set_lockbox),
+        route!(POST "/v1/workspaces/{ws}/enrollment-keys", "enrollment_key.create", P(Perm::AgentEnroll), W, new_enrollment_key),
+        route!(GET "/v1/workspaces/{ws}/tables", "data.tables", P(Perm::DataRead), R, list_tables),
+        route!(POST "/v1/workspaces/{ws}/query", "data.query", P(Perm::DataRead), R, query),
+        route!(GET "/v1/workspaces/{ws}/roles", "role.list", P(Perm::RoleManage), R, list_roles),
+        route!(POST "/v1/workspaces/{ws}/roles", "role.grant", P(Perm::RoleManage), W, grant_role),
+        route!(DELETE "/v1/workspaces/{ws}/roles/{principal}/{role}", "role.revoke", P(Perm::RoleManage), W, revoke_role),
+        route!(POST "/v1/workspaces/{ws}/cases", "case.open", P(Perm::CaseOpen), W, open_case),
+        route!(GET "/v1/workspaces/{ws}/access-requests", "access.list", P(Perm::AccessView), R, list_access_requests),
+        route!(GET "/v1/workspaces/{ws}/audit", "audit.read", P(Perm::AuditRead), R, read_audit),
+        route!(GET "/v1/cases", "case.list", P(Perm::Authenticated), R, list_cases),
+        route!(GET "/v1/cases/{case}", "case.show", P(Perm::CaseView), R, show_case),
+        route!(POST "/v1/cases/{case}/close", "case.close", P(Perm::CaseClose), W, close_case),
+        route!(POST "/v1/cases/{case}/access-requests", "access.request", P(Perm::AccessRequest), W, request_access),
+        route!(GET "/v1/access-requests/{req}", "access.show", P(Perm::AccessView), R, show_access_request),
+        route!(POST "/v1/access-requests/{req}/approve", "access.approve", P(Perm::AccessDecide), W, approve_access),
+        route!(POST "/v1/access-requests/{req}/deny", "access.deny", P(Perm::AccessDecide), W, deny_access),
+    ]
+}
+
+/// The declarations alone (for documentation and the route-walking test).
+pub fn route_specs() -> Vec<RouteSpec> {
+    routes().into_iter().map(|(s, _)| s).collect()
+}
+
+/// The route table as Markdown (what `docs/ACCESS.md` shows).
+pub fn route_table_markdown() -> String {
+    let mut out = String::from("| method | path | action | who | changes state |\n|---|---|---|---|---|\n");
+    for s in route_specs() {
+        let who = match s.access {
+            Access::Public => "anyone (not audited)".to_string(),
+            Access::EnrollmentKey => "holder of an enrollment key".to_string(),
+            Access::Agent => "enrolled agent (client certificate)".to_string(),
+            Access::Principal(p) => format!("principal with `{p:?}`"),
+        };
+        out.push_str(&format!(
+            "| {} | `{}` | `{}` | {} | {} |\n",
+            s.method,
+            s.path,
+            s.action,
+            who,
+            if s.mutates { "yes" } else { "no" }
+        ));
+    }
+    out
+}
+
+/// Build the router: every route from [`routes`], each behind the guard.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/v1/enroll", post(enroll))
-        .route("/v1/ingest", post(ingest))
-        .route("/v1/workspaces", post(create_workspace).get(list_workspaces))
-        .route("/v1/workspaces/{id}", get(show_workspace))
-        .route("/v1/workspaces/{id}/enrollment-keys", post(new_enrollment_key))
-        .route("/v1/workspaces/{id}/tables", get(list_tables))
-        .route("/v1/workspaces/{id}/query", post(query))
+    let mut router = Router::new();
+    for (spec, handler) in routes() {
+        let spec = Arc::new(spec);
+        let path = spec.path;
+        let st = state.clone();
+        let guarded = handler.route_layer(axum::middleware::from_fn(move |req, next| {
+            guard::guard(st.clone(), spec.clone(), req, next)
+        }));
+        router = router.route(path, guarded);
+    }
+    router
         .fallback(|| async { ServerError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
-}
-
-/// An authenticated administrator (bearer token).
-pub struct Admin;
-
-impl FromRequestParts<Arc<AppState>> for Admin {
-    type Rejection = ServerError;
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let token = bearer(&parts.headers).ok_or_else(|| {
-            ServerError::Unauthorized("missing bearer token (Authorization: Bearer <token>)".into())
-        })?;
-        let hash = Sha256::digest(token.as_bytes());
-        if subtle::ConstantTimeEq::ct_eq(&hash[..], &state.admin_token_hash[..]).into() {
-            Ok(Admin)
-        } else {
-            Err(ServerError::Unauthorized("invalid token".into()))
-        }
-    }
-}
-
-/// An authenticated agent: identity from the verified client certificate,
-/// checked against the catalog (exists, same workspace, same certificate,
-/// not revoked). The workspace comes from here and nowhere else.
-pub struct AgentCaller {
-    /// The agent.
-    pub agent: AgentId,
-    /// Its workspace.
-    pub workspace: WorkspaceId,
-}
-
-impl FromRequestParts<Arc<AppState>> for AgentCaller {
-    type Rejection = ServerError;
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let conn = parts
-            .extensions
-            .get::<ConnInfo>()
-            .ok_or_else(|| ServerError::Unauthorized("no connection information".into()))?;
-        let der = conn.client_cert.as_ref().ok_or_else(|| {
-            ServerError::Unauthorized("a client certificate is required: enroll the agent first".into())
-        })?;
-        let (agent, workspace) = pki::agent_identity(der)?;
-        let record = state
-            .catalog
-            .get_agent(agent)
-            .await?
-            .ok_or_else(|| ServerError::Unauthorized(format!("agent {agent} is not enrolled")))?;
-        if record.workspace_id != workspace || record.cert_sha256 != pki::der_sha256(der) {
-            return Err(ServerError::Unauthorized("client certificate does not match the enrolled agent".into()));
-        }
-        if record.revoked_at.is_some() {
-            return Err(ServerError::Unauthorized(format!("agent {agent} is revoked")));
-        }
-        Ok(AgentCaller { agent, workspace })
-    }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "region": s.config.region}))
 }
 
-async fn metrics(_: Admin, State(s): State<Arc<AppState>>) -> impl IntoResponse {
+async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResponse {
     use std::sync::atomic::Ordering::Relaxed;
     let st = &s.ingest.stats;
     let body = format!(
@@ -128,18 +139,21 @@ async fn metrics(_: Admin, State(s): State<Arc<AppState>>) -> impl IntoResponse 
          # TYPE custos_ingest_duplicate_batches_total counter\ncustos_ingest_duplicate_batches_total {}\n\
          # TYPE custos_ingest_frame_bytes_total counter\ncustos_ingest_frame_bytes_total {}\n\
          # TYPE custos_segments_written_total counter\ncustos_segments_written_total {}\n\
-         # TYPE custos_segment_flush_failures_total counter\ncustos_segment_flush_failures_total {}\n",
+         # TYPE custos_segment_flush_failures_total counter\ncustos_segment_flush_failures_total {}\n\
+         # TYPE custos_audit_next_seq gauge\ncustos_audit_next_seq {}\n",
         st.batches.load(Relaxed),
         st.events.load(Relaxed),
         st.duplicates.load(Relaxed),
         st.frame_bytes.load(Relaxed),
         st.segments.load(Relaxed),
         st.flush_failures.load(Relaxed),
+        s.audit.next_seq(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
-fn rfc3339(micros: i64) -> String {
+/// RFC 3339 text of a time in microseconds.
+pub fn rfc3339(micros: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
@@ -153,6 +167,7 @@ fn info(ws: &Workspace) -> WorkspaceInfo {
         region: ws.region.clone(),
         retention_days: ws.retention_days,
         created_at: rfc3339(ws.created_at),
+        lockbox: ws.lockbox,
     }
 }
 
@@ -167,6 +182,11 @@ async fn read_body(body: axum::body::Body, limit: usize, what: &str) -> Result<b
         .map_err(|_| ServerError::PayloadTooLarge(format!("{what} larger than {limit} bytes (or the connection failed while reading it)")))
 }
 
+async fn read_json<T: serde::de::DeserializeOwned>(body: axum::body::Body, what: &str) -> Result<T, ServerError> {
+    let bytes = read_body(body, 64 << 10, what).await?;
+    parse_json(&bytes, what)
+}
+
 fn new_secret(prefix: &str) -> String {
     use base64::Engine;
     use rand::RngCore;
@@ -175,27 +195,189 @@ fn new_secret(prefix: &str) -> String {
     format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
-fn hash_secret(s: &str) -> String {
-    hex::encode(Sha256::digest(s.trim().as_bytes()))
+fn check_name(what: &str, name: &str, max: usize) -> Result<String, ServerError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > max || name.chars().any(char::is_control) {
+        return Err(ServerError::BadRequest(format!("{what} must be 1-{max} printable characters")));
+    }
+    Ok(name.to_string())
+}
+
+fn created<T: serde::Serialize>(body: T) -> (axum::http::StatusCode, Json<T>) {
+    (axum::http::StatusCode::CREATED, Json(body))
 }
 
 async fn issue_enrollment_key(s: &AppState, ws: WorkspaceId) -> Result<(String, i64), ServerError> {
     let key = new_secret("cek_");
-    let now = custos_model::now_micros();
-    let expires_at = now + i64::from(s.config.enrollment_key_ttl_hours) * 3_600_000_000;
+    let now = s.clock.now();
+    let expires_at = now + i64::from(s.config.enrollment_key_ttl_hours) * lockbox::HOUR;
     s.catalog
-        .add_enrollment_key(&EnrollmentKey { key_hash: hash_secret(&key), workspace_id: ws, created_at: now, expires_at })
+        .add_enrollment_key(&EnrollmentKey { key_hash: guard::hash_secret(&key), workspace_id: ws, created_at: now, expires_at })
         .await?;
     Ok((key, expires_at))
 }
 
-async fn create_workspace(_: Admin, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
-    let body = read_body(body, 64 << 10, "request").await?;
-    let req: CreateWorkspaceRequest = parse_json(&body, "workspace request")?;
-    let name = req.name.trim();
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(ServerError::BadRequest("workspace name must be 1-128 printable characters".into()));
+/// Issue a token for `principal`; returns the secret (shown once) and the record.
+pub async fn issue_token(s: &AppState, principal: PrincipalId, expires_in_secs: Option<u64>) -> Result<(String, ApiToken), ServerError> {
+    let now = s.clock.now();
+    let expires_at = match expires_in_secs {
+        None => None,
+        Some(0) => return Err(ServerError::BadRequest("token lifetime must be positive".into())),
+        Some(secs) => Some(
+            i64::try_from(secs)
+                .ok()
+                .and_then(|v| v.checked_mul(1_000_000))
+                .and_then(|v| v.checked_add(now))
+                .ok_or_else(|| ServerError::BadRequest(format!("token lifetime of {secs} seconds is too long")))?,
+        ),
+    };
+    let secret = new_secret("cst_");
+    let token = ApiToken {
+        id: TokenId::new(),
+        principal_id: principal,
+        token_hash: guard::hash_secret(&secret),
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    };
+    s.catalog.add_token(&token).await?;
+    Ok((secret, token))
+}
+
+fn token_info(t: &ApiToken) -> TokenInfo {
+    TokenInfo {
+        id: t.id,
+        principal_id: t.principal_id,
+        created_at: rfc3339(t.created_at),
+        expires_at: t.expires_at.map(rfc3339),
+        revoked_at: t.revoked_at.map(rfc3339),
     }
+}
+
+fn principal_info(p: &Principal) -> PrincipalInfo {
+    PrincipalInfo { id: p.id, name: p.name.clone(), service_role: p.service_role, created_at: rfc3339(p.created_at) }
+}
+
+fn binding_info(b: &RoleBinding) -> RoleBindingInfo {
+    RoleBindingInfo {
+        workspace_id: b.workspace_id,
+        principal_id: b.principal_id,
+        role: b.role,
+        granted_at: rfc3339(b.granted_at),
+        granted_by: b.granted_by,
+    }
+}
+
+fn case_info(c: &Case) -> CaseInfo {
+    CaseInfo {
+        id: c.id,
+        workspace_id: c.workspace_id,
+        title: c.title.clone(),
+        state: if c.closed_at.is_some() { "closed" } else { "open" }.into(),
+        opened_by: c.opened_by,
+        opened_at: rfc3339(c.opened_at),
+        closed_at: c.closed_at.map(rfc3339),
+    }
+}
+
+fn access_info(r: &AccessRequest, case: Option<&Case>, now: i64) -> AccessRequestInfo {
+    let status = match case {
+        Some(c) => lockbox::status(r, c, now).as_str(),
+        None => "ended",
+    };
+    AccessRequestInfo {
+        id: r.id,
+        case_id: r.case_id,
+        workspace_id: r.workspace_id,
+        requester: r.requester,
+        reason: r.reason.clone(),
+        duration_secs: u64::try_from(r.duration / 1_000_000).unwrap_or(0),
+        requested_at: rfc3339(r.requested_at),
+        status: status.into(),
+        decided_by: r.decided_by,
+        decided_at: r.decided_at.map(rfc3339),
+        grant_expires_at: r.grant_expires_at.map(rfc3339),
+    }
+}
+
+// ---- principals and tokens ----
+
+async fn whoami(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<WhoAmI>, ServerError> {
+    let p = auth.principal()?;
+    let roles = s.catalog.bindings_of(p.id).await?;
+    Ok(Json(WhoAmI { id: p.id, name: p.name.clone(), service_role: p.service_role, roles: roles.iter().map(binding_info).collect() }))
+}
+
+async fn create_principal(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
+    let req: CreatePrincipalRequest = read_json(body, "principal request").await?;
+    let name = check_name("principal name", &req.name, 128)?;
+    let p = Principal { id: PrincipalId::new(), name, service_role: req.service_role, created_at: s.clock.now() };
+    s.catalog.create_principal(&p).await?;
+    let (secret, token) = issue_token(&s, p.id, req.token_expires_in_secs).await?;
+    auth.note("principal", p.id);
+    auth.note("name", &p.name);
+    auth.note("service_role", p.service_role.map_or("none", |r| r.as_str()));
+    auth.note("token_id", token.id);
+    tracing::info!(principal = %p.id, name = %p.name, "principal created");
+    Ok(created(CreatePrincipalResponse {
+        id: p.id,
+        name: p.name,
+        service_role: p.service_role,
+        token_id: token.id,
+        token: secret,
+        token_expires_at: token.expires_at.map(rfc3339),
+    }))
+}
+
+async fn list_principals(_: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<PrincipalInfo>>, ServerError> {
+    Ok(Json(s.catalog.list_principals().await?.iter().map(principal_info).collect()))
+}
+
+async fn find_principal(s: &AppState, key: &str) -> Result<Principal, ServerError> {
+    let found = match key.parse::<PrincipalId>() {
+        Ok(id) => s.catalog.get_principal(id).await?,
+        Err(_) => s.catalog.get_principal_by_name(key.trim()).await?,
+    };
+    found.ok_or_else(|| ServerError::NotFound(format!("principal {key:?} not found")))
+}
+
+async fn mint_token(auth: &Authorized, s: &AppState, principal: PrincipalId, body: axum::body::Body) -> Result<CreateTokenResponse, ServerError> {
+    let bytes = read_body(body, 64 << 10, "token request").await?;
+    let req: CreateTokenRequest = if bytes.is_empty() { CreateTokenRequest::default() } else { parse_json(&bytes, "token request")? };
+    let (secret, token) = issue_token(s, principal, req.expires_in_secs).await?;
+    auth.note("principal", principal);
+    auth.note("token_id", token.id);
+    Ok(CreateTokenResponse { id: token.id, principal_id: principal, token: secret, expires_at: token.expires_at.map(rfc3339) })
+}
+
+async fn create_token_for(auth: Authorized, State(s): State<Arc<AppState>>, Path(principal): Path<String>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
+    let p = find_principal(&s, &principal).await?;
+    Ok(created(mint_token(&auth, &s, p.id, body).await?))
+}
+
+async fn create_own_token(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
+    let me = auth.principal()?.id;
+    Ok(created(mint_token(&auth, &s, me, body).await?))
+}
+
+async fn list_own_tokens(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<TokenInfo>>, ServerError> {
+    let me = auth.principal()?.id;
+    Ok(Json(s.catalog.list_tokens(me).await?.iter().map(token_info).collect()))
+}
+
+async fn revoke_token(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<TokenInfo>, ServerError> {
+    let t = auth.token()?;
+    let revoked = s.catalog.revoke_token(t.id, s.clock.now()).await?;
+    auth.note("token_id", t.id);
+    auth.note("principal", t.principal_id);
+    Ok(Json(token_info(&revoked)))
+}
+
+// ---- workspaces ----
+
+async fn create_workspace(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
+    let req: CreateWorkspaceRequest = read_json(body, "workspace request").await?;
+    let name = check_name("workspace name", &req.name, 128)?;
     if req.region != s.config.region {
         return Err(ServerError::BadRequest(format!(
             "region {:?} is not served here: this server stores data in region {:?}",
@@ -208,55 +390,60 @@ async fn create_workspace(_: Admin, State(s): State<Arc<AppState>>, body: axum::
     }
     let ws = Workspace {
         id: WorkspaceId::new(),
-        name: name.to_string(),
+        name,
         region: req.region,
         retention_days,
-        created_at: custos_model::now_micros(),
+        created_at: s.clock.now(),
+        lockbox: true,
     };
     s.catalog.create_workspace(&ws).await?;
     let (key, expires) = issue_enrollment_key(&s, ws.id).await?;
+    auth.note("workspace", ws.id);
+    auth.note("name", &ws.name);
     tracing::info!(workspace = %ws.id, name = %ws.name, "workspace created");
-    Ok((
-        axum::http::StatusCode::CREATED,
-        Json(CreateWorkspaceResponse {
-            id: ws.id,
-            name: ws.name,
-            region: ws.region,
-            retention_days,
-            enrollment_key: key,
-            enrollment_key_expires_at: rfc3339(expires),
-        }),
-    ))
+    Ok(created(CreateWorkspaceResponse {
+        id: ws.id,
+        name: ws.name,
+        region: ws.region,
+        retention_days,
+        enrollment_key: key,
+        enrollment_key_expires_at: rfc3339(expires),
+    }))
 }
 
-async fn list_workspaces(_: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Vec<WorkspaceInfo>>, ServerError> {
-    Ok(Json(s.catalog.list_workspaces().await?.iter().map(info).collect()))
+async fn list_workspaces(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<WorkspaceInfo>>, ServerError> {
+    let p = auth.principal()?;
+    let all = s.catalog.list_workspaces().await?;
+    if p.service_role == Some(custos_model::ServiceRole::Admin) {
+        return Ok(Json(all.iter().map(info).collect()));
+    }
+    let mine: std::collections::HashSet<WorkspaceId> = s.catalog.bindings_of(p.id).await?.iter().map(|b| b.workspace_id).collect();
+    Ok(Json(all.iter().filter(|w| mine.contains(&w.id)).map(info).collect()))
 }
 
-fn parse_ws(id: &str) -> Result<WorkspaceId, ServerError> {
-    id.parse().map_err(|e: custos_model::IdParseError| ServerError::BadRequest(e.to_string()))
+async fn show_workspace(auth: Authorized) -> Result<Json<WorkspaceInfo>, ServerError> {
+    Ok(Json(info(auth.workspace()?)))
 }
 
-async fn get_ws(s: &AppState, id: &str) -> Result<Workspace, ServerError> {
-    let id = parse_ws(id)?;
-    s.catalog.get_workspace(id).await?.ok_or_else(|| ServerError::NotFound(format!("workspace {id} not found")))
+async fn set_lockbox(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<Json<WorkspaceInfo>, ServerError> {
+    let req: LockboxRequest = read_json(body, "lockbox request").await?;
+    let ws = auth.workspace()?;
+    s.catalog.set_lockbox(ws.id, req.enabled).await?;
+    auth.note("lockbox", req.enabled);
+    let mut updated = ws.clone();
+    updated.lockbox = req.enabled;
+    Ok(Json(info(&updated)))
 }
 
-async fn show_workspace(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<WorkspaceInfo>, ServerError> {
-    Ok(Json(info(&get_ws(&s, &id).await?)))
-}
-
-async fn new_enrollment_key(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<impl IntoResponse, ServerError> {
-    let ws = get_ws(&s, &id).await?;
+async fn new_enrollment_key(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<impl IntoResponse, ServerError> {
+    let ws = auth.workspace()?;
     let (key, expires) = issue_enrollment_key(&s, ws.id).await?;
-    Ok((
-        axum::http::StatusCode::CREATED,
-        Json(EnrollmentKeyResponse { workspace_id: ws.id, enrollment_key: key, expires_at: rfc3339(expires) }),
-    ))
+    auth.note_hmac("enrollment_key", &key);
+    Ok(created(EnrollmentKeyResponse { workspace_id: ws.id, enrollment_key: key, expires_at: rfc3339(expires) }))
 }
 
-async fn list_tables(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Vec<TableInfo>>, ServerError> {
-    let ws = get_ws(&s, &id).await?;
+async fn list_tables(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<TableInfo>>, ServerError> {
+    let ws = auth.workspace()?;
     s.ingest.flush().await?;
     let mut out = Vec::new();
     for t in s.catalog.list_tables(ws.id).await? {
@@ -270,13 +457,15 @@ async fn list_tables(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<St
             max_time: segs.iter().map(|s| s.max_time).max().unwrap_or(0),
         });
     }
+    auth.note("tables", out.len());
     Ok(Json(out))
 }
 
-async fn query(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<String>, body: axum::body::Body) -> Result<Json<QueryResponse>, ServerError> {
-    let ws = get_ws(&s, &id).await?;
+async fn query(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<Json<QueryResponse>, ServerError> {
+    let ws = auth.workspace()?;
     let body = read_body(body, 1 << 20, "query").await?;
     let req: QueryRequest = parse_json(&body, "query request")?;
+    auth.note_hmac("sql", &req.sql);
     // Read-your-writes: everything acknowledged so far becomes queryable.
     s.ingest.flush().await?;
     let resp = crate::query::run(
@@ -288,16 +477,263 @@ async fn query(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<String>,
         std::time::Duration::from_secs(s.config.query.timeout_secs),
     )
     .await?;
-    tracing::info!(workspace = %ws.id, rows = resp.rows.len(), elapsed_ms = resp.elapsed_ms, "query");
+    auth.note("rows", resp.rows.len());
+    tracing::info!(workspace = %ws.id, rows = resp.rows.len(), elapsed_ms = resp.elapsed_ms, role = auth.role(), "query");
     Ok(Json(resp))
 }
 
-async fn enroll(State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
+// ---- roles ----
+
+async fn list_roles(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<RoleBindingInfo>>, ServerError> {
+    let ws = auth.workspace()?;
+    Ok(Json(s.catalog.list_role_bindings(ws.id).await?.iter().map(binding_info).collect()))
+}
+
+async fn grant_role(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
+    let req: GrantRoleRequest = read_json(body, "role grant").await?;
+    let ws = auth.workspace()?;
+    let target = find_principal(&s, &req.principal).await?;
+    let binding = RoleBinding {
+        workspace_id: ws.id,
+        principal_id: target.id,
+        role: req.role,
+        granted_at: s.clock.now(),
+        granted_by: auth.principal()?.id,
+    };
+    let new = s.catalog.grant_role(&binding).await?;
+    auth.note("principal", target.id);
+    auth.note("role", req.role);
+    auth.note("new", new);
+    Ok((if new { axum::http::StatusCode::CREATED } else { axum::http::StatusCode::OK }, Json(binding_info(&binding))))
+}
+
+async fn revoke_role(auth: Authorized, State(s): State<Arc<AppState>>, Path((_, principal, role)): Path<(String, String, String)>) -> Result<impl IntoResponse, ServerError> {
+    let ws = auth.workspace()?;
+    let role: WorkspaceRole = role.parse().map_err(|e: custos_model::RoleParseError| ServerError::BadRequest(e.to_string()))?;
+    let target = find_principal(&s, &principal).await?;
+    let removed = s.catalog.revoke_role(ws.id, target.id, role).await?;
+    auth.note("principal", target.id);
+    auth.note("role", role);
+    if !removed {
+        return Err(ServerError::NotFound(format!("principal {} has no {role} role in workspace {}", target.id, ws.id)));
+    }
+    Ok(Json(serde_json::json!({"workspace_id": ws.id, "principal_id": target.id, "role": role, "revoked": true})))
+}
+
+// ---- cases and the lockbox ----
+
+async fn open_case(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
+    let req: OpenCaseRequest = read_json(body, "case").await?;
+    let title = check_name("case title", &req.title, 256)?;
+    let ws = auth.workspace()?;
+    let case = Case {
+        id: custos_model::CaseId::new(),
+        workspace_id: ws.id,
+        title,
+        opened_by: auth.principal()?.id,
+        opened_at: s.clock.now(),
+        closed_at: None,
+        closed_by: None,
+    };
+    s.catalog.create_case(&case).await?;
+    auth.note("case", case.id);
+    Ok(created(case_info(&case)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseListQuery {
+    workspace: Option<String>,
+}
+
+async fn list_cases(auth: Authorized, State(s): State<Arc<AppState>>, Query(q): Query<CaseListQuery>) -> Result<Json<Vec<CaseInfo>>, ServerError> {
+    let p = auth.principal()?;
+    let filter = match q.workspace.as_deref() {
+        Some(w) => Some(w.parse::<WorkspaceId>().map_err(|e| ServerError::BadRequest(e.to_string()))?),
+        None => None,
+    };
+    let cases = s.catalog.list_cases(filter).await?;
+    if p.service_role.is_some() {
+        // Admins and support see every case (cases hold no workspace data).
+        return Ok(Json(cases.iter().map(case_info).collect()));
+    }
+    let bindings = s.catalog.bindings_of(p.id).await?;
+    let visible = |ws: WorkspaceId| {
+        bindings.iter().any(|b| b.workspace_id == ws && crate::authz::role_allows(b.role, Perm::CaseView))
+    };
+    Ok(Json(cases.iter().filter(|c| visible(c.workspace_id)).map(case_info).collect()))
+}
+
+async fn show_case(auth: Authorized) -> Result<Json<CaseInfo>, ServerError> {
+    Ok(Json(case_info(auth.case()?)))
+}
+
+async fn close_case(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<CaseInfo>, ServerError> {
+    let case = auth.case()?;
+    let closed = s.catalog.close_case(case.id, auth.principal()?.id, s.clock.now()).await?;
+    auth.note("case", case.id);
+    Ok(Json(case_info(&closed)))
+}
+
+async fn request_access(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
+    let req: AccessRequestRequest = read_json(body, "access request").await?;
+    let case = auth.case()?;
+    let ws = auth.workspace()?;
+    if case.closed_at.is_some() {
+        return Err(ServerError::Conflict(format!("case {} is closed; access can only be requested on an open case", case.id)));
+    }
+    let reason = check_name("reason", &req.reason, 1024)?;
+    let duration = lockbox::grant_duration(req.duration_secs).map_err(|e| ServerError::BadRequest(e.to_string()))?;
+    let now = s.clock.now();
+    let mut r = AccessRequest {
+        id: AccessRequestId::new(),
+        case_id: case.id,
+        workspace_id: ws.id,
+        requester: auth.principal()?.id,
+        reason,
+        duration,
+        requested_at: now,
+        state: AccessState::Pending,
+        decided_at: None,
+        decided_by: None,
+        grant_expires_at: None,
+    };
+    s.catalog.create_access_request(&r).await?;
+    auth.note("access_request", r.id);
+    auth.note("case", case.id);
+    auth.note("duration_secs", duration / 1_000_000);
+    if !ws.lockbox {
+        // Lockbox off: the request is approved at once. Still case-scoped,
+        // read-only, time-bound and audited.
+        r = s
+            .catalog
+            .decide_access_request(r.id, AccessState::Approved, r.requester, now, Some(lockbox::grant_end(now, duration)))
+            .await?;
+        auth.note("auto_approved", "lockbox off");
+    }
+    Ok(created(access_info(&r, Some(case), now)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessListQuery {
+    all: Option<bool>,
+}
+
+async fn list_access_requests(auth: Authorized, State(s): State<Arc<AppState>>, Query(q): Query<AccessListQuery>) -> Result<Json<Vec<AccessRequestInfo>>, ServerError> {
+    let ws = auth.workspace()?;
+    let now = s.clock.now();
+    let mut out = Vec::new();
+    for r in s.catalog.list_access_requests(&AccessFilter { workspace: Some(ws.id), ..Default::default() }).await? {
+        let case = s.catalog.get_case(r.case_id).await?;
+        let i = access_info(&r, case.as_ref(), now);
+        if q.all.unwrap_or(true) || i.status == "pending" || i.status == "active" {
+            out.push(i);
+        }
+    }
+    Ok(Json(out))
+}
+
+async fn show_access_request(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<AccessRequestInfo>, ServerError> {
+    Ok(Json(access_info(auth.access_request()?, auth.case().ok(), s.clock.now())))
+}
+
+async fn decide(auth: Authorized, s: &AppState, approve: bool) -> Result<Json<AccessRequestInfo>, ServerError> {
+    let r = auth.access_request()?;
+    let case = auth.case()?;
+    let now = s.clock.now();
+    auth.note("access_request", r.id);
+    auth.note("case", r.case_id);
+    auth.note("requester", r.requester);
+    let status = lockbox::status(r, case, now);
+    if status != lockbox::Status::Pending {
+        return Err(ServerError::Conflict(format!("access request {} is {}, not pending", r.id, status.as_str())));
+    }
+    if approve && case.closed_at.is_some() {
+        return Err(ServerError::Conflict(format!("case {} is closed", case.id)));
+    }
+    let (state, end) = if approve {
+        (AccessState::Approved, Some(lockbox::grant_end(now, r.duration)))
+    } else {
+        (AccessState::Denied, None)
+    };
+    let decided = s.catalog.decide_access_request(r.id, state, auth.principal()?.id, now, end).await?;
+    auth.note("decision", state);
+    Ok(Json(access_info(&decided, Some(case), now)))
+}
+
+async fn approve_access(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<AccessRequestInfo>, ServerError> {
+    decide(auth, &s, true).await
+}
+
+async fn deny_access(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<AccessRequestInfo>, ServerError> {
+    decide(auth, &s, false).await
+}
+
+// ---- audit ----
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    /// RFC 3339 time or microseconds since the epoch.
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+fn parse_time(s: &str) -> Result<i64, ServerError> {
+    if let Ok(v) = s.parse::<i64>() {
+        return Ok(v);
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
+        .map_err(|_| ServerError::BadRequest(format!("since: {s:?} is not an RFC 3339 time or microseconds since the epoch")))
+}
+
+async fn read_audit(auth: Authorized, State(s): State<Arc<AppState>>, Query(q): Query<AuditQuery>) -> Result<Json<Vec<AuditEntry>>, ServerError> {
+    let ws = auth.workspace()?.id.to_string();
+    let since = q.since.as_deref().map(parse_time).transpose()?;
+    let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
+    let dir = s.audit_dir.clone();
+    let filter = custos_audit::RecordFilter { workspace: Some(ws), since, limit: Some(limit), ..Default::default() };
+    let records = tokio::task::spawn_blocking(move || custos_audit::AuditReader::open(&dir)?.list(&filter))
+        .await
+        .map_err(|e| ServerError::Internal(format!("audit reader task failed: {e}")))?
+        .map_err(|e| ServerError::Unavailable(format!("audit log: {e}")))?;
+    auth.note("records", records.len());
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|r| AuditEntry {
+                seq: r.seq,
+                time: rfc3339(r.record.time),
+                principal: r.record.principal,
+                role: r.record.role,
+                action: r.record.action,
+                target: r.record.target,
+                workspace: r.record.workspace,
+                outcome: r.record.outcome,
+                status: r.record.status,
+                request_id: r.record.request_id,
+                client: r.record.client,
+                grant: r.record.grant,
+                details: r.record.details,
+                hash: hex::encode(r.hash),
+            })
+            .collect(),
+    ))
+}
+
+// ---- agents ----
+
+async fn enroll(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
     let body = read_body(body, 64 << 10, "enrollment request").await?;
     let req: EnrollRequest = parse_json(&body, "enrollment request")?;
+    auth.note_hmac("enrollment_key", req.enrollment_key.trim());
     // Check the CSR before spending the single-use key on it.
     pki::check_csr(&req.csr_pem)?;
-    let ws = s.catalog.consume_enrollment_key(&hash_secret(&req.enrollment_key), custos_model::now_micros()).await?;
+    let now = s.clock.now();
+    let ws = s.catalog.consume_enrollment_key(&guard::hash_secret(&req.enrollment_key), now).await?;
+    auth.note("workspace", ws);
     let agent = AgentId::new();
     let validity = time::Duration::days(i64::from(s.config.agent_cert_days));
     let (cert_pem, cert_der, not_after) = s.ca.sign_agent_csr(&req.csr_pem, agent, ws, validity)?;
@@ -309,24 +745,23 @@ async fn enroll(State(s): State<Arc<AppState>>, body: axum::body::Body) -> Resul
             hostname,
             cert_sha256: pki::der_sha256(&cert_der),
             cert_not_after: (not_after.unix_timestamp_nanos() / 1000) as i64,
-            enrolled_at: custos_model::now_micros(),
+            enrolled_at: now,
             revoked_at: None,
         })
         .await?;
+    auth.note("agent", agent);
     tracing::info!(agent = %agent, workspace = %ws, "agent enrolled");
-    Ok((
-        axum::http::StatusCode::CREATED,
-        Json(EnrollResponse {
-            agent_id: agent,
-            workspace_id: ws,
-            certificate_pem: cert_pem,
-            ca_pem: s.ca.cert_pem.clone(),
-            not_after: not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        }),
-    ))
+    Ok(created(EnrollResponse {
+        agent_id: agent,
+        workspace_id: ws,
+        certificate_pem: cert_pem,
+        ca_pem: s.ca.cert_pem.clone(),
+        not_after: not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    }))
 }
 
-async fn ingest(caller: AgentCaller, State(s): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Body) -> Result<Json<IngestAck>, ServerError> {
+async fn ingest(auth: Authorized, State(s): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Body) -> Result<Json<IngestAck>, ServerError> {
+    let (agent, workspace) = auth.agent()?;
     let limit = s.ingest.limits().max_frame_bytes;
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
         if len > limit {
@@ -334,7 +769,11 @@ async fn ingest(caller: AgentCaller, State(s): State<Arc<AppState>>, headers: He
         }
     }
     let body = read_body(body, limit, "batch").await?;
-    let ack = s.ingest.accept(caller.workspace, caller.agent, body).await?;
-    tracing::debug!(agent = %caller.agent, workspace = %caller.workspace, batch = %ack.batch_id, events = ack.accepted, duplicate = ack.duplicate, "batch acknowledged");
+    auth.note("bytes", body.len());
+    let ack = s.ingest.accept(workspace, agent, body).await?;
+    auth.note("batch", ack.batch_id);
+    auth.note("events", ack.accepted);
+    auth.note("duplicate", ack.duplicate);
+    tracing::debug!(agent = %agent, workspace = %workspace, batch = %ack.batch_id, events = ack.accepted, duplicate = ack.duplicate, "batch acknowledged");
     Ok(Json(ack))
 }

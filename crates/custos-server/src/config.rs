@@ -33,6 +33,30 @@ pub struct ServerConfig {
     pub ingest: IngestConfig,
     /// Query settings.
     pub query: QueryConfig,
+    /// Audit log settings.
+    pub audit: AuditConfig,
+}
+
+/// Audit log settings. The log lives in `<data_dir>/audit/`, separate from
+/// workspace data: workspace purges never touch it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Rotate the active audit segment file after this many bytes.
+    pub segment_bytes: u64,
+    /// Write a signed checkpoint after this many records.
+    pub checkpoint_every_records: u64,
+    /// Write a signed checkpoint at least this often (seconds) while records arrive.
+    pub checkpoint_interval_secs: u64,
+    /// Keep audit records this many days (whole sealed segments older than
+    /// this are pruned; verification and proofs keep working from an anchor).
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { segment_bytes: 64 << 20, checkpoint_every_records: 10_000, checkpoint_interval_secs: 10, retention_days: 365 }
+    }
 }
 
 /// Ingest settings.
@@ -79,6 +103,7 @@ impl Default for ServerConfig {
             agent_cert_days: 30,
             ingest: IngestConfig::default(),
             query: QueryConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -134,6 +159,14 @@ impl ServerConfig {
         }
         if self.ingest.max_batch_bytes < 1024 || self.ingest.segment_rows == 0 {
             return Err(ServerError::Config("ingest.max_batch_bytes must be >= 1024 and ingest.segment_rows >= 1".into()));
+        }
+        if self.audit.segment_bytes < 4096 || self.audit.checkpoint_every_records == 0 || self.audit.checkpoint_interval_secs == 0 {
+            return Err(ServerError::Config(
+                "audit.segment_bytes must be >= 4096, audit.checkpoint_every_records and audit.checkpoint_interval_secs >= 1".into(),
+            ));
+        }
+        if self.audit.retention_days == 0 {
+            return Err(ServerError::Config("audit.retention_days must be at least 1".into()));
         }
         Ok(addr)
     }

@@ -50,6 +50,12 @@ pub enum ServerError {
     /// The ingest log failed.
     #[error("ingest log: {0}")]
     Wal(#[from] custos_wal::WalError),
+    /// A bug or broken invariant inside the server.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The audit log failed.
+    #[error("audit log: {0}")]
+    Audit(#[from] custos_audit::AuditError),
     /// The server is shutting down or a worker died.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -72,11 +78,18 @@ impl ServerError {
             ServerError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ServerError::Query(_) => (StatusCode::BAD_REQUEST, "query_error"),
             ServerError::Catalog(C::WorkspaceNotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
-            ServerError::Catalog(C::WorkspaceNameTaken(_)) => (StatusCode::CONFLICT, "conflict"),
+            ServerError::Catalog(C::WorkspaceNameTaken(_))
+            | ServerError::Catalog(C::PrincipalNameTaken(_))
+            | ServerError::Catalog(C::CaseClosed(_))
+            | ServerError::Catalog(C::AccessRequestNotPending { .. }) => (StatusCode::CONFLICT, "conflict"),
+            ServerError::Catalog(C::PrincipalNotFound(_))
+            | ServerError::Catalog(C::TokenNotFound(_))
+            | ServerError::Catalog(C::CaseNotFound(_))
+            | ServerError::Catalog(C::AccessRequestNotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
             ServerError::Catalog(C::EnrollmentKeyInvalid)
             | ServerError::Catalog(C::EnrollmentKeyUsed)
             | ServerError::Catalog(C::EnrollmentKeyExpired) => (StatusCode::UNAUTHORIZED, "enrollment_refused"),
-            ServerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ServerError::Unavailable(_) | ServerError::Audit(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

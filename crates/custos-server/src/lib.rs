@@ -7,13 +7,18 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod authz;
+pub mod clock;
 pub mod config;
 mod error;
+pub mod guard;
 pub mod ingest;
+pub mod lockbox;
 pub mod pki;
 pub mod query;
 mod tls;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::ServerConfig;
 pub use error::ServerError;
 
@@ -37,8 +42,14 @@ pub struct AppState {
     pub ingest: Arc<ingest::Ingest>,
     /// The service CA (signs agent certificates).
     pub ca: Arc<pki::ServiceCa>,
-    /// SHA-256 of the admin token.
-    pub admin_token_hash: [u8; 32],
+    /// The clock every time-based decision reads.
+    pub clock: Arc<dyn Clock>,
+    /// The audit log.
+    pub audit: Arc<custos_audit::AuditLog>,
+    /// Keyed hash for secrets and payload values in audit records.
+    pub hmac: Arc<custos_audit::Hmacer>,
+    /// Directory of the audit log (for readers).
+    pub audit_dir: PathBuf,
 }
 
 /// What `server.json` holds: how to reach and trust this server.
@@ -66,6 +77,7 @@ pub struct Server {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    janitor: tokio::task::JoinHandle<()>,
     state: Arc<AppState>,
     _lock: std::fs::File,
 }
@@ -79,6 +91,12 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Initialise (first start) or open the data directory, bind and serve.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Server::start`] with an injected clock (tests move time with a
+    /// [`ManualClock`] instead of sleeping).
+    pub async fn start_with_clock(config: ServerConfig, clock: Arc<dyn Clock>) -> Result<Server, ServerError> {
         let addr = config.validate()?;
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| ServerError::io(format!("cannot create data dir {}", dir.display()), e))?;
@@ -86,6 +104,21 @@ impl Server {
         let lock = lock_data_dir(&dir)?;
         let material = tls::init_or_load(&dir, addr, &config.server_names)?;
         let catalog = custos_catalog::open(&config.catalog_uri()).await?;
+        bootstrap_admin(catalog.as_ref(), &material.admin_token_hash, clock.now()).await?;
+        let audit_dir = dir.join("audit");
+        let (signing_key, hmac) = custos_audit::load_or_create_keys(&dir)?;
+        let (audit, recovery) = custos_audit::AuditLog::open(
+            custos_audit::AuditOptions {
+                dir: audit_dir.clone(),
+                segment_bytes: config.audit.segment_bytes,
+                checkpoint_every_records: config.audit.checkpoint_every_records,
+                checkpoint_interval: std::time::Duration::from_secs(config.audit.checkpoint_interval_secs),
+                retention: std::time::Duration::from_secs(u64::from(config.audit.retention_days) * 86_400),
+            },
+            signing_key,
+        )?;
+        tracing::info!(dir = %audit_dir.display(), recovery = ?recovery, "audit log open");
+        let audit = Arc::new(audit);
         let storage = custos_store::storage_from_uri(&config.storage_uri())?;
         let limits = custos_model::wire::Limits {
             max_frame_bytes: config.ingest.max_batch_bytes,
@@ -116,8 +149,12 @@ impl Server {
             storage,
             ingest,
             ca: Arc::new(material.ca),
-            admin_token_hash: material.admin_token_hash,
+            clock: clock.clone(),
+            audit: audit.clone(),
+            hmac: Arc::new(hmac),
+            audit_dir,
         });
+        let janitor = tokio::spawn(audit_janitor(audit.clone(), clock.clone()));
         let host = match bound.ip() {
             ip if ip.is_unspecified() => "127.0.0.1".to_string(),
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
@@ -139,7 +176,7 @@ impl Server {
         let app = api::router(state.clone());
         let task = tokio::spawn(tls::serve(listener, material.server_config, app, rx));
         tracing::info!(listen = %bound, region = %config.region, "custos server listening");
-        Ok(Server { info, addr: bound, shutdown, task, state, _lock: lock })
+        Ok(Server { info, addr: bound, shutdown, task, janitor, state, _lock: lock })
     }
 
     /// How to reach and trust this server (what `server.json` holds).
@@ -161,7 +198,59 @@ impl Server {
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
-        self.state.ingest.flush().await
+        self.janitor.abort();
+        let flushed = self.state.ingest.flush().await;
+        self.state.audit.checkpoint().await?;
+        flushed
+    }
+}
+
+/// The principal named `admin` holds the token in `admin.token`. Created on
+/// first start (and for data directories made before principals existed).
+async fn bootstrap_admin(catalog: &dyn Catalog, token_hash: &[u8; 32], now: i64) -> Result<(), ServerError> {
+    let hash = hex::encode(token_hash);
+    if catalog.get_token_by_hash(&hash).await?.is_some() {
+        return Ok(());
+    }
+    let admin = match catalog.get_principal_by_name("admin").await? {
+        Some(p) => p,
+        None => {
+            let p = custos_catalog::Principal {
+                id: custos_model::PrincipalId::new(),
+                name: "admin".into(),
+                service_role: Some(custos_model::ServiceRole::Admin),
+                created_at: now,
+            };
+            catalog.create_principal(&p).await?;
+            p
+        }
+    };
+    catalog
+        .add_token(&custos_catalog::ApiToken {
+            id: custos_model::TokenId::new(),
+            principal_id: admin.id,
+            token_hash: hash,
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+        })
+        .await?;
+    tracing::info!(principal = %admin.id, "bootstrap admin principal holds admin.token");
+    Ok(())
+}
+
+/// Checkpoints on a timer and prunes audit records past their retention.
+async fn audit_janitor(audit: Arc<custos_audit::AuditLog>, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let a = audit.clone();
+        let now = clock.now();
+        match tokio::task::spawn_blocking(move || a.prune(now)).await {
+            Ok(Ok(report)) => tracing::debug!(?report, "audit retention pass"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "audit retention pass failed"),
+            Err(e) => tracing::warn!(error = %e, "audit retention task failed"),
+        }
     }
 }
 

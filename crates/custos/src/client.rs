@@ -108,4 +108,14 @@ impl Client {
     pub async fn post<B: serde::Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
+
+    /// PUT JSON, read JSON.
+    pub async fn put<B: serde::Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    /// DELETE, read JSON.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.http.delete(format!("{}{path}", self.base))).await
+    }
 }

@@ -2,6 +2,7 @@
 //! one binary.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod client;
 mod output;
 mod quickstart;
@@ -46,6 +47,26 @@ enum Cmd {
     /// The host agent.
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// Principals (people and service accounts) and their first tokens.
+    #[command(subcommand)]
+    Principal(admin::PrincipalCmd),
+    /// Your API tokens (admins: anyone's).
+    #[command(subcommand)]
+    Token(admin::TokenCmd),
+    /// Workspace roles.
+    #[command(subcommand)]
+    Role(admin::RoleCmd),
+    /// Support cases.
+    #[command(subcommand)]
+    Case(admin::CaseCmd),
+    /// Case-scoped support access (the customer lockbox).
+    #[command(subcommand)]
+    Access(admin::AccessCmd),
+    /// The audit log: read, verify, prove.
+    #[command(subcommand)]
+    Audit(admin::AuditCmd),
+    /// Who the token belongs to, and its roles.
+    Whoami,
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,6 +114,13 @@ enum WorkspaceCmd {
     Tables {
         /// Workspace id.
         id: String,
+    },
+    /// Turn the customer lockbox on or off (workspace owners).
+    Lockbox {
+        /// Workspace id.
+        id: String,
+        /// `on` or `off`.
+        state: String,
     },
 }
 
@@ -161,7 +189,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn print_value<T: serde::Serialize>(out: Output, v: &T) -> Result<()> {
+pub(crate) fn print_value<T: serde::Serialize>(out: Output, v: &T) -> Result<()> {
     let v = serde_json::to_value(v)?;
     print!("{}", output::records(out, &v));
     Ok(())
@@ -237,6 +265,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     let r: Vec<TableInfo> = c.get(&format!("/v1/workspaces/{}/tables", enc(&id))).await?;
                     print_value(out, &r)
                 }
+                WorkspaceCmd::Lockbox { id, state } => admin::lockbox(&cli.conn, out, &id, &state).await,
             }
         }
         Cmd::Query { workspace, sql } => {
@@ -245,6 +274,34 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let r: QueryResponse = c.post(&format!("/v1/workspaces/{}/query", enc(&workspace)), &QueryRequest { sql }).await?;
             print_query(out, &r);
             Ok(())
+        }
+        Cmd::Principal(c) => {
+            init_logging("warn");
+            admin::principal(&cli.conn, out, c).await
+        }
+        Cmd::Token(c) => {
+            init_logging("warn");
+            admin::token(&cli.conn, out, c).await
+        }
+        Cmd::Role(c) => {
+            init_logging("warn");
+            admin::role(&cli.conn, out, c).await
+        }
+        Cmd::Case(c) => {
+            init_logging("warn");
+            admin::case(&cli.conn, out, c).await
+        }
+        Cmd::Access(c) => {
+            init_logging("warn");
+            admin::access(&cli.conn, out, c).await
+        }
+        Cmd::Audit(c) => {
+            init_logging("warn");
+            admin::audit(&cli.conn, out, c).await
+        }
+        Cmd::Whoami => {
+            init_logging("warn");
+            admin::whoami(&cli.conn, out).await
         }
         Cmd::Agent(AgentCmd::Enroll { enrollment_key, pin, state_dir, hostname }) => {
             init_logging("warn");
@@ -310,7 +367,7 @@ fn progress_bar(opts: &mut custos_agent::run::RunOptions) -> Option<indicatif::P
 
 /// Percent-encode a path segment (ids are UUIDs; anything else is sent
 /// encoded and refused by the server with a clear error).
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()

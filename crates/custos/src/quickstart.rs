@@ -1,8 +1,10 @@
 //! `custos quickstart`: the whole path on one machine, with nothing to set
 //! up. Initialises (or reuses) a data dir, starts the server, creates the
-//! `demo` workspace, enrolls an in-process agent, ships host inventory and
-//! the sample logs from `examples/logs`, prints example queries, and keeps
-//! serving until Ctrl-C.
+//! `demo` workspace and its owner principal `demo-owner` (service admins do
+//! not read workspace data), enrolls an in-process agent, ships host
+//! inventory and the sample logs from `examples/logs`, runs example queries
+//! as the owner, shows the audit trail they left, and keeps serving until
+//! Ctrl-C.
 
 use crate::client::Client;
 use crate::output::Output;
@@ -50,6 +52,31 @@ fn agent_config(logs_dir: &Path) -> String {
     )
 }
 
+/// A client acting as `demo-owner`, the owner of the demo workspace: created
+/// (with its token saved 0600) on first run, reused afterwards.
+async fn owner_client(admin: &Client, info: &custos_server::ServerInfo, ws: custos_model::WorkspaceId, token_file: &Path) -> Result<Client> {
+    let principals: Vec<PrincipalInfo> = admin.get("/v1/principals").await?;
+    let token = match principals.iter().find(|p| p.name == "demo-owner") {
+        Some(_) if token_file.exists() => std::fs::read_to_string(token_file)?.trim().to_string(),
+        Some(p) => admin.post::<_, CreateTokenResponse>(&format!("/v1/principals/{}/tokens", p.id), &CreateTokenRequest::default()).await?.token,
+        None => {
+            admin
+                .post::<_, CreatePrincipalResponse>(
+                    "/v1/principals",
+                    &CreatePrincipalRequest { name: "demo-owner".into(), service_role: None, token_expires_in_secs: None },
+                )
+                .await?
+                .token
+        }
+    };
+    custos_server::pki::write_private(token_file, format!("{token}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", token_file.display()))?;
+    let _: RoleBindingInfo = admin
+        .post(&format!("/v1/workspaces/{ws}/roles"), &GrantRoleRequest { principal: "demo-owner".into(), role: custos_model::WorkspaceRole::Owner })
+        .await?;
+    Client::new(&info.url, Some(Path::new(&info.ca)), token)
+}
+
 pub async fn run(a: Args, out: Output) -> Result<()> {
     let data_dir = std::path::absolute(&a.data_dir)?;
     let step = |s: &str| {
@@ -88,6 +115,9 @@ pub async fn run(a: Args, out: Output) -> Result<()> {
             r.id
         }
     };
+    let owner_token_file = data_dir.join("demo-owner.token");
+    let owner = owner_client(&client, &info, ws_id, &owner_token_file).await?;
+    step(&format!("workspace owner demo-owner (token in {})", owner_token_file.display()));
     if !agent_dir.join("identity.json").exists() {
         let k: EnrollmentKeyResponse = client.post(&format!("/v1/workspaces/{ws_id}/enrollment-keys"), &serde_json::json!({})).await?;
         let host = custos_agent::config::system_hostname().unwrap_or_else(|_| "quickstart-host".into());
@@ -120,7 +150,7 @@ pub async fn run(a: Args, out: Output) -> Result<()> {
 
     let mut results = Vec::new();
     for (title, sql) in EXAMPLE_QUERIES {
-        let r: QueryResponse = client.post(&format!("/v1/workspaces/{ws_id}/query"), &QueryRequest { sql: sql.to_string() }).await?;
+        let r: QueryResponse = owner.post(&format!("/v1/workspaces/{ws_id}/query"), &QueryRequest { sql: sql.to_string() }).await?;
         if out == Output::Json {
             results.push(serde_json::json!({"title": title, "sql": sql, "rows": crate::output::json_rows(&r.columns, &r.rows)}));
         } else {
@@ -128,18 +158,28 @@ pub async fn run(a: Args, out: Output) -> Result<()> {
             crate::print_query(out, &r);
         }
     }
+    let audit: Vec<AuditEntry> = owner.get(&format!("/v1/workspaces/{ws_id}/audit?limit=100000")).await?;
+    let queries = audit.iter().filter(|e| e.action == "data.query" && e.outcome == "ok").count();
+    let batches = audit.iter().filter(|e| e.action == "ingest.batch" && e.outcome == "ok").count();
+    step(&format!(
+        "the workspace's audit log holds {} records ({queries} queries, {batches} ingested batches), hash-chained and signed",
+        audit.len()
+    ));
     if out == Output::Json {
         let v = serde_json::json!({
-            "server": info, "workspace": ws_id, "agent": summary, "queries": results,
+            "server": info, "workspace": ws_id, "owner_token_file": owner_token_file, "agent": summary,
+            "queries": results, "audit_records": audit.len(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "custos".into());
         println!(
-            "\nThe server is at {url}. Point the CLI at it from another terminal:\n\n  export CUSTOS_SERVER={url} CUSTOS_CA={ca} CUSTOS_TOKEN_FILE={tok}\n  {exe} workspace list\n  {exe} query --workspace {ws_id} \"SELECT host, count(*) FROM logs GROUP BY host\"\n",
+            "\nThe server is at {url}. Point the CLI at it from another terminal, as the workspace owner:\n\n  export CUSTOS_SERVER={url} CUSTOS_CA={ca} CUSTOS_TOKEN_FILE={tok}\n  {exe} workspace list\n  {exe} query --workspace {ws_id} \"SELECT host, count(*) FROM logs GROUP BY host\"\n  {exe} audit log --workspace {ws_id}\n  {exe} audit verify --dir {audit}\n\n(the service admin's token is {admin}; admins manage, they do not read workspace data)\n",
             url = info.url,
             ca = info.ca,
-            tok = info.admin_token_file
+            tok = owner_token_file.display(),
+            audit = data_dir.join("audit").display(),
+            admin = info.admin_token_file
         );
     }
     if a.no_serve {

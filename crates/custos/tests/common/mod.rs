@@ -49,6 +49,7 @@ impl ServerProc {
             if let Ok(b) = std::fs::read(&info_path) {
                 if let Ok(info) = serde_json::from_slice::<Value>(&b) {
                     sp.info = info;
+                    sp.ensure_tester();
                     return sp;
                 }
             }
@@ -67,6 +68,34 @@ impl ServerProc {
         self.info["listen"].as_str().unwrap().to_string()
     }
 
+    /// The token file of `tester`, a principal that owns every workspace the
+    /// harness creates (service admins do not read workspace data).
+    pub fn tester_token_file(&self) -> PathBuf {
+        self.dir.with_extension("tester.token")
+    }
+
+    fn ensure_tester(&self) {
+        let file = self.tester_token_file();
+        if file.exists() {
+            return;
+        }
+        let out = self.cli_as(self.info["admin_token_file"].as_str().unwrap(), &["principal", "create", "tester", "--output", "json"]);
+        assert!(out.status.success(), "cannot create the tester principal: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        std::fs::write(&file, v["token"].as_str().unwrap()).unwrap();
+    }
+
+    /// Run a CLI command with the given token file.
+    pub fn cli_as(&self, token_file: &str, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("CUSTOS_SERVER", self.url())
+            .env("CUSTOS_CA", self.info["ca"].as_str().unwrap())
+            .env("CUSTOS_TOKEN_FILE", token_file)
+            .output()
+            .unwrap()
+    }
+
     /// Run an admin CLI command against this server with `--output json`.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut a = args.to_vec();
@@ -74,15 +103,17 @@ impl ServerProc {
         self.cli_raw(&a)
     }
 
-    /// Run an admin CLI command against this server as given.
+    /// Run a CLI command against this server as given: reading workspace
+    /// data (`query`, `workspace tables`, `audit log`) as `tester`,
+    /// everything else as the service admin.
     pub fn cli_raw(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .args(args)
-            .env("CUSTOS_SERVER", self.url())
-            .env("CUSTOS_CA", self.info["ca"].as_str().unwrap())
-            .env("CUSTOS_TOKEN_FILE", self.info["admin_token_file"].as_str().unwrap())
-            .output()
-            .unwrap()
+        let reads_data = matches!(args, ["query", ..] | ["workspace", "tables", ..] | ["audit", "log", ..]);
+        let token = if reads_data {
+            self.tester_token_file().display().to_string()
+        } else {
+            self.info["admin_token_file"].as_str().unwrap().to_string()
+        };
+        self.cli_as(&token, args)
     }
 
     /// Run and parse JSON, asserting success.
@@ -94,7 +125,9 @@ impl ServerProc {
 
     pub fn create_workspace(&self, name: &str) -> (String, String) {
         let v = self.cli_json(&["workspace", "create", name, "--region", "local"]);
-        (v["id"].as_str().unwrap().to_string(), v["enrollment_key"].as_str().unwrap().to_string())
+        let id = v["id"].as_str().unwrap().to_string();
+        self.cli_json(&["role", "grant", "tester", "owner", "--workspace", &id]);
+        (id, v["enrollment_key"].as_str().unwrap().to_string())
     }
 
     pub fn count(&self, ws: &str, table: &str) -> i64 {

@@ -1,0 +1,433 @@
+//! Access-control and audit commands: principals, tokens, roles, support
+//! cases, the lockbox, and the audit log (read over the API; verified and
+//! proven offline from the log files and the public key alone).
+
+use crate::client::{Client, ConnArgs};
+use crate::output::Output;
+use crate::{enc, print_value};
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use custos_model::api::*;
+use custos_model::{ServiceRole, WorkspaceRole};
+use std::path::PathBuf;
+
+/// `custos principal ...`
+#[derive(Subcommand, Debug)]
+pub enum PrincipalCmd {
+    /// Create a principal; prints its `id` and its first `token` (shown once).
+    Create {
+        /// Unique name.
+        name: String,
+        /// Service role for the service's own staff.
+        #[arg(long, value_parser = parse_service_role)]
+        service_role: Option<ServiceRole>,
+        /// Lifetime of the token (e.g. 90d, 12h); default: no expiry.
+        #[arg(long, value_parser = parse_duration_secs)]
+        token_expires_in: Option<u64>,
+    },
+    /// List principals (service admins).
+    List,
+}
+
+/// `custos token ...`
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a token for yourself, or (admins) for `--principal`; prints its `id` and `token`.
+    Create {
+        /// Principal id or name (service admins only).
+        #[arg(long)]
+        principal: Option<String>,
+        /// Lifetime (e.g. 30d, 8h); default: no expiry.
+        #[arg(long, value_parser = parse_duration_secs)]
+        expires_in: Option<u64>,
+    },
+    /// List your tokens (never the secrets).
+    List,
+    /// Revoke a token by id (yours, or any as a service admin).
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+}
+
+/// `custos role ...`
+#[derive(Subcommand, Debug)]
+pub enum RoleCmd {
+    /// Grant a workspace role (owner, contributor, reader, auditor).
+    Grant {
+        /// Principal id or name.
+        principal: String,
+        /// Role.
+        #[arg(value_parser = parse_workspace_role)]
+        role: WorkspaceRole,
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Revoke a workspace role.
+    Revoke {
+        /// Principal id or name.
+        principal: String,
+        /// Role.
+        #[arg(value_parser = parse_workspace_role)]
+        role: WorkspaceRole,
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// List a workspace's role bindings.
+    List {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+    },
+}
+
+/// `custos case ...`
+#[derive(Subcommand, Debug)]
+pub enum CaseCmd {
+    /// Open a support case on a workspace (owner or support); prints its `id`.
+    Open {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+        /// Title.
+        #[arg(long)]
+        title: String,
+    },
+    /// Close a case; every access grant on it ends.
+    Close {
+        /// Case id.
+        id: String,
+    },
+    /// List the cases you can see.
+    List {
+        /// Only this workspace.
+        #[arg(long)]
+        workspace: Option<String>,
+    },
+    /// Show one case.
+    Show {
+        /// Case id.
+        id: String,
+    },
+}
+
+/// `custos access ...`
+#[derive(Subcommand, Debug)]
+pub enum AccessCmd {
+    /// Ask for read access to a case's workspace (support); prints the request `id`.
+    Request {
+        /// Case id.
+        #[arg(long)]
+        case: String,
+        /// How long (default 8h, at most 7d).
+        #[arg(long, value_parser = parse_duration_secs)]
+        duration: Option<u64>,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List a workspace's access requests and grants.
+    List {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Show one request.
+    Show {
+        /// Request id.
+        id: String,
+    },
+    /// Approve a pending request (workspace owners).
+    Approve {
+        /// Request id.
+        id: String,
+    },
+    /// Deny a pending request (workspace owners).
+    Deny {
+        /// Request id.
+        id: String,
+    },
+}
+
+/// `custos audit ...`
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// A workspace's audit records (owners, auditors, service admins).
+    Log {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+        /// Only records at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Most records.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Verify the whole log offline: chain, every checkpoint's signature and
+    /// Merkle root. Names the first bad record on tampering.
+    Verify(OfflineArgs),
+    /// Inclusion proof of record SEQ in a signed checkpoint.
+    Proof {
+        /// Record sequence number.
+        seq: u64,
+        /// Tree size (a checkpoint's size); default: the latest checkpoint.
+        #[arg(long)]
+        size: Option<u64>,
+        #[command(flatten)]
+        offline: OfflineArgs,
+    },
+    /// Consistency proof between two checkpoint sizes (the older log is a
+    /// prefix of the newer).
+    Consistency {
+        /// Older tree size.
+        old: u64,
+        /// Newer tree size.
+        new: u64,
+        #[command(flatten)]
+        offline: OfflineArgs,
+    },
+}
+
+/// Where the audit log and its public key are.
+#[derive(clap::Args, Debug)]
+pub struct OfflineArgs {
+    /// Audit log directory (default: ./custos-data/audit).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The server's audit public key (default: the log directory's parent /audit.pub).
+    #[arg(long)]
+    pub public_key: Option<PathBuf>,
+}
+
+impl OfflineArgs {
+    fn resolve(&self) -> (PathBuf, PathBuf) {
+        let dir = self.dir.clone().unwrap_or_else(|| PathBuf::from("custos-data/audit"));
+        let key = self.public_key.clone().unwrap_or_else(|| {
+            dir.parent().map(|p| p.join(custos_audit::PUBLIC_KEY_FILE)).unwrap_or_else(|| PathBuf::from(custos_audit::PUBLIC_KEY_FILE))
+        });
+        (dir, key)
+    }
+}
+
+fn parse_service_role(s: &str) -> Result<ServiceRole, String> {
+    s.parse().map_err(|e: custos_model::RoleParseError| e.to_string())
+}
+
+fn parse_workspace_role(s: &str) -> Result<WorkspaceRole, String> {
+    s.parse().map_err(|e: custos_model::RoleParseError| e.to_string())
+}
+
+/// `90`, `90s`, `30m`, `8h`, `7d` → seconds.
+pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 90s, 30m, 8h, 7d)"))?;
+    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("duration {s:?} must be positive and not absurdly long"))
+}
+
+fn client(conn: &ConnArgs) -> Result<Client> {
+    Client::from_args(conn)
+}
+
+pub async fn principal(conn: &ConnArgs, out: Output, cmd: PrincipalCmd) -> Result<()> {
+    let c = client(conn)?;
+    match cmd {
+        PrincipalCmd::Create { name, service_role, token_expires_in } => {
+            let r: CreatePrincipalResponse = c
+                .post("/v1/principals", &CreatePrincipalRequest { name, service_role, token_expires_in_secs: token_expires_in })
+                .await?;
+            print_value(out, &r)
+        }
+        PrincipalCmd::List => print_value(out, &c.get::<Vec<PrincipalInfo>>("/v1/principals").await?),
+    }
+}
+
+pub async fn whoami(conn: &ConnArgs, out: Output) -> Result<()> {
+    print_value(out, &client(conn)?.get::<WhoAmI>("/v1/whoami").await?)
+}
+
+pub async fn token(conn: &ConnArgs, out: Output, cmd: TokenCmd) -> Result<()> {
+    let c = client(conn)?;
+    match cmd {
+        TokenCmd::Create { principal, expires_in } => {
+            let body = CreateTokenRequest { expires_in_secs: expires_in };
+            let path = match principal {
+                Some(p) => format!("/v1/principals/{}/tokens", enc(&p)),
+                None => "/v1/tokens".to_string(),
+            };
+            print_value(out, &c.post::<_, CreateTokenResponse>(&path, &body).await?)
+        }
+        TokenCmd::List => print_value(out, &c.get::<Vec<TokenInfo>>("/v1/tokens").await?),
+        TokenCmd::Revoke { id } => print_value(out, &c.delete::<TokenInfo>(&format!("/v1/tokens/{}", enc(&id))).await?),
+    }
+}
+
+pub async fn role(conn: &ConnArgs, out: Output, cmd: RoleCmd) -> Result<()> {
+    let c = client(conn)?;
+    match cmd {
+        RoleCmd::Grant { principal, role, workspace } => {
+            let r: RoleBindingInfo =
+                c.post(&format!("/v1/workspaces/{}/roles", enc(&workspace)), &GrantRoleRequest { principal, role }).await?;
+            print_value(out, &r)
+        }
+        RoleCmd::Revoke { principal, role, workspace } => {
+            let r: serde_json::Value =
+                c.delete(&format!("/v1/workspaces/{}/roles/{}/{}", enc(&workspace), enc(&principal), role)).await?;
+            print_value(out, &r)
+        }
+        RoleCmd::List { workspace } => {
+            print_value(out, &c.get::<Vec<RoleBindingInfo>>(&format!("/v1/workspaces/{}/roles", enc(&workspace))).await?)
+        }
+    }
+}
+
+pub async fn case(conn: &ConnArgs, out: Output, cmd: CaseCmd) -> Result<()> {
+    let c = client(conn)?;
+    match cmd {
+        CaseCmd::Open { workspace, title } => {
+            let r: CaseInfo = c.post(&format!("/v1/workspaces/{}/cases", enc(&workspace)), &OpenCaseRequest { title }).await?;
+            print_value(out, &r)
+        }
+        CaseCmd::Close { id } => {
+            print_value(out, &c.post::<_, CaseInfo>(&format!("/v1/cases/{}/close", enc(&id)), &serde_json::json!({})).await?)
+        }
+        CaseCmd::List { workspace } => {
+            let path = match workspace {
+                Some(w) => format!("/v1/cases?workspace={}", enc(&w)),
+                None => "/v1/cases".into(),
+            };
+            print_value(out, &c.get::<Vec<CaseInfo>>(&path).await?)
+        }
+        CaseCmd::Show { id } => print_value(out, &c.get::<CaseInfo>(&format!("/v1/cases/{}", enc(&id))).await?),
+    }
+}
+
+pub async fn access(conn: &ConnArgs, out: Output, cmd: AccessCmd) -> Result<()> {
+    let c = client(conn)?;
+    match cmd {
+        AccessCmd::Request { case, duration, reason } => {
+            let r: AccessRequestInfo = c
+                .post(
+                    &format!("/v1/cases/{}/access-requests", enc(&case)),
+                    &AccessRequestRequest { duration_secs: duration, reason },
+                )
+                .await?;
+            print_value(out, &r)
+        }
+        AccessCmd::List { workspace } => print_value(
+            out,
+            &c.get::<Vec<AccessRequestInfo>>(&format!("/v1/workspaces/{}/access-requests", enc(&workspace))).await?,
+        ),
+        AccessCmd::Show { id } => {
+            print_value(out, &c.get::<AccessRequestInfo>(&format!("/v1/access-requests/{}", enc(&id))).await?)
+        }
+        AccessCmd::Approve { id } => print_value(
+            out,
+            &c.post::<_, AccessRequestInfo>(&format!("/v1/access-requests/{}/approve", enc(&id)), &serde_json::json!({})).await?,
+        ),
+        AccessCmd::Deny { id } => print_value(
+            out,
+            &c.post::<_, AccessRequestInfo>(&format!("/v1/access-requests/{}/deny", enc(&id)), &serde_json::json!({})).await?,
+        ),
+    }
+}
+
+pub async fn lockbox(conn: &ConnArgs, out: Output, workspace: &str, state: &str) -> Result<()> {
+    let enabled = match state {
+        "on" => true,
+        "off" => false,
+        other => bail!("lockbox state must be on or off, not {other:?}"),
+    };
+    let r: WorkspaceInfo = client(conn)?.put(&format!("/v1/workspaces/{}/lockbox", enc(workspace)), &LockboxRequest { enabled }).await?;
+    print_value(out, &r)
+}
+
+pub async fn audit(conn: &ConnArgs, out: Output, cmd: AuditCmd) -> Result<()> {
+    match cmd {
+        AuditCmd::Log { workspace, since, limit } => {
+            let mut path = format!("/v1/workspaces/{}/audit?limit={limit}", enc(&workspace));
+            if let Some(s) = since {
+                path.push_str(&format!("&since={}", enc(&s)));
+            }
+            let r: Vec<AuditEntry> = client(conn)?.get(&path).await?;
+            print_value(out, &r)
+        }
+        AuditCmd::Verify(o) => {
+            let (dir, key) = o.resolve();
+            let key = custos_audit::read_public_key(&key).with_context(|| format!("audit public key {}", key.display()))?;
+            let shown = dir.display().to_string();
+            let r = tokio::task::spawn_blocking(move || custos_audit::verify(&dir, &key)).await??;
+            let v = serde_json::json!({
+                "dir": shown,
+                "ok": true,
+                "records": r.records_checked,
+                "first_seq": r.first_seq,
+                "last_seq": r.last_seq,
+                "segments": r.segments_checked,
+                "checkpoints": r.checkpoints_checked,
+                "checkpoints_signature_only": r.checkpoints_signature_only,
+                "last_checkpoint_size": r.last_checkpoint.as_ref().map(|c| c.size),
+                "last_checkpoint_root": r.last_checkpoint.as_ref().map(|c| hex::encode(c.root)),
+                "unsigned_records": r.unsigned_records,
+                "incomplete_tail": r.incomplete_tail,
+            });
+            print_value(out, &v)
+        }
+        AuditCmd::Proof { seq, size, offline } => {
+            let (dir, _) = offline.resolve();
+            let v = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
+                let proof = custos_audit::inclusion_proof(&dir, seq, size)?;
+                let root = custos_audit::tree_root(&dir, proof.tree_size)?;
+                let verified = custos_audit::verify_inclusion(&proof, &proof.leaf_hash, &root);
+                let mut v = serde_json::to_value(&proof)?;
+                v["root"] = serde_json::json!(hex::encode(root));
+                v["hashes"] = serde_json::json!(proof.path.len());
+                v["verified"] = serde_json::json!(verified);
+                Ok(v)
+            })
+            .await??;
+            print_value(out, &v)
+        }
+        AuditCmd::Consistency { old, new, offline } => {
+            let (dir, _) = offline.resolve();
+            let v = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
+                let proof = custos_audit::consistency_proof(&dir, old, new)?;
+                let old_root = custos_audit::tree_root(&dir, old)?;
+                let new_root = custos_audit::tree_root(&dir, new)?;
+                let verified = custos_audit::verify_consistency(&proof, &old_root, &new_root);
+                let mut v = serde_json::to_value(&proof)?;
+                v["old_root"] = serde_json::json!(hex::encode(old_root));
+                v["new_root"] = serde_json::json!(hex::encode(new_root));
+                v["hashes"] = serde_json::json!(proof.path.len());
+                v["verified"] = serde_json::json!(verified);
+                Ok(v)
+            })
+            .await??;
+            print_value(out, &v)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("8h"), Ok(8 * 3600));
+        assert_eq!(parse_duration_secs("7d"), Ok(7 * 86_400));
+        assert_eq!(parse_duration_secs("30m"), Ok(1800));
+        assert!(parse_duration_secs("0h").is_err());
+        assert!(parse_duration_secs("soon").unwrap_err().contains("soon"));
+    }
+}
