@@ -108,7 +108,17 @@ fn audit_verify_passes_then_names_the_record_a_flipped_byte_hits() {
 
     // An inclusion proof for one record, and consistency between sizes.
     let proof = ok(custos(&["audit", "proof", "5", "--dir", audit_dir.to_str().unwrap(), "--output", "json"]), "audit proof");
-    assert!(proof.to_string().contains("root") || proof.to_string().contains("path"), "{proof}");
+    assert_eq!(proof["verified"], true, "{proof}");
+    assert_eq!(proof["seq"], 5);
+    let size = v["last_checkpoint_size"].as_u64().unwrap();
+    assert!(size > 20, "{v}");
+    // log2(size) hashes at most.
+    assert!(proof["hashes"].as_u64().unwrap() <= 64 - size.leading_zeros() as u64, "{proof}");
+    let cons = ok(
+        custos(&["audit", "consistency", "10", &size.to_string(), "--dir", audit_dir.to_str().unwrap(), "--output", "json"]),
+        "audit consistency",
+    );
+    assert_eq!(cons["verified"], true, "{cons}");
 
     // Flip one byte inside a record line in the middle of the log.
     let mut segs: Vec<_> = std::fs::read_dir(&audit_dir)
@@ -119,9 +129,12 @@ fn audit_verify_passes_then_names_the_record_a_flipped_byte_hits() {
     segs.sort();
     let seg = &segs[0];
     let mut bytes = std::fs::read(seg).unwrap();
-    let lines: Vec<usize> = std::iter::once(0).chain(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1)).collect();
+    // The record of seq 7: find its line by content, flip a byte inside it.
     let target_line = 7;
-    let pos = lines[target_line] + 20;
+    let needle = format!("\"seq\":{target_line},");
+    let at = bytes.windows(needle.len()).position(|w| w == needle.as_bytes()).expect("record 7 not found");
+    let pos = at + needle.len() + 10;
+    assert_ne!(bytes[pos], b'\n');
     bytes[pos] ^= 0x01;
     std::fs::write(seg, &bytes).unwrap();
     let out = custos(&["audit", "verify", "--dir", audit_dir.to_str().unwrap(), "--public-key", key.to_str().unwrap()]);
