@@ -198,6 +198,13 @@ setup_workspace() {
     out=$("$BIN" workspace create "$1" --region local --output json) || die "workspace create failed"
     WS_ID=$(jq -r .id <<<"$out")
     ENROLL_KEY=$(jq -r .enrollment_key <<<"$out")
+    # Service admins do not read workspace data: queries run as an owner.
+    out=$("$BIN" principal create "bench-owner-$1" --output json) || die "principal create failed"
+    jq -r .token <<<"$out" >"$SCRATCH/owner.token"
+    chmod 600 "$SCRATCH/owner.token"
+    "$BIN" role grant "bench-owner-$1" owner --workspace "$WS_ID" --output json >/dev/null || die "role grant failed"
+    CUSTOS_TOKEN_FILE=$SCRATCH/owner.token
+    export CUSTOS_TOKEN_FILE
     "$BIN" agent enroll --server "$SERVER_URL" --enrollment-key "$ENROLL_KEY" --pin "$SERVER_PIN" \
         --state-dir "$AGENT_STATE" --hostname bench-host --output json >/dev/null ||
         die "agent enroll failed"

@@ -11,7 +11,7 @@ use crate::merkle::Hash;
 /// `root`, and record `size - 1` has hash `chain_head`".
 ///
 /// Serialised (in `checkpoints.log` and over an API) as compact JSON with
-/// lowercase hex; see [`format`](crate::format).
+/// lowercase hex; see [`format`](mod@crate::format).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
@@ -35,8 +35,21 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Makes and signs a version-1 checkpoint.
-    pub fn sign(size: u64, root: Hash, chain_head: Hash, time: i64, key: &SigningKey) -> Checkpoint {
-        let mut cp = Checkpoint { version: FORMAT_VERSION, size, root, chain_head, time, signature: [0; 64] };
+    pub fn sign(
+        size: u64,
+        root: Hash,
+        chain_head: Hash,
+        time: i64,
+        key: &SigningKey,
+    ) -> Checkpoint {
+        let mut cp = Checkpoint {
+            version: FORMAT_VERSION,
+            size,
+            root,
+            chain_head,
+            time,
+            signature: [0; 64],
+        };
         cp.signature = key.sign(&cp.signed_message()).to_bytes();
         cp
     }
@@ -57,7 +70,11 @@ impl Checkpoint {
 
     /// Whether the signature is valid under `key` (strict Ed25519 verification).
     pub fn verify(&self, key: &VerifyingKey) -> bool {
-        key.verify_strict(&self.signed_message(), &Signature::from_bytes(&self.signature)).is_ok()
+        key.verify_strict(
+            &self.signed_message(),
+            &Signature::from_bytes(&self.signature),
+        )
+        .is_ok()
     }
 
     /// The line stored in `checkpoints.log`, LF included.
@@ -70,7 +87,8 @@ impl Checkpoint {
 
     /// Parses one line of `checkpoints.log` (without its LF).
     pub fn parse_line(line: &[u8]) -> Result<Checkpoint, String> {
-        let cp: Checkpoint = serde_json::from_slice(line).map_err(|e| format!("invalid checkpoint json: {e}"))?;
+        let cp: Checkpoint =
+            serde_json::from_slice(line).map_err(|e| format!("invalid checkpoint json: {e}"))?;
         if cp.version != FORMAT_VERSION {
             return Err(format!("unsupported checkpoint version {}", cp.version));
         }
@@ -102,7 +120,10 @@ mod tests {
             let mut b = bytes.clone();
             b[i] ^= 0x01;
             if let Ok(c) = Checkpoint::parse_line(&b) {
-                assert!(!c.verify(&key.verifying_key()), "flip at {i} went unnoticed");
+                assert!(
+                    !c.verify(&key.verifying_key()),
+                    "flip at {i} went unnoticed"
+                );
             }
         }
     }

@@ -44,8 +44,10 @@ pub enum AuditError {
     Encode(String),
     /// The log's files contradict themselves: a record, segment header or
     /// checkpoint was changed, removed or damaged. Names the first bad spot.
+    /// (Not a `#[source]`: the message already includes the damage, and a
+    /// source would print it twice in error chains.)
     #[error("audit log is damaged: {0}")]
-    Damaged(#[from] Damage),
+    Damaged(Damage),
     /// A file was written by an unknown (newer) format version.
     #[error("{path} has unsupported audit format version {version} (this build reads version {supported})")]
     UnsupportedVersion {
@@ -58,7 +60,9 @@ pub enum AuditError {
     },
     /// An earlier write or fsync failed, so what reached the disk is unknown.
     /// Every later append is refused until the log is reopened (which runs recovery).
-    #[error("audit log {path} is unusable after an earlier i/o failure ({cause}); reopen it to recover")]
+    #[error(
+        "audit log {path} is unusable after an earlier i/o failure ({cause}); reopen it to recover"
+    )]
     Poisoned {
         /// The log directory.
         path: PathBuf,
@@ -103,7 +107,11 @@ pub enum AuditError {
 
 impl AuditError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        AuditError::Io { op, path: path.into(), source }
+        AuditError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     /// The damage found, if this is [`AuditError::Damaged`].
@@ -272,5 +280,11 @@ impl Damage {
             | Damage::CheckpointOrder { .. }
             | Damage::CheckpointRoot { .. } => None,
         }
+    }
+}
+
+impl From<Damage> for AuditError {
+    fn from(d: Damage) -> Self {
+        AuditError::Damaged(d)
     }
 }

@@ -147,7 +147,9 @@ pub fn segment_file_name(first_seq: u64) -> String {
 
 /// The first seq encoded in a segment file name, or `None` for other names.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix(SEGMENT_PREFIX)?.strip_suffix(SEGMENT_SUFFIX)?;
+    let digits = name
+        .strip_prefix(SEGMENT_PREFIX)?
+        .strip_suffix(SEGMENT_SUFFIX)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -191,7 +193,8 @@ pub(crate) mod hexser {
 
     pub(crate) fn de<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        super::parse_hex::<N>(s.as_bytes()).ok_or_else(|| D::Error::custom(format!("expected {} lowercase hex digits", 2 * N)))
+        super::parse_hex::<N>(s.as_bytes())
+            .ok_or_else(|| D::Error::custom(format!("expected {} lowercase hex digits", 2 * N)))
     }
 
     pub(crate) fn ser_vec<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
@@ -201,7 +204,10 @@ pub(crate) mod hexser {
     pub(crate) fn de_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
         let v = <Vec<std::borrow::Cow<'de, str>>>::deserialize(d)?;
         v.iter()
-            .map(|s| super::parse_hex::<32>(s.as_bytes()).ok_or_else(|| D::Error::custom("expected 64 lowercase hex digits")))
+            .map(|s| {
+                super::parse_hex::<32>(s.as_bytes())
+                    .ok_or_else(|| D::Error::custom("expected 64 lowercase hex digits"))
+            })
             .collect()
     }
 }
@@ -212,10 +218,15 @@ pub(crate) fn encode_body(rec: &AuditRecord) -> Result<Vec<u8>, crate::AuditErro
     let body = serde_json::to_vec(rec).map_err(|e| crate::AuditError::Encode(e.to_string()))?;
     // The line adds `"v":1,"seq":…,"prev":"…",` (< 120 bytes) to the body.
     if body.len() + 120 > MAX_RECORD_BYTES {
-        return Err(crate::AuditError::RecordTooLarge { len: body.len() + 120, max: MAX_RECORD_BYTES });
+        return Err(crate::AuditError::RecordTooLarge {
+            len: body.len() + 120,
+            max: MAX_RECORD_BYTES,
+        });
     }
     if body.len() < 2 || body[0] != b'{' {
-        return Err(crate::AuditError::Encode("record did not encode as a json object".into()));
+        return Err(crate::AuditError::Encode(
+            "record did not encode as a json object".into(),
+        ));
     }
     Ok(body)
 }
@@ -245,7 +256,10 @@ pub(crate) struct SplitLine<'a> {
 
 /// Splits a line (without its LF) at the first TAB and decodes the hash.
 pub(crate) fn split_line(line: &[u8]) -> Result<SplitLine<'_>, String> {
-    let tab = line.iter().position(|&b| b == b'\t').ok_or("no tab between json and hash")?;
+    let tab = line
+        .iter()
+        .position(|&b| b == b'\t')
+        .ok_or("no tab between json and hash")?;
     let (json, rest) = (&line[..tab], &line[tab + 1..]);
     let hash = parse_hex::<32>(rest).ok_or("hash is not 64 lowercase hex digits")?;
     Ok(SplitLine { json, hash })
@@ -281,7 +295,7 @@ pub(crate) struct DecodedRecord {
 
 /// Outcome of decoding a record's JSON.
 pub(crate) enum Decode {
-    Ok(DecodedRecord),
+    Ok(Box<DecodedRecord>),
     /// A well-formed record of another format version.
     Version(u64),
     Bad(String),
@@ -292,8 +306,15 @@ pub(crate) fn decode_record_json(json: &[u8]) -> Decode {
     // Check the version first so a newer record is reported as such and not
     // as an unknown field.
     if let Some(rest) = json.strip_prefix(b"{\"v\":") {
-        let digits: Vec<u8> = rest.iter().copied().take_while(u8::is_ascii_digit).collect();
-        if let Some(v) = std::str::from_utf8(&digits).ok().and_then(|d| d.parse::<u64>().ok()) {
+        let digits: Vec<u8> = rest
+            .iter()
+            .copied()
+            .take_while(u8::is_ascii_digit)
+            .collect();
+        if let Some(v) = std::str::from_utf8(&digits)
+            .ok()
+            .and_then(|d| d.parse::<u64>().ok())
+        {
             if v != FORMAT_VERSION {
                 return Decode::Version(v);
             }
@@ -301,7 +322,7 @@ pub(crate) fn decode_record_json(json: &[u8]) -> Decode {
     }
     match serde_json::from_slice::<RecordJsonV1>(json) {
         Ok(r) if r.v != FORMAT_VERSION => Decode::Version(r.v),
-        Ok(r) => Decode::Ok(DecodedRecord {
+        Ok(r) => Decode::Ok(Box::new(DecodedRecord {
             seq: r.seq,
             prev: r.prev,
             record: AuditRecord {
@@ -318,7 +339,7 @@ pub(crate) fn decode_record_json(json: &[u8]) -> Decode {
                 grant: r.grant,
                 details: r.details,
             },
-        }),
+        })),
         Err(e) => Decode::Bad(format!("invalid record json: {e}")),
     }
 }
@@ -339,7 +360,10 @@ struct HeaderJsonV1 {
     first_seq: u64,
     #[serde(serialize_with = "hexser::ser", deserialize_with = "hexser::de")]
     prev: Hash,
-    #[serde(serialize_with = "hexser::ser_vec", deserialize_with = "hexser::de_vec")]
+    #[serde(
+        serialize_with = "hexser::ser_vec",
+        deserialize_with = "hexser::de_vec"
+    )]
     frontier: Vec<Hash>,
 }
 
@@ -372,20 +396,30 @@ impl SegmentHeader {
         if sum != split.hash {
             return Err(Err("header bytes do not match its checksum".into()));
         }
-        let j: HeaderJsonV1 =
-            serde_json::from_slice(split.json).map_err(|e| Err(format!("invalid header json: {e}")))?;
+        let j: HeaderJsonV1 = serde_json::from_slice(split.json)
+            .map_err(|e| Err(format!("invalid header json: {e}")))?;
         if j.v != FORMAT_VERSION {
             return Err(Ok(j.v));
         }
         if j.kind != HEADER_KIND {
-            return Err(Err(format!("header kind is {:?}, expected {HEADER_KIND:?}", j.kind)));
+            return Err(Err(format!(
+                "header kind is {:?}, expected {HEADER_KIND:?}",
+                j.kind
+            )));
         }
-        let frontier = Frontier::from_parts(j.first_seq, j.frontier)
-            .ok_or_else(|| Err("frontier does not have one node per set bit of first_seq".to_string()))?;
+        let frontier = Frontier::from_parts(j.first_seq, j.frontier).ok_or_else(|| {
+            Err("frontier does not have one node per set bit of first_seq".to_string())
+        })?;
         if j.first_seq == 0 && j.prev != ZERO_HASH {
-            return Err(Err("first segment of the log must have an all-zero prev".into()));
+            return Err(Err(
+                "first segment of the log must have an all-zero prev".into()
+            ));
         }
-        Ok(SegmentHeader { first_seq: j.first_seq, prev: j.prev, frontier })
+        Ok(SegmentHeader {
+            first_seq: j.first_seq,
+            prev: j.prev,
+            frontier,
+        })
     }
 }
 
@@ -413,9 +447,15 @@ mod tests {
     #[test]
     fn segment_names_round_trip() {
         assert_eq!(segment_file_name(42), "seg-00000000000000000042.audit");
-        assert_eq!(parse_segment_file_name(&segment_file_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
         assert_eq!(parse_segment_file_name("seg-42.audit"), None);
-        assert_eq!(parse_segment_file_name("seg-0000000000000000004x.audit"), None);
+        assert_eq!(
+            parse_segment_file_name("seg-0000000000000000004x.audit"),
+            None
+        );
         assert_eq!(parse_segment_file_name("checkpoints.log"), None);
     }
 
@@ -438,27 +478,42 @@ mod tests {
         let split = split_line(&line[..line.len() - 1]).unwrap();
         assert_eq!(split.hash, h);
         assert_eq!(leaf_hash(split.json), h);
-        assert!(split.json.starts_with(b"{\"v\":1,\"seq\":9,\"prev\":\"0707"));
-        let Decode::Ok(d) = decode_record_json(split.json) else { panic!("decode") };
+        assert!(split
+            .json
+            .starts_with(b"{\"v\":1,\"seq\":9,\"prev\":\"0707"));
+        let Decode::Ok(d) = decode_record_json(split.json) else {
+            panic!("decode")
+        };
         assert_eq!((d.seq, d.prev, d.record), (9, prev, rec()));
     }
 
     #[test]
     fn other_versions_and_unknown_fields_are_refused() {
-        assert!(matches!(decode_record_json(b"{\"v\":2,\"seq\":0}"), Decode::Version(2)));
+        assert!(matches!(
+            decode_record_json(b"{\"v\":2,\"seq\":0}"),
+            Decode::Version(2)
+        ));
         let body = encode_body(&rec()).unwrap();
         let mut line = Vec::new();
         encode_record_line(0, &ZERO_HASH, &body, &mut line);
-        let s = String::from_utf8(line).unwrap().replace("\"details\"", "\"extra\":1,\"details\"");
+        let s = String::from_utf8(line)
+            .unwrap()
+            .replace("\"details\"", "\"extra\":1,\"details\"");
         let json = s.split('\t').next().unwrap();
-        assert!(matches!(decode_record_json(json.as_bytes()), Decode::Bad(_)));
+        assert!(matches!(
+            decode_record_json(json.as_bytes()),
+            Decode::Bad(_)
+        ));
     }
 
     #[test]
     fn oversized_records_are_refused() {
         let mut r = rec();
         r.details.insert("big".into(), "x".repeat(MAX_RECORD_BYTES));
-        assert!(matches!(encode_body(&r), Err(crate::AuditError::RecordTooLarge { .. })));
+        assert!(matches!(
+            encode_body(&r),
+            Err(crate::AuditError::RecordTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -467,13 +522,20 @@ mod tests {
         for i in 0..5u8 {
             f.push(leaf_hash(&[i]));
         }
-        let h = SegmentHeader { first_seq: 5, prev: [3; 32], frontier: f };
+        let h = SegmentHeader {
+            first_seq: 5,
+            prev: [3; 32],
+            frontier: f,
+        };
         let line = h.encode();
         assert_eq!(SegmentHeader::decode(&line[..line.len() - 1]).unwrap(), h);
         for i in 0..line.len() - 1 {
             let mut bad = line.clone();
             bad[i] ^= 0x01;
-            assert!(SegmentHeader::decode(&bad[..bad.len() - 1]).is_err(), "flip at {i}");
+            assert!(
+                SegmentHeader::decode(&bad[..bad.len() - 1]).is_err(),
+                "flip at {i}"
+            );
         }
     }
 }

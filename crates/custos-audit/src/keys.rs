@@ -46,7 +46,8 @@ impl Hmacer {
     /// An HMAC-SHA-256 pseudonymiser keyed with `key`.
     pub fn new(key: [u8; 32]) -> Hmacer {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap_or_else(|_| unreachable!("hmac takes any key length"));
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key)
+            .unwrap_or_else(|_| unreachable!("hmac takes any key length"));
         Hmacer { mac }
     }
 
@@ -60,16 +61,23 @@ impl Hmacer {
 
 impl fmt::Debug for Hmacer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hmacer").field("key", &"<redacted>").finish()
+        f.debug_struct("Hmacer")
+            .field("key", &"<redacted>")
+            .finish()
     }
 }
 
 fn key_err(path: &Path, reason: impl Into<String>) -> AuditError {
-    AuditError::Key { path: path.to_path_buf(), reason: reason.into() }
+    AuditError::Key {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), AuditError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| AuditError::io("fsync directory", dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| AuditError::io("fsync directory", dir, e))
 }
 
 /// Writes `contents` to `path` atomically (temp file, fsync, rename, fsync
@@ -87,9 +95,13 @@ fn write_new_file(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut f = opts.open(&tmp).map_err(|e| AuditError::io("create key file", &tmp, e))?;
-    f.write_all(contents).map_err(|e| AuditError::io("write key file", &tmp, e))?;
-    f.sync_all().map_err(|e| AuditError::io("fsync key file", &tmp, e))?;
+    let mut f = opts
+        .open(&tmp)
+        .map_err(|e| AuditError::io("create key file", &tmp, e))?;
+    f.write_all(contents)
+        .map_err(|e| AuditError::io("write key file", &tmp, e))?;
+    f.sync_all()
+        .map_err(|e| AuditError::io("fsync key file", &tmp, e))?;
     drop(f);
     // hard_link fails if the destination exists, so a concurrent creator
     // cannot be overwritten.
@@ -108,9 +120,18 @@ fn read_secret(path: &Path) -> Result<Option<String>, AuditError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(path).map_err(|e| AuditError::io("stat key file", path, e))?.permissions().mode();
+        let mode = fs::metadata(path)
+            .map_err(|e| AuditError::io("stat key file", path, e))?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
-            return Err(key_err(path, format!("secret key is accessible by group or others (mode {:o}); chmod 600 it", mode & 0o777)));
+            return Err(key_err(
+                path,
+                format!(
+                    "secret key is accessible by group or others (mode {:o}); chmod 600 it",
+                    mode & 0o777
+                ),
+            ));
         }
     }
     Ok(Some(text))
@@ -131,12 +152,18 @@ pub fn load_or_create_keys(dir: &Path) -> Result<(SigningKey, Hmacer), AuditErro
             use std::os::unix::fs::DirBuilderExt;
             b.mode(0o700);
         }
-        b.create(dir).map_err(|e| AuditError::io("create key directory", dir, e))?;
+        b.create(dir)
+            .map_err(|e| AuditError::io("create key directory", dir, e))?;
     }
 
     let sk_path = dir.join(SIGNING_KEY_FILE);
     let signing = match read_secret(&sk_path)? {
-        Some(pem) => SigningKey::from_pkcs8_pem(&pem).map_err(|e| key_err(&sk_path, format!("not a pkcs#8 pem ed25519 private key: {e}")))?,
+        Some(pem) => SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+            key_err(
+                &sk_path,
+                format!("not a pkcs#8 pem ed25519 private key: {e}"),
+            )
+        })?,
         None => {
             let mut seed = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut seed);
@@ -153,7 +180,13 @@ pub fn load_or_create_keys(dir: &Path) -> Result<(SigningKey, Hmacer), AuditErro
     if pub_path.exists() {
         let existing = read_public_key(&pub_path)?;
         if existing != signing.verifying_key() {
-            return Err(key_err(&pub_path, format!("public key does not belong to the signing key in {}", sk_path.display())));
+            return Err(key_err(
+                &pub_path,
+                format!(
+                    "public key does not belong to the signing key in {}",
+                    sk_path.display()
+                ),
+            ));
         }
     } else {
         let pem = signing
@@ -165,13 +198,17 @@ pub fn load_or_create_keys(dir: &Path) -> Result<(SigningKey, Hmacer), AuditErro
 
     let hmac_path = dir.join(HMAC_KEY_FILE);
     let hmac_key = match read_secret(&hmac_path)? {
-        Some(text) => {
-            parse_hex::<32>(text.trim_end().as_bytes()).ok_or_else(|| key_err(&hmac_path, "expected 64 lowercase hex digits"))?
-        }
+        Some(text) => parse_hex::<32>(text.trim_end().as_bytes())
+            .ok_or_else(|| key_err(&hmac_path, "expected 64 lowercase hex digits"))?,
         None => {
             let mut k = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut k);
-            write_new_file(dir, HMAC_KEY_FILE, format!("{}\n", to_hex(&k)).as_bytes(), 0o600)?;
+            write_new_file(
+                dir,
+                HMAC_KEY_FILE,
+                format!("{}\n", to_hex(&k)).as_bytes(),
+                0o600,
+            )?;
             k
         }
     };
@@ -189,10 +226,12 @@ pub fn read_public_key(path: &Path) -> Result<VerifyingKey, AuditError> {
 pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
     let t = text.trim();
     if t.starts_with("-----BEGIN") {
-        return VerifyingKey::from_public_key_pem(t).map_err(|e| format!("not an ed25519 spki pem public key: {e}"));
+        return VerifyingKey::from_public_key_pem(t)
+            .map_err(|e| format!("not an ed25519 spki pem public key: {e}"));
     }
     let lower = t.to_ascii_lowercase();
-    let raw = parse_hex::<32>(lower.as_bytes()).ok_or("expected an spki pem public key or 64 hex digits")?;
+    let raw = parse_hex::<32>(lower.as_bytes())
+        .ok_or("expected an spki pem public key or 64 hex digits")?;
     VerifyingKey::from_bytes(&raw).map_err(|e| format!("invalid ed25519 public key: {e}"))
 }
 
@@ -217,10 +256,16 @@ mod tests {
         assert!(h.hmac("alice").starts_with("hmac-sha256:"));
         assert_eq!(h.hmac("alice").len(), "hmac-sha256:".len() + 64);
         assert!(format!("{h:?}").contains("redacted"));
-        assert_eq!(read_public_key(&public_key_path(&dir)).unwrap(), sk.verifying_key());
+        assert_eq!(
+            read_public_key(&public_key_path(&dir)).unwrap(),
+            sk.verifying_key()
+        );
         let pem = fs::read_to_string(public_key_path(&dir)).unwrap();
         assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
-        assert_eq!(parse_public_key(&to_hex(sk.verifying_key().as_bytes())).unwrap(), sk.verifying_key());
+        assert_eq!(
+            parse_public_key(&to_hex(sk.verifying_key().as_bytes())).unwrap(),
+            sk.verifying_key()
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -228,7 +273,8 @@ mod tests {
                 let mode = fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
                 assert_eq!(mode, 0o600, "{f}");
             }
-            fs::set_permissions(dir.join(HMAC_KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+            fs::set_permissions(dir.join(HMAC_KEY_FILE), fs::Permissions::from_mode(0o644))
+                .unwrap();
             let err = load_or_create_keys(&dir).unwrap_err();
             assert!(err.to_string().contains("chmod 600"), "{err}");
         }
@@ -249,7 +295,11 @@ mod tests {
         load_or_create_keys(tmp.path()).unwrap();
         let other = SigningKey::from_bytes(&[1; 32]);
         fs::remove_file(tmp.path().join(PUBLIC_KEY_FILE)).unwrap();
-        fs::write(tmp.path().join(PUBLIC_KEY_FILE), to_hex(other.verifying_key().as_bytes())).unwrap();
+        fs::write(
+            tmp.path().join(PUBLIC_KEY_FILE),
+            to_hex(other.verifying_key().as_bytes()),
+        )
+        .unwrap();
         assert!(load_or_create_keys(tmp.path()).is_err());
     }
 }

@@ -20,7 +20,7 @@
 //! * key management ([`load_or_create_keys`]) and an [`Hmacer`] to
 //!   pseudonymise values before they go into records.
 //!
-//! The on-disk format is documented in [`format`]; the Merkle tree code in
+//! The on-disk format is documented in [`format`](mod@format); the Merkle tree code in
 //! [`merkle`] is pure and I/O-free.
 //!
 //! ```
@@ -61,17 +61,18 @@ pub use checkpoint::Checkpoint;
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{AuditError, Damage};
 pub use keys::{
-    load_or_create_keys, parse_public_key, public_key_path, read_public_key, Hmacer, HMAC_KEY_FILE, PUBLIC_KEY_FILE,
-    SIGNING_KEY_FILE,
+    load_or_create_keys, parse_public_key, public_key_path, read_public_key, Hmacer, HMAC_KEY_FILE,
+    PUBLIC_KEY_FILE, SIGNING_KEY_FILE,
 };
 pub use log::{
-    AuditLog, AuditOptions, AuditStats, PruneReport, RecoveryInfo, DEFAULT_CHECKPOINT_EVERY_RECORDS,
-    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES,
+    AuditLog, AuditOptions, AuditStats, PruneReport, RecoveryInfo,
+    DEFAULT_CHECKPOINT_EVERY_RECORDS, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_RETENTION,
+    DEFAULT_SEGMENT_BYTES,
 };
 pub use merkle::Hash;
 pub use proof::{
-    consistency_proof, inclusion_proof, latest_checkpoint, tree_root, verify_consistency, verify_inclusion,
-    ConsistencyProof, InclusionProof,
+    consistency_proof, find_checkpoint, inclusion_proof, latest_checkpoint, tree_root,
+    verify_consistency, verify_inclusion, ConsistencyProof, InclusionProof,
 };
 pub use reader::{AuditReader, RecordFilter, Records};
 pub use record::{AuditRecord, StoredRecord};

@@ -13,11 +13,13 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
 
 use crate::error::Damage;
-use crate::format::{encode_body, encode_record_line, segment_path, SegmentHeader, LOCK_FILE_NAME, ZERO_HASH};
+use crate::format::{
+    encode_body, encode_record_line, segment_path, SegmentHeader, LOCK_FILE_NAME, ZERO_HASH,
+};
 use crate::merkle::Frontier;
 use crate::segments::{
-    check_record, checkpoint_path, fsync_dir, list_segments, read_header, read_header_strict, read_last_checkpoint,
-    Chain, HeaderRead, Line, LineReader, SegmentFile,
+    check_record, checkpoint_path, fsync_dir, list_segments, read_header, read_header_strict,
+    read_last_checkpoint, Chain, HeaderRead, Line, LineReader, SegmentFile,
 };
 use crate::{AuditError, AuditRecord, Checkpoint};
 
@@ -32,6 +34,8 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Most appends committed with one write and one fsync.
 const MAX_GROUP: usize = 4096;
+/// Most record bytes committed with one write and one fsync.
+const MAX_GROUP_BYTES: usize = 16 << 20;
 
 /// How to open an [`AuditLog`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +144,16 @@ enum Cmd {
     Close { reply: Reply<()> },
 }
 
+impl Cmd {
+    /// Record bytes carried (for bounding a group).
+    fn len(&self) -> usize {
+        match self {
+            Cmd::Append { body, .. } => body.len(),
+            Cmd::Checkpoint { .. } | Cmd::Close { .. } => 0,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     next_seq: AtomicU64,
@@ -160,7 +174,7 @@ struct Shared {
 /// every later append fails until it is reopened.
 ///
 /// `Send + Sync`; share it in an `Arc`. The on-disk format is described in
-/// [`format`](crate::format).
+/// [`format`](mod@crate::format).
 pub struct AuditLog {
     tx: Option<mpsc::Sender<Cmd>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -172,12 +186,18 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("dir", &self.dir).field("next_seq", &self.next_seq()).finish_non_exhaustive()
+        f.debug_struct("AuditLog")
+            .field("dir", &self.dir)
+            .field("next_seq", &self.next_seq())
+            .finish_non_exhaustive()
     }
 }
 
 fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Creates a segment file with its header, fsyncs it and the directory.
@@ -189,8 +209,10 @@ fn create_segment(dir: &Path, header: &SegmentHeader) -> Result<(File, PathBuf, 
         .open(&path)
         .map_err(|e| AuditError::io("create segment", &path, e))?;
     let bytes = header.encode();
-    f.write_all(&bytes).map_err(|e| AuditError::io("write segment header", &path, e))?;
-    f.sync_all().map_err(|e| AuditError::io("fsync segment", &path, e))?;
+    f.write_all(&bytes)
+        .map_err(|e| AuditError::io("write segment header", &path, e))?;
+    f.sync_all()
+        .map_err(|e| AuditError::io("fsync segment", &path, e))?;
     fsync_dir(dir)?;
     Ok((f, path, bytes.len() as u64))
 }
@@ -214,15 +236,25 @@ impl AuditLog {
     /// segment, a latest checkpoint claiming more records than exist or not
     /// matching them, or one signed by another key. Older segments are not
     /// re-read here; run [`verify`](crate::verify) for that.
-    pub fn open(opts: AuditOptions, key: SigningKey) -> Result<(AuditLog, RecoveryInfo), AuditError> {
+    pub fn open(
+        opts: AuditOptions,
+        key: SigningKey,
+    ) -> Result<(AuditLog, RecoveryInfo), AuditError> {
         if opts.segment_bytes < 4096 {
-            return Err(AuditError::InvalidOptions(format!("segment_bytes must be at least 4096, got {}", opts.segment_bytes)));
+            return Err(AuditError::InvalidOptions(format!(
+                "segment_bytes must be at least 4096, got {}",
+                opts.segment_bytes
+            )));
         }
         if opts.checkpoint_every_records == 0 {
-            return Err(AuditError::InvalidOptions("checkpoint_every_records must be at least 1".into()));
+            return Err(AuditError::InvalidOptions(
+                "checkpoint_every_records must be at least 1".into(),
+            ));
         }
         if opts.checkpoint_interval.is_zero() {
-            return Err(AuditError::InvalidOptions("checkpoint_interval must not be zero".into()));
+            return Err(AuditError::InvalidOptions(
+                "checkpoint_interval must not be zero".into(),
+            ));
         }
         let dir = opts.dir.clone();
         fs::create_dir_all(&dir).map_err(|e| AuditError::io("create directory", &dir, e))?;
@@ -235,7 +267,9 @@ impl AuditLog {
             .map_err(|e| AuditError::io("open lock file", &lock_path, e))?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(AuditError::Locked { path: lock_path }),
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(AuditError::Locked { path: lock_path })
+            }
             Err(fs::TryLockError::Error(e)) => return Err(AuditError::io("lock", &lock_path, e)),
         }
 
@@ -246,15 +280,26 @@ impl AuditLog {
         let cp_path = checkpoint_path(&dir);
         let (last_cp, torn_at) = read_last_checkpoint(&dir)?;
         if let Some(at) = torn_at {
-            let f = OpenOptions::new().write(true).open(&cp_path).map_err(|e| AuditError::io("open", &cp_path, e))?;
-            let len = f.metadata().map_err(|e| AuditError::io("stat", &cp_path, e))?.len();
-            f.set_len(at).map_err(|e| AuditError::io("truncate torn checkpoint", &cp_path, e))?;
-            f.sync_all().map_err(|e| AuditError::io("fsync", &cp_path, e))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&cp_path)
+                .map_err(|e| AuditError::io("open", &cp_path, e))?;
+            let len = f
+                .metadata()
+                .map_err(|e| AuditError::io("stat", &cp_path, e))?
+                .len();
+            f.set_len(at)
+                .map_err(|e| AuditError::io("truncate torn checkpoint", &cp_path, e))?;
+            f.sync_all()
+                .map_err(|e| AuditError::io("fsync", &cp_path, e))?;
             info.truncated_checkpoint_bytes = len - at;
         }
         if let Some(cp) = &last_cp {
             if !cp.verify(&key.verifying_key()) {
-                return Err(AuditError::ForeignCheckpoint { path: cp_path, size: cp.size });
+                return Err(AuditError::ForeignCheckpoint {
+                    path: cp_path,
+                    size: cp.size,
+                });
             }
         }
 
@@ -263,24 +308,49 @@ impl AuditLog {
             let Some(last) = segs.last().cloned() else {
                 // A brand-new log.
                 if let Some(cp) = &last_cp {
-                    return Err(Damage::Truncated { path: cp_path, claimed: cp.size, present: 0 }.into());
+                    return Err(Damage::Truncated {
+                        path: cp_path,
+                        claimed: cp.size,
+                        present: 0,
+                    }
+                    .into());
                 }
-                let header = SegmentHeader { first_seq: 0, prev: ZERO_HASH, frontier: Frontier::new() };
+                let header = SegmentHeader {
+                    first_seq: 0,
+                    prev: ZERO_HASH,
+                    frontier: Frontier::new(),
+                };
                 let (_, path, len) = create_segment(&dir, &header)?;
                 info.created = true;
-                segs.push(SegmentFile { first_seq: 0, path: path.clone() });
+                segs.push(SegmentFile {
+                    first_seq: 0,
+                    path: path.clone(),
+                });
                 break Tail {
                     seg: SegmentFile { first_seq: 0, path },
                     len,
-                    chain: Chain { next: 0, prev: ZERO_HASH },
+                    chain: Chain {
+                        next: 0,
+                        prev: ZERO_HASH,
+                    },
                     frontier: Frontier::new(),
                 };
             };
             match read_header(&last)? {
-                HeaderRead::Ok(header, reader) => break Self::scan_tail(last, header, reader, last_cp.as_ref(), &cp_path, &mut info)?,
+                HeaderRead::Ok(header, reader) => {
+                    break Self::scan_tail(
+                        last,
+                        header,
+                        reader,
+                        last_cp.as_ref(),
+                        &cp_path,
+                        &mut info,
+                    )?
+                }
                 HeaderRead::Torn if segs.len() > 1 => {
                     // Crash while rotating: the file holds no records.
-                    fs::remove_file(&last.path).map_err(|e| AuditError::io("remove torn segment", &last.path, e))?;
+                    fs::remove_file(&last.path)
+                        .map_err(|e| AuditError::io("remove torn segment", &last.path, e))?;
                     fsync_dir(&dir)?;
                     info.removed_segment = Some(last.path.clone());
                     segs.pop();
@@ -297,11 +367,19 @@ impl AuditLog {
 
         if let Some(cp) = &last_cp {
             if cp.size > tail.chain.next {
-                return Err(Damage::Truncated { path: cp_path, claimed: cp.size, present: tail.chain.next }.into());
+                return Err(Damage::Truncated {
+                    path: cp_path,
+                    claimed: cp.size,
+                    present: tail.chain.next,
+                }
+                .into());
             }
         }
 
-        let file = OpenOptions::new().append(true).open(&tail.seg.path).map_err(|e| AuditError::io("open", &tail.seg.path, e))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&tail.seg.path)
+            .map_err(|e| AuditError::io("open", &tail.seg.path, e))?;
         let existed = cp_path.exists();
         let cp_file = OpenOptions::new()
             .append(true)
@@ -364,16 +442,29 @@ impl AuditLog {
         cp_path: &Path,
         info: &mut RecoveryInfo,
     ) -> Result<Tail, AuditError> {
-        let mut chain = Chain { next: header.first_seq, prev: header.prev };
+        let mut chain = Chain {
+            next: header.first_seq,
+            prev: header.prev,
+        };
         let mut frontier = header.frontier;
         let check_cp = |chain: &Chain, frontier: &Frontier| -> Result<(), AuditError> {
             if let Some(cp) = last_cp {
                 if cp.size == chain.next && cp.size >= header.first_seq {
                     if cp.root != frontier.root() {
-                        return Err(Damage::CheckpointRoot { path: cp_path.to_path_buf(), size: cp.size, from: header.first_seq }.into());
+                        return Err(Damage::CheckpointRoot {
+                            path: cp_path.to_path_buf(),
+                            size: cp.size,
+                            from: header.first_seq,
+                        }
+                        .into());
                     }
                     if cp.size > 0 && cp.chain_head != chain.prev {
-                        return Err(Damage::CheckpointChainHead { path: cp_path.to_path_buf(), size: cp.size, seq: cp.size - 1 }.into());
+                        return Err(Damage::CheckpointChainHead {
+                            path: cp_path.to_path_buf(),
+                            size: cp.size,
+                            seq: cp.size - 1,
+                        }
+                        .into());
                     }
                 }
             }
@@ -385,26 +476,44 @@ impl AuditLog {
             match reader.next_line(&mut buf)? {
                 Line::Complete => {
                     let (hash, _) = check_record(&buf, &chain, &seg.path)?;
-                    chain = Chain { next: chain.next + 1, prev: hash };
+                    chain = Chain {
+                        next: chain.next + 1,
+                        prev: hash,
+                    };
                     frontier.push(hash);
                     check_cp(&chain, &frontier)?;
                 }
                 Line::Eof => break reader.line_start(),
                 Line::TooLong => {
-                    return Err(Damage::Unparsable { seq: chain.next, path: seg.path.clone(), reason: "line too long".into() }.into())
+                    return Err(Damage::Unparsable {
+                        seq: chain.next,
+                        path: seg.path.clone(),
+                        reason: "line too long".into(),
+                    }
+                    .into())
                 }
                 Line::Partial => {
                     let at = reader.line_start();
-                    let f = OpenOptions::new().write(true).open(&seg.path).map_err(|e| AuditError::io("open", &seg.path, e))?;
-                    f.set_len(at).map_err(|e| AuditError::io("truncate torn record", &seg.path, e))?;
-                    f.sync_all().map_err(|e| AuditError::io("fsync", &seg.path, e))?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&seg.path)
+                        .map_err(|e| AuditError::io("open", &seg.path, e))?;
+                    f.set_len(at)
+                        .map_err(|e| AuditError::io("truncate torn record", &seg.path, e))?;
+                    f.sync_all()
+                        .map_err(|e| AuditError::io("fsync", &seg.path, e))?;
                     info.truncated_bytes = buf.len() as u64;
                     info.torn_seq = Some(chain.next);
                     break at;
                 }
             }
         };
-        Ok(Tail { seg, len, chain, frontier })
+        Ok(Tail {
+            seg,
+            len,
+            chain,
+            frontier,
+        })
     }
 
     fn sender(&self) -> Result<&mpsc::Sender<Cmd>, AuditError> {
@@ -413,20 +522,27 @@ impl AuditLog {
 
     fn check_poisoned(&self) -> Result<(), AuditError> {
         match self.shared.poisoned.get() {
-            Some(cause) => Err(AuditError::Poisoned { path: self.dir.clone(), cause: cause.clone() }),
+            Some(cause) => Err(AuditError::Poisoned {
+                path: self.dir.clone(),
+                cause: cause.clone(),
+            }),
             None => Ok(()),
         }
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, AuditError> {
         let (tx, rx) = oneshot::channel();
-        self.sender()?.send(make(Reply::Async(tx))).map_err(|_| AuditError::Closed)?;
+        self.sender()?
+            .send(make(Reply::Async(tx)))
+            .map_err(|_| AuditError::Closed)?;
         rx.await.map_err(|_| AuditError::Closed)?
     }
 
     fn call_blocking<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, AuditError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.sender()?.send(make(Reply::Blocking(tx))).map_err(|_| AuditError::Closed)?;
+        self.sender()?
+            .send(make(Reply::Blocking(tx)))
+            .map_err(|_| AuditError::Closed)?;
         rx.recv().map_err(|_| AuditError::Closed)?
     }
 
@@ -491,37 +607,68 @@ impl AuditLog {
         let retention = i64::try_from(self.retention.as_micros()).unwrap_or(i64::MAX);
         let cutoff = now_micros.saturating_sub(retention);
         let segs = list_segments(&self.dir)?;
-        let mut report = PruneReport { first_kept_seq: segs.first().map_or(0, |s| s.first_seq), ..Default::default() };
+        let mut report = PruneReport {
+            first_kept_seq: segs.first().map_or(0, |s| s.first_seq),
+            ..Default::default()
+        };
         // The newest segment is (or is about to become) the active one.
-        let Some((_, sealed)) = segs.split_last() else { return Ok(report) };
+        let Some((_, sealed)) = segs.split_last() else {
+            return Ok(report);
+        };
         for (i, seg) in sealed.iter().enumerate() {
             let (header, mut reader) = read_header_strict(seg)?;
-            let mut chain = Chain { next: header.first_seq, prev: header.prev };
+            let mut chain = Chain {
+                next: header.first_seq,
+                prev: header.prev,
+            };
             let mut newest: Option<i64> = None;
             let mut buf = Vec::new();
             loop {
                 match reader.next_line(&mut buf)? {
                     Line::Complete => {
                         let (hash, rec) = check_record(&buf, &chain, &seg.path)?;
-                        chain = Chain { next: chain.next + 1, prev: hash };
-                        newest = Some(newest.map_or(rec.record.time, |t: i64| t.max(rec.record.time)));
+                        chain = Chain {
+                            next: chain.next + 1,
+                            prev: hash,
+                        };
+                        newest =
+                            Some(newest.map_or(rec.record.time, |t: i64| t.max(rec.record.time)));
                     }
                     Line::Eof => break,
-                    Line::Partial => return Err(Damage::Incomplete { seq: chain.next, path: seg.path.clone() }.into()),
+                    Line::Partial => {
+                        return Err(Damage::Incomplete {
+                            seq: chain.next,
+                            path: seg.path.clone(),
+                        }
+                        .into())
+                    }
                     Line::TooLong => {
-                        return Err(Damage::Unparsable { seq: chain.next, path: seg.path.clone(), reason: "line too long".into() }.into())
+                        return Err(Damage::Unparsable {
+                            seq: chain.next,
+                            path: seg.path.clone(),
+                            reason: "line too long".into(),
+                        }
+                        .into())
                     }
                 }
             }
             let next_first = segs[i + 1].first_seq;
             if chain.next != next_first {
-                return Err(Damage::MissingRecords { seq: chain.next, path: segs[i + 1].path.clone(), starts_at: next_first }.into());
+                return Err(Damage::MissingRecords {
+                    seq: chain.next,
+                    path: segs[i + 1].path.clone(),
+                    starts_at: next_first,
+                }
+                .into());
             }
             if newest.is_some_and(|t| t >= cutoff) {
                 break;
             }
-            let bytes = fs::metadata(&seg.path).map_err(|e| AuditError::io("stat", &seg.path, e))?.len();
-            fs::remove_file(&seg.path).map_err(|e| AuditError::io("remove segment", &seg.path, e))?;
+            let bytes = fs::metadata(&seg.path)
+                .map_err(|e| AuditError::io("stat", &seg.path, e))?
+                .len();
+            fs::remove_file(&seg.path)
+                .map_err(|e| AuditError::io("remove segment", &seg.path, e))?;
             report.segments_removed += 1;
             report.records_removed += chain.next - header.first_seq;
             report.bytes_removed += bytes;
@@ -605,7 +752,8 @@ impl Writer {
         let mut pending: Vec<(u64, Reply<u64>)> = Vec::new();
         loop {
             let wait = if self.chain.next > self.last_cp_size {
-                self.checkpoint_interval.saturating_sub(self.last_cp_at.elapsed())
+                self.checkpoint_interval
+                    .saturating_sub(self.last_cp_at.elapsed())
             } else {
                 self.checkpoint_interval
             };
@@ -617,10 +765,14 @@ impl Writer {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
+            let mut bytes = first.len();
             let mut cmds = vec![first];
-            while cmds.len() < MAX_GROUP {
+            while cmds.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match rx.try_recv() {
-                    Ok(c) => cmds.push(c),
+                    Ok(c) => {
+                        bytes += c.len();
+                        cmds.push(c);
+                    }
                     Err(_) => break,
                 }
             }
@@ -653,7 +805,8 @@ impl Writer {
                 return;
             }
             if self.chain.next - self.last_cp_size >= self.checkpoint_every
-                || (self.chain.next > self.last_cp_size && self.last_cp_at.elapsed() >= self.checkpoint_interval)
+                || (self.chain.next > self.last_cp_size
+                    && self.last_cp_at.elapsed() >= self.checkpoint_interval)
             {
                 self.timed_checkpoint();
             }
@@ -661,7 +814,13 @@ impl Writer {
     }
 
     fn poisoned_error(&self) -> Option<AuditError> {
-        self.shared.poisoned.get().map(|cause| AuditError::Poisoned { path: self.dir.clone(), cause: cause.clone() })
+        self.shared
+            .poisoned
+            .get()
+            .map(|cause| AuditError::Poisoned {
+                path: self.dir.clone(),
+                cause: cause.clone(),
+            })
     }
 
     fn poison(&self, err: &AuditError) -> AuditError {
@@ -676,7 +835,10 @@ impl Writer {
             reply.send(Err(e));
             return;
         }
-        if pending.is_empty() && self.active_len >= self.segment_bytes && self.chain.next > self.active_first {
+        if pending.is_empty()
+            && self.active_len >= self.segment_bytes
+            && self.chain.next > self.active_first
+        {
             if let Err(e) = self.rotate() {
                 reply.send(Err(self.poison(&e)));
                 return;
@@ -684,7 +846,10 @@ impl Writer {
         }
         let seq = self.chain.next;
         let hash = encode_record_line(seq, &self.chain.prev, body, &mut self.buf);
-        self.chain = Chain { next: seq + 1, prev: hash };
+        self.chain = Chain {
+            next: seq + 1,
+            prev: hash,
+        };
         self.frontier.push(hash);
         pending.push((seq, reply));
     }
@@ -700,13 +865,19 @@ impl Writer {
             .map_err(|e| AuditError::io("write", &self.active_path, e))
             .and_then(|()| {
                 self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-                self.file.sync_data().map_err(|e| AuditError::io("fsync", &self.active_path, e))
+                self.file
+                    .sync_data()
+                    .map_err(|e| AuditError::io("fsync", &self.active_path, e))
             });
         match result {
             Ok(()) => {
                 self.active_len += self.buf.len() as u64;
-                self.shared.next_seq.store(self.chain.next, Ordering::SeqCst);
-                self.shared.records.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                self.shared
+                    .next_seq
+                    .store(self.chain.next, Ordering::SeqCst);
+                self.shared
+                    .records
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
                 for (seq, reply) in pending.drain(..) {
                     reply.send(Ok(seq));
@@ -724,7 +895,11 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> Result<(), AuditError> {
-        let header = SegmentHeader { first_seq: self.chain.next, prev: self.chain.prev, frontier: self.frontier.clone() };
+        let header = SegmentHeader {
+            first_seq: self.chain.next,
+            prev: self.chain.prev,
+            frontier: self.frontier.clone(),
+        };
         let (file, path, len) = create_segment(&self.dir, &header)?;
         self.shared.fsyncs.fetch_add(2, Ordering::Relaxed);
         self.file = file;
@@ -741,7 +916,13 @@ impl Writer {
         if self.chain.next == self.last_cp_size {
             return Ok(None);
         }
-        let cp = Checkpoint::sign(self.chain.next, self.frontier.root(), self.chain.prev, now_micros(), &self.key);
+        let cp = Checkpoint::sign(
+            self.chain.next,
+            self.frontier.root(),
+            self.chain.prev,
+            now_micros(),
+            &self.key,
+        );
         let line = cp.to_line();
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         let r = self

@@ -129,7 +129,10 @@ pub fn consistency_ranges(old_size: u64, new_size: u64) -> Vec<Range<u64>> {
 fn hash_ranges(leaves: &[Hash], ranges: Vec<Range<u64>>) -> Vec<Hash> {
     // Ranges come from inclusion_ranges/consistency_ranges over a size that
     // is leaves.len(), so they index within the slice.
-    ranges.into_iter().map(|r| root(&leaves[r.start as usize..r.end as usize])).collect()
+    ranges
+        .into_iter()
+        .map(|r| root(&leaves[r.start as usize..r.end as usize]))
+        .collect()
 }
 
 /// The inclusion proof (audit path) of leaf `index` in the tree over all of
@@ -310,7 +313,10 @@ impl Frontier {
         }
         let ranges = self.node_ranges();
         let i = ranges.iter().position(|r| r.start == at)?;
-        Some(Frontier { size: self.size - at, nodes: self.nodes[i..].to_vec() })
+        Some(Frontier {
+            size: self.size - at,
+            nodes: self.nodes[i..].to_vec(),
+        })
     }
 
     /// The hash of `[a, b)` when both are node boundaries and `a < b`.
@@ -318,7 +324,13 @@ impl Frontier {
         let ranges = self.node_ranges();
         let i = ranges.iter().position(|r| r.start == a)?;
         let j = ranges.iter().position(|r| r.end == b)?;
-        (i <= j).then(|| Frontier { size: b - a, nodes: self.nodes[i..=j].to_vec() }.root())
+        (i <= j).then(|| {
+            Frontier {
+                size: b - a,
+                nodes: self.nodes[i..=j].to_vec(),
+            }
+            .root()
+        })
     }
 
     /// Whether `range` can be hashed from this frontier plus the leaves that
@@ -369,16 +381,32 @@ impl RangeHasher {
                 return None;
             }
             let t = if r.end <= p {
-                Target { range: r.clone(), acc: Frontier::new(), done: Some(base.span_hash(r.start, r.end)?) }
+                Target {
+                    range: r.clone(),
+                    acc: Frontier::new(),
+                    done: Some(base.span_hash(r.start, r.end)?),
+                }
             } else if r.start < p {
-                Target { range: r.clone(), acc: base.suffix_from(r.start)?, done: None }
+                Target {
+                    range: r.clone(),
+                    acc: base.suffix_from(r.start)?,
+                    done: None,
+                }
             } else {
-                Target { range: r.clone(), acc: Frontier::new(), done: None }
+                Target {
+                    range: r.clone(),
+                    acc: Frontier::new(),
+                    done: None,
+                }
             };
             end = end.max(r.end);
             targets.push(t);
         }
-        Some(RangeHasher { next: p, end, targets })
+        Some(RangeHasher {
+            next: p,
+            end,
+            targets,
+        })
     }
 
     /// Index of the next leaf [`push`](Self::push) expects.
@@ -425,10 +453,19 @@ mod tests {
     /// The Certificate Transparency reference inputs (RFC 6962 test data used
     /// by certificate-transparency-go and the C++ log).
     fn ct_leaves() -> Vec<Hash> {
-        ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"]
-            .iter()
-            .map(|s| leaf_hash(&hex::decode(s).unwrap()))
-            .collect()
+        [
+            "",
+            "00",
+            "10",
+            "2021",
+            "3031",
+            "40414243",
+            "5051525354555657",
+            "606162636465666768696a6b6c6d6e6f",
+        ]
+        .iter()
+        .map(|s| leaf_hash(&hex::decode(s).unwrap()))
+        .collect()
     }
 
     const CT_ROOTS: [&str; 9] = [
@@ -480,7 +517,13 @@ mod tests {
         for (index, want) in cases {
             let want: Vec<Hash> = want.iter().map(|s| h(s)).collect();
             assert_eq!(inclusion_path(&leaves, index).unwrap(), want);
-            assert!(verify_inclusion_path(index, 8, &leaves[index as usize], &want, &h(CT_ROOTS[8])));
+            assert!(verify_inclusion_path(
+                index,
+                8,
+                &leaves[index as usize],
+                &want,
+                &h(CT_ROOTS[8])
+            ));
         }
     }
 
@@ -507,7 +550,13 @@ mod tests {
         for (old, want) in cases {
             let want: Vec<Hash> = want.iter().map(|s| h(s)).collect();
             assert_eq!(consistency_path(&leaves, old).unwrap(), want);
-            assert!(verify_consistency_path(old, 8, &h(CT_ROOTS[old as usize]), &h(CT_ROOTS[8]), &want));
+            assert!(verify_consistency_path(
+                old,
+                8,
+                &h(CT_ROOTS[old as usize]),
+                &h(CT_ROOTS[8]),
+                &want
+            ));
         }
     }
 
@@ -519,12 +568,30 @@ mod tests {
         assert!(verify_consistency_path(4, 4, &r4, &r4, &[]));
         assert!(!verify_consistency_path(4, 4, &r4, &r5, &[]));
         assert!(!verify_consistency_path(4, 4, &r4, &r4, &[[0; 32]]));
-        assert!(verify_consistency_path(0, 8, &empty_root(), &h(CT_ROOTS[8]), &[]));
+        assert!(verify_consistency_path(
+            0,
+            8,
+            &empty_root(),
+            &h(CT_ROOTS[8]),
+            &[]
+        ));
         assert!(!verify_consistency_path(0, 8, &r4, &h(CT_ROOTS[8]), &[]));
         assert!(!verify_consistency_path(5, 4, &r5, &r4, &[]));
-        assert!(!verify_inclusion_path(8, 8, &leaves[0], &[], &h(CT_ROOTS[8])));
+        assert!(!verify_inclusion_path(
+            8,
+            8,
+            &leaves[0],
+            &[],
+            &h(CT_ROOTS[8])
+        ));
         assert!(verify_inclusion_path(0, 1, &leaves[0], &[], &leaves[0]));
-        assert!(!verify_inclusion_path(0, 1, &leaves[0], &[[0; 32]], &leaves[0]));
+        assert!(!verify_inclusion_path(
+            0,
+            1,
+            &leaves[0],
+            &[[0; 32]],
+            &leaves[0]
+        ));
         assert_eq!(inclusion_path(&leaves, 8), None);
         assert_eq!(consistency_path(&leaves, 9), None);
     }
@@ -565,21 +632,27 @@ mod tests {
             let r = root(l);
             for i in 0..n {
                 let p = inclusion_path(l, i).unwrap();
-                assert!(verify_inclusion_path(i, n, &l[i as usize], &p, &r), "incl {i}/{n}");
+                assert!(
+                    verify_inclusion_path(i, n, &l[i as usize], &p, &r),
+                    "incl {i}/{n}"
+                );
                 assert!(p.len() <= 64 - (n.leading_zeros() as usize) + 1);
             }
             for m in 0..=n {
                 let p = consistency_path(l, m).unwrap();
-                assert!(verify_consistency_path(m, n, &root(&l[..m as usize]), &r, &p), "cons {m}->{n}");
+                assert!(
+                    verify_consistency_path(m, n, &root(&l[..m as usize]), &r, &p),
+                    "cons {m}->{n}"
+                );
             }
         }
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(32))]
 
         #[test]
-        fn every_inclusion_proof_verifies_and_tampering_fails(n in 1u64..300, bit in any::<u8>(), which in any::<usize>()) {
+        fn every_inclusion_proof_verifies_and_tampering_fails(n in 1u64..200, bit in any::<u8>(), which in any::<usize>()) {
             let l = leaves(n);
             let r = root(&l);
             for i in 0..n {
@@ -602,7 +675,7 @@ mod tests {
         }
 
         #[test]
-        fn every_consistency_proof_verifies_and_tampering_fails(n in 1u64..200, bit in any::<u8>(), which in any::<usize>()) {
+        fn every_consistency_proof_verifies_and_tampering_fails(n in 1u64..150, bit in any::<u8>(), which in any::<usize>()) {
             let l = leaves(n);
             let r = root(&l);
             for m in 0..=n {
@@ -625,7 +698,7 @@ mod tests {
         }
 
         #[test]
-        fn range_hasher_matches_in_memory_proofs(n in 1u64..300, i_seed in any::<u64>(), p_seed in any::<u64>(), m_seed in any::<u64>()) {
+        fn range_hasher_matches_in_memory_proofs(n in 1u64..600, i_seed in any::<u64>(), p_seed in any::<u64>(), m_seed in any::<u64>()) {
             let l = leaves(n);
             let i = i_seed % n;
             // Any base at or before the leaf works for inclusion.

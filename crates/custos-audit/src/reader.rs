@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::Damage;
-use crate::segments::{check_record, list_segments, read_header, read_last_checkpoint, Chain, HeaderRead, Line, LineReader, SegmentFile};
+use crate::segments::{
+    check_record, list_segments, read_header, read_last_checkpoint, Chain, HeaderRead, Line,
+    LineReader, SegmentFile,
+};
 use crate::{AuditError, Checkpoint, StoredRecord};
 
 /// Which records [`AuditReader::list`] returns.
@@ -24,7 +27,9 @@ pub struct RecordFilter {
 impl RecordFilter {
     /// Whether `rec` passes the workspace and time conditions.
     pub fn matches(&self, rec: &StoredRecord) -> bool {
-        self.workspace.as_ref().is_none_or(|w| rec.record.workspace.as_ref() == Some(w))
+        self.workspace
+            .as_ref()
+            .is_none_or(|w| rec.record.workspace.as_ref() == Some(w))
             && self.since.is_none_or(|s| rec.record.time >= s)
             && self.until.is_none_or(|u| rec.record.time < u)
     }
@@ -57,13 +62,19 @@ impl AuditReader {
     /// Iterates records with `seq >= from_seq`.
     pub fn records(&self, from_seq: u64) -> Result<Records, AuditError> {
         let segs = list_segments(&self.dir)?;
-        let start = segs.iter().rposition(|s| s.first_seq <= from_seq).unwrap_or(0);
+        let start = segs
+            .iter()
+            .rposition(|s| s.first_seq <= from_seq)
+            .unwrap_or(0);
         Ok(Records {
             segs,
             idx: start,
             start,
             cur: None,
-            chain: Chain { next: 0, prev: [0; 32] },
+            chain: Chain {
+                next: 0,
+                prev: [0; 32],
+            },
             from: from_seq,
             buf: Vec::new(),
             done: false,
@@ -109,7 +120,9 @@ pub struct Records {
 
 impl std::fmt::Debug for LineReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LineReader").field("path", &self.path()).finish_non_exhaustive()
+        f.debug_struct("LineReader")
+            .field("path", &self.path())
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,37 +131,62 @@ impl Records {
         loop {
             let is_last = self.idx + 1 == self.segs.len();
             if self.cur.is_none() {
-                let Some(seg) = self.segs.get(self.idx) else { return Ok(None) };
+                let Some(seg) = self.segs.get(self.idx) else {
+                    return Ok(None);
+                };
                 let (h, r) = match read_header(seg)? {
                     HeaderRead::Ok(h, r) => (h, r),
                     // A segment being created by the writer right now.
-                    HeaderRead::Torn if is_last && self.idx > self.start => return Ok(None),
+                    HeaderRead::Torn if is_last => return Ok(None),
                     HeaderRead::Torn => {
-                        return Err(Damage::SegmentHeader { path: seg.path.clone(), reason: "header line is incomplete".into() }.into())
+                        return Err(Damage::SegmentHeader {
+                            path: seg.path.clone(),
+                            reason: "header line is incomplete".into(),
+                        }
+                        .into())
                     }
                 };
                 if self.idx > self.start {
                     if h.first_seq != self.chain.next {
-                        return Err(Damage::MissingRecords { seq: self.chain.next, path: seg.path.clone(), starts_at: h.first_seq }.into());
+                        return Err(Damage::MissingRecords {
+                            seq: self.chain.next,
+                            path: seg.path.clone(),
+                            starts_at: h.first_seq,
+                        }
+                        .into());
                     }
                     if h.prev != self.chain.prev {
                         return Err(Damage::SegmentHeader {
                             path: seg.path.clone(),
-                            reason: format!("prev does not match the hash of record {}", h.first_seq.saturating_sub(1)),
+                            reason: format!(
+                                "prev does not match the hash of record {}",
+                                h.first_seq.saturating_sub(1)
+                            ),
                         }
                         .into());
                     }
                 }
-                self.chain = Chain { next: h.first_seq, prev: h.prev };
+                self.chain = Chain {
+                    next: h.first_seq,
+                    prev: h.prev,
+                };
                 self.cur = Some(r);
             }
             let Some(r) = self.cur.as_mut() else { continue };
             match r.next_line(&mut self.buf)? {
                 Line::Complete => {
                     let (hash, rec) = check_record(&self.buf, &self.chain, r.path())?;
-                    self.chain = Chain { next: self.chain.next + 1, prev: hash };
+                    self.chain = Chain {
+                        next: self.chain.next + 1,
+                        prev: hash,
+                    };
                     if rec.seq >= self.from {
-                        return Ok(Some(StoredRecord { seq: rec.seq, prev: rec.prev, hash, record: rec.record }));
+                        return Ok(Some(StoredRecord {
+                            seq: rec.seq,
+                            prev: rec.prev,
+                            hash,
+                            record: rec.record,
+                        }));
                     }
                 }
                 Line::Eof => {
@@ -156,9 +194,20 @@ impl Records {
                     self.idx += 1;
                 }
                 Line::Partial if is_last => return Ok(None),
-                Line::Partial => return Err(Damage::Incomplete { seq: self.chain.next, path: r.path().to_path_buf() }.into()),
+                Line::Partial => {
+                    return Err(Damage::Incomplete {
+                        seq: self.chain.next,
+                        path: r.path().to_path_buf(),
+                    }
+                    .into())
+                }
                 Line::TooLong => {
-                    return Err(Damage::Unparsable { seq: self.chain.next, path: r.path().to_path_buf(), reason: "line too long".into() }.into())
+                    return Err(Damage::Unparsable {
+                        seq: self.chain.next,
+                        path: r.path().to_path_buf(),
+                        reason: "line too long".into(),
+                    }
+                    .into())
                 }
             }
         }

@@ -9,7 +9,7 @@ use crate::merkle::Hash;
 /// One audited action, as supplied by the caller. The log assigns the
 /// sequence number, the `prev` link and the hash.
 ///
-/// Field order is the on-disk order (see [`format`](crate::format)); keep
+/// Field order is the on-disk order (see [`format`](mod@crate::format)); keep
 /// secrets and personal data out of it — put identifiers, counts, or values
 /// pseudonymised with [`Hmacer`](crate::Hmacer) into `details`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]

@@ -34,7 +34,11 @@ fn rec(i: u64, time: i64) -> AuditRecord {
 }
 
 fn opts(dir: &Path) -> AuditOptions {
-    AuditOptions { segment_bytes: 4096, checkpoint_interval: Duration::from_secs(3600), ..AuditOptions::new(dir) }
+    AuditOptions {
+        segment_bytes: 4096,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..AuditOptions::new(dir)
+    }
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -55,13 +59,11 @@ fn record_lines(dir: &Path) -> Vec<(PathBuf, usize, usize, u64)> {
         let first: u64 = name[4..24].parse().unwrap();
         let bytes = fs::read(&p).unwrap();
         let mut off = 0;
-        let mut idx = 0u64;
-        for line in bytes.split_inclusive(|&b| b == b'\n') {
+        for (idx, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
             if idx > 0 {
-                out.push((p.clone(), off, line.len(), first + idx - 1));
+                out.push((p.clone(), off, line.len(), first + idx as u64 - 1));
             }
             off += line.len();
-            idx += 1;
         }
     }
     out
@@ -125,12 +127,28 @@ async fn concurrent_appends_are_durable_chained_and_group_committed() {
     }
     let ws = "00000000-0000-4000-8000-000000000001".to_string();
     let listed = reader
-        .list(&RecordFilter { workspace: Some(ws.clone()), since: Some(10), until: Some(20), from_seq: 0, limit: Some(7) })
+        .list(&RecordFilter {
+            workspace: Some(ws.clone()),
+            since: Some(10),
+            until: Some(20),
+            from_seq: 0,
+            limit: Some(7),
+        })
         .unwrap();
     assert_eq!(listed.len(), 7);
-    assert!(listed.iter().all(|r| r.record.workspace.as_ref() == Some(&ws) && (10..20).contains(&r.record.time)));
-    let page = reader.list(&RecordFilter { from_seq: 1590, ..Default::default() }).unwrap();
-    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), (1590..1600).collect::<Vec<_>>());
+    assert!(listed
+        .iter()
+        .all(|r| r.record.workspace.as_ref() == Some(&ws) && (10..20).contains(&r.record.time)));
+    let page = reader
+        .list(&RecordFilter {
+            from_seq: 1590,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1590..1600).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -145,7 +163,11 @@ fn reopen_continues_the_chain_and_the_segments() {
     assert_eq!((info.truncated_bytes, info.torn_seq), (0, None));
     assert_eq!(log.append_blocking(rec(40, 2000)).unwrap(), 40);
     assert_eq!(log.checkpoint_blocking().unwrap().unwrap().size, 41);
-    assert_eq!(log.checkpoint_blocking().unwrap(), None, "nothing new to sign");
+    assert_eq!(
+        log.checkpoint_blocking().unwrap(),
+        None,
+        "nothing new to sign"
+    );
     log.close_blocking().unwrap();
     let r = verify(dir, &key().verifying_key()).unwrap();
     assert_eq!((r.records_checked, r.checkpoints_checked), (41, 2));
@@ -155,7 +177,10 @@ fn reopen_continues_the_chain_and_the_segments() {
 fn a_second_writer_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (_log, _) = AuditLog::open(opts(tmp.path()), key()).unwrap();
-    assert!(matches!(AuditLog::open(opts(tmp.path()), key()), Err(AuditError::Locked { .. })));
+    assert!(matches!(
+        AuditLog::open(opts(tmp.path()), key()),
+        Err(AuditError::Locked { .. })
+    ));
 }
 
 #[test]
@@ -164,16 +189,31 @@ fn a_different_signing_key_is_refused() {
     write_log(tmp.path(), 3, 1000);
     let other = SigningKey::from_bytes(&[7; 32]);
     let err = AuditLog::open(opts(tmp.path()), other).unwrap_err();
-    assert!(matches!(err, AuditError::ForeignCheckpoint { size: 3, .. }), "{err}");
-    let err = verify(tmp.path(), &SigningKey::from_bytes(&[7; 32]).verifying_key()).unwrap_err();
-    assert!(matches!(err.damage(), Some(Damage::CheckpointSignature { line: 1, .. })), "{err}");
+    assert!(
+        matches!(err, AuditError::ForeignCheckpoint { size: 3, .. }),
+        "{err}"
+    );
+    let err = verify(
+        tmp.path(),
+        &SigningKey::from_bytes(&[7; 32]).verifying_key(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err.damage(),
+            Some(Damage::CheckpointSignature { line: 1, .. })
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn every_one_byte_change_names_the_damaged_record() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    write_log(dir, 30, 7);
+    // Only the final checkpoint (Ed25519 is slow in debug builds); it covers
+    // the last line, so that line's newline must be there.
+    write_log(dir, 30, 1000);
     let lines = record_lines(dir);
     assert_eq!(lines.len(), 30);
     assert!(segments(dir).len() >= 3);
@@ -184,27 +224,39 @@ fn every_one_byte_change_names_the_damaged_record() {
     for (path, off, len, seq) in &lines {
         // Every byte of the first record, a middle one, the last record of
         // each segment and the very last; a stride of positions elsewhere.
-        let last_in_segment = lines.iter().filter(|l| &l.0 == path).map(|l| l.3).max() == Some(*seq);
+        let last_in_segment =
+            lines.iter().filter(|l| &l.0 == path).map(|l| l.3).max() == Some(*seq);
         let every = *seq == 0 || *seq == 13 || *seq == 29 || last_in_segment;
-        let positions: Vec<usize> = if every { (0..*len).collect() } else { (0..*len).step_by(17).chain([len - 1, len - 66]).collect() };
-        let original = fs::read(path).unwrap();
-        for pos in positions {
-            for mask in [0x01u8, 0x20, 0x80] {
-                let mut bytes = original.clone();
-                bytes[off + pos] ^= mask;
-                fs::write(path, &bytes).unwrap();
-                let err = verify(dir, &vk).expect_err(&format!("flip {mask:#x} at byte {pos} of seq {seq} went unnoticed"));
-                assert_eq!(
-                    err.damage().and_then(Damage::seq),
-                    Some(*seq),
-                    "flip {mask:#x} at byte {pos} of seq {seq}: {err}"
-                );
-                checked += 1;
+        // (position, mask): every byte with one mask on the chosen lines,
+        // other masks at a stride, plus the tab and the newline everywhere.
+        let mut flips: Vec<(usize, u8)> = Vec::new();
+        for pos in 0..*len {
+            if every {
+                flips.push((pos, 0x01));
             }
+            let stride = if every { 5 } else { 23 };
+            if pos % stride == 0 || pos == len - 1 || pos == len - 66 {
+                flips.extend([(pos, 0x20), (pos, 0x80)]);
+            }
+        }
+        let original = fs::read(path).unwrap();
+        for (pos, mask) in flips {
+            let mut bytes = original.clone();
+            bytes[off + pos] ^= mask;
+            fs::write(path, &bytes).unwrap();
+            let err = verify(dir, &vk).expect_err(&format!(
+                "flip {mask:#x} at byte {pos} of seq {seq} went unnoticed"
+            ));
+            assert_eq!(
+                err.damage().and_then(Damage::seq),
+                Some(*seq),
+                "flip {mask:#x} at byte {pos} of seq {seq}: {err}"
+            );
+            checked += 1;
         }
         fs::write(path, &original).unwrap();
     }
-    assert!(checked > 3000, "{checked}");
+    assert!(checked > 2000, "{checked}");
     verify(dir, &vk).unwrap();
 }
 
@@ -212,7 +264,10 @@ fn every_one_byte_change_names_the_damaged_record() {
 fn a_rewritten_record_with_a_recomputed_chain_breaks_the_checkpoint_root() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let o = AuditOptions { segment_bytes: 1 << 20, ..opts(dir) };
+    let o = AuditOptions {
+        segment_bytes: 1 << 20,
+        ..opts(dir)
+    };
     let (log, _) = AuditLog::open(o, key()).unwrap();
     for i in 0..20 {
         log.append_blocking(rec(i, 0)).unwrap();
@@ -239,7 +294,17 @@ fn a_rewritten_record_with_a_recomputed_chain_breaks_the_checkpoint_root() {
     }
     fs::write(seg, lines.join("\n") + "\n").unwrap();
     let err = verify(dir, &key().verifying_key()).unwrap_err();
-    assert!(matches!(err.damage(), Some(Damage::CheckpointRoot { from: 10, size: 20, .. })), "{err}");
+    assert!(
+        matches!(
+            err.damage(),
+            Some(Damage::CheckpointRoot {
+                from: 10,
+                size: 20,
+                ..
+            })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("range [10, 20)"), "{err}");
 }
 
@@ -255,10 +320,16 @@ fn truncation_below_a_checkpoint_is_reported() {
     let original = fs::read(&last_seg).unwrap();
     fs::write(&last_seg, &original[..off + len]).unwrap();
     let err = verify(dir, &key().verifying_key()).unwrap_err();
-    assert!(matches!(err.damage(), Some(Damage::Truncated { claimed: 30, .. })), "{err}");
+    assert!(
+        matches!(err.damage(), Some(Damage::Truncated { claimed: 30, .. })),
+        "{err}"
+    );
     assert_eq!(err.damage().and_then(Damage::seq), Some(seq + 1));
     let err = AuditLog::open(opts(dir), key()).unwrap_err();
-    assert!(matches!(err.damage(), Some(Damage::Truncated { claimed: 30, .. })), "{err}");
+    assert!(
+        matches!(err.damage(), Some(Damage::Truncated { claimed: 30, .. })),
+        "{err}"
+    );
 
     // Deleting the newest segment file entirely.
     fs::remove_file(&last_seg).unwrap();
@@ -272,7 +343,10 @@ fn truncation_below_a_checkpoint_is_reported() {
     let first_of_mid = lines.iter().find(|l| l.0 == mid).unwrap().3;
     fs::remove_file(&mid).unwrap();
     let err = verify(dir, &key().verifying_key()).unwrap_err();
-    assert!(matches!(err.damage(), Some(Damage::MissingRecords { .. })), "{err}");
+    assert!(
+        matches!(err.damage(), Some(Damage::MissingRecords { .. })),
+        "{err}"
+    );
     assert_eq!(err.damage().and_then(Damage::seq), Some(first_of_mid));
 }
 
@@ -284,12 +358,25 @@ fn a_torn_last_record_is_truncated_and_reported() {
     let last = segments(dir).pop().unwrap();
     let before = fs::metadata(&last).unwrap().len();
     let torn = b"{\"v\":1,\"seq\":10,\"prev\":\"00";
-    fs::OpenOptions::new().append(true).open(&last).unwrap().write_all(torn).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap()
+        .write_all(torn)
+        .unwrap();
     // A reader and verify skip the in-progress line.
-    assert_eq!(AuditReader::open(dir).unwrap().records(0).unwrap().count(), 10);
+    assert_eq!(
+        AuditReader::open(dir).unwrap().records(0).unwrap().count(),
+        10
+    );
     assert!(verify(dir, &key().verifying_key()).unwrap().incomplete_tail);
     // A torn checkpoint line, too.
-    fs::OpenOptions::new().append(true).open(dir.join("checkpoints.log")).unwrap().write_all(b"{\"v\":1,\"si").unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("checkpoints.log"))
+        .unwrap()
+        .write_all(b"{\"v\":1,\"si")
+        .unwrap();
 
     let (log, info) = AuditLog::open(opts(dir), key()).unwrap();
     assert_eq!(info.truncated_bytes, torn.len() as u64);
@@ -309,7 +396,8 @@ fn damage_in_the_newest_segment_is_an_error_not_dropped() {
     let dir = tmp.path();
     write_log(dir, 10, 1000);
     let lines = record_lines(dir);
-    let (path, off, _, seq) = lines[lines.len() - 2].clone();
+    let last_seg = segments(dir).pop().unwrap();
+    let (path, off, _, seq) = lines.iter().find(|l| l.0 == last_seg).cloned().unwrap();
     let mut bytes = fs::read(&path).unwrap();
     bytes[off + 30] ^= 0x01;
     fs::write(&path, bytes).unwrap();
@@ -328,7 +416,10 @@ fn a_segment_torn_while_rotating_is_removed() {
     assert_eq!(info.removed_segment.as_deref(), Some(torn.as_path()));
     assert_eq!(log.append_blocking(rec(30, 0)).unwrap(), 30);
     log.close_blocking().unwrap();
-    assert_eq!(verify(dir, &key().verifying_key()).unwrap().records_checked, 31);
+    assert_eq!(
+        verify(dir, &key().verifying_key()).unwrap().records_checked,
+        31
+    );
 }
 
 #[test]
@@ -366,35 +457,62 @@ fn proofs_from_the_directory_verify_against_signed_checkpoints() {
     }
     log.close_blocking().unwrap();
     let vk = key().verifying_key();
-    let hashes: Vec<Hash> = AuditReader::open(dir).unwrap().records(0).unwrap().map(|r| r.unwrap().hash).collect();
+    let hashes: Vec<Hash> = AuditReader::open(dir)
+        .unwrap()
+        .records(0)
+        .unwrap()
+        .map(|r| r.unwrap().hash)
+        .collect();
     for cp in &cps {
         assert!(cp.verify(&vk));
         assert_eq!(tree_root(dir, cp.size).unwrap(), cp.root);
         for seq in (0..cp.size).step_by(7).chain([cp.size - 1]) {
             let p = inclusion_proof(dir, seq, Some(cp.size)).unwrap();
             assert_eq!(p.leaf_hash, hashes[seq as usize]);
-            assert!(verify_inclusion(&p, &hashes[seq as usize], &cp.root), "seq {seq} size {}", cp.size);
+            assert!(
+                verify_inclusion(&p, &hashes[seq as usize], &cp.root),
+                "seq {seq} size {}",
+                cp.size
+            );
             assert!(!verify_inclusion(&p, &leaf_hash(b"forged"), &cp.root));
             assert!(p.path.len() <= 8);
         }
         for old in &cps {
             if old.size <= cp.size {
                 let p = consistency_proof(dir, old.size, cp.size).unwrap();
-                assert!(verify_consistency(&p, &old.root, &cp.root), "{} -> {}", old.size, cp.size);
+                assert!(
+                    verify_consistency(&p, &old.root, &cp.root),
+                    "{} -> {}",
+                    old.size,
+                    cp.size
+                );
                 if !p.path.is_empty() {
                     assert!(!verify_consistency(&p, &old.root, &leaf_hash(b"x")));
                 }
             }
         }
     }
+    for cp in &cps {
+        assert_eq!(find_checkpoint(dir, cp.size).unwrap().as_ref(), Some(cp));
+    }
+    assert_eq!(find_checkpoint(dir, 3).unwrap(), None);
     // Default tree size: the latest checkpoint.
     let p = inclusion_proof(dir, 5, None).unwrap();
     assert_eq!(p.tree_size, 150);
     let json = serde_json::to_string(&p).unwrap();
     assert_eq!(serde_json::from_str::<InclusionProof>(&json).unwrap(), p);
-    assert!(matches!(inclusion_proof(dir, 150, None), Err(AuditError::OutOfRange(_))));
-    assert!(matches!(inclusion_proof(dir, 1, Some(500)), Err(AuditError::OutOfRange(_))));
-    assert!(matches!(consistency_proof(dir, 10, 500), Err(AuditError::OutOfRange(_))));
+    assert!(matches!(
+        inclusion_proof(dir, 150, None),
+        Err(AuditError::OutOfRange(_))
+    ));
+    assert!(matches!(
+        inclusion_proof(dir, 1, Some(500)),
+        Err(AuditError::OutOfRange(_))
+    ));
+    assert!(matches!(
+        consistency_proof(dir, 10, 500),
+        Err(AuditError::OutOfRange(_))
+    ));
 }
 
 #[test]
@@ -402,7 +520,10 @@ fn pruning_deletes_old_segments_and_keeps_verification_and_proofs_working() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let day = 86_400_000_000i64;
-    let o = AuditOptions { retention: Duration::from_secs(30 * 86_400), ..opts(dir) };
+    let o = AuditOptions {
+        retention: Duration::from_secs(30 * 86_400),
+        ..opts(dir)
+    };
     let (log, _) = AuditLog::open(o.clone(), key()).unwrap();
     for i in 0..120u64 {
         // Days 0..59, two records a day.
@@ -415,9 +536,15 @@ fn pruning_deletes_old_segments_and_keeps_verification_and_proofs_working() {
     assert!(nsegs > 5);
     // Now = day 70: records before day 40 are older than 30 days.
     let report = log.prune(70 * day).unwrap();
-    assert!(report.segments_removed > 0 && report.segments_removed < nsegs, "{report:?}");
+    assert!(
+        report.segments_removed > 0 && report.segments_removed < nsegs,
+        "{report:?}"
+    );
     assert_eq!(segments(dir).len(), nsegs - report.segments_removed);
-    assert!(report.first_kept_seq > 0 && report.first_kept_seq <= 80, "{report:?}");
+    assert!(
+        report.first_kept_seq > 0 && report.first_kept_seq <= 80,
+        "{report:?}"
+    );
     assert_eq!(report.records_removed, report.first_kept_seq);
     let first = report.first_kept_seq;
     // Nothing left that is old enough: a second prune is a no-op.
@@ -436,15 +563,37 @@ fn pruning_deletes_old_segments_and_keeps_verification_and_proofs_working() {
     assert_eq!(r.last_checkpoint.as_ref().unwrap().size, 130);
 
     let cp = latest_checkpoint(dir).unwrap().unwrap();
-    let hashes: Vec<(u64, Hash)> = AuditReader::open(dir).unwrap().records(0).unwrap().map(|r| r.map(|r| (r.seq, r.hash)).unwrap()).collect();
+    let hashes: Vec<(u64, Hash)> = AuditReader::open(dir)
+        .unwrap()
+        .records(0)
+        .unwrap()
+        .map(|r| r.map(|r| (r.seq, r.hash)).unwrap())
+        .collect();
     assert_eq!(hashes[0].0, first);
     for (seq, h) in &hashes {
         let p = inclusion_proof(dir, *seq, None).unwrap();
         assert!(verify_inclusion(&p, h, &cp.root), "seq {seq}");
     }
-    assert!(matches!(inclusion_proof(dir, first - 1, None), Err(AuditError::Pruned { first_kept }) if first_kept == first));
+    // Proofs for pruned records are refused unless the anchor frontier
+    // happens to hold all the nodes they need (then they still verify).
+    let mut refused = 0;
+    for seq in 0..first {
+        match inclusion_proof(dir, seq, None) {
+            Err(AuditError::Pruned { first_kept }) => {
+                assert_eq!(first_kept, first);
+                refused += 1;
+            }
+            Ok(p) => assert!(verify_inclusion(&p, &p.leaf_hash, &cp.root)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused > 0);
     let p = consistency_proof(dir, first, 130).unwrap();
-    assert!(verify_consistency(&p, &tree_root(dir, first).unwrap(), &cp.root));
+    assert!(verify_consistency(
+        &p,
+        &tree_root(dir, first).unwrap(),
+        &cp.root
+    ));
 
     // The log reopens and continues after pruning.
     let (log, info) = AuditLog::open(o, key()).unwrap();
@@ -461,7 +610,9 @@ fn a_failed_write_poisons_the_log_until_reopened() {
     let (log, _) = AuditLog::open(opts(dir), key()).unwrap();
     log.append_blocking(rec(0, 0)).unwrap();
     // Block every possible next segment file name so that rotation fails.
-    let blockers: Vec<PathBuf> = (1..200).map(|s| dir.join(format!("seg-{s:020}.audit"))).collect();
+    let blockers: Vec<PathBuf> = (1..200)
+        .map(|s| dir.join(format!("seg-{s:020}.audit")))
+        .collect();
     for b in &blockers {
         fs::create_dir(b).unwrap();
     }
@@ -479,8 +630,14 @@ fn a_failed_write_poisons_the_log_until_reopened() {
     for b in &blockers {
         fs::remove_dir(b).unwrap();
     }
-    assert!(matches!(log.append_blocking(rec(999, 0)), Err(AuditError::Poisoned { .. })));
-    assert!(matches!(log.checkpoint_blocking(), Err(AuditError::Poisoned { .. })));
+    assert!(matches!(
+        log.append_blocking(rec(999, 0)),
+        Err(AuditError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        log.checkpoint_blocking(),
+        Err(AuditError::Poisoned { .. })
+    ));
     drop(log);
     let (log, info) = AuditLog::open(opts(dir), key()).unwrap();
     assert_eq!(info.next_seq, acked);
@@ -495,24 +652,42 @@ async fn appends_after_shutdown_fail_closed() {
     let (log, _) = AuditLog::open(opts(tmp.path()), key()).unwrap();
     log.append(rec(0, 0)).await.unwrap();
     log.shutdown().await.unwrap();
-    assert!(matches!(log.append(rec(1, 0)).await, Err(AuditError::Closed)));
+    assert!(matches!(
+        log.append(rec(1, 0)).await,
+        Err(AuditError::Closed)
+    ));
     assert!(matches!(log.checkpoint().await, Err(AuditError::Closed)));
     drop(log);
-    assert_eq!(verify(tmp.path(), &key().verifying_key()).unwrap().last_checkpoint.unwrap().size, 1);
+    assert_eq!(
+        verify(tmp.path(), &key().verifying_key())
+            .unwrap()
+            .last_checkpoint
+            .unwrap()
+            .size,
+        1
+    );
 }
 
 #[test]
 fn timed_and_counted_checkpoints_are_written() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let o = AuditOptions { checkpoint_every_records: 10, checkpoint_interval: Duration::from_millis(50), ..opts(dir) };
+    let o = AuditOptions {
+        checkpoint_every_records: 10,
+        checkpoint_interval: Duration::from_millis(50),
+        ..opts(dir)
+    };
     let (log, _) = AuditLog::open(o, key()).unwrap();
     for i in 0..25 {
         log.append_blocking(rec(i, 0)).unwrap();
     }
     assert!(log.stats().checkpoints >= 2);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(latest_checkpoint(dir).unwrap().unwrap().size, 25, "interval checkpoint");
+    assert_eq!(
+        latest_checkpoint(dir).unwrap().unwrap().size,
+        25,
+        "interval checkpoint"
+    );
     drop(log);
 }
 
@@ -523,8 +698,14 @@ const CHILD_ENV: &str = "CUSTOS_AUDIT_CRASH_CHILD_DIR";
 #[test]
 #[ignore = "child process of crash_mid_append_loses_nothing_acknowledged"]
 fn crash_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let (log, _) = AuditLog::open(opts(Path::new(&dir)), key()).unwrap();
         let log = Arc::new(log);
@@ -552,7 +733,13 @@ fn crash_mid_append_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -575,13 +762,159 @@ fn crash_mid_append_loses_nothing_acknowledged() {
     let max_acked = *acked.iter().max().unwrap();
 
     let (log, info) = AuditLog::open(opts(dir), key()).unwrap();
-    assert!(info.next_seq > max_acked, "{info:?} but {max_acked} was acknowledged");
-    let present: std::collections::HashSet<u64> =
-        AuditReader::open(dir).unwrap().records(0).unwrap().map(|r| r.unwrap().seq).collect();
+    assert!(
+        info.next_seq > max_acked,
+        "{info:?} but {max_acked} was acknowledged"
+    );
+    let present: std::collections::HashSet<u64> = AuditReader::open(dir)
+        .unwrap()
+        .records(0)
+        .unwrap()
+        .map(|r| r.unwrap().seq)
+        .collect();
     assert!(acked.iter().all(|s| present.contains(s)));
     let next = info.next_seq;
     assert_eq!(log.append_blocking(rec(0, 0)).unwrap(), next);
     log.close_blocking().unwrap();
     let r = verify(dir, &key().verifying_key()).unwrap();
     assert_eq!(r.records_checked, next + 1);
+}
+
+#[test]
+fn duplicated_and_deleted_records_are_gaps_in_seq() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let o = AuditOptions {
+        segment_bytes: 1 << 20,
+        ..opts(dir)
+    };
+    let (log, _) = AuditLog::open(o, key()).unwrap();
+    for i in 0..10 {
+        log.append_blocking(rec(i, 0)).unwrap();
+    }
+    log.close_blocking().unwrap();
+    let seg = segments(dir).pop().unwrap();
+    let original = fs::read_to_string(&seg).unwrap();
+    let lines: Vec<&str> = original.split_inclusive('\n').collect();
+    // lines[0] is the header; record k is lines[k + 1].
+    let dup: String = lines[..7].concat() + lines[6] + &lines[7..].concat();
+    fs::write(&seg, dup).unwrap();
+    let err = verify(dir, &key().verifying_key()).unwrap_err();
+    assert!(
+        matches!(
+            err.damage(),
+            Some(Damage::SeqGap {
+                seq: 6,
+                found: 5,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("gap in seq at 6"), "{err}");
+
+    let del: String = lines[..6].concat() + &lines[7..].concat();
+    fs::write(&seg, del).unwrap();
+    let err = verify(dir, &key().verifying_key()).unwrap_err();
+    assert!(
+        matches!(
+            err.damage(),
+            Some(Damage::SeqGap {
+                seq: 5,
+                found: 6,
+                ..
+            })
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn readers_and_verify_run_while_the_writer_appends_and_rotates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let o = AuditOptions {
+        checkpoint_every_records: 50,
+        ..opts(&dir)
+    };
+    let (log, _) = AuditLog::open(o, key()).unwrap();
+    let log = Arc::new(log);
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for i in 0..1500 {
+                log.append_blocking(rec(i, i as i64)).unwrap();
+            }
+        })
+    };
+    let vk = key().verifying_key();
+    let mut rounds = 0;
+    while !writer.is_finished() {
+        let r = verify(&dir, &vk).unwrap();
+        let n = AuditReader::open(&dir)
+            .unwrap()
+            .records(0)
+            .unwrap()
+            .inspect(|r| assert!(r.is_ok(), "{r:?}"))
+            .count() as u64;
+        assert!(n >= r.records_checked);
+        if let Some(cp) = latest_checkpoint(&dir).unwrap() {
+            let p = inclusion_proof(&dir, cp.size - 1, None).unwrap();
+            assert!(verify_inclusion(&p, &p.leaf_hash, &cp.root));
+        }
+        rounds += 1;
+    }
+    writer.join().unwrap();
+    assert!(rounds > 1);
+    assert!(segments(&dir).len() > 20);
+    Arc::into_inner(log).unwrap().close_blocking().unwrap();
+    assert_eq!(verify(&dir, &vk).unwrap().records_checked, 1500);
+}
+
+mod garbage {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Random edits of a real log never make verify, the reader, proofs
+        /// or recovery panic; verify and recovery report them or (for edits
+        /// they cannot see, like appending to an unsigned tail) accept them.
+        #[test]
+        fn random_damage_never_panics(
+            edits in proptest::collection::vec((any::<bool>(), any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path();
+            write_log(dir, 25, 10);
+            let segs = segments(dir);
+            for (in_cp, at, byte) in &edits {
+                let path = if *in_cp { dir.join("checkpoints.log") } else { segs[at.index(segs.len())].clone() };
+                let mut b = fs::read(&path).unwrap();
+                if !b.is_empty() {
+                    let i = at.index(b.len());
+                    b[i] = *byte;
+                }
+                fs::write(&path, b).unwrap();
+            }
+            if let Some(c) = cut {
+                let path = segs.last().unwrap();
+                let b = fs::read(path).unwrap();
+                fs::write(path, &b[..c.index(b.len() + 1)]).unwrap();
+            }
+            let _ = verify(dir, &key().verifying_key());
+            if let Ok(r) = AuditReader::open(dir) {
+                let _ = r.list(&RecordFilter::default());
+            }
+            let _ = inclusion_proof(dir, 3, None);
+            let _ = consistency_proof(dir, 5, 20);
+            if let Ok((log, _)) = AuditLog::open(opts(dir), key()) {
+                let _ = log.append_blocking(rec(99, 0));
+                let _ = log.close_blocking();
+                let _ = verify(dir, &key().verifying_key());
+            }
+        }
+    }
 }

@@ -173,14 +173,14 @@ pub enum AuditCmd {
     Proof {
         /// Record sequence number.
         seq: u64,
-        /// Tree size (a checkpoint's size); default: the latest checkpoint.
+        /// Tree size of a signed checkpoint; default: the latest checkpoint.
         #[arg(long)]
         size: Option<u64>,
         #[command(flatten)]
         offline: OfflineArgs,
     },
-    /// Consistency proof between two checkpoint sizes (the older log is a
-    /// prefix of the newer).
+    /// Consistency proof between two signed checkpoints, by size (the older
+    /// log is a prefix of the newer).
     Consistency {
         /// Older tree size.
         old: u64,
@@ -210,6 +210,21 @@ impl OfflineArgs {
         });
         (dir, key)
     }
+}
+
+/// The signed checkpoint of `size` (the latest when None), its signature
+/// checked with the public key: proofs are checked against its root, never
+/// against a root recomputed from the same (possibly altered) files.
+fn signed_checkpoint(dir: &std::path::Path, size: Option<u64>, key: &custos_audit::VerifyingKey) -> Result<custos_audit::Checkpoint> {
+    let cp = match size {
+        None => custos_audit::latest_checkpoint(dir)?.context("the audit log has no checkpoint yet")?,
+        Some(n) => custos_audit::find_checkpoint(dir, n)?
+            .with_context(|| format!("no checkpoint of size {n}: proofs are given against signed checkpoint sizes (see `custos audit verify`)"))?,
+    };
+    if !cp.verify(key) {
+        bail!("the checkpoint of size {} has an invalid signature", cp.size);
+    }
+    Ok(cp)
 }
 
 fn parse_service_role(s: &str) -> Result<ServiceRole, String> {
@@ -383,32 +398,39 @@ pub async fn audit(conn: &ConnArgs, out: Output, cmd: AuditCmd) -> Result<()> {
             print_value(out, &v)
         }
         AuditCmd::Proof { seq, size, offline } => {
-            let (dir, _) = offline.resolve();
+            let (dir, key) = offline.resolve();
+            let key = custos_audit::read_public_key(&key).with_context(|| format!("audit public key {}", key.display()))?;
             let v = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
-                let proof = custos_audit::inclusion_proof(&dir, seq, size)?;
-                let root = custos_audit::tree_root(&dir, proof.tree_size)?;
-                let verified = custos_audit::verify_inclusion(&proof, &proof.leaf_hash, &root);
+                let cp = signed_checkpoint(&dir, size, &key)?;
+                let proof = custos_audit::inclusion_proof(&dir, seq, Some(cp.size))?;
+                if !custos_audit::verify_inclusion(&proof, &proof.leaf_hash, &cp.root) {
+                    bail!("record {seq} is not included in the signed checkpoint of size {}: the log was altered", cp.size);
+                }
                 let mut v = serde_json::to_value(&proof)?;
-                v["root"] = serde_json::json!(hex::encode(root));
+                v["root"] = serde_json::json!(hex::encode(cp.root));
+                v["checkpoint_time"] = serde_json::json!(cp.time);
                 v["hashes"] = serde_json::json!(proof.path.len());
-                v["verified"] = serde_json::json!(verified);
+                v["verified"] = serde_json::json!(true);
                 Ok(v)
             })
             .await??;
             print_value(out, &v)
         }
         AuditCmd::Consistency { old, new, offline } => {
-            let (dir, _) = offline.resolve();
+            let (dir, key) = offline.resolve();
+            let key = custos_audit::read_public_key(&key).with_context(|| format!("audit public key {}", key.display()))?;
             let v = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
+                let old_cp = signed_checkpoint(&dir, Some(old), &key)?;
+                let new_cp = signed_checkpoint(&dir, Some(new), &key)?;
                 let proof = custos_audit::consistency_proof(&dir, old, new)?;
-                let old_root = custos_audit::tree_root(&dir, old)?;
-                let new_root = custos_audit::tree_root(&dir, new)?;
-                let verified = custos_audit::verify_consistency(&proof, &old_root, &new_root);
+                if !custos_audit::verify_consistency(&proof, &old_cp.root, &new_cp.root) {
+                    bail!("the signed checkpoints of sizes {old} and {new} are not consistent: the log was rewritten");
+                }
                 let mut v = serde_json::to_value(&proof)?;
-                v["old_root"] = serde_json::json!(hex::encode(old_root));
-                v["new_root"] = serde_json::json!(hex::encode(new_root));
+                v["old_root"] = serde_json::json!(hex::encode(old_cp.root));
+                v["new_root"] = serde_json::json!(hex::encode(new_cp.root));
                 v["hashes"] = serde_json::json!(proof.path.len());
-                v["verified"] = serde_json::json!(verified);
+                v["verified"] = serde_json::json!(true);
                 Ok(v)
             })
             .await??;

@@ -91,7 +91,9 @@ fn principals_roles_cases_and_the_lockbox_from_the_cli() {
 fn audit_verify_passes_then_names_the_record_a_flipped_byte_hits() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("srv");
-    let mut server = ServerProc::start(&dir);
+    let cfg = tmp.path().join("server.toml");
+    std::fs::write(&cfg, "[audit]\ncheckpoint_every_records = 5\n").unwrap();
+    let mut server = ServerProc::start_with(&dir, &["--config", cfg.to_str().unwrap()]);
     let (ws, _) = server.create_workspace("audited");
     for i in 0..20 {
         server.cli_json(&["query", "--workspace", &ws, &format!("SELECT {i} AS n")]);
@@ -107,18 +109,24 @@ fn audit_verify_passes_then_names_the_record_a_flipped_byte_hits() {
     assert!(text.contains("records") && text.contains("checkpoints"), "{v}");
 
     // An inclusion proof for one record, and consistency between sizes.
-    let proof = ok(custos(&["audit", "proof", "5", "--dir", audit_dir.to_str().unwrap(), "--output", "json"]), "audit proof");
+    let dirs = ["--dir", audit_dir.to_str().unwrap(), "--public-key", key.to_str().unwrap(), "--output", "json"];
+    let proof = ok(custos(&[&["audit", "proof", "5"][..], &dirs[..]].concat()), "audit proof");
     assert_eq!(proof["verified"], true, "{proof}");
     assert_eq!(proof["seq"], 5);
     let size = v["last_checkpoint_size"].as_u64().unwrap();
     assert!(size > 20, "{v}");
     // log2(size) hashes at most.
     assert!(proof["hashes"].as_u64().unwrap() <= 64 - size.leading_zeros() as u64, "{proof}");
-    let cons = ok(
-        custos(&["audit", "consistency", "10", &size.to_string(), "--dir", audit_dir.to_str().unwrap(), "--output", "json"]),
-        "audit consistency",
-    );
+    // Checkpoints every 5 records or so: take an early one from the file.
+    let cps = std::fs::read_to_string(audit_dir.join("checkpoints.log")).unwrap();
+    let sizes: Vec<u64> = cps.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["size"].as_u64().unwrap()).collect();
+    assert!(sizes.len() >= 3, "{sizes:?}");
+    let early = sizes[1].to_string();
+    let cons = ok(custos(&[&["audit", "consistency", &early, &size.to_string()][..], &dirs[..]].concat()), "audit consistency");
     assert_eq!(cons["verified"], true, "{cons}");
+    let odd = (sizes[1] + 1).to_string();
+    let none = custos(&[&["audit", "consistency", &odd, &size.to_string()][..], &dirs[..]].concat());
+    assert!(!none.status.success() && stderr(&none).contains(&format!("no checkpoint of size {odd}")), "{}", stderr(&none));
 
     // Flip one byte inside a record line in the middle of the log.
     let mut segs: Vec<_> = std::fs::read_dir(&audit_dir)
