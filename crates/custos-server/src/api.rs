@@ -133,6 +133,7 @@ async fn health(State(s): State<Arc<AppState>>) -> impl IntoResponse {
 async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResponse {
     use std::sync::atomic::Ordering::Relaxed;
     let st = &s.ingest.stats;
+    let audit = s.audit.stats();
     let body = format!(
         "# TYPE custos_ingest_batches_total counter\ncustos_ingest_batches_total {}\n\
          # TYPE custos_ingest_events_total counter\ncustos_ingest_events_total {}\n\
@@ -140,7 +141,11 @@ async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResp
          # TYPE custos_ingest_frame_bytes_total counter\ncustos_ingest_frame_bytes_total {}\n\
          # TYPE custos_segments_written_total counter\ncustos_segments_written_total {}\n\
          # TYPE custos_segment_flush_failures_total counter\ncustos_segment_flush_failures_total {}\n\
-         # TYPE custos_audit_next_seq gauge\ncustos_audit_next_seq {}\n",
+         # TYPE custos_audit_next_seq gauge\ncustos_audit_next_seq {}\n\
+         # TYPE custos_audit_records_total counter\ncustos_audit_records_total {}\n\
+         # TYPE custos_audit_commits_total counter\ncustos_audit_commits_total {}\n\
+         # TYPE custos_audit_fsyncs_total counter\ncustos_audit_fsyncs_total {}\n\
+         # TYPE custos_audit_checkpoints_total counter\ncustos_audit_checkpoints_total {}\n",
         st.batches.load(Relaxed),
         st.events.load(Relaxed),
         st.duplicates.load(Relaxed),
@@ -148,6 +153,10 @@ async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResp
         st.segments.load(Relaxed),
         st.flush_failures.load(Relaxed),
         s.audit.next_seq(),
+        audit.records,
+        audit.commits,
+        audit.fsyncs,
+        audit.checkpoints,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

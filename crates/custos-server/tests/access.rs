@@ -488,3 +488,21 @@ fn the_route_table_in_the_docs_matches_the_code() {
         "docs/ACCESS.md's route table is stale; replace it with:\n{expected}"
     );
 }
+
+#[tokio::test]
+async fn metrics_are_for_admins_and_count_audit_records() {
+    let env = Env::start().await;
+    let w = world(&env).await;
+    let (s, _) = env.call(Some(&w.owner_a), Method::GET, "/metrics", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, body) = env.call(Some(&env.admin), Method::GET, "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = body.as_str().unwrap();
+    let records: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("custos_audit_records_total "))
+        .expect("custos_audit_records_total missing")
+        .parse()
+        .unwrap();
+    assert!(records > 10, "{text}");
+}
