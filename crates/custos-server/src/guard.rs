@@ -140,6 +140,24 @@ struct AuthInner {
     hmac: Arc<custos_audit::Hmacer>,
 }
 
+impl AuthInner {
+    /// Nobody yet: the starting point the guard fills in.
+    fn anonymous(request_id: &str, state: &AppState) -> AuthInner {
+        AuthInner {
+            request_id: request_id.to_string(),
+            caller: Caller::Anonymous,
+            workspace: None,
+            case: None,
+            access_request: None,
+            token: None,
+            role: "anonymous",
+            grant: None,
+            notes: Mutex::new(BTreeMap::new()),
+            hmac: state.hmac.clone(),
+        }
+    }
+}
+
 impl Authorized {
     /// The request id (also in the `x-request-id` response header).
     pub fn request_id(&self) -> &str {
@@ -246,20 +264,7 @@ pub async fn guard(state: Arc<AppState>, spec: Arc<RouteSpec>, req: Request, nex
         details: BTreeMap::new(),
     };
     if spec.access == Access::Public {
-        parts.extensions.insert(Authorized {
-            inner: Arc::new(AuthInner {
-                request_id: request_id.clone(),
-                caller: Caller::Anonymous,
-                workspace: None,
-                case: None,
-                access_request: None,
-                token: None,
-                role: "anonymous",
-                grant: None,
-                notes: Mutex::new(BTreeMap::new()),
-                hmac: state.hmac.clone(),
-            }),
-        });
+        parts.extensions.insert(Authorized { inner: Arc::new(AuthInner::anonymous(&request_id, &state)) });
         return with_request_id(next.run(Request::from_parts(parts, body)).await, &request_id);
     }
     let auth = match authorize(&state, &spec, &parts, &params, &request_id, &mut rec).await {
@@ -416,18 +421,7 @@ async fn authorize(
     request_id: &str,
     rec: &mut AuditRecord,
 ) -> Result<Authorized, ServerError> {
-    let mut inner = AuthInner {
-        request_id: request_id.to_string(),
-        caller: Caller::Anonymous,
-        workspace: None,
-        case: None,
-        access_request: None,
-        token: None,
-        role: "anonymous",
-        grant: None,
-        notes: Mutex::new(BTreeMap::new()),
-        hmac: state.hmac.clone(),
-    };
+    let mut inner = AuthInner::anonymous(request_id, state);
     let perm = match spec.access {
         Access::Public => unreachable_public(),
         Access::EnrollmentKey => {
