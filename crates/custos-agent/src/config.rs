@@ -29,6 +29,30 @@
 //! [[sources]]
 //! type = "inventory"
 //! interval_secs = 3600
+//!
+//! [[sources]]
+//! type = "performance"         # CPU, load, memory, disk and network rates
+//! interval_secs = 60
+//!
+//! [[sources]]
+//! type = "services"            # processes, CPU time and memory per systemd service
+//! interval_secs = 300
+//!
+//! [[sources]]
+//! type = "crash"               # one event per new crash report (level full)
+//! paths = ["/var/crash/*.crash", "/var/lib/systemd/coredump/*"]
+//!
+//! [telemetry]                  # optional section; see TelemetrySettings
+//! level = "enhanced"           # or 0-3; default enhanced
+//! enabled = true               # telemetry on or off; default true
+//! usage = true                 # usage (billing) reporting; default true
+//! policy_file = "/etc/custos/policy.toml"   # managed policy, overrides local settings
+//! policy_reload_secs = 5
+//! # control_socket = "/var/lib/custos-agent/control/control.sock"   # default: <state_dir>/control/control.sock
+//! ledger_max_bytes = 268435456 # transparency ledger bound (256 MiB)
+//! ledger_max_age_days = 90
+//! health_interval_secs = 3600   # agent_health and quality records
+//! usage_period_secs = 3600      # one usage record per period
 //! ```
 //!
 //! A configuration with no `[[sources]]` at all is rejected.
@@ -53,6 +77,13 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024;
 pub const MAX_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// Default for [`InventorySourceConfig::interval`], in seconds.
 pub const DEFAULT_INVENTORY_INTERVAL_SECS: u64 = 3600;
+/// Default for [`PerformanceSourceConfig::interval`], in seconds.
+pub const DEFAULT_PERFORMANCE_INTERVAL_SECS: u64 = 60;
+/// Default for [`ServicesSourceConfig::interval`], in seconds.
+pub const DEFAULT_SERVICES_INTERVAL_SECS: u64 = 300;
+/// Default for [`CrashSourceConfig::paths`]: apport reports and
+/// systemd-coredump dumps.
+pub const DEFAULT_CRASH_PATHS: &[&str] = &["/var/crash/*.crash", "/var/lib/systemd/coredump/*"];
 /// Where the system host name is read from when `agent.hostname` is not set.
 pub const SYSTEM_HOSTNAME_PATH: &str = "/proc/sys/kernel/hostname";
 
@@ -88,7 +119,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// The configuration declares no source.
-    #[error("config has no [[sources]]: add at least one source (file, stdin or inventory)")]
+    #[error("config has no [[sources]]: add at least one source (file, stdin, inventory, performance, services or crash)")]
     NoSources,
     /// `agent.hostname` is not set and the system host name could not be read.
     #[error("agent.hostname is not set and the system host name could not be read from {SYSTEM_HOSTNAME_PATH}: {0}")]
@@ -102,6 +133,11 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Default for [`TelemetrySettings::health_interval`], in seconds.
+pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 3600;
+/// Default for [`TelemetrySettings::usage_period`], in seconds.
+pub const DEFAULT_USAGE_PERIOD_SECS: u64 = 3600;
+
 /// The validated agent configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentConfig {
@@ -109,6 +145,8 @@ pub struct AgentConfig {
     pub agent: AgentSettings,
     /// The `[[sources]]`, in file order; never empty.
     pub sources: Vec<SourceConfig>,
+    /// The `[telemetry]` section (all defaults when absent).
+    pub telemetry: TelemetrySettings,
 }
 
 /// The `[agent]` section: batching and identity.
@@ -172,6 +210,12 @@ pub enum SourceConfig {
     Stdin(StdinSourceConfig),
     /// `type = "inventory"`: periodic hardware and OS inventory.
     Inventory(InventorySourceConfig),
+    /// `type = "performance"`: periodic CPU, load, memory, disk and network samples.
+    Performance(PerformanceSourceConfig),
+    /// `type = "services"`: periodic processes, CPU time and memory per systemd service.
+    Services(ServicesSourceConfig),
+    /// `type = "crash"`: one event per new crash report or core dump.
+    Crash(CrashSourceConfig),
 }
 
 impl SourceConfig {
@@ -181,6 +225,22 @@ impl SourceConfig {
             SourceConfig::File(f) => &f.name,
             SourceConfig::Stdin(s) => &s.name,
             SourceConfig::Inventory(i) => &i.name,
+            SourceConfig::Performance(p) => &p.name,
+            SourceConfig::Services(s) => &s.name,
+            SourceConfig::Crash(c) => &c.name,
+        }
+    }
+
+    /// The source's `type` as written in the configuration (`"file"`,
+    /// `"stdin"`, `"inventory"`, `"performance"`, `"services"`, `"crash"`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceConfig::File(_) => "file",
+            SourceConfig::Stdin(_) => "stdin",
+            SourceConfig::Inventory(_) => "inventory",
+            SourceConfig::Performance(_) => "performance",
+            SourceConfig::Services(_) => "services",
+            SourceConfig::Crash(_) => "crash",
         }
     }
 }
@@ -210,8 +270,12 @@ pub struct FileSourceConfig {
     pub paths: Vec<String>,
     /// `table`: destination table, a lowercase SQL identifier. Default `"logs"`.
     pub table: TableName,
-    /// `level`: consent level of the events, a name (`security`, `basic`,
-    /// `enhanced`, `full`) or a number 0-3. Default `enhanced`.
+    /// `level`: the lowest consent level of the events, a name (`security`,
+    /// `basic`, `enhanced`, `full`) or a number 0-3. Default `enhanced`.
+    /// A floor: each line's level is the higher of this and the level of
+    /// the severity detected in the line (warning and above: enhanced;
+    /// notice, info, debug and unknown: full), see
+    /// [`crate::sources::severity`].
     pub level: Level,
     /// `start_at`: `"beginning"` (default) or `"end"`; see [`StartAt`].
     pub start_at: StartAt,
@@ -228,7 +292,9 @@ pub struct StdinSourceConfig {
     pub name: String,
     /// `table`: destination table. Default `"logs"`.
     pub table: TableName,
-    /// `level`: consent level of the events (name or 0-3). Default `enhanced`.
+    /// `level`: the lowest consent level of the events (name or 0-3).
+    /// Default `enhanced`. A floor, as for file sources: each line's level
+    /// is the higher of this and its detected severity's level.
     pub level: Level,
     /// `max_line_bytes`: as for file sources. Default 262144.
     pub max_line_bytes: usize,
@@ -245,6 +311,44 @@ pub struct InventorySourceConfig {
     pub interval: Duration,
 }
 
+/// A `type = "performance"` source. Its events go to the table
+/// `performance`, category performance, level enhanced; see
+/// [`crate::sources::performance`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PerformanceSourceConfig {
+    /// `name`: unique name of the source. Optional; default `"performance"`.
+    pub name: String,
+    /// `interval_secs`: the time between two samples; each sample holds the
+    /// rates over the interval before it, so the first one comes one
+    /// interval after start. Default 60, between 1 and 86400.
+    pub interval: Duration,
+}
+
+/// A `type = "services"` source. Its events go to the table
+/// `service_usage`, category performance, level enhanced; see
+/// [`crate::sources::services`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServicesSourceConfig {
+    /// `name`: unique name of the source. Optional; default `"services"`.
+    pub name: String,
+    /// `interval_secs`: how often the processes are grouped and reported
+    /// (also once at start). Default 300, between 1 and 86400.
+    pub interval: Duration,
+}
+
+/// A `type = "crash"` source. Its events go to the table `crash_reports`,
+/// category crash, level full; see [`crate::sources::crash`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct CrashSourceConfig {
+    /// `name`: unique name of the source, the key of its saved state.
+    /// Optional; default `"crash"`.
+    pub name: String,
+    /// `paths`: absolute glob patterns of crash files. Optional; default
+    /// `["/var/crash/*.crash", "/var/lib/systemd/coredump/*"]` (apport
+    /// reports, systemd-coredump dumps). Must not be empty when given.
+    pub paths: Vec<String>,
+}
+
 // ---------------------------------------------------------------------------
 // Raw (serde) shapes.
 
@@ -255,6 +359,8 @@ struct RawConfig {
     agent: Option<RawAgent>,
     #[serde(default)]
     sources: Vec<RawSource>,
+    #[serde(default)]
+    telemetry: Option<RawTelemetry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,6 +378,9 @@ enum RawSource {
     File(RawFileSource),
     Stdin(RawStdinSource),
     Inventory(RawInventorySource),
+    Performance(RawPeriodicSource),
+    Services(RawPeriodicSource),
+    Crash(RawCrashSource),
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +408,21 @@ struct RawStdinSource {
 struct RawInventorySource {
     name: Option<String>,
     interval_secs: Option<i64>,
+}
+
+/// The raw shape of the performance and services sources.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeriodicSource {
+    name: Option<String>,
+    interval_secs: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCrashSource {
+    name: Option<String>,
+    paths: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -349,6 +473,9 @@ fn validate(raw: RawConfig) -> Result<AgentConfig, ConfigError> {
                 SourceConfig::Stdin(validate_stdin(&at, s)?)
             }
             RawSource::Inventory(v) => SourceConfig::Inventory(validate_inventory(&at, v)?),
+            RawSource::Performance(v) => SourceConfig::Performance(validate_performance(&at, v)?),
+            RawSource::Services(v) => SourceConfig::Services(validate_services(&at, v)?),
+            RawSource::Crash(v) => SourceConfig::Crash(validate_crash(&at, v)?),
         };
         if let Some(first) = names.insert(source.name().to_string(), i) {
             return Err(invalid(
@@ -361,7 +488,8 @@ fn validate(raw: RawConfig) -> Result<AgentConfig, ConfigError> {
         }
         sources.push(source);
     }
-    Ok(AgentConfig { agent, sources })
+    let telemetry = validate_telemetry(raw.telemetry.unwrap_or_default())?;
+    Ok(AgentConfig { agent, sources, telemetry })
 }
 
 fn positive(
@@ -456,9 +584,27 @@ fn validate_name(
     Ok(name)
 }
 
+/// A log source's table: a valid name that is `logs`, or a table the
+/// registry does not declare (which then gets the `logs` schema). A declared
+/// table of another kind (`inventory`, `usage`, ...) is refused.
 fn validate_table(at: &str, table: Option<String>) -> Result<TableName, ConfigError> {
     let table = table.unwrap_or_else(|| DEFAULT_LOG_TABLE.to_string());
-    TableName::new(table).map_err(|e| invalid(format!("{at}.table"), e.to_string()))
+    let name = TableName::new(table).map_err(|e| invalid(format!("{at}.table"), e.to_string()))?;
+    let registry = custos_model::registry::Registry::builtin();
+    if registry.log_table(name.as_str()).is_none() {
+        let what = registry
+            .table(name.as_str())
+            .map(|t| format!("a registry table of category {}", t.category))
+            .unwrap_or_else(|| "not a log table".to_string());
+        return Err(invalid(
+            format!("{at}.table"),
+            format!(
+                "{:?} is {what}; a file or stdin source writes to \"logs\" or to a table of its own that the registry does not declare",
+                name.as_str()
+            ),
+        ));
+    }
+    Ok(name)
 }
 
 fn validate_level(at: &str, level: Option<toml::Value>) -> Result<Level, ConfigError> {
@@ -499,14 +645,15 @@ fn validate_max_line(at: &str, v: Option<i64>) -> Result<usize, ConfigError> {
     to_usize(&field, v)
 }
 
-fn validate_file(at: &str, raw: RawFileSource) -> Result<FileSourceConfig, ConfigError> {
-    if raw.paths.is_empty() {
+/// Check a non-empty list of absolute glob patterns (`<at>.paths`).
+fn validate_patterns(at: &str, paths: &[String]) -> Result<(), ConfigError> {
+    if paths.is_empty() {
         return Err(invalid(
             format!("{at}.paths"),
             "must list at least one glob pattern",
         ));
     }
-    for (j, p) in raw.paths.iter().enumerate() {
+    for (j, p) in paths.iter().enumerate() {
         let field = format!("{at}.paths[{j}]");
         if !Path::new(p).is_absolute() {
             return Err(invalid(
@@ -521,6 +668,11 @@ fn validate_file(at: &str, raw: RawFileSource) -> Result<FileSourceConfig, Confi
             ));
         }
     }
+    Ok(())
+}
+
+fn validate_file(at: &str, raw: RawFileSource) -> Result<FileSourceConfig, ConfigError> {
+    validate_patterns(at, &raw.paths)?;
     let table = validate_table(at, raw.table)?;
     let level = validate_level(at, raw.level)?;
     let start_at = match raw.start_at.as_deref() {
@@ -570,6 +722,223 @@ fn validate_inventory(
     Ok(InventorySourceConfig {
         name: validate_name(at, raw.name, || "inventory".to_string())?,
         interval: Duration::from_secs(secs),
+    })
+}
+
+fn validate_performance(
+    at: &str,
+    raw: RawPeriodicSource,
+) -> Result<PerformanceSourceConfig, ConfigError> {
+    let secs = positive(
+        &format!("{at}.interval_secs"),
+        raw.interval_secs,
+        DEFAULT_PERFORMANCE_INTERVAL_SECS,
+        1,
+        24 * 3600,
+    )?;
+    Ok(PerformanceSourceConfig {
+        name: validate_name(at, raw.name, || "performance".to_string())?,
+        interval: Duration::from_secs(secs),
+    })
+}
+
+fn validate_services(
+    at: &str,
+    raw: RawPeriodicSource,
+) -> Result<ServicesSourceConfig, ConfigError> {
+    let secs = positive(
+        &format!("{at}.interval_secs"),
+        raw.interval_secs,
+        DEFAULT_SERVICES_INTERVAL_SECS,
+        1,
+        24 * 3600,
+    )?;
+    Ok(ServicesSourceConfig {
+        name: validate_name(at, raw.name, || "services".to_string())?,
+        interval: Duration::from_secs(secs),
+    })
+}
+
+fn validate_crash(at: &str, raw: RawCrashSource) -> Result<CrashSourceConfig, ConfigError> {
+    let paths = match raw.paths {
+        Some(p) => p,
+        None => DEFAULT_CRASH_PATHS.iter().map(|p| p.to_string()).collect(),
+    };
+    validate_patterns(at, &paths)?;
+    Ok(CrashSourceConfig {
+        name: validate_name(at, raw.name, || "crash".to_string())?,
+        paths,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The [telemetry] section.
+
+/// Default for [`TelemetrySettings::ledger_max_bytes`] (256 MiB).
+pub const DEFAULT_LEDGER_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Smallest accepted [`TelemetrySettings::ledger_max_bytes`] (1 MiB).
+pub const MIN_LEDGER_MAX_BYTES: u64 = 1024 * 1024;
+/// Default for `ledger_max_age_days`.
+pub const DEFAULT_LEDGER_MAX_AGE_DAYS: u64 = 90;
+/// Longest path accepted for `telemetry.control_socket` (the limit of a
+/// Unix socket address, less the terminating NUL).
+pub const MAX_SOCKET_PATH_BYTES: usize = 107;
+
+/// The `[telemetry]` section: consent settings as configured, the managed
+/// policy, the local control socket and the transparency ledger's bounds.
+///
+/// `level`, `enabled` and `usage` are the *config* layer of the settings:
+/// the managed policy and the operator's local changes override them (see
+/// [`crate::settings`]). They are `None` when the file does not set them, so
+/// that `custos telemetry status` can tell a configured value from a default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetrySettings {
+    /// `level`: the consent level, a name (`security`, `basic`, `enhanced`,
+    /// `full`) or a number 0-3. Optional; the default is `enhanced`.
+    pub level: Option<Level>,
+    /// `enabled`: collect and upload telemetry at all. Optional; default `true`.
+    pub enabled: Option<bool>,
+    /// `usage`: report hourly usage (billing) records, independent of
+    /// `enabled` and `level`. Optional; default `true`.
+    pub usage: Option<bool>,
+    /// `policy_file`: the managed policy file, which overrides local
+    /// settings; a missing file means no policy, an unusable one disables
+    /// telemetry until fixed. Absolute path; default `/etc/custos/policy.toml`.
+    pub policy_file: PathBuf,
+    /// `policy_reload_secs`: how often the policy file is re-read while the
+    /// agent runs. Default 5, between 1 and 3600.
+    pub policy_reload: Duration,
+    /// `control_socket`: path of the local control socket. Optional; default
+    /// `<state_dir>/control/control.sock` (see
+    /// [`TelemetrySettings::control_socket_path`]). Absolute, at most 107
+    /// bytes; its directory must be private to the agent's user (it is
+    /// created with mode 0700 when missing).
+    pub control_socket: Option<PathBuf>,
+    /// `ledger_max_bytes`: the transparency ledger is rotated and its oldest
+    /// records dropped beyond this size. Default 268435456 (256 MiB), at
+    /// least 1048576 (1 MiB).
+    pub ledger_max_bytes: u64,
+    /// `ledger_max_age_days`: ledger records older than this are dropped.
+    /// Default 90 days, between 1 and 36500.
+    pub ledger_max_age: Duration,
+    /// `health_interval_secs`: how often the agent reports its own health
+    /// (`agent_health`) and the critical alerts it saw (`quality`); both are
+    /// also reported when the agent starts. Default 3600, between 1 and 604800.
+    pub health_interval: Duration,
+    /// `usage_period_secs`: the length of one usage (billing) record's
+    /// period. Default 3600 (hourly records), between 1 and 86400.
+    pub usage_period: Duration,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            level: None,
+            enabled: None,
+            usage: None,
+            policy_file: PathBuf::from(crate::settings::DEFAULT_POLICY_FILE),
+            policy_reload: Duration::from_secs(crate::settings::DEFAULT_POLICY_RELOAD_SECS),
+            control_socket: None,
+            ledger_max_bytes: DEFAULT_LEDGER_MAX_BYTES,
+            ledger_max_age: Duration::from_secs(DEFAULT_LEDGER_MAX_AGE_DAYS * 86400),
+            health_interval: Duration::from_secs(DEFAULT_HEALTH_INTERVAL_SECS),
+            usage_period: Duration::from_secs(DEFAULT_USAGE_PERIOD_SECS),
+        }
+    }
+}
+
+impl TelemetrySettings {
+    /// The control socket: `control_socket` if set, else
+    /// `<state_dir>/control/control.sock`.
+    pub fn control_socket_path(&self, state_dir: &Path) -> PathBuf {
+        match &self.control_socket {
+            Some(p) => p.clone(),
+            None => crate::control::default_socket_path(state_dir),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    level: Option<toml::Value>,
+    enabled: Option<bool>,
+    usage: Option<bool>,
+    policy_file: Option<String>,
+    policy_reload_secs: Option<i64>,
+    control_socket: Option<String>,
+    ledger_max_bytes: Option<i64>,
+    ledger_max_age_days: Option<i64>,
+    health_interval_secs: Option<i64>,
+    usage_period_secs: Option<i64>,
+}
+
+fn absolute_path(field: &str, p: String) -> Result<PathBuf, ConfigError> {
+    if p.is_empty() || !Path::new(&p).is_absolute() {
+        return Err(invalid(field, format!("{p:?} is not an absolute path")));
+    }
+    if p.contains('\0') {
+        return Err(invalid(field, format!("{p:?} must not contain NUL")));
+    }
+    Ok(PathBuf::from(p))
+}
+
+fn validate_telemetry(raw: RawTelemetry) -> Result<TelemetrySettings, ConfigError> {
+    let d = TelemetrySettings::default();
+    let level = match raw.level {
+        None => None,
+        some => Some(validate_level("telemetry", some)?),
+    };
+    let policy_file = match raw.policy_file {
+        None => d.policy_file,
+        Some(p) => absolute_path("telemetry.policy_file", p)?,
+    };
+    let reload = positive(
+        "telemetry.policy_reload_secs",
+        raw.policy_reload_secs,
+        crate::settings::DEFAULT_POLICY_RELOAD_SECS,
+        1,
+        3600,
+    )?;
+    let control_socket = match raw.control_socket {
+        None => None,
+        Some(p) => {
+            if p.len() > MAX_SOCKET_PATH_BYTES {
+                return Err(invalid(
+                    "telemetry.control_socket",
+                    format!("{p:?} is {} bytes long; a socket path may have at most {MAX_SOCKET_PATH_BYTES}", p.len()),
+                ));
+            }
+            Some(absolute_path("telemetry.control_socket", p)?)
+        }
+    };
+    let ledger_max_bytes = positive(
+        "telemetry.ledger_max_bytes",
+        raw.ledger_max_bytes,
+        DEFAULT_LEDGER_MAX_BYTES,
+        MIN_LEDGER_MAX_BYTES,
+        1 << 40,
+    )?;
+    let days = positive(
+        "telemetry.ledger_max_age_days",
+        raw.ledger_max_age_days,
+        DEFAULT_LEDGER_MAX_AGE_DAYS,
+        1,
+        36500,
+    )?;
+    let health = positive("telemetry.health_interval_secs", raw.health_interval_secs, DEFAULT_HEALTH_INTERVAL_SECS, 1, 7 * 86400)?;
+    let usage_period = positive("telemetry.usage_period_secs", raw.usage_period_secs, DEFAULT_USAGE_PERIOD_SECS, 1, 86400)?;
+    Ok(TelemetrySettings {
+        health_interval: Duration::from_secs(health),
+        usage_period: Duration::from_secs(usage_period),
+        level,
+        enabled: raw.enabled,
+        usage: raw.usage,
+        policy_file,
+        policy_reload: Duration::from_secs(reload),
+        control_socket,
+        ledger_max_bytes,
+        ledger_max_age: Duration::from_secs(days * 86400),
     })
 }
 
@@ -675,6 +1044,103 @@ mod tests {
     }
 
     #[test]
+    fn performance_services_and_crash_sources_parse_with_defaults_and_values() {
+        let cfg = AgentConfig::from_toml_str(
+            "[[sources]]\ntype = \"performance\"\n[[sources]]\ntype = \"services\"\n[[sources]]\ntype = \"crash\"\n",
+        )
+        .unwrap();
+        let SourceConfig::Performance(p) = &cfg.sources[0] else {
+            panic!("not performance")
+        };
+        assert_eq!(
+            (p.name.as_str(), p.interval),
+            ("performance", Duration::from_secs(60))
+        );
+        let SourceConfig::Services(s) = &cfg.sources[1] else {
+            panic!("not services")
+        };
+        assert_eq!(
+            (s.name.as_str(), s.interval),
+            ("services", Duration::from_secs(300))
+        );
+        let SourceConfig::Crash(c) = &cfg.sources[2] else {
+            panic!("not crash")
+        };
+        assert_eq!(c.name, "crash");
+        assert_eq!(
+            c.paths,
+            ["/var/crash/*.crash", "/var/lib/systemd/coredump/*"]
+        );
+        let types: Vec<&str> = cfg.sources.iter().map(SourceConfig::type_name).collect();
+        assert_eq!(types, ["performance", "services", "crash"]);
+
+        let cfg = AgentConfig::from_toml_str(
+            "[[sources]]\ntype = \"performance\"\nname = \"perf\"\ninterval_secs = 1\n[[sources]]\ntype = \"services\"\ninterval_secs = 30\n[[sources]]\ntype = \"crash\"\npaths = [\"/srv/crash/*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.sources[0].name(), "perf");
+        let SourceConfig::Performance(p) = &cfg.sources[0] else {
+            panic!("not performance")
+        };
+        assert_eq!(p.interval, Duration::from_secs(1));
+        let SourceConfig::Services(s) = &cfg.sources[1] else {
+            panic!("not services")
+        };
+        assert_eq!(s.interval, Duration::from_secs(30));
+        let SourceConfig::Crash(c) = &cfg.sources[2] else {
+            panic!("not crash")
+        };
+        assert_eq!(c.paths, ["/srv/crash/*"]);
+    }
+
+    #[test]
+    fn bad_performance_services_and_crash_values_are_rejected_naming_the_field() {
+        for (text, field) in [
+            (
+                "type = \"performance\"\ninterval_secs = 0",
+                "sources[0].interval_secs",
+            ),
+            (
+                "type = \"performance\"\ninterval_secs = 86401",
+                "sources[0].interval_secs",
+            ),
+            (
+                "type = \"services\"\ninterval_secs = -1",
+                "sources[0].interval_secs",
+            ),
+            ("type = \"crash\"\npaths = []", "sources[0].paths"),
+            (
+                "type = \"crash\"\npaths = [\"crash/*\"]",
+                "sources[0].paths[0]",
+            ),
+            (
+                "type = \"crash\"\npaths = [\"/a/[z\"]",
+                "sources[0].paths[0]",
+            ),
+            ("type = \"performance\"\npaths = [\"/a\"]", "paths"),
+            ("type = \"crash\"\ninterval_secs = 5", "interval_secs"),
+        ] {
+            let e = err(&format!("[[sources]]\n{text}\n"));
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn log_sources_may_not_write_to_a_registry_table_that_is_not_a_log_table() {
+        for table in ["inventory", "usage", "crash_reports", "agent_settings"] {
+            let e = err(&format!(
+                "[[sources]]\ntype = \"stdin\"\ntable = \"{table}\"\n"
+            ));
+            assert!(e.contains("sources[0].table") && e.contains(table), "{e}");
+        }
+        for table in ["logs", "app_logs", "nginx"] {
+            let text =
+                format!("[[sources]]\ntype = \"file\"\npaths = [\"/a\"]\ntable = \"{table}\"\n");
+            AgentConfig::from_toml_str(&text).unwrap();
+        }
+    }
+
+    #[test]
     fn unknown_source_type_is_named() {
         let e = err("[[sources]]\ntype = \"journald\"\n");
         assert!(e.contains("journald"), "{e}");
@@ -775,5 +1241,73 @@ mod tests {
         );
         std::fs::write(&path, "[[sources]]\ntype = \"stdin\"\n").unwrap();
         assert_eq!(AgentConfig::from_path(&path).unwrap().sources.len(), 1);
+    }
+
+    #[test]
+    fn telemetry_section_defaults_when_absent() {
+        let cfg = AgentConfig::from_toml_str("[[sources]]\ntype = \"stdin\"\n").unwrap();
+        let t = &cfg.telemetry;
+        assert_eq!(*t, TelemetrySettings::default());
+        assert_eq!((t.level, t.enabled, t.usage), (None, None, None));
+        assert_eq!(t.policy_file, PathBuf::from("/etc/custos/policy.toml"));
+        assert_eq!(t.policy_reload, Duration::from_secs(5));
+        assert_eq!(t.ledger_max_bytes, 256 * 1024 * 1024);
+        assert_eq!(t.ledger_max_age, Duration::from_secs(90 * 86400));
+        assert_eq!(
+            t.control_socket_path(Path::new("/var/lib/custos-agent")),
+            PathBuf::from("/var/lib/custos-agent/control/control.sock")
+        );
+    }
+
+    #[test]
+    fn telemetry_section_parses_every_field() {
+        let cfg = AgentConfig::from_toml_str(
+            r#"
+            [[sources]]
+            type = "stdin"
+
+            [telemetry]
+            level = 1
+            enabled = false
+            usage = false
+            policy_file = "/opt/custos/policy.toml"
+            policy_reload_secs = 30
+            control_socket = "/run/custos/control.sock"
+            ledger_max_bytes = 1048576
+            ledger_max_age_days = 7
+            "#,
+        )
+        .unwrap();
+        let t = &cfg.telemetry;
+        assert_eq!(t.level, Some(Level::Basic));
+        assert_eq!((t.enabled, t.usage), (Some(false), Some(false)));
+        assert_eq!(t.policy_file, PathBuf::from("/opt/custos/policy.toml"));
+        assert_eq!(t.policy_reload, Duration::from_secs(30));
+        assert_eq!(t.control_socket_path(Path::new("/x")), PathBuf::from("/run/custos/control.sock"));
+        assert_eq!(t.ledger_max_bytes, 1048576);
+        assert_eq!(t.ledger_max_age, Duration::from_secs(7 * 86400));
+        let cfg = AgentConfig::from_toml_str("[[sources]]\ntype = \"stdin\"\n[telemetry]\nlevel = \"full\"\n").unwrap();
+        assert_eq!(cfg.telemetry.level, Some(Level::Full));
+    }
+
+    #[test]
+    fn bad_telemetry_values_are_rejected_naming_the_field() {
+        let base = "[[sources]]\ntype = \"stdin\"\n[telemetry]\n";
+        for (line, field) in [
+            ("level = 9", "telemetry.level"),
+            ("level = \"loud\"", "telemetry.level"),
+            ("policy_file = \"policy.toml\"", "telemetry.policy_file"),
+            ("policy_reload_secs = 0", "telemetry.policy_reload_secs"),
+            ("control_socket = \"control.sock\"", "telemetry.control_socket"),
+            ("ledger_max_bytes = 1000", "telemetry.ledger_max_bytes"),
+            ("ledger_max_age_days = 0", "telemetry.ledger_max_age_days"),
+        ] {
+            let e = err(&format!("{base}{line}\n"));
+            assert!(e.contains(field), "{line}: {e}");
+        }
+        let long = format!("{base}control_socket = \"/{}\"\n", "s".repeat(200));
+        assert!(err(&long).contains("telemetry.control_socket"));
+        let e = err(&format!("{base}levels = 1\n"));
+        assert!(e.contains("levels"), "{e}");
     }
 }

@@ -10,10 +10,17 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod control;
 mod error;
 mod fsutil;
 pub mod identity;
+pub mod installation;
+pub mod internal;
+pub mod ledger;
+pub mod gate;
 pub mod run;
+pub mod security;
+pub mod settings;
 pub mod ship;
 pub mod sources;
 pub mod tls;

@@ -1,19 +1,54 @@
-//! The agent's main loop: poll each source, batch, compress, ship, and only
-//! after the server's acknowledgement commit the source positions. A crash
-//! at any point therefore re-reads at most the unacknowledged tail, and the
-//! server's batch-id deduplication keeps a resent batch from being stored
-//! twice.
+//! The agent's main loop: poll each source, pass every event through the
+//! consent gate, batch, record in the transparency ledger, compress, ship,
+//! and only after the server's acknowledgement commit the source positions.
+//! A crash at any point therefore re-reads at most the unacknowledged tail,
+//! and the server's batch-id deduplication keeps a resent batch from being
+//! stored twice.
+//!
+//! Around the loop run the settings ([`crate::settings`]: configuration,
+//! local changes, managed policy), the policy watcher, and the control
+//! socket ([`crate::control`]) through which `custos telemetry ...` changes
+//! settings while the agent runs. A change takes effect at once:
+//!
+//! - events are gated at collection ([`crate::gate`]) with the settings of
+//!   that moment, and again before every send attempt, so a batch waiting
+//!   to be sent (the queue) loses its events above a lowered level, and all
+//!   of its events when telemetry is disabled — they are deleted, counted
+//!   by category, and never sent;
+//! - while telemetry is disabled, no telemetry source is polled; when it is
+//!   enabled again, every source first skips what accumulated meanwhile
+//!   ([`Source::skip_to_end`]), so nothing written while disabled is
+//!   collected;
+//! - usage records follow the usage switch only.
+//!
+//! What a batch sends is written to the ledger (durably) before the first
+//! attempt; a batch whose content changes while it waits (a purge, or a
+//! level change that changes host pseudonymisation) gets a new batch id and
+//! a new ledger record, so the ledger and the server always agree on what a
+//! batch id holds.
 
 use crate::config::AgentConfig;
+use crate::control::{ControlServer, RuntimeStatus};
 use crate::error::AgentError;
+use crate::gate::{self, GateState};
 use crate::identity;
-use crate::ship::{RetryPolicy, Shipper};
-use crate::sources::{build_sources, Source};
+use crate::installation::Installation;
+use crate::internal::{Facts, InternalSource, SettingsSnapshot, Stats};
+use crate::ledger::{Ledger, LedgerOptions};
+use crate::security::{kind, SecurityNote, SecuritySink};
+use crate::settings::{Effective, SettingsHandle};
+use crate::ship::{Attempt, RetryPolicy, Shipper};
+use crate::sources::usage::UsageSource;
+use crate::sources::{build_sources, Checkpoint, Source};
+use custos_model::registry::{Registry, Severity};
 use custos_model::wire::{self, BatchPayload, Codec};
-use custos_model::BatchId;
+use custos_model::{BatchId, Event};
+use rand::Rng;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// How to run.
@@ -40,32 +75,237 @@ pub struct RunSummary {
     pub duplicate_batches: u64,
     /// Compressed bytes sent (acknowledged batches).
     pub bytes_sent: u64,
+    /// Events not collected (above the effective level, or telemetry disabled).
+    pub events_not_collected: u64,
+    /// Queued events deleted because the level was lowered or telemetry disabled.
+    pub events_purged: u64,
+    /// Events the server refused (above the workspace's level or categories).
+    pub events_refused: u64,
 }
 
 type Shared = Arc<Mutex<Box<dyn Source>>>;
 
-/// Batches of one source on the wire at once.
+/// Whether a source is governed by the telemetry settings or the usage switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Telemetry,
+    Usage,
+}
+
+/// Batches of one source on the wire (or waiting to retry) at once.
 const MAX_IN_FLIGHT: usize = 4;
 
-type Shipped = Option<Result<(custos_model::api::IngestAck, u64, u64), AgentError>>;
+/// The gate's view of the effective settings.
+fn gate_state(e: &Effective) -> GateState {
+    GateState { level: e.level.value, telemetry: e.enabled.value, usage: e.usage.value }
+}
+
+/// What one batch came to.
+enum Outcome {
+    /// Acknowledged: the ack, events sent, compressed bytes.
+    Acked(custos_model::api::IngestAck, u64, u64),
+    /// Every event was deleted before it could be sent.
+    Purged,
+}
+
+type Shipped = Option<Result<Outcome, AgentError>>;
+
+/// Everything a batch needs on its way out.
+struct ShipCtx {
+    shipper: Shipper,
+    registry: &'static Registry,
+    installation: Installation,
+    ledger: Arc<Mutex<Ledger>>,
+    stats: Arc<Stats>,
+    retry: RetryPolicy,
+    security: SecuritySink,
+}
+
+/// A batch encoded for one content: its id, frame, and whether host names
+/// were left in clear.
+struct Encoded {
+    batch_id: BatchId,
+    frame: Vec<u8>,
+    clear_hosts: bool,
+}
+
+async fn blocking_io<T: Send + 'static>(f: impl FnOnce() -> Result<T, AgentError> + Send + 'static) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| AgentError::Invalid(format!("blocking task failed: {e}")))?
+}
+
+/// Pseudonymise, serialise, record in the ledger (durably), and frame.
+async fn encode_and_record(ctx: &Arc<ShipCtx>, events: &[Event], st: &GateState) -> Result<Encoded, AgentError> {
+    let out: Vec<Event> = events.iter().map(|e| gate::outgoing(e, st, &ctx.installation)).collect();
+    let batch_id = BatchId::new();
+    let payload = BatchPayload { batch_id, created: custos_model::now_micros(), events: out };
+    let ledger = ctx.ledger.clone();
+    let frame = blocking_io(move || {
+        let json = wire::payload_json(&payload);
+        // The exact bytes, before they are compressed and sent.
+        crate::sources::lock(&ledger)
+            .append_batch(batch_id, &json, custos_model::now_micros())
+            .map_err(|e| AgentError::Invalid(format!("cannot record the batch in the transparency ledger, so it is not sent: {e}")))?;
+        Ok(wire::encode_raw(&json, Codec::Zstd))
+    })
+    .await?;
+    Ok(Encoded { batch_id, frame, clear_hosts: st.clear_host_names() })
+}
+
+/// Deliver one batch: gate it again before every attempt, record it in the
+/// ledger before its first attempt, retry per the policy.
+async fn deliver(
+    ctx: Arc<ShipCtx>,
+    mut events: Vec<Event>,
+    mut settings: watch::Receiver<Effective>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Outcome, AgentError> {
+    let n0 = events.len() as u64;
+    ctx.stats.update(|c| {
+        c.queued_batches += 1;
+        c.queued_events += n0;
+    });
+    let result = deliver_inner(&ctx, &mut events, &mut settings, &mut shutdown).await;
+    let left = events.len() as u64;
+    ctx.stats.update(|c| {
+        c.queued_batches = c.queued_batches.saturating_sub(1);
+        c.queued_events = c.queued_events.saturating_sub(left);
+    });
+    result
+}
+
+async fn deliver_inner(
+    ctx: &Arc<ShipCtx>,
+    events: &mut Vec<Event>,
+    settings: &mut watch::Receiver<Effective>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Outcome, AgentError> {
+    let started = Instant::now();
+    let mut delay = ctx.retry.initial;
+    let mut attempts = 0u32;
+    let mut encoded: Option<Encoded> = None;
+    loop {
+        let st = gate_state(&settings.borrow_and_update());
+        // The queue's purge: events the settings no longer allow are deleted.
+        let mut purged: BTreeMap<String, u64> = BTreeMap::new();
+        events.retain(|e| {
+            let keep = gate::allowed(ctx.registry, e, &st);
+            if !keep {
+                *purged.entry(e.category.name().to_string()).or_default() += 1;
+            }
+            keep
+        });
+        if !purged.is_empty() {
+            let total: u64 = purged.values().sum();
+            tracing::info!(events = total, level = %st.level, telemetry = st.telemetry, "deleted queued events the settings no longer allow");
+            ctx.stats.update(|c| {
+                c.queued_events = c.queued_events.saturating_sub(total);
+                for (cat, n) in &purged {
+                    *c.dropped_by_category.entry(cat.clone()).or_default() += n;
+                }
+            });
+            encoded = None;
+        }
+        if events.is_empty() {
+            return Ok(Outcome::Purged);
+        }
+        if encoded.as_ref().is_none_or(|x| x.clear_hosts != st.clear_host_names()) {
+            match encode_and_record(ctx, events, &st).await {
+                Ok(x) => encoded = Some(x),
+                Err(e) => {
+                    // Fail closed: nothing leaves the host unrecorded. Wait and try again.
+                    tracing::error!(error = %e, "transparency ledger unavailable; not sending");
+                    if ctx.retry.give_up_after.is_some_and(|g| started.elapsed() >= g) {
+                        return Err(e);
+                    }
+                    if wait(ctx.retry.max_delay.min(Duration::from_secs(5)), settings, shutdown).await {
+                        return Err(e);
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(enc) = encoded.as_ref() else { continue };
+        attempts += 1;
+        let (err, retry_after) = match ctx.shipper.send_once(&enc.frame).await {
+            Attempt::Acked(ack) => {
+                let sent = events.len() as u64;
+                let ledger = ctx.ledger.clone();
+                let (bid, aid, acc, refd) = (enc.batch_id, ack.ack_id.clone(), ack.accepted, ack.refused);
+                blocking_io(move || {
+                    crate::sources::lock(&ledger)
+                        .append_ack(bid, &aid, acc, refd, custos_model::now_micros())
+                        .map_err(|e| AgentError::Invalid(format!("recording the acknowledgement in the ledger: {e}")))
+                })
+                .await
+                .map(|_| ())
+                .unwrap_or_else(|e| tracing::error!(error = %e, batch = %bid, "acknowledged batch not recorded in the ledger"));
+                let now = custos_model::now_micros();
+                ctx.stats.update(|c| {
+                    c.events_uploaded += sent.saturating_sub(ack.refused);
+                    c.refused_by_server += ack.refused;
+                    c.last_upload_time = Some(now);
+                });
+                return Ok(Outcome::Acked(ack, sent, enc.frame.len() as u64));
+            }
+            Attempt::Permanent(e) => {
+                if let AgentError::Refused { status: 401 | 403, message } = &e {
+                    (ctx.security)(SecurityNote { kind: kind::AUTH_FAILURE, outcome: "refused".into(), detail: message.clone() });
+                }
+                return Err(e);
+            }
+            Attempt::Retry(e, ra) => (e, ra),
+        };
+        if err.to_string().contains("does not match the pinned key") {
+            (ctx.security)(SecurityNote { kind: kind::PIN_MISMATCH, outcome: "refused".into(), detail: err.to_string() });
+        }
+        if ctx.retry.give_up_after.is_some_and(|g| started.elapsed() >= g) {
+            return Err(AgentError::GaveUp { attempts, last: err.to_string() });
+        }
+        // Full jitter in [delay/2, delay], or the server's Retry-After.
+        let pause = retry_after.unwrap_or_else(|| {
+            let half = delay / 2;
+            half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64))
+        });
+        tracing::warn!(error = %err, attempt = attempts, retry_in_ms = pause.as_millis() as u64, "batch not delivered; will retry");
+        if wait(pause, settings, shutdown).await {
+            return Err(err);
+        }
+        delay = (delay * 2).min(ctx.retry.max_delay);
+    }
+}
+
+/// Sleep for `d`, or until the settings change (then return false at once,
+/// so the batch is gated again), or until shutdown (return true).
+async fn wait(d: Duration, settings: &mut watch::Receiver<Effective>, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        r = settings.changed() => {
+            if r.is_err() {
+                tokio::time::sleep(d).await;
+            }
+            false
+        }
+        _ = shutdown.changed() => true,
+    }
+}
 
 /// Consume one finished send: count it and commit the position after it.
-async fn finish(
-    src: &Shared,
-    done: (crate::sources::Checkpoint, Shipped),
-    summary: &mut RunSummary,
-    progress: Option<&watch::Sender<RunSummary>>,
-) -> Result<(), AgentError> {
+async fn finish(src: &Shared, done: (Checkpoint, Shipped), summary: &mut RunSummary, progress: Option<&watch::Sender<RunSummary>>) -> Result<(), AgentError> {
     let (cp, shipped) = done;
     if let Some(r) = shipped {
-        let (ack, n, bytes) = r?;
-        summary.batches += 1;
-        summary.events += n;
-        summary.bytes_sent += bytes;
-        if ack.duplicate {
-            summary.duplicate_batches += 1;
+        match r? {
+            Outcome::Acked(ack, n, bytes) => {
+                summary.batches += 1;
+                summary.events += n.saturating_sub(ack.refused);
+                summary.events_refused += ack.refused;
+                summary.bytes_sent += bytes;
+                if ack.duplicate {
+                    summary.duplicate_batches += 1;
+                }
+                tracing::debug!(batch = %ack.batch_id, events = n, ack = %ack.ack_id, "batch acknowledged");
+            }
+            Outcome::Purged => {}
         }
-        tracing::debug!(batch = %ack.batch_id, events = n, ack = %ack.ack_id, "batch acknowledged");
         if let Some(p) = progress {
             p.send_replace(summary.clone());
         }
@@ -89,22 +329,204 @@ async fn blocking<T: Send + 'static>(
     .map_err(AgentError::from)
 }
 
+/// Classify and gate one poll's events: returns those to send.
+fn gate_events(reg: &Registry, events: Vec<Event>, st: &GateState, stats: &Stats) -> Vec<Event> {
+    let read = events.len() as u64;
+    let mut keep = Vec::with_capacity(events.len());
+    let (mut not_collected, mut invalid, mut alerts) = (0u64, 0u64, 0u64);
+    for mut e in events {
+        if let Err(v) = gate::classify(reg, &mut e) {
+            // A source produced something the registry does not declare:
+            // a bug, never shipped.
+            invalid += 1;
+            tracing::error!(table = %e.table.as_str(), violation = %v, "event not in the registry; not collected");
+            continue;
+        }
+        if reg.table(e.table.as_str()).is_none_or(|t| t.level_by_severity)
+            && Severity::of_value(e.attrs.get(custos_model::registry::SEVERITY_FIELD)) <= Severity::Critical
+        {
+            alerts += 1;
+        }
+        if gate::allowed(reg, &e, st) {
+            keep.push(e);
+        } else {
+            not_collected += 1;
+        }
+    }
+    stats.update(|c| {
+        c.events_read += read;
+        c.events_not_collected += not_collected;
+        c.events_invalid += invalid;
+        c.critical_alerts += alerts;
+    });
+    keep
+}
+
+fn runtime_status(stats: &Stats) -> RuntimeStatus {
+    let c = stats.snapshot();
+    RuntimeStatus {
+        queued_events: c.queued_events,
+        queued_batches: c.queued_batches,
+        events_read: c.events_read,
+        events_uploaded: c.events_uploaded,
+        events_not_collected: c.events_not_collected,
+        events_purged: c.dropped_by_category.values().sum(),
+        dropped_by_category: c.dropped_by_category,
+        refused_by_server: c.refused_by_server,
+        last_upload_time: c.last_upload_time,
+    }
+}
+
+fn snapshot(e: &Effective) -> SettingsSnapshot {
+    SettingsSnapshot {
+        enabled: (e.enabled.value, e.enabled.origin.to_string()),
+        level: (e.level.value, e.level.origin.to_string()),
+        usage: (e.usage.value, e.usage.origin.to_string()),
+    }
+}
+
+/// The file that records that this enrollment's security events were queued.
+const ENROLLMENT_NOTED_FILE: &str = "enrollment-noted";
+
+/// Queue `enrolled` and `key_generated` once per enrollment.
+fn note_enrollment(state_dir: &Path, id: &identity::Identity, stats: &Stats) {
+    let marker = state_dir.join(ENROLLMENT_NOTED_FILE);
+    let tag = format!("{}\n", id.agent_id);
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(tag.as_str()) {
+        return;
+    }
+    stats.note_security(SecurityNote { kind: kind::KEY_GENERATED, outcome: "ok".into(), detail: "agent key pair generated at enrollment; the private key never leaves the host".into() });
+    stats.note_security(SecurityNote {
+        kind: kind::ENROLLED,
+        outcome: "ok".into(),
+        detail: format!("enrolled as agent {}; certificate valid until {}", id.agent_id, id.cert_not_after),
+    });
+    if let Err(e) = crate::fsutil::write_atomic(&marker, tag.as_bytes(), 0o600) {
+        tracing::warn!(error = %e, "cannot record that the enrollment was reported");
+    }
+}
+
 /// Run the agent from an enrolled state dir until done (`once`) or until
 /// `shutdown` flips; then finish the batch in flight and return.
-pub async fn run(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, mut shutdown: watch::Receiver<bool>) -> Result<RunSummary, AgentError> {
+pub async fn run(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, shutdown: watch::Receiver<bool>) -> Result<RunSummary, AgentError> {
     let (id, client) = identity::load(state_dir)?;
+    let installation = Installation::load_or_create(state_dir)?;
     let hostname = cfg.agent.resolve_hostname()?;
-    let sources: Vec<Shared> = build_sources(cfg, state_dir, &hostname)?
-        .into_iter()
-        .map(|s| Arc::new(Mutex::new(s)))
-        .collect();
-    let shipper = Shipper::new(client, &id.server);
+    let registry = Registry::builtin();
+    let stats = Arc::new(Stats::default());
+    let sink: SecuritySink = {
+        let stats = stats.clone();
+        Arc::new(move |n| stats.note_security(n))
+    };
+    note_enrollment(state_dir, &id, &stats);
+
+    let tcfg = &cfg.telemetry;
+    let settings = SettingsHandle::open(state_dir, tcfg).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let policy_task = tokio::spawn(crate::settings::watch_policy(settings.clone(), tcfg.policy_reload));
+    let control = {
+        let stats = stats.clone();
+        let status: Arc<dyn crate::control::StatusSource> = Arc::new(move || runtime_status(&stats));
+        ControlServer::start(&tcfg.control_socket_path(state_dir), settings.clone(), status, sink.clone())
+            .await
+            .map_err(|e| AgentError::Invalid(format!("control socket: {e}")))?
+    };
+    let ledger = Ledger::open(
+        state_dir,
+        LedgerOptions { max_bytes: tcfg.ledger_max_bytes, max_age: tcfg.ledger_max_age, ..LedgerOptions::default() },
+    )
+    .map_err(|e| AgentError::Invalid(format!("transparency ledger: {e}")))?;
+    let ledger = Arc::new(Mutex::new(ledger));
+
+    let result = run_loop(state_dir, cfg, opts, shutdown, RunParts { id, client, installation, hostname, registry, stats, sink, settings, ledger }).await;
+    control.shutdown().await;
+    policy_task.abort();
+    result
+}
+
+struct RunParts {
+    id: identity::Identity,
+    client: reqwest::Client,
+    installation: Installation,
+    hostname: String,
+    registry: &'static Registry,
+    stats: Arc<Stats>,
+    sink: SecuritySink,
+    settings: SettingsHandle,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+async fn run_loop(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, mut shutdown: watch::Receiver<bool>, p: RunParts) -> Result<RunSummary, AgentError> {
+    let RunParts { id, client, installation, hostname, registry, stats, sink, settings, ledger } = p;
+    let tcfg = &cfg.telemetry;
+    let mut sources: Vec<(Shared, Kind)> = Vec::new();
+    let facts = Facts {
+        installation_id: installation.id.to_string(),
+        hostname: hostname.clone(),
+        os_name: crate::sources::inventory::os_name(),
+        source_types: {
+            let mut t: Vec<String> = cfg.sources.iter().map(|s| s.type_name().to_string()).collect();
+            t.sort();
+            t.dedup();
+            t
+        },
+    };
+    {
+        let h = settings.clone();
+        let internal = InternalSource::new(facts, stats.clone(), Box::new(move || snapshot(&h.effective())), tcfg.health_interval);
+        sources.push((Arc::new(Mutex::new(Box::new(internal))), Kind::Telemetry));
+    }
+    for s in build_sources(cfg, state_dir, &hostname)? {
+        sources.push((Arc::new(Mutex::new(s)), Kind::Telemetry));
+    }
+    let usage = UsageSource::new(&installation.id.to_string(), &hostname, crate::sources::usage::system_clock())
+        .with_state_dir(state_dir)?
+        .with_period(tcfg.usage_period);
+    sources.push((Arc::new(Mutex::new(Box::new(usage))), Kind::Usage));
+
+    let mut eff_rx = settings.subscribe();
+    let ctx = Arc::new(ShipCtx {
+        shipper: Shipper::new(client, &id.server),
+        registry,
+        installation,
+        ledger: ledger.clone(),
+        stats: stats.clone(),
+        retry: opts.retry.clone(),
+        security: sink.clone(),
+    });
     let max_events = cfg.agent.batch_max_events;
     let max_bytes = cfg.agent.batch_max_bytes;
     let mut summary = RunSummary::default();
+    let mut was_enabled = eff_rx.borrow().enabled.value;
+    let mut last_policy_error: Option<String> = None;
+    let mut last_prune = Instant::now();
     tracing::info!(agent = %id.agent_id, server = %id.server, sources = sources.len(), once = opts.once, "agent running");
     'outer: loop {
-        for src in &sources {
+        let eff = eff_rx.borrow_and_update().clone();
+        if eff.policy_error != last_policy_error {
+            if let Some(why) = &eff.policy_error {
+                sink(SecurityNote { kind: kind::POLICY_INVALID, outcome: "disabled".into(), detail: why.clone() });
+            }
+            last_policy_error = eff.policy_error.clone();
+        }
+        if eff.enabled.value && !was_enabled {
+            // Enabled again: what accumulated while disabled is not collected.
+            for (src, k) in &sources {
+                if *k == Kind::Telemetry {
+                    blocking(src, |s| s.skip_to_end()).await?;
+                }
+            }
+            tracing::info!("telemetry enabled; sources resume from now");
+        }
+        was_enabled = eff.enabled.value;
+        for (src, k) in &sources {
+            let st = gate_state(&eff_rx.borrow());
+            let active = match k {
+                Kind::Telemetry => st.telemetry,
+                Kind::Usage => st.usage,
+            };
+            if !active {
+                continue;
+            }
             // Up to `MAX_IN_FLIGHT` batches of this source travel at once;
             // acknowledgements are consumed in order, and a source's position
             // is committed only once every batch before it is acknowledged.
@@ -128,29 +550,21 @@ pub async fn run(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, mut shut
                 let drain = opts.once;
                 let poll = blocking(src, move |s| s.poll(max_events, max_bytes, drain)).await?;
                 let exhausted = poll.exhausted;
-                if poll.events.is_empty() {
+                let st = gate_state(&eff_rx.borrow());
+                let events = gate_events(registry, poll.events, &st, &stats);
+                if events.is_empty() {
                     if inflight.is_empty() {
                         // Nothing pending: the position may advance (skipped
-                        // empty lines, a rotation) right away.
+                        // empty lines, a rotation, events not collected) right away.
                         let cp = poll.checkpoint;
                         blocking(src, move |s| s.commit(&cp)).await?;
                     } else {
                         inflight.push_back(futures::future::Either::Left(async move { (poll.checkpoint, None) }));
                     }
                 } else {
-                    let n = poll.events.len() as u64;
-                    let payload = BatchPayload { batch_id: BatchId::new(), created: custos_model::now_micros(), events: poll.events };
-                    let frame = tokio::task::spawn_blocking(move || wire::encode(&payload, Codec::Zstd))
-                        .await
-                        .map_err(|e| AgentError::Invalid(format!("encode task failed: {e}")))?;
-                    let shipper = shipper.clone();
-                    let retry = opts.retry.clone();
-                    let mut shutdown = shutdown.clone();
+                    let fut = deliver(ctx.clone(), events, eff_rx.clone(), shutdown.clone());
                     let cp = poll.checkpoint;
-                    inflight.push_back(futures::future::Either::Right(async move {
-                        let r = shipper.send(&frame, &retry, &mut shutdown).await;
-                        (cp, Some(r.map(|ack| (ack, n, frame.len() as u64))))
-                    }));
+                    inflight.push_back(futures::future::Either::Right(async move { (cp, Some(fut.await)) }));
                 }
                 if exhausted {
                     stop = true;
@@ -160,14 +574,29 @@ pub async fn run(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, mut shut
                 break 'outer;
             }
         }
+        if last_prune.elapsed() >= Duration::from_secs(3600) {
+            last_prune = Instant::now();
+            let l = ledger.clone();
+            let pruned = blocking_io(move || {
+                crate::sources::lock(&l).prune(custos_model::now_micros()).map_err(|e| AgentError::Invalid(format!("pruning the ledger: {e}")))
+            })
+            .await;
+            if let Err(e) = pruned {
+                tracing::warn!(error = %e, "ledger not pruned");
+            }
+        }
         if opts.once || *shutdown.borrow() {
             break;
         }
         tokio::select! {
             _ = tokio::time::sleep(cfg.agent.flush_interval) => {}
             _ = shutdown.changed() => {}
+            _ = eff_rx.changed() => {}
         }
     }
-    tracing::info!(batches = summary.batches, events = summary.events, "agent stopped");
+    let c = stats.snapshot();
+    summary.events_not_collected = c.events_not_collected;
+    summary.events_purged = c.dropped_by_category.values().sum();
+    tracing::info!(batches = summary.batches, events = summary.events, not_collected = summary.events_not_collected, purged = summary.events_purged, "agent stopped");
     Ok(summary)
 }

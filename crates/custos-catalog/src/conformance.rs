@@ -17,11 +17,13 @@
 
 use crate::{
     AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError,
-    ColumnDef, EnrollmentKey, Principal, Result, RoleBinding, Segment, Workspace,
+    ColumnDef, EnrollmentKey, Principal, Refusal, Result, RoleBinding, Segment, Workspace,
+    WorkspacePolicy,
 };
+use custos_model::api::RefusalReason;
 use custos_model::{
-    AccessRequestId, AgentId, BatchId, CaseId, PrincipalId, SegmentId, ServiceRole, TableName,
-    TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, SegmentId,
+    ServiceRole, TableName, TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use std::sync::Arc;
 const T0: TimestampMicros = 1_704_067_200_000_000;
 
 /// How many checks [`run_all`] runs.
-pub const CHECKS: usize = 53;
+pub const CHECKS: usize = 61;
 
 /// Run every check against `cat`, which should start empty (but the checks
 /// do not rely on it). Returns the number of checks run ([`CHECKS`]).
@@ -52,6 +54,14 @@ pub async fn run_all(cat: Arc<dyn Catalog>) -> usize {
         workspaces_are_listed_oldest_first(c);
         lockbox_round_trips_and_can_be_switched(c);
         set_lockbox_on_unknown_workspace_is_workspace_not_found(c);
+        new_workspaces_store_everything_unless_created_with_a_policy(c);
+        workspace_policy_round_trips_and_touches_no_other_workspace(c);
+        policy_of_an_unknown_workspace_is_workspace_not_found(c);
+        refusals_accumulate_per_agent_reason_and_category(c);
+        refusals_never_cross_workspaces(c);
+        refusals_need_an_existing_workspace_and_are_atomic(c);
+        commit_ingest_counts_refusals_with_the_batch_all_or_nothing(c);
+        refusals_of_zero_events_are_ignored(c);
         enrollment_key_needs_existing_workspace(c);
         enrollment_key_is_single_use(c);
         expired_enrollment_key_is_refused(c);
@@ -134,6 +144,7 @@ async fn new_workspace(cat: &dyn Catalog, tag: &str, created_at: TimestampMicros
         retention_days: 14,
         created_at,
         lockbox: true,
+        policy: WorkspacePolicy::default(),
     };
     ok(cat.create_workspace(&ws).await, "create_workspace");
     ws
@@ -197,10 +208,14 @@ fn ids(segs: &[Segment]) -> Vec<SegmentId> {
 
 // ---------------------------------------------------------------- workspaces
 
-/// A created workspace reads back identically (lockbox on or off), by id
-/// and in the list; an unknown id reads as `None`.
+/// A created workspace reads back identically (lockbox on or off, any
+/// policy), by id and in the list; an unknown id reads as `None`.
 pub async fn workspaces_round_trip(cat: &dyn Catalog) {
-    for lockbox in [true, false] {
+    let policies = [
+        WorkspacePolicy::default(),
+        WorkspacePolicy::with_categories(Level::Security, [Category::Security]),
+    ];
+    for (lockbox, policy) in [true, false].into_iter().zip(policies) {
         let ws = Workspace {
             id: WorkspaceId::new(),
             name: unique("round trip ünïcode"),
@@ -208,6 +223,7 @@ pub async fn workspaces_round_trip(cat: &dyn Catalog) {
             retention_days: u32::MAX,
             created_at: T0 + 123,
             lockbox,
+            policy,
         };
         ok(cat.create_workspace(&ws).await, "create_workspace");
         assert_eq!(
@@ -1060,6 +1076,192 @@ pub async fn set_lockbox_on_unknown_workspace_is_workspace_not_found(cat: &dyn C
         }
     }
     assert_eq!(ok(cat.get_workspace(ghost).await, "get_workspace"), None);
+}
+
+// ---------------------------------------------------------------- ingest policy and refusals
+
+fn policy_of(w: &Option<Workspace>) -> WorkspacePolicy {
+    match w {
+        Some(w) => w.policy.clone(),
+        None => panic!("workspace vanished"),
+    }
+}
+
+/// A workspace created with the default policy stores every level and
+/// category; one created with a policy reads it back, by
+/// `workspace_policy` and in `get_workspace`.
+pub async fn new_workspaces_store_everything_unless_created_with_a_policy(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "policy-default", T0).await;
+    let p = ok(cat.workspace_policy(ws.id).await, "workspace_policy");
+    assert_eq!(p, WorkspacePolicy::default());
+    assert_eq!(p.max_level, Level::Full);
+    assert!(Category::ALL.iter().all(|c| p.allows_category(*c)));
+    let strict = Workspace {
+        id: WorkspaceId::new(),
+        name: unique("policy-created"),
+        policy: WorkspacePolicy::with_categories(Level::Basic, [Category::Health, Category::Inventory]),
+        ..ws.clone()
+    };
+    ok(cat.create_workspace(&strict).await, "create_workspace(policy)");
+    assert_eq!(ok(cat.workspace_policy(strict.id).await, "workspace_policy"), strict.policy);
+    assert_eq!(policy_of(&ok(cat.get_workspace(strict.id).await, "get")), strict.policy);
+}
+
+/// `set_workspace_policy` replaces the policy (level, a subset of
+/// categories, no category at all, back to all) and changes nothing else,
+/// in no other workspace.
+pub async fn workspace_policy_round_trips_and_touches_no_other_workspace(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "policy", T0).await;
+    let other = new_workspace(cat, "policy-other", T0).await;
+    let policies = [
+        WorkspacePolicy::with_categories(Level::Enhanced, [Category::Logs, Category::Security]),
+        WorkspacePolicy { max_level: Level::Security, categories: Some(Default::default()) },
+        WorkspacePolicy::with_categories(Level::Basic, Category::ALL),
+        WorkspacePolicy::with_categories(Level::Full, [Category::Crash]),
+        WorkspacePolicy::default(),
+    ];
+    for p in policies {
+        ok(cat.set_workspace_policy(ws.id, &p).await, "set_workspace_policy");
+        assert_eq!(ok(cat.workspace_policy(ws.id).await, "workspace_policy"), p);
+        assert_eq!(
+            ok(cat.get_workspace(ws.id).await, "get_workspace"),
+            Some(Workspace { policy: p.clone(), ..ws.clone() }),
+            "only the policy may change"
+        );
+        assert_eq!(
+            ok(cat.workspace_policy(other.id).await, "workspace_policy(other)"),
+            WorkspacePolicy::default(),
+            "set_workspace_policy changed another workspace"
+        );
+    }
+    // Naming every category is "all".
+    assert_eq!(WorkspacePolicy::with_categories(Level::Basic, Category::ALL).categories, None);
+}
+
+/// Reading or setting the policy of a workspace that does not exist is
+/// `WorkspaceNotFound`, and creates nothing.
+pub async fn policy_of_an_unknown_workspace_is_workspace_not_found(cat: &dyn Catalog) {
+    let ghost = WorkspaceId::new();
+    match cat.workspace_policy(ghost).await {
+        Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("workspace_policy(unknown): expected WorkspaceNotFound, got {other:?}"),
+    }
+    match cat.set_workspace_policy(ghost, &WorkspacePolicy::default()).await {
+        Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("set_workspace_policy(unknown): expected WorkspaceNotFound, got {other:?}"),
+    }
+    assert_eq!(ok(cat.get_workspace(ghost).await, "get_workspace"), None);
+}
+
+fn refusal(ws: WorkspaceId, agent: AgentId, reason: RefusalReason, category: Category, events: u64, at: TimestampMicros) -> Refusal {
+    Refusal { workspace_id: ws, agent_id: agent, reason, category, events, first_at: at, last_at: at }
+}
+
+/// Refusals of the same (agent, reason, category) are summed, keeping the
+/// earliest and latest times; different keys are counted apart; the list is
+/// ordered by agent, reason and category.
+pub async fn refusals_accumulate_per_agent_reason_and_category(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "refusals", T0).await;
+    assert_eq!(ok(cat.list_refusals(ws.id).await, "list_refusals"), vec![]);
+    let (a1, a2) = (AgentId::new(), AgentId::new());
+    ok(
+        cat.add_refusals(&[
+            refusal(ws.id, a1, RefusalReason::Level, Category::Logs, 3, T0 + 50),
+            refusal(ws.id, a1, RefusalReason::Category, Category::Crash, 1, T0 + 50),
+            refusal(ws.id, a2, RefusalReason::Schema, Category::Performance, 2, T0 + 60),
+        ])
+        .await,
+        "add_refusals",
+    );
+    // Later and earlier additions to the same key; the same key twice in one call.
+    ok(
+        cat.add_refusals(&[
+            refusal(ws.id, a1, RefusalReason::Level, Category::Logs, 4, T0 + 90),
+            refusal(ws.id, a1, RefusalReason::Level, Category::Logs, 1, T0 + 10),
+        ])
+        .await,
+        "add_refusals",
+    );
+    let got = ok(cat.list_refusals(ws.id).await, "list_refusals");
+    let mut want = vec![
+        Refusal { events: 8, first_at: T0 + 10, last_at: T0 + 90, ..refusal(ws.id, a1, RefusalReason::Level, Category::Logs, 0, 0) },
+        refusal(ws.id, a1, RefusalReason::Category, Category::Crash, 1, T0 + 50),
+        refusal(ws.id, a2, RefusalReason::Schema, Category::Performance, 2, T0 + 60),
+    ];
+    want.sort_by_key(|r| (r.agent_id, r.reason, r.category));
+    assert_eq!(got, want);
+}
+
+/// A workspace's refusals are never listed for another workspace.
+pub async fn refusals_never_cross_workspaces(cat: &dyn Catalog) {
+    let a = new_workspace(cat, "refusals-a", T0).await;
+    let b = new_workspace(cat, "refusals-b", T0).await;
+    let agent = AgentId::new();
+    ok(cat.add_refusals(&[refusal(a.id, agent, RefusalReason::Level, Category::Logs, 5, T0)]).await, "add");
+    assert_eq!(ok(cat.list_refusals(b.id).await, "list b"), vec![]);
+    ok(cat.add_refusals(&[refusal(b.id, agent, RefusalReason::Level, Category::Logs, 2, T0)]).await, "add");
+    let la = ok(cat.list_refusals(a.id).await, "list a");
+    let lb = ok(cat.list_refusals(b.id).await, "list b");
+    assert_eq!(la.len(), 1);
+    assert_eq!(lb.len(), 1);
+    assert_eq!((la[0].workspace_id, la[0].events), (a.id, 5));
+    assert_eq!((lb[0].workspace_id, lb[0].events), (b.id, 2));
+    assert_eq!(ok(cat.list_refusals(WorkspaceId::new()).await, "list ghost"), vec![]);
+}
+
+/// Refusals for a workspace that does not exist are `WorkspaceNotFound`,
+/// and none of the same call is added.
+pub async fn refusals_need_an_existing_workspace_and_are_atomic(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "refusals-atomic", T0).await;
+    let ghost = WorkspaceId::new();
+    let agent = AgentId::new();
+    match cat
+        .add_refusals(&[
+            refusal(ws.id, agent, RefusalReason::Level, Category::Logs, 1, T0),
+            refusal(ghost, agent, RefusalReason::Level, Category::Logs, 1, T0),
+        ])
+        .await
+    {
+        Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("add_refusals(unknown workspace): expected WorkspaceNotFound, got {other:?}"),
+    }
+    assert_eq!(ok(cat.list_refusals(ws.id).await, "list"), vec![], "part of a failed call was added");
+}
+
+/// `commit_ingest` records segments, batch ids and refusals in one
+/// transaction: a failing commit adds no refusal, a good one adds them
+/// with its batch id.
+pub async fn commit_ingest_counts_refusals_with_the_batch_all_or_nothing(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "commit-ingest", T0).await;
+    let agent = AgentId::new();
+    let s1 = segment(ws.id, "logs", 0, 10);
+    let dup = Segment { path: "other.seg".into(), ..s1.clone() };
+    let batch = BatchId::new();
+    let r = refusal(ws.id, agent, RefusalReason::Category, Category::Crash, 7, T0);
+    match cat.commit_ingest(&[s1.clone(), dup], &[(ws.id, batch)], std::slice::from_ref(&r), T0).await {
+        Err(CatalogError::SegmentExists(id)) => assert_eq!(id, s1.id),
+        other => panic!("commit_ingest with a duplicate segment: expected SegmentExists, got {other:?}"),
+    }
+    assert_eq!(ok(cat.list_refusals(ws.id).await, "list"), vec![], "refusals of a failed commit counted");
+    assert_eq!(ok(cat.stored_batches(ws.id, &[batch]).await, "stored"), vec![]);
+    ok(cat.commit_ingest(std::slice::from_ref(&s1), &[(ws.id, batch)], std::slice::from_ref(&r), T0).await, "commit_ingest");
+    assert_eq!(ok(cat.list_refusals(ws.id).await, "list"), vec![r.clone()]);
+    assert_eq!(ok(cat.stored_batches(ws.id, &[batch]).await, "stored"), vec![batch]);
+    // A batch whose every event was refused: no segment, but its id and counts.
+    let all_refused = BatchId::new();
+    ok(cat.commit_ingest(&[], &[(ws.id, all_refused)], std::slice::from_ref(&r), T0 + 5).await, "commit_ingest(no segments)");
+    assert_eq!(ok(cat.stored_batches(ws.id, &[all_refused]).await, "stored"), vec![all_refused]);
+    let got = ok(cat.list_refusals(ws.id).await, "list");
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].events, got[0].first_at, got[0].last_at), (14, T0, T0));
+}
+
+/// An entry of 0 events adds nothing (and is not an error).
+pub async fn refusals_of_zero_events_are_ignored(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "refusals-zero", T0).await;
+    ok(cat.add_refusals(&[refusal(ws.id, AgentId::new(), RefusalReason::Schema, Category::Logs, 0, T0)]).await, "add");
+    assert_eq!(ok(cat.list_refusals(ws.id).await, "list"), vec![]);
+    ok(cat.add_refusals(&[]).await, "add(nothing)");
 }
 
 // ---------------------------------------------------------------- principals

@@ -1,6 +1,8 @@
-//! The catalog: the service's metadata. Workspaces, enrollment keys, agents,
-//! segments and the batch ids already stored; principals, their API tokens
-//! and workspace role bindings; support cases and lockbox access requests.
+//! The catalog: the service's metadata. Workspaces (with their ingest policy:
+//! maximum level and allowed categories), enrollment keys, agents, segments
+//! and the batch ids already stored, counts of events refused at ingest;
+//! principals, their API tokens and workspace role bindings; support cases
+//! and lockbox access requests.
 //!
 //! One trait, [`Catalog`], with an embedded SQLite implementation
 //! ([`SqliteCatalog`]); PostgreSQL arrives behind the same trait. Every
@@ -10,11 +12,13 @@
 #![forbid(unsafe_code)]
 
 use async_trait::async_trait;
+use custos_model::api::RefusalReason;
 use custos_model::{
-    AccessRequestId, AgentId, BatchId, CaseId, PrincipalId, SegmentId, ServiceRole, TableName,
-    TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, SegmentId, ServiceRole,
+    TableName, TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -102,6 +106,72 @@ pub struct Workspace {
     /// Customer lockbox: when on (the default), support engineers read
     /// nothing in this workspace without a live, owner-approved grant.
     pub lockbox: bool,
+    /// What the workspace stores (maximum level, categories).
+    pub policy: WorkspacePolicy,
+}
+
+/// What a workspace stores: events above `max_level` or outside
+/// `categories` are refused at ingest (never stored, counted per agent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspacePolicy {
+    /// The highest consent level stored. Default [`Level::Full`] (everything).
+    pub max_level: Level,
+    /// The categories stored; `None` (the default) is every category,
+    /// including ones a later version adds. Build it with
+    /// [`WorkspacePolicy::with_categories`], which turns a list naming every
+    /// category into `None`.
+    pub categories: Option<BTreeSet<Category>>,
+}
+
+impl Default for WorkspacePolicy {
+    fn default() -> Self {
+        WorkspacePolicy { max_level: Level::Full, categories: None }
+    }
+}
+
+impl WorkspacePolicy {
+    /// A policy allowing `categories` up to `max_level`; naming every
+    /// category means "all" (`categories: None`).
+    pub fn with_categories(max_level: Level, categories: impl IntoIterator<Item = Category>) -> Self {
+        let set: BTreeSet<Category> = categories.into_iter().collect();
+        let all = Category::ALL.iter().all(|c| set.contains(c));
+        WorkspacePolicy { max_level, categories: if all { None } else { Some(set) } }
+    }
+
+    /// Whether events of this category are stored.
+    pub fn allows_category(&self, c: Category) -> bool {
+        self.categories.as_ref().is_none_or(|set| set.contains(&c))
+    }
+
+    /// The categories stored, in [`Category::ALL`] order.
+    pub fn categories(&self) -> Vec<Category> {
+        Category::ALL.into_iter().filter(|c| self.allows_category(*c)).collect()
+    }
+}
+
+/// Events of one agent refused at ingest for one reason and category.
+///
+/// As an addition ([`Catalog::add_refusals`], [`Catalog::commit_ingest`])
+/// it is merged into the stored count of the same (workspace, agent,
+/// reason, category): `events` are summed, `first_at` is the earliest and
+/// `last_at` the latest. A batch adds one with `first_at == last_at`, its
+/// receive time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The agent that sent the events.
+    pub agent_id: AgentId,
+    /// Why they were refused.
+    pub reason: RefusalReason,
+    /// Their category.
+    pub category: Category,
+    /// How many (at least 1).
+    pub events: u64,
+    /// When the first was refused.
+    pub first_at: TimestampMicros,
+    /// When the last was refused.
+    pub last_at: TimestampMicros,
 }
 
 /// An enrollment key, stored by hash only.
@@ -335,11 +405,26 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn stored_batches(&self, ws: WorkspaceId, ids: &[BatchId]) -> Result<Vec<BatchId>>;
     /// Atomically register segments and record the batch ids they hold, so
     /// after a crash a replayed batch is recognised as stored. Batch ids
-    /// already recorded are ignored (not an error).
+    /// already recorded are ignored (not an error). The same as
+    /// [`Catalog::commit_ingest`] without refusals.
     async fn commit_segments(
         &self,
         segments: &[Segment],
         batches: &[(WorkspaceId, BatchId)],
+        now: TimestampMicros,
+    ) -> Result<()> {
+        self.commit_ingest(segments, batches, &[], now).await
+    }
+    /// Atomically register segments, record the batch ids they hold and add
+    /// the refusal counts of those batches, all or nothing: a batch's
+    /// refusals are counted exactly when its id is recorded, so a replayed
+    /// or retried batch is never counted twice. Batch ids already recorded
+    /// are ignored (not an error); their refusals must not be passed again.
+    async fn commit_ingest(
+        &self,
+        segments: &[Segment],
+        batches: &[(WorkspaceId, BatchId)],
+        refusals: &[Refusal],
         now: TimestampMicros,
     ) -> Result<()>;
     /// Segments of one table of one workspace, optionally only those that
@@ -355,6 +440,18 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     /// Turn a workspace's lockbox on or off.
     async fn set_lockbox(&self, ws: WorkspaceId, on: bool) -> Result<()>;
+
+    /// A workspace's ingest policy ([`CatalogError::WorkspaceNotFound`] if
+    /// there is no such workspace).
+    async fn workspace_policy(&self, ws: WorkspaceId) -> Result<WorkspacePolicy>;
+    /// Replace a workspace's ingest policy.
+    async fn set_workspace_policy(&self, ws: WorkspaceId, policy: &WorkspacePolicy) -> Result<()>;
+    /// Add refusal counts (merged per workspace, agent, reason and category;
+    /// see [`Refusal`]), atomically. Every workspace must exist; entries of
+    /// 0 events are ignored.
+    async fn add_refusals(&self, refusals: &[Refusal]) -> Result<()>;
+    /// A workspace's refusal counts, ordered by agent, reason and category.
+    async fn list_refusals(&self, ws: WorkspaceId) -> Result<Vec<Refusal>>;
 
     /// Create a principal; names are unique.
     async fn create_principal(&self, p: &Principal) -> Result<()>;

@@ -1,11 +1,11 @@
 //! The embedded catalog: one SQLite file in WAL mode.
 //!
-//! Layout (schema version 2):
+//! Layout (schema version 3):
 //!
 //! | table             | key                                       | notes                                   |
 //! |-------------------|-------------------------------------------|-----------------------------------------|
 //! | `schema_version`  | `version`                                 | one row per applied migration           |
-//! | `workspaces`      | `id`; `name` unique                       | `lockbox` 0/1, default 1 (v2)           |
+//! | `workspaces`      | `id`; `name` unique                       | `lockbox` 0/1, default 1 (v2); `max_level` 0-3, default 3, and `categories` (comma-separated names, NULL = all) (v3) |
 //! | `enrollment_keys` | `key_hash`                                | `used_at` NULL until consumed           |
 //! | `agents`          | `id`                                      |                                         |
 //! | `segments`        | `id`                                      | `columns` is JSON; index on (ws, table, min_time) |
@@ -15,6 +15,7 @@
 //! | `role_bindings`   | (`workspace_id`, `principal_id`, `role`)  | → `workspaces`, `principals`; index on (principal, ws) (v2) |
 //! | `cases`           | `id`                                      | → `workspaces`; index on (ws, opened_at); `closed_at` NULL while open (v2) |
 //! | `access_requests` | `id`                                      | → `cases` by (case, ws); `state` pending/approved/denied; indexes on ws, case, requester (v2) |
+//! | `refusals`        | (`workspace_id`, `agent_id`, `reason`, `category`) | events refused at ingest: `events` > 0, `first_at`, `last_at`; `reason` level/category/schema (v3) |
 //!
 //! Ids are UUID text (hyphenated), times are `INTEGER` microseconds, and every
 //! row that belongs to a workspace references `workspaces(id)` (foreign keys
@@ -26,12 +27,13 @@
 
 use crate::{
     AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError,
-    ColumnDef, EnrollmentKey, Principal, Result, RoleBinding, Segment, Workspace,
+    ColumnDef, EnrollmentKey, Principal, Refusal, Result, RoleBinding, Segment, Workspace,
+    WorkspacePolicy,
 };
 use async_trait::async_trait;
 use custos_model::{
-    AccessRequestId, AgentId, BatchId, CaseId, PrincipalId, SegmentId, TableName, TimestampMicros,
-    TokenId, WorkspaceId, WorkspaceRole,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, SegmentId, TableName,
+    TimestampMicros, TokenId, WorkspaceId, WorkspaceRole,
 };
 use sqlx::error::ErrorKind;
 use sqlx::sqlite::{
@@ -177,6 +179,25 @@ CREATE TABLE access_requests (
 CREATE INDEX access_requests_by_workspace ON access_requests(workspace_id, requested_at);
 CREATE INDEX access_requests_by_case ON access_requests(case_id, requested_at);
 CREATE INDEX access_requests_by_requester ON access_requests(requester, requested_at);
+"#,
+    // Version 3: the workspace's ingest policy and the counts of refused events.
+    r#"
+ALTER TABLE workspaces ADD COLUMN max_level INTEGER NOT NULL DEFAULT 3 CHECK (max_level BETWEEN 0 AND 3);
+-- NULL: every category, including ones a later version adds; otherwise the
+-- allowed category names, comma-separated (possibly none).
+ALTER TABLE workspaces ADD COLUMN categories TEXT;
+
+CREATE TABLE refusals (
+    workspace_id TEXT    NOT NULL REFERENCES workspaces(id),
+    agent_id     TEXT    NOT NULL,
+    reason       TEXT    NOT NULL CHECK (reason IN ('level', 'category', 'schema')),
+    category     TEXT    NOT NULL CHECK (category IN
+                     ('security', 'settings', 'inventory', 'health', 'usage', 'logs', 'performance', 'crash')),
+    events       INTEGER NOT NULL CHECK (events > 0),
+    first_at     INTEGER NOT NULL,
+    last_at      INTEGER NOT NULL CHECK (last_at >= first_at),
+    PRIMARY KEY (workspace_id, agent_id, reason, category)
+) STRICT, WITHOUT ROWID;
 "#,
 ];
 
@@ -411,10 +432,58 @@ fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
             .map_err(|_| CatalogError::Corrupt(format!("retention_days: out of range {days}")))?,
         created_at: get(row, "created_at")?,
         lockbox: get_bool(row, "lockbox")?,
+        policy: policy_from_row(row)?,
     })
 }
 
-const WORKSPACE_COLUMNS: &str = "id, name, region, retention_days, created_at, lockbox";
+const WORKSPACE_COLUMNS: &str =
+    "id, name, region, retention_days, created_at, lockbox, max_level, categories";
+
+fn policy_from_row(row: &SqliteRow) -> Result<WorkspacePolicy> {
+    let level: i64 = get(row, "max_level")?;
+    let max_level = u8::try_from(level)
+        .ok()
+        .and_then(|l| Level::try_from(l).ok())
+        .ok_or_else(|| CatalogError::Corrupt(format!("max_level: not a level: {level}")))?;
+    let categories: Option<String> = get(row, "categories")?;
+    let categories = match categories {
+        None => None,
+        Some(text) => Some(
+            text.split(',')
+                .filter(|c| !c.is_empty())
+                .map(|c| {
+                    c.parse::<Category>()
+                        .map_err(|_| CatalogError::Corrupt(format!("categories: unknown category {c:?}")))
+                })
+                .collect::<Result<_>>()?,
+        ),
+    };
+    Ok(WorkspacePolicy { max_level, categories })
+}
+
+/// The stored form of a policy's categories (see the v3 migration).
+fn categories_text(p: &WorkspacePolicy) -> Option<String> {
+    p.categories
+        .as_ref()
+        .map(|set| set.iter().map(|c| c.name()).collect::<Vec<_>>().join(","))
+}
+
+fn refusal_from_row(row: &SqliteRow) -> Result<Refusal> {
+    let category: String = get(row, "category")?;
+    Ok(Refusal {
+        workspace_id: get_id(row, "workspace_id")?,
+        agent_id: get_id(row, "agent_id")?,
+        reason: get_id(row, "reason")?,
+        category: category
+            .parse()
+            .map_err(|_| CatalogError::Corrupt(format!("category: unknown category {category:?}")))?,
+        events: get_u64(row, "events")?,
+        first_at: get(row, "first_at")?,
+        last_at: get(row, "last_at")?,
+    })
+}
+
+const REFUSAL_COLUMNS: &str = "workspace_id, agent_id, reason, category, events, first_at, last_at";
 
 fn agent_from_row(row: &SqliteRow) -> Result<Agent> {
     Ok(Agent {
@@ -542,10 +611,45 @@ enum CommitFailure {
     Other(CatalogError),
 }
 
+/// Merge refusal counts inside a transaction (see [`Refusal`]).
+async fn add_refusals_in_tx(
+    tx: &mut sqlx::SqliteConnection,
+    refusals: &[Refusal],
+) -> std::result::Result<(), CommitFailure> {
+    for r in refusals.iter().filter(|r| r.events > 0) {
+        let events = to_i64("refused event count", r.events).map_err(CommitFailure::Other)?;
+        let res = sqlx::query(
+            "INSERT INTO refusals (workspace_id, agent_id, reason, category, events, first_at, last_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (workspace_id, agent_id, reason, category) DO UPDATE SET \
+             events = events + excluded.events, \
+             first_at = MIN(first_at, excluded.first_at), \
+             last_at = MAX(last_at, excluded.last_at)",
+        )
+        .bind(r.workspace_id.to_string())
+        .bind(r.agent_id.to_string())
+        .bind(r.reason.as_str())
+        .bind(r.category.name())
+        .bind(events)
+        .bind(r.first_at.min(r.last_at))
+        .bind(r.last_at.max(r.first_at))
+        .execute(&mut *tx)
+        .await;
+        match res.map_err(classify) {
+            Ok(_) => {}
+            Err(Failure::ForeignKey) => return Err(CommitFailure::MissingWorkspace),
+            Err(Failure::Unique(m)) => return Err(CommitFailure::Other(CatalogError::Database(m))),
+            Err(Failure::Other(e)) => return Err(CommitFailure::Other(e)),
+        }
+    }
+    Ok(())
+}
+
 async fn commit_in_tx(
     tx: &mut sqlx::SqliteConnection,
     segments: &[Segment],
     batches: &[(WorkspaceId, BatchId)],
+    refusals: &[Refusal],
     now: TimestampMicros,
 ) -> std::result::Result<(), CommitFailure> {
     for seg in segments {
@@ -593,14 +697,15 @@ async fn commit_in_tx(
             Err(Failure::Other(e)) => return Err(CommitFailure::Other(e)),
         }
     }
-    Ok(())
+    add_refusals_in_tx(tx, refusals).await
 }
 
 #[async_trait]
 impl Catalog for SqliteCatalog {
     async fn create_workspace(&self, ws: &Workspace) -> Result<()> {
         let res = sqlx::query(
-            "INSERT INTO workspaces (id, name, region, retention_days, created_at, lockbox) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO workspaces (id, name, region, retention_days, created_at, lockbox, max_level, categories) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(ws.id.to_string())
         .bind(ws.name.as_str())
@@ -608,6 +713,8 @@ impl Catalog for SqliteCatalog {
         .bind(i64::from(ws.retention_days))
         .bind(ws.created_at)
         .bind(i64::from(ws.lockbox))
+        .bind(i64::from(u8::from(ws.policy.max_level)))
+        .bind(categories_text(&ws.policy))
         .execute(&self.pool)
         .await;
         match res.map_err(classify) {
@@ -776,19 +883,20 @@ impl Catalog for SqliteCatalog {
             .collect())
     }
 
-    async fn commit_segments(
+    async fn commit_ingest(
         &self,
         segments: &[Segment],
         batches: &[(WorkspaceId, BatchId)],
+        refusals: &[Refusal],
         now: TimestampMicros,
     ) -> Result<()> {
-        if segments.is_empty() && batches.is_empty() {
+        if segments.is_empty() && batches.is_empty() && refusals.iter().all(|r| r.events == 0) {
             return Ok(());
         }
         // IMMEDIATE: take the write lock up front, so the busy timeout applies
         // instead of a mid-transaction SQLITE_BUSY.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        match commit_in_tx(&mut tx, segments, batches, now).await {
+        match commit_in_tx(&mut tx, segments, batches, refusals, now).await {
             Ok(()) => tx.commit().await.map_err(db),
             Err(failure) => {
                 tx.rollback().await.map_err(db)?;
@@ -802,6 +910,9 @@ impl Catalog for SqliteCatalog {
                         }
                         for (ws, _) in batches {
                             ids.push(*ws);
+                        }
+                        for r in refusals {
+                            ids.push(r.workspace_id);
                         }
                         match self.missing_workspace(ids).await? {
                             Some(id) => Err(CatalogError::WorkspaceNotFound(id)),
@@ -880,6 +991,51 @@ impl Catalog for SqliteCatalog {
             return Err(CatalogError::WorkspaceNotFound(ws));
         }
         Ok(())
+    }
+
+    async fn workspace_policy(&self, ws: WorkspaceId) -> Result<WorkspacePolicy> {
+        let row = sqlx::query("SELECT max_level, categories FROM workspaces WHERE id = ?")
+            .bind(ws.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        match row {
+            Some(row) => policy_from_row(&row),
+            None => Err(CatalogError::WorkspaceNotFound(ws)),
+        }
+    }
+
+    async fn set_workspace_policy(&self, ws: WorkspaceId, policy: &WorkspacePolicy) -> Result<()> {
+        let res = sqlx::query("UPDATE workspaces SET max_level = ?, categories = ? WHERE id = ?")
+            .bind(i64::from(u8::from(policy.max_level)))
+            .bind(categories_text(policy))
+            .bind(ws.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if res.rows_affected() == 0 {
+            return Err(CatalogError::WorkspaceNotFound(ws));
+        }
+        Ok(())
+    }
+
+    async fn add_refusals(&self, refusals: &[Refusal]) -> Result<()> {
+        self.commit_ingest(&[], &[], refusals, custos_model::now_micros()).await
+    }
+
+    async fn list_refusals(&self, ws: WorkspaceId) -> Result<Vec<Refusal>> {
+        let sql = format!(
+            "SELECT {REFUSAL_COLUMNS} FROM refusals WHERE workspace_id = ? ORDER BY agent_id, reason, category"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ws.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut out = rows.iter().map(refusal_from_row).collect::<Result<Vec<_>>>()?;
+        // The trait's order (agent, then the enums' order), whatever the collation.
+        out.sort_by_key(|r| (r.agent_id, r.reason, r.category));
+        Ok(out)
     }
 
     async fn create_principal(&self, p: &Principal) -> Result<()> {
@@ -1340,6 +1496,7 @@ mod tests {
             retention_days: 30,
             created_at: 1_700_000_000_000_000,
             lockbox: true,
+            policy: WorkspacePolicy::default(),
         }
     }
 
@@ -1488,7 +1645,7 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
-        assert_eq!(SCHEMA_VERSION, 2);
+        const { assert!(SCHEMA_VERSION >= 2) };
         // The existing workspace got the lockbox, and kept everything else.
         assert_eq!(
             cat.get_workspace(old.id).await.unwrap(),
@@ -1532,6 +1689,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn version_2_catalog_migrates_to_3_storing_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        let (old, agent_id) = (ws("from-v2"), AgentId::new());
+        {
+            let cat = SqliteCatalog::open_at_version(&path, 2).await.unwrap();
+            // What a version-2 build wrote: no policy columns, no refusals table.
+            sqlx::query(
+                "INSERT INTO workspaces (id, name, region, retention_days, created_at, lockbox) VALUES (?, ?, ?, ?, ?, 0)",
+            )
+            .bind(old.id.to_string())
+            .bind(old.name.as_str())
+            .bind(old.region.as_str())
+            .bind(i64::from(old.retention_days))
+            .bind(old.created_at)
+            .execute(&cat.pool)
+            .await
+            .unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_schema WHERE name = 'refusals'")
+                .fetch_one(&cat.pool)
+                .await
+                .unwrap();
+            assert_eq!(n, 0, "refusals exists at version 2");
+            cat.close().await;
+        }
+        let cat = SqliteCatalog::open(&path).await.unwrap();
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+                .fetch_all(&cat.pool)
+                .await
+                .unwrap();
+        assert_eq!(versions, vec![1, 2, 3]);
+        assert_eq!(SCHEMA_VERSION, 3);
+        // The existing workspace stores everything, as before, and kept the rest.
+        assert_eq!(
+            cat.get_workspace(old.id).await.unwrap(),
+            Some(Workspace { lockbox: false, policy: WorkspacePolicy::default(), ..old.clone() })
+        );
+        assert_eq!(cat.workspace_policy(old.id).await.unwrap(), WorkspacePolicy::default());
+        // The new column and table work with the old workspace.
+        let policy = WorkspacePolicy::with_categories(Level::Basic, [Category::Security, Category::Logs]);
+        cat.set_workspace_policy(old.id, &policy).await.unwrap();
+        assert_eq!(cat.workspace_policy(old.id).await.unwrap(), policy);
+        let r = Refusal {
+            workspace_id: old.id,
+            agent_id,
+            reason: custos_model::api::RefusalReason::Level,
+            category: Category::Logs,
+            events: 4,
+            first_at: 10,
+            last_at: 10,
+        };
+        cat.add_refusals(std::slice::from_ref(&r)).await.unwrap();
+        assert_eq!(cat.list_refusals(old.id).await.unwrap(), vec![r]);
+        cat.close().await;
+    }
+
+    #[tokio::test]
     async fn schema_checks_refuse_values_outside_the_enums() {
         let (_dir, cat) = fresh().await;
         let w = ws("checks");
@@ -1563,6 +1778,22 @@ mod tests {
                 p.id
             ),
             format!("UPDATE cases SET closed_at = 5 WHERE id = '{}'", c.id),
+            format!("UPDATE workspaces SET max_level = 4 WHERE id = '{}'", w.id),
+            format!(
+                "INSERT INTO refusals VALUES ('{}', '{}', 'because', 'logs', 1, 1, 1)",
+                w.id,
+                AgentId::new()
+            ),
+            format!(
+                "INSERT INTO refusals VALUES ('{}', '{}', 'level', 'metrics', 1, 1, 1)",
+                w.id,
+                AgentId::new()
+            ),
+            format!(
+                "INSERT INTO refusals VALUES ('{}', '{}', 'level', 'logs', 0, 1, 1)",
+                w.id,
+                AgentId::new()
+            ),
             format!(
                 "INSERT INTO access_requests (id, case_id, workspace_id, requester, reason, duration, requested_at, \
                  state) VALUES ('{}', '{}', '{}', '{}', 'r', 1, 1, 'expired')",

@@ -2,7 +2,8 @@
 //! misspelt option is an error, not a silent default.
 
 use crate::{
-    AccessRequestId, AgentId, BatchId, CaseId, PrincipalId, ServiceRole, TimestampMicros, TokenId, WorkspaceId, WorkspaceRole,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, ServiceRole, TimestampMicros, TokenId,
+    WorkspaceId, WorkspaceRole,
 };
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,98 @@ pub struct WorkspaceInfo {
     pub created_at: String,
     /// Whether the customer lockbox is on.
     pub lockbox: bool,
+    /// The highest consent level the workspace stores (events above it are
+    /// refused at ingest).
+    pub max_level: Level,
+    /// The categories the workspace stores (events of others are refused).
+    pub categories: Vec<Category>,
+}
+
+/// `PUT /v1/workspaces/{id}/policy` (owners): what the workspace stores.
+/// An absent field keeps its current value.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspacePolicyRequest {
+    /// The highest level stored (0-3).
+    #[serde(default)]
+    pub max_level: Option<Level>,
+    /// The categories stored; at least one. Naming every category also
+    /// allows categories a later version adds.
+    #[serde(default)]
+    pub categories: Option<Vec<Category>>,
+}
+
+/// A workspace's ingest policy, as `PUT /v1/workspaces/{id}/policy` answers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WorkspacePolicyInfo {
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// The highest level stored.
+    pub max_level: Level,
+    /// The categories stored.
+    pub categories: Vec<Category>,
+}
+
+/// Why the server refused an event at ingest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefusalReason {
+    /// Its effective level is above the workspace's maximum.
+    Level,
+    /// Its category is not one the workspace stores.
+    Category,
+    /// It does not match the telemetry registry (table, field, type or category).
+    Schema,
+}
+
+impl RefusalReason {
+    /// All reasons.
+    pub const ALL: [RefusalReason; 3] = [RefusalReason::Level, RefusalReason::Category, RefusalReason::Schema];
+
+    /// The lowercase name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Level => "level",
+            RefusalReason::Category => "category",
+            RefusalReason::Schema => "schema",
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RefusalReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RefusalReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown refusal reason {s:?} (expected level, category or schema)"))
+    }
+}
+
+/// Events of one agent refused for one reason and category, as
+/// `GET /v1/workspaces/{id}/refusals` lists them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RefusalInfo {
+    /// The agent that sent them.
+    pub agent_id: AgentId,
+    /// The host name the agent reported at enrollment, if it is known.
+    pub hostname: Option<String>,
+    /// Why they were refused.
+    pub reason: RefusalReason,
+    /// Their category.
+    pub category: Category,
+    /// How many.
+    pub events: u64,
+    /// When the first was refused, RFC 3339.
+    pub first_refused_at: String,
+    /// When the last was refused, RFC 3339.
+    pub last_refused_at: String,
 }
 
 /// Answer to `POST /v1/workspaces`: the workspace and its first enrollment
@@ -97,10 +190,17 @@ pub struct EnrollResponse {
 pub struct IngestAck {
     /// The batch acknowledged.
     pub batch_id: BatchId,
-    /// Events accepted.
+    /// Events accepted and stored.
     pub accepted: u64,
     /// True when this batch id had already been stored and was not stored again.
     pub duplicate: bool,
+    /// Events refused by the workspace's policy or the telemetry registry:
+    /// not stored, counted per agent (`GET /v1/workspaces/{id}/refusals`).
+    /// `accepted + refused` is the batch's event count. For a duplicate, what
+    /// the current policy would refuse (nothing is stored or counted again).
+    /// Absent from older servers' answers (then 0).
+    #[serde(default)]
+    pub refused: u64,
     /// Acknowledgement id (the ingest log position), for the agent's records.
     pub ack_id: String,
 }
@@ -378,4 +478,30 @@ pub struct AuditEntry {
     pub details: std::collections::BTreeMap<String, String>,
     /// Record hash, hex.
     pub hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ack_from_an_older_server_parses_with_nothing_refused() {
+        let old = r#"{"batch_id":"0190d3c4-7d5e-7000-8000-000000000001","accepted":3,"duplicate":false,"ack_id":"wal:7"}"#;
+        let ack: IngestAck = serde_json::from_str(old).unwrap();
+        assert_eq!((ack.accepted, ack.refused), (3, 0));
+        let back = serde_json::to_value(&ack).unwrap();
+        assert_eq!(back["refused"], 0);
+    }
+
+    #[test]
+    fn policy_requests_take_level_numbers_and_category_names() {
+        let r: WorkspacePolicyRequest = serde_json::from_str(r#"{"max_level":2,"categories":["logs","security"]}"#).unwrap();
+        assert_eq!(r.max_level, Some(Level::Enhanced));
+        assert_eq!(r.categories, Some(vec![Category::Logs, Category::Security]));
+        assert!(serde_json::from_str::<WorkspacePolicyRequest>(r#"{"max_level":4}"#).is_err());
+        assert!(serde_json::from_str::<WorkspacePolicyRequest>(r#"{"categories":["metrics"]}"#).is_err());
+        assert!(serde_json::from_str::<WorkspacePolicyRequest>(r#"{"level":2}"#).is_err(), "unknown fields are refused");
+        assert_eq!("schema".parse::<RefusalReason>().unwrap(), RefusalReason::Schema);
+        assert!("other".parse::<RefusalReason>().is_err());
+    }
 }

@@ -78,6 +78,19 @@ pub enum ValueType {
 }
 
 impl ValueType {
+    /// All types.
+    pub const ALL: [ValueType; 4] = [ValueType::Bool, ValueType::Int, ValueType::Float, ValueType::Str];
+
+    /// The lowercase name (`bool`, `int`, `float`, `str`), as in the registry.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueType::Bool => "bool",
+            ValueType::Int => "int",
+            ValueType::Float => "float",
+            ValueType::Str => "str",
+        }
+    }
+
     /// The narrowest type that can hold values of both `self` and `other`:
     /// equal types stay, int and float widen to float, anything else to string.
     pub fn widen(self, other: ValueType) -> ValueType {
@@ -87,6 +100,12 @@ impl ValueType {
             (Int, Float) | (Float, Int) => Float,
             _ => Str,
         }
+    }
+}
+
+impl std::fmt::Display for ValueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -157,6 +157,27 @@ pub enum PiiClass {
     No,
 }
 
+impl PiiClass {
+    /// All classes, most personal first.
+    pub const ALL: [PiiClass; 4] = [PiiClass::Yes, PiiClass::Maybe, PiiClass::IfCustomized, PiiClass::No];
+
+    /// The kebab-case name used in the registry and on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            PiiClass::Yes => "yes",
+            PiiClass::Maybe => "maybe",
+            PiiClass::IfCustomized => "if-customized",
+            PiiClass::No => "no",
+        }
+    }
+}
+
+impl fmt::Display for PiiClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

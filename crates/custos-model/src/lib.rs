@@ -1,6 +1,7 @@
 //! The shared vocabulary of custos: events and their typed values, consent
-//! levels, categories, PII classes, identifiers, the versioned wire format
-//! agents use to ship batches, and the JSON types of the HTTP API.
+//! levels, categories, PII classes, identifiers, the telemetry registry (what
+//! is collected at each level), the versioned wire format agents use to ship
+//! batches, and the JSON types of the HTTP API.
 //!
 //! This crate does no I/O and depends on nothing else of ours, so every other
 //! crate (the agent included) can link it.
@@ -12,6 +13,7 @@ mod event;
 mod ids;
 mod level;
 mod names;
+pub mod registry;
 mod secret;
 pub mod roles;
 pub mod wire;
@@ -20,6 +22,9 @@ pub use event::{Event, Value, ValueType, RESERVED_COLUMNS};
 pub use ids::{AccessRequestId, AgentId, BatchId, CaseId, IdParseError, PrincipalId, SegmentId, TokenId, WorkspaceId};
 pub use level::{Category, Level, LevelParseError, PiiClass};
 pub use names::{validate_column_name, NameError, TableName};
+pub use registry::{
+    CatalogRow, FieldDef, Registry, RegistryError, RegistryViolation, Severity, SeverityParseError, Switch, TableDef,
+};
 pub use roles::{RoleParseError, ServiceRole, WorkspaceRole};
 pub use secret::Secret;
 

@@ -170,14 +170,24 @@ pub enum WireError {
 }
 
 /// Encode a payload as a version-1 frame with the given codec.
+///
+/// The same as `encode_raw(&payload_json(payload), codec)`.
 pub fn encode(payload: &BatchPayload, codec: Codec) -> Vec<u8> {
-    // Serialising plain data structures to a Vec cannot fail.
-    let json = serde_json::to_vec(payload).unwrap_or_default();
-    encode_raw(&json, codec)
+    encode_raw(&payload_json(payload), codec)
 }
 
-/// Frame already-serialised payload bytes. Exposed for tests and tools that
-/// need to build deliberately malformed frames.
+/// The payload's JSON: exactly the bytes a frame carries (before the codec)
+/// and a decoder gets back after decompressing. An agent that must record
+/// what leaves the host (its transparency ledger) serialises once with this,
+/// records these bytes, and frames the same bytes with [`encode_raw`].
+pub fn payload_json(payload: &BatchPayload) -> Vec<u8> {
+    // Serialising plain data structures to a Vec cannot fail.
+    serde_json::to_vec(payload).unwrap_or_default()
+}
+
+/// Frame already-serialised payload bytes (from [`payload_json`]) without
+/// changing them. Also used by tests and tools that need to build
+/// deliberately malformed frames.
 pub fn encode_raw(json: &[u8], codec: Codec) -> Vec<u8> {
     let body = match codec {
         Codec::None => json.to_vec(),
@@ -326,6 +336,23 @@ mod tests {
         let p = sample(10);
         for codec in [Codec::None, Codec::Zstd] {
             assert_eq!(decode(&encode(&p, codec), &Limits::default()).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn a_frame_of_payload_json_carries_exactly_those_bytes() {
+        let p = sample(50);
+        let json = payload_json(&p);
+        for codec in [Codec::None, Codec::Zstd] {
+            let frame = encode_raw(&json, codec);
+            assert_eq!(frame, encode(&p, codec));
+            let body = &frame[HEADER_LEN..];
+            let carried = match frame[8] {
+                0 => body.to_vec(),
+                _ => zstd::bulk::decompress(body, json.len()).unwrap(),
+            };
+            assert_eq!(carried, json);
+            assert_eq!(decode(&frame, &Limits::default()).unwrap(), p);
         }
     }
 

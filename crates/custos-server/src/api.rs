@@ -18,6 +18,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use custos_catalog::{
     AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, EnrollmentKey, Principal, RoleBinding, Workspace,
+    WorkspacePolicy,
 };
 use custos_model::api::*;
 use custos_model::{AccessRequestId, AgentId, PrincipalId, TokenId, WorkspaceId, WorkspaceRole};
@@ -62,6 +63,8 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
         route!(GET "/v1/workspaces", "workspace.list", P(Perm::Authenticated), R, list_workspaces),
         route!(GET "/v1/workspaces/{ws}", "workspace.show", P(Perm::WorkspaceView), R, show_workspace),
         route!(PUT "/v1/workspaces/{ws}/lockbox", "workspace.lockbox", P(Perm::PolicyManage), W, set_lockbox),
+        route!(PUT "/v1/workspaces/{ws}/policy", "workspace.policy", P(Perm::PolicyManage), W, set_policy),
+        route!(GET "/v1/workspaces/{ws}/refusals", "workspace.refusals", P(Perm::AuditRead), R, list_refusals),
         route!(POST "/v1/workspaces/{ws}/enrollment-keys", "enrollment_key.create", P(Perm::AgentEnroll), W, new_enrollment_key),
         route!(GET "/v1/workspaces/{ws}/tables", "data.tables", P(Perm::DataRead), R, list_tables),
         route!(POST "/v1/workspaces/{ws}/query", "data.query", P(Perm::DataRead), R, query),
@@ -138,6 +141,7 @@ async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResp
         "# TYPE custos_ingest_batches_total counter\ncustos_ingest_batches_total {}\n\
          # TYPE custos_ingest_events_total counter\ncustos_ingest_events_total {}\n\
          # TYPE custos_ingest_duplicate_batches_total counter\ncustos_ingest_duplicate_batches_total {}\n\
+         # TYPE custos_ingest_refused_events_total counter\ncustos_ingest_refused_events_total {}\n\
          # TYPE custos_ingest_frame_bytes_total counter\ncustos_ingest_frame_bytes_total {}\n\
          # TYPE custos_segments_written_total counter\ncustos_segments_written_total {}\n\
          # TYPE custos_segment_flush_failures_total counter\ncustos_segment_flush_failures_total {}\n\
@@ -149,6 +153,7 @@ async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResp
         st.batches.load(Relaxed),
         st.events.load(Relaxed),
         st.duplicates.load(Relaxed),
+        st.refused_events.load(Relaxed),
         st.frame_bytes.load(Relaxed),
         st.segments.load(Relaxed),
         st.flush_failures.load(Relaxed),
@@ -177,7 +182,13 @@ fn info(ws: &Workspace) -> WorkspaceInfo {
         retention_days: ws.retention_days,
         created_at: rfc3339(ws.created_at),
         lockbox: ws.lockbox,
+        max_level: ws.policy.max_level,
+        categories: ws.policy.categories(),
     }
+}
+
+fn policy_info(ws: WorkspaceId, p: &WorkspacePolicy) -> WorkspacePolicyInfo {
+    WorkspacePolicyInfo { workspace_id: ws, max_level: p.max_level, categories: p.categories() }
 }
 
 /// Parse JSON with a specific error.
@@ -404,6 +415,7 @@ async fn create_workspace(auth: Authorized, State(s): State<Arc<AppState>>, body
         retention_days,
         created_at: s.clock.now(),
         lockbox: true,
+        policy: WorkspacePolicy::default(),
     };
     s.catalog.create_workspace(&ws).await?;
     let (key, expires) = issue_enrollment_key(&s, ws.id).await?;
@@ -442,6 +454,57 @@ async fn set_lockbox(auth: Authorized, State(s): State<Arc<AppState>>, body: axu
     let mut updated = ws.clone();
     updated.lockbox = req.enabled;
     Ok(Json(info(&updated)))
+}
+
+/// Change what the workspace stores. Applies to every batch received after
+/// the answer; batches already acknowledged keep the decision made when they
+/// arrived (see `ingest`).
+async fn set_policy(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<Json<WorkspacePolicyInfo>, ServerError> {
+    let req: WorkspacePolicyRequest = read_json(body, "policy request").await?;
+    let ws = auth.workspace()?;
+    let current = s.catalog.workspace_policy(ws.id).await?;
+    let max_level = req.max_level.unwrap_or(current.max_level);
+    let policy = match req.categories {
+        None => WorkspacePolicy { max_level, categories: current.categories },
+        Some(list) if list.is_empty() => {
+            return Err(ServerError::BadRequest(
+                "categories must name at least one category (security, settings, inventory, health, usage, logs, performance, crash)".into(),
+            ))
+        }
+        Some(list) => WorkspacePolicy::with_categories(max_level, list),
+    };
+    s.catalog.set_workspace_policy(ws.id, &policy).await?;
+    let categories: Vec<&str> = policy.categories().iter().map(|c| c.name()).collect();
+    auth.note("max_level", u8::from(policy.max_level));
+    auth.note("categories", categories.join(","));
+    tracing::info!(workspace = %ws.id, max_level = %policy.max_level, categories = %categories.join(","), "workspace policy changed");
+    Ok(Json(policy_info(ws.id, &policy)))
+}
+
+/// Events refused at ingest, per agent, reason and category.
+async fn list_refusals(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<RefusalInfo>>, ServerError> {
+    let ws = auth.workspace()?;
+    // Counts are committed with their batches: make everything acknowledged visible.
+    s.ingest.flush().await?;
+    let hosts: std::collections::HashMap<AgentId, String> =
+        s.catalog.list_agents(ws.id).await?.into_iter().map(|a| (a.id, a.hostname)).collect();
+    let out: Vec<RefusalInfo> = s
+        .catalog
+        .list_refusals(ws.id)
+        .await?
+        .into_iter()
+        .map(|r| RefusalInfo {
+            agent_id: r.agent_id,
+            hostname: hosts.get(&r.agent_id).cloned(),
+            reason: r.reason,
+            category: r.category,
+            events: r.events,
+            first_refused_at: rfc3339(r.first_at),
+            last_refused_at: rfc3339(r.last_at),
+        })
+        .collect();
+    auth.note("rows", out.len());
+    Ok(Json(out))
 }
 
 async fn new_enrollment_key(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<impl IntoResponse, ServerError> {
@@ -782,7 +845,8 @@ async fn ingest(auth: Authorized, State(s): State<Arc<AppState>>, headers: Heade
     let ack = s.ingest.accept(workspace, agent, body).await?;
     auth.note("batch", ack.batch_id);
     auth.note("events", ack.accepted);
+    auth.note("refused", ack.refused);
     auth.note("duplicate", ack.duplicate);
-    tracing::debug!(agent = %agent, workspace = %workspace, batch = %ack.batch_id, events = ack.accepted, duplicate = ack.duplicate, "batch acknowledged");
+    tracing::debug!(agent = %agent, workspace = %workspace, batch = %ack.batch_id, events = ack.accepted, refused = ack.refused, duplicate = ack.duplicate, "batch acknowledged");
     Ok(Json(ack))
 }

@@ -43,7 +43,7 @@ pub enum Perm {
     AgentEnroll,
     /// List, grant and revoke workspace roles.
     RoleManage,
-    /// Change workspace policy (lockbox).
+    /// Change workspace policy (lockbox; maximum level and categories stored).
     PolicyManage,
     /// Open a support case.
     CaseOpen,
@@ -57,7 +57,7 @@ pub enum Perm {
     AccessView,
     /// Approve or deny access requests.
     AccessDecide,
-    /// Read the workspace's audit records.
+    /// Read the workspace's audit records and the counts of events refused at ingest.
     AuditRead,
 }
 

@@ -23,14 +23,39 @@
 //! - A batch id is stored at most once per workspace: the handler checks the
 //!   in-flight set and the catalog before appending.
 //!
-//! WAL record format (version 1): `u8 version = 1`, 16-byte workspace UUID,
-//! 16-byte agent UUID, 16-byte batch UUID, then the batch frame exactly as
-//! received (see `custos_model::wire`).
+//! Enforcement (see `enforce`): before a batch is appended, each event is
+//! checked against the telemetry registry and the workspace's policy
+//! (maximum level, categories). Refused events are never written anywhere:
+//! the WAL record holds only the allowed events (the frame is re-encoded
+//! when anything was refused or a level raised; otherwise it is the frame as
+//! received) and the refusal counts. Why here and not later:
+//! - "stores none of them": filtering after the WAL would fsync refused
+//!   events to the server's disk;
+//! - determinism: the decision is made once, against the policy in force
+//!   when the batch arrived, and its outcome is what the WAL holds, so a
+//!   replay after a crash stores and counts exactly what was acknowledged,
+//!   even if the policy changed in between;
+//! - exactly-once counts: the builder commits a batch's refusal counts in
+//!   the same catalog transaction as its batch id (`commit_ingest`), so a
+//!   retried batch (dedup) or a replayed one (skipped once committed) is
+//!   never counted twice, and a crash before the commit loses no count (the
+//!   WAL replays it).
+//!
+//! WAL record format, version 2 (written): `u8 version = 2`, 16-byte
+//! workspace UUID, 16-byte agent UUID, 16-byte batch UUID, `i64` LE receive
+//! time (µs), `u8` number of refusal entries `n`, then `n` entries of `u8`
+//! reason code (1 level, 2 category, 3 schema), `u8` category code (1
+//! security, 2 settings, 3 inventory, 4 health, 5 usage, 6 logs, 7
+//! performance, 8 crash) and `u64` LE event count; then the batch frame of
+//! the events to store (see `custos_model::wire`). Version 1 (read, for
+//! logs written before enforcement): `u8 version = 1`, the three UUIDs, then
+//! the frame exactly as received; no refusals.
 
-use crate::ServerError;
-use custos_catalog::{Catalog, ColumnDef, Segment};
+use crate::{enforce, ServerError};
+use custos_catalog::{Catalog, ColumnDef, Refusal, Segment};
+use custos_model::api::RefusalReason;
 use custos_model::wire::{self, Limits};
-use custos_model::{AgentId, BatchId, Event, SegmentId, TableName, WorkspaceId};
+use custos_model::{AgentId, BatchId, Category, Event, Registry, SegmentId, TableName, WorkspaceId};
 use custos_store::{segment_path, SegmentBuilder, Storage};
 use custos_wal::{Lsn, Wal, WalOptions};
 use std::collections::{HashMap, HashSet};
@@ -39,45 +64,126 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-const RECORD_VERSION: u8 = 1;
-const RECORD_HEADER: usize = 1 + 16 * 3;
+const RECORD_V1: u8 = 1;
+const RECORD_V2: u8 = 2;
+const RECORD_V1_HEADER: usize = 1 + 16 * 3;
+/// Fixed part of a v2 header (before the refusal entries).
+const RECORD_V2_FIXED: usize = 1 + 16 * 3 + 8 + 1;
+const REFUSAL_ENTRY: usize = 1 + 1 + 8;
+/// Most refusal entries: one per (reason, category).
+const MAX_REFUSAL_ENTRIES: usize = RefusalReason::ALL.len() * Category::ALL.len();
+/// Largest v2 header.
+const RECORD_HEADER_MAX: usize = RECORD_V2_FIXED + MAX_REFUSAL_ENTRIES * REFUSAL_ENTRY;
 
-/// Encode a WAL record.
-fn encode_record(ws: WorkspaceId, agent: AgentId, batch: BatchId, frame: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RECORD_HEADER + frame.len());
-    out.push(RECORD_VERSION);
+fn reason_code(r: RefusalReason) -> u8 {
+    match r {
+        RefusalReason::Level => 1,
+        RefusalReason::Category => 2,
+        RefusalReason::Schema => 3,
+    }
+}
+
+fn reason_from_code(c: u8) -> Option<RefusalReason> {
+    RefusalReason::ALL.into_iter().find(|r| reason_code(*r) == c)
+}
+
+fn category_code(c: Category) -> u8 {
+    match c {
+        Category::Security => 1,
+        Category::Settings => 2,
+        Category::Inventory => 3,
+        Category::Health => 4,
+        Category::Usage => 5,
+        Category::Logs => 6,
+        Category::Performance => 7,
+        Category::Crash => 8,
+    }
+}
+
+fn category_from_code(c: u8) -> Option<Category> {
+    Category::ALL.into_iter().find(|x| category_code(*x) == c)
+}
+
+/// Refused events of one batch: (reason, category, events).
+type Refused = Vec<(RefusalReason, Category, u64)>;
+
+/// Encode a (version 2) WAL record.
+fn encode_record(ws: WorkspaceId, agent: AgentId, batch: BatchId, received_at: i64, refused: &Refused, frame: &[u8]) -> Vec<u8> {
+    let n = refused.len().min(MAX_REFUSAL_ENTRIES);
+    let mut out = Vec::with_capacity(RECORD_V2_FIXED + n * REFUSAL_ENTRY + frame.len());
+    out.push(RECORD_V2);
     out.extend_from_slice(ws.0.as_bytes());
     out.extend_from_slice(agent.0.as_bytes());
     out.extend_from_slice(batch.0.as_bytes());
+    out.extend_from_slice(&received_at.to_le_bytes());
+    // At most one entry per (reason, category), so n fits in a byte.
+    out.push(n as u8);
+    for (reason, category, events) in refused.iter().take(n) {
+        out.push(reason_code(*reason));
+        out.push(category_code(*category));
+        out.extend_from_slice(&events.to_le_bytes());
+    }
     out.extend_from_slice(frame);
     out
 }
 
+#[derive(Debug)]
 struct Record<'a> {
     ws: WorkspaceId,
     agent: AgentId,
     batch: BatchId,
+    received_at: i64,
+    refused: Refused,
     frame: &'a [u8],
 }
 
 fn decode_record(bytes: &[u8]) -> Result<Record<'_>, String> {
-    if bytes.len() < RECORD_HEADER {
+    let version = *bytes.first().ok_or("empty ingest record")?;
+    let header = match version {
+        RECORD_V1 => RECORD_V1_HEADER,
+        RECORD_V2 => RECORD_V2_FIXED,
+        other => return Err(format!("unknown ingest record version {other}")),
+    };
+    if bytes.len() < header {
         return Err(format!("record of {} bytes is shorter than its header", bytes.len()));
-    }
-    if bytes[0] != RECORD_VERSION {
-        return Err(format!("unknown ingest record version {}", bytes[0]));
     }
     let uuid = |i: usize| {
         let mut b = [0u8; 16];
         b.copy_from_slice(&bytes[1 + 16 * i..1 + 16 * (i + 1)]);
         uuid::Uuid::from_bytes(b)
     };
-    Ok(Record {
-        ws: WorkspaceId(uuid(0)),
-        agent: AgentId(uuid(1)),
-        batch: BatchId(uuid(2)),
-        frame: &bytes[RECORD_HEADER..],
-    })
+    let (ws, agent, batch) = (WorkspaceId(uuid(0)), AgentId(uuid(1)), BatchId(uuid(2)));
+    if version == RECORD_V1 {
+        return Ok(Record { ws, agent, batch, received_at: 0, refused: Vec::new(), frame: &bytes[RECORD_V1_HEADER..] });
+    }
+    let mut at = [0u8; 8];
+    at.copy_from_slice(&bytes[49..57]);
+    let received_at = i64::from_le_bytes(at);
+    let n = usize::from(bytes[57]);
+    let end = RECORD_V2_FIXED + n * REFUSAL_ENTRY;
+    if n > MAX_REFUSAL_ENTRIES || bytes.len() < end {
+        return Err(format!("record of {} bytes is shorter than its {n} refusal entries", bytes.len()));
+    }
+    let mut refused = Vec::with_capacity(n);
+    for e in bytes[RECORD_V2_FIXED..end].chunks_exact(REFUSAL_ENTRY) {
+        let reason = reason_from_code(e[0]).ok_or_else(|| format!("unknown refusal reason code {}", e[0]))?;
+        let category = category_from_code(e[1]).ok_or_else(|| format!("unknown category code {}", e[1]))?;
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&e[2..10]);
+        refused.push((reason, category, u64::from_le_bytes(c)));
+    }
+    Ok(Record { ws, agent, batch, received_at, refused, frame: &bytes[end..] })
+}
+
+/// The largest WAL record: a frame re-encoded after enforcement may be
+/// slightly larger than the frame received (it is bounded by the payload
+/// limit and zstd's worst case), plus the largest header.
+fn max_record_bytes(limits: &Limits) -> usize {
+    let payload = limits.max_payload_bytes;
+    limits
+        .max_frame_bytes
+        .max(payload.saturating_add(payload / 64).saturating_add(wire::HEADER_LEN + 4096))
+        .saturating_add(RECORD_HEADER_MAX)
 }
 
 /// Counters exposed on the metrics endpoint.
@@ -89,6 +195,8 @@ pub struct IngestStats {
     pub events: std::sync::atomic::AtomicU64,
     /// Duplicate batches answered without storing.
     pub duplicates: std::sync::atomic::AtomicU64,
+    /// Events refused by the registry or the workspace's policy (never stored).
+    pub refused_events: std::sync::atomic::AtomicU64,
     /// Bytes of frames received.
     pub frame_bytes: std::sync::atomic::AtomicU64,
     /// Segments written.
@@ -106,12 +214,31 @@ enum WalCmd {
     ReadUnacked { reply: oneshot::Sender<Result<Unacked, String>> },
 }
 
-/// A decoded batch on its way to the builder.
+/// A decoded batch on its way to the builder: the events to store and the
+/// counts of those refused.
 struct Decoded {
     ws: WorkspaceId,
     agent: AgentId,
     batch: BatchId,
     events: Vec<Event>,
+    refusals: Vec<Refusal>,
+}
+
+impl Decoded {
+    fn refusals(ws: WorkspaceId, agent: AgentId, received_at: i64, refused: &Refused) -> Vec<Refusal> {
+        refused
+            .iter()
+            .map(|&(reason, category, events)| Refusal {
+                workspace_id: ws,
+                agent_id: agent,
+                reason,
+                category,
+                events,
+                first_at: received_at,
+                last_at: received_at,
+            })
+            .collect()
+    }
 }
 
 enum BuilderMsg {
@@ -160,7 +287,7 @@ impl Ingest {
     ) -> Result<Arc<Ingest>, ServerError> {
         let mut opts = WalOptions::new(dir);
         opts.segment_bytes = wal_segment_bytes;
-        opts.max_record_bytes = u32::try_from(limits.max_frame_bytes + RECORD_HEADER).unwrap_or(u32::MAX);
+        opts.max_record_bytes = u32::try_from(max_record_bytes(&limits)).unwrap_or(u32::MAX);
         let (wal, report) = tokio::task::spawn_blocking(move || Wal::open(opts))
             .await
             .map_err(|e| ServerError::Unavailable(format!("wal open task: {e}")))??;
@@ -191,6 +318,7 @@ impl Ingest {
             buffers: HashMap::new(),
             buffered_bytes: 0,
             batches: Vec::new(),
+            refusals: Vec::new(),
             last_lsn: None,
         };
         let ingest = Arc::new(Ingest { wal_tx, builder_tx, catalog, inflight, limits, stats });
@@ -209,7 +337,9 @@ impl Ingest {
     }
 
     /// Accept one batch frame from an authenticated agent. Returns once the
-    /// batch is durable (or known to be stored already).
+    /// batch is durable (or known to be stored already). Events refused by
+    /// the registry or the workspace's policy are not stored, and counted
+    /// (see the module documentation).
     pub async fn accept(
         &self,
         ws: WorkspaceId,
@@ -217,20 +347,28 @@ impl Ingest {
         frame: bytes::Bytes,
     ) -> Result<custos_model::api::IngestAck, ServerError> {
         use std::sync::atomic::Ordering::Relaxed;
+        let policy = self.catalog.workspace_policy(ws).await?;
+        let received_at = custos_model::now_micros();
         let limits = self.limits.clone();
         let frame_len = frame.len();
-        let (payload, frame) = tokio::task::spawn_blocking(move || (wire::decode(&frame, &limits), frame))
+        let judged = tokio::task::spawn_blocking(move || judge_frame(frame, &limits, &policy))
             .await
             .map_err(|e| ServerError::Unavailable(format!("decode task: {e}")))?;
-        let payload = payload.map_err(|e| match e {
+        let Judged { batch, events, refused, frame } = judged.map_err(|e| match e {
             wire::WireError::FrameTooLarge { .. } => ServerError::PayloadTooLarge(e.to_string()),
             other => ServerError::BadRequest(other.to_string()),
         })?;
-        let batch = payload.batch_id;
-        let accepted = payload.events.len() as u64;
+        let accepted = events.len() as u64;
+        let refused_total: u64 = refused.iter().map(|r| r.2).sum();
         let dup = |stats: &IngestStats| {
             stats.duplicates.fetch_add(1, Relaxed);
-            Ok(custos_model::api::IngestAck { batch_id: batch, accepted, duplicate: true, ack_id: "duplicate".into() })
+            Ok(custos_model::api::IngestAck {
+                batch_id: batch,
+                accepted,
+                duplicate: true,
+                refused: refused_total,
+                ack_id: "duplicate".into(),
+            })
         };
         if self.lock_inflight().contains(&(ws, batch)) {
             return dup(&self.stats);
@@ -241,8 +379,9 @@ impl Ingest {
         if !self.lock_inflight().insert((ws, batch)) {
             return dup(&self.stats);
         }
-        let record = encode_record(ws, agent, batch, &frame);
-        let decoded = Arc::new(Decoded { ws, agent, batch, events: payload.events });
+        let record = encode_record(ws, agent, batch, received_at, &refused, &frame);
+        let refusals = Decoded::refusals(ws, agent, received_at, &refused);
+        let decoded = Arc::new(Decoded { ws, agent, batch, events, refusals });
         let (reply, rx) = oneshot::channel();
         let sent = self.wal_tx.send(WalCmd::Append { record, batch: decoded, reply }).await;
         let result = match sent {
@@ -253,8 +392,15 @@ impl Ingest {
             Ok(lsn) => {
                 self.stats.batches.fetch_add(1, Relaxed);
                 self.stats.events.fetch_add(accepted, Relaxed);
+                self.stats.refused_events.fetch_add(refused_total, Relaxed);
                 self.stats.frame_bytes.fetch_add(frame_len as u64, Relaxed);
-                Ok(custos_model::api::IngestAck { batch_id: batch, accepted, duplicate: false, ack_id: format!("wal:{lsn}") })
+                Ok(custos_model::api::IngestAck {
+                    batch_id: batch,
+                    accepted,
+                    duplicate: false,
+                    refused: refused_total,
+                    ack_id: format!("wal:{lsn}"),
+                })
             }
             Err(e) => {
                 self.lock_inflight().remove(&(ws, batch));
@@ -281,6 +427,32 @@ impl Ingest {
         // it; the set itself is still consistent (single inserts/removes).
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A decoded batch after enforcement: what to store and what was refused.
+struct Judged {
+    batch: BatchId,
+    events: Vec<Event>,
+    refused: Refused,
+    /// The frame of `events`: the frame received when enforcement changed
+    /// nothing, else the allowed events re-encoded.
+    frame: bytes::Bytes,
+}
+
+/// Decode a frame and apply the registry and the policy (CPU only: runs on
+/// a blocking thread).
+fn judge_frame(frame: bytes::Bytes, limits: &Limits, policy: &custos_catalog::WorkspacePolicy) -> Result<Judged, wire::WireError> {
+    let payload = wire::decode(&frame, limits)?;
+    let verdict = enforce::judge(Registry::builtin(), policy, payload.events);
+    let refused: Refused = verdict.refused.iter().map(|(&(reason, category), &n)| (reason, category, n)).collect();
+    if !verdict.changed() {
+        return Ok(Judged { batch: payload.batch_id, events: verdict.allowed, refused, frame });
+    }
+    // Refused events must not reach the WAL, and raised levels must be
+    // what is stored: re-encode what is left.
+    let stored = wire::BatchPayload { batch_id: payload.batch_id, created: payload.created, events: verdict.allowed };
+    let frame = bytes::Bytes::from(wire::encode(&stored, wire::Codec::Zstd));
+    Ok(Judged { batch: stored.batch_id, events: stored.events, refused, frame })
 }
 
 fn wal_thread(mut wal: Wal, mut rx: mpsc::Receiver<WalCmd>, builder: mpsc::Sender<BuilderMsg>) {
@@ -364,6 +536,8 @@ struct Builder {
     buffers: HashMap<(WorkspaceId, TableName), SegmentBuilder>,
     buffered_bytes: usize,
     batches: Vec<(WorkspaceId, BatchId)>,
+    /// Refusal counts of `batches`, committed with their ids.
+    refusals: Vec<Refusal>,
     /// Highest LSN whose events are in the buffers (or already committed).
     last_lsn: Option<Lsn>,
 }
@@ -419,6 +593,7 @@ impl Builder {
             self.buffered_bytes += b.approx_bytes() - before;
         }
         self.batches.push((batch.ws, batch.batch));
+        self.refusals.extend(batch.refusals.iter().cloned());
         self.last_lsn = Some(lsn);
     }
 
@@ -437,6 +612,7 @@ impl Builder {
                 tracing::error!(error = %e, "segment flush failed; replaying the ingest log");
                 self.buffers.clear();
                 self.batches.clear();
+                self.refusals.clear();
                 self.buffered_bytes = 0;
                 if let Err(re) = self.replay().await {
                     tracing::error!(error = %re, "ingest log replay failed");
@@ -479,9 +655,15 @@ impl Builder {
                 skipped += 1;
                 continue;
             }
-            match wire::decode(rec.frame, &self.decode_limits) {
+            // The frame was checked on arrival (and may have been re-encoded
+            // after enforcement): only the record limit bounds it now.
+            let limits = Limits { max_frame_bytes: max_record_bytes(&self.decode_limits), ..self.decode_limits.clone() };
+            match wire::decode(rec.frame, &limits) {
                 Ok(p) => {
-                    let d = Decoded { ws: rec.ws, agent: rec.agent, batch: rec.batch, events: p.events };
+                    // What the record holds was decided when the batch arrived:
+                    // no enforcement again, so a replay stores and counts the same.
+                    let refusals = Decoded::refusals(rec.ws, rec.agent, rec.received_at, &rec.refused);
+                    let d = Decoded { ws: rec.ws, agent: rec.agent, batch: rec.batch, events: p.events, refusals };
                     self.add(lsn, &d);
                     self.inflight.lock().unwrap_or_else(|p| p.into_inner()).insert((rec.ws, rec.batch));
                     replayed += 1;
@@ -507,6 +689,7 @@ impl Builder {
         }
         let buffers: Vec<_> = std::mem::take(&mut self.buffers).into_iter().collect();
         let batches = std::mem::take(&mut self.batches);
+        let refusals = std::mem::take(&mut self.refusals);
         self.buffered_bytes = 0;
         let mut segments = Vec::with_capacity(buffers.len());
         for ((ws, table), builder) in buffers {
@@ -535,7 +718,7 @@ impl Builder {
             });
         }
         self.catalog
-            .commit_segments(&segments, &batches, custos_model::now_micros())
+            .commit_ingest(&segments, &batches, &refusals, custos_model::now_micros())
             .await
             .map_err(|e| e.to_string())?;
         self.stats.segments.fetch_add(segments.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -560,9 +743,86 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let (ws, a, b) = (WorkspaceId::new(), AgentId::new(), BatchId::new());
-        let bytes = encode_record(ws, a, b, b"frame");
+        let refused = vec![(RefusalReason::Level, Category::Logs, 7), (RefusalReason::Schema, Category::Crash, u64::MAX)];
+        let bytes = encode_record(ws, a, b, -5, &refused, b"frame");
         let r = decode_record(&bytes).unwrap();
+        assert_eq!((r.ws, r.agent, r.batch, r.received_at, r.frame), (ws, a, b, -5, &b"frame"[..]));
+        assert_eq!(r.refused, refused);
+        let none = encode_record(ws, a, b, 9, &Vec::new(), b"");
+        let r = decode_record(&none).unwrap();
+        assert!(r.refused.is_empty() && r.frame.is_empty());
+        for cut in [0, 10, RECORD_V2_FIXED - 1, RECORD_V2_FIXED + 5] {
+            assert!(decode_record(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = bytes.clone();
+        bad[RECORD_V2_FIXED] = 9;
+        assert!(decode_record(&bad).unwrap_err().contains("reason code 9"));
+        let mut bad = bytes.clone();
+        bad[0] = 3;
+        assert!(decode_record(&bad).unwrap_err().contains("version 3"));
+    }
+
+    #[test]
+    fn version_1_records_still_replay() {
+        let (ws, a, b) = (WorkspaceId::new(), AgentId::new(), BatchId::new());
+        let mut v1 = vec![RECORD_V1];
+        v1.extend_from_slice(ws.0.as_bytes());
+        v1.extend_from_slice(a.0.as_bytes());
+        v1.extend_from_slice(b.0.as_bytes());
+        v1.extend_from_slice(b"frame");
+        let r = decode_record(&v1).unwrap();
         assert_eq!((r.ws, r.agent, r.batch, r.frame), (ws, a, b, &b"frame"[..]));
-        assert!(decode_record(&bytes[..10]).is_err());
+        assert!(r.refused.is_empty());
+        assert!(decode_record(&v1[..RECORD_V1_HEADER - 1]).is_err());
+    }
+
+    #[test]
+    fn codes_are_distinct_and_round_trip() {
+        for r in RefusalReason::ALL {
+            assert_eq!(reason_from_code(reason_code(r)), Some(r));
+        }
+        for c in Category::ALL {
+            assert_eq!(category_from_code(category_code(c)), Some(c));
+        }
+        assert_eq!(reason_from_code(0), None);
+        assert_eq!(category_from_code(0), None);
+        assert!(max_record_bytes(&Limits::default()) >= Limits::default().max_frame_bytes + RECORD_HEADER_MAX);
+    }
+
+    #[test]
+    fn an_unchanged_batch_keeps_its_frame_and_a_filtered_one_is_re_encoded() {
+        use custos_model::{Level, Value};
+        let line = |sev: &str| Event {
+            table: TableName::new("logs").unwrap(),
+            time: 1,
+            level: Level::Enhanced,
+            category: Category::Logs,
+            host: "h".into(),
+            message: format!("a {sev} line"),
+            attrs: [("severity".to_string(), Value::from(sev))].into(),
+        };
+        let payload = wire::BatchPayload { batch_id: BatchId::new(), created: 3, events: vec![line("error"), line("info")] };
+        let frame = bytes::Bytes::from(wire::encode(&payload, wire::Codec::Zstd));
+        let limits = Limits::default();
+        let all = custos_catalog::WorkspacePolicy { max_level: Level::Full, categories: None };
+        // The info line is raised to level 3: the frame changes.
+        let j = judge_frame(frame.clone(), &limits, &all).unwrap();
+        assert_eq!(j.events.len(), 2);
+        assert_eq!(j.events[1].level, Level::Full);
+        assert_ne!(j.frame, frame);
+        assert_eq!(wire::decode(&j.frame, &limits).unwrap().events, j.events);
+        // At level 2 the info line is refused and is not in the stored frame.
+        let enhanced = custos_catalog::WorkspacePolicy { max_level: Level::Enhanced, categories: None };
+        let j = judge_frame(frame.clone(), &limits, &enhanced).unwrap();
+        assert_eq!(j.refused, vec![(RefusalReason::Level, Category::Logs, 1)]);
+        let stored = wire::decode(&j.frame, &limits).unwrap();
+        assert_eq!(stored.batch_id, payload.batch_id);
+        assert_eq!(stored.events, vec![line("error")]);
+        // Nothing to change: the frame as received.
+        let honest = wire::BatchPayload { events: vec![line("error")], ..payload };
+        let frame = bytes::Bytes::from(wire::encode(&honest, wire::Codec::Zstd));
+        let j = judge_frame(frame.clone(), &limits, &enhanced).unwrap();
+        assert_eq!(j.frame, frame);
+        assert!(j.refused.is_empty());
     }
 }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod authz;
 pub mod clock;
 pub mod config;
+pub mod enforce;
 mod error;
 pub mod guard;
 pub mod ingest;

@@ -142,6 +142,7 @@ fn body_for(action: &str) -> Option<Value> {
         "workspace.create" => json!({"name": "zz", "region": "local"}),
         "principal.create" => json!({"name": "zz"}),
         "workspace.lockbox" => json!({"enabled": false}),
+        "workspace.policy" => json!({"max_level": 1}),
         "role.grant" => json!({"principal": "owner-b", "role": "owner"}),
         "case.open" => json!({"title": "t"}),
         "access.request" => json!({"reason": "r"}),

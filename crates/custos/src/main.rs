@@ -6,6 +6,7 @@ mod admin;
 mod client;
 mod output;
 mod quickstart;
+mod telemetry;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -67,6 +68,12 @@ enum Cmd {
     Audit(admin::AuditCmd),
     /// Who the token belongs to, and its roles.
     Whoami,
+    /// This host's telemetry consent: status, level, enable, disable.
+    #[command(subcommand)]
+    Telemetry(telemetry::TelemetryCmd),
+    /// This host's usage (billing) reporting, independent of telemetry.
+    #[command(subcommand)]
+    Usage(telemetry::UsageCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -122,6 +129,49 @@ enum WorkspaceCmd {
         /// `on` or `off`.
         state: String,
     },
+    /// Set what the workspace stores (workspace owners): events above the
+    /// maximum level or outside the categories are refused at ingest, never
+    /// stored, and counted per agent. Prints the new policy.
+    Set {
+        /// Workspace id.
+        id: String,
+        /// Highest consent level stored: 0-3 or security, basic, enhanced, full.
+        #[arg(long, value_parser = parse_level)]
+        max_level: Option<custos_model::Level>,
+        /// Categories stored, comma-separated (security, settings, inventory,
+        /// health, usage, logs, performance, crash), or `all`.
+        #[arg(long)]
+        categories: Option<String>,
+    },
+    /// Events the server refused, per agent, reason and category (owners and auditors).
+    Refusals {
+        /// Workspace id.
+        id: String,
+    },
+}
+
+fn parse_level(s: &str) -> Result<custos_model::Level, String> {
+    s.parse().map_err(|e: custos_model::LevelParseError| e.to_string())
+}
+
+/// `--categories a,b,c` (or `all`) as categories, naming an unknown one.
+fn parse_categories(s: &str) -> Result<Vec<custos_model::Category>> {
+    if s.trim().eq_ignore_ascii_case("all") {
+        return Ok(custos_model::Category::ALL.to_vec());
+    }
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let c = part.to_ascii_lowercase().parse::<custos_model::Category>().map_err(|_| {
+            anyhow::anyhow!(
+                "--categories: unknown category {part:?} (expected security, settings, inventory, health, usage, logs, performance, crash or all)"
+            )
+        })?;
+        out.push(c);
+    }
+    if out.is_empty() {
+        anyhow::bail!("--categories: name at least one category (or all)");
+    }
+    Ok(out)
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,7 +189,8 @@ enum AgentCmd {
         /// Agent state directory.
         #[arg(long)]
         state_dir: PathBuf,
-        /// Host name to report (default: the system host name).
+        /// Host name to register with the server (default: the keyed pseudonym
+        /// of the system host name, see `custos_agent::installation`).
         #[arg(long)]
         hostname: Option<String>,
     },
@@ -266,6 +317,20 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     print_value(out, &r)
                 }
                 WorkspaceCmd::Lockbox { id, state } => admin::lockbox(&cli.conn, out, &id, &state).await,
+                WorkspaceCmd::Set { id, max_level, categories } => {
+                    if max_level.is_none() && categories.is_none() {
+                        anyhow::bail!("nothing to set: give --max-level and/or --categories");
+                    }
+                    let categories = categories.as_deref().map(parse_categories).transpose()?;
+                    let r: WorkspacePolicyInfo = c
+                        .put(&format!("/v1/workspaces/{}/policy", enc(&id)), &WorkspacePolicyRequest { max_level, categories })
+                        .await?;
+                    print_value(out, &r)
+                }
+                WorkspaceCmd::Refusals { id } => {
+                    let r: Vec<RefusalInfo> = c.get(&format!("/v1/workspaces/{}/refusals", enc(&id))).await?;
+                    print_value(out, &r)
+                }
             }
         }
         Cmd::Query { workspace, sql } => {
@@ -299,6 +364,14 @@ async fn dispatch(cli: Cli) -> Result<()> {
             init_logging("warn");
             admin::audit(&cli.conn, out, c).await
         }
+        Cmd::Telemetry(c) => {
+            init_logging("warn");
+            telemetry::telemetry(out, c).await
+        }
+        Cmd::Usage(c) => {
+            init_logging("warn");
+            telemetry::usage(out, c).await
+        }
         Cmd::Whoami => {
             init_logging("warn");
             admin::whoami(&cli.conn, out).await
@@ -312,7 +385,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 .context("agent enroll needs --server URL (or CUSTOS_SERVER)")?;
             let hostname = match hostname {
                 Some(h) => h,
-                None => custos_agent::config::system_hostname().unwrap_or_else(|_| "unknown".into()),
+                // The server learns the host only by its keyed pseudonym.
+                None => {
+                    let inst = custos_agent::installation::Installation::load_or_create(&state_dir)?;
+                    inst.host_pseudonym(&custos_agent::config::system_hostname().unwrap_or_else(|_| "unknown".into()))
+                }
             };
             let id = custos_agent::identity::enroll(&server, &enrollment_key, &pin, &state_dir, &hostname).await?;
             print_value(out, &id)
@@ -392,5 +469,18 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn workspace_set_reads_level_names_and_category_lists() {
+        use custos_model::{Category, Level};
+        let cli = Cli::try_parse_from(["custos", "workspace", "set", "WS", "--max-level", "enhanced", "--categories", "logs, security"]).unwrap();
+        let Cmd::Workspace(WorkspaceCmd::Set { max_level, categories, .. }) = cli.cmd else { panic!("not workspace set") };
+        assert_eq!(max_level, Some(Level::Enhanced));
+        assert_eq!(parse_categories(&categories.unwrap()).unwrap(), vec![Category::Logs, Category::Security]);
+        assert_eq!(parse_categories("all").unwrap(), Category::ALL.to_vec());
+        assert!(parse_categories("logs,metrics").unwrap_err().to_string().contains("\"metrics\""));
+        assert!(parse_categories(" , ").is_err());
+        assert!(Cli::try_parse_from(["custos", "workspace", "set", "WS", "--max-level", "5"]).is_err());
     }
 }

@@ -47,7 +47,7 @@ pub struct Args {
 
 fn agent_config(logs_dir: &Path) -> String {
     format!(
-        "# Written by `custos quickstart`.\n[agent]\nbatch_max_events = 5000\n\n[[sources]]\ntype = \"file\"\npaths = [\"{}/*.log\"]\ntable = \"logs\"\n\n[[sources]]\ntype = \"inventory\"\n",
+        "# Written by `custos quickstart`.\n[agent]\nbatch_max_events = 5000\n\n# The demo collects at level 3 (full): every sample line, whatever its\n# severity, and the host name in clear. The default is 2 (enhanced):\n# warning-and-above lines only, host names as keyed pseudonyms.\n[telemetry]\nlevel = \"full\"\n\n[[sources]]\ntype = \"file\"\npaths = [\"{}/*.log\"]\ntable = \"logs\"\n\n[[sources]]\ntype = \"inventory\"\n",
         logs_dir.display()
     )
 }
@@ -120,7 +120,8 @@ pub async fn run(a: Args, out: Output) -> Result<()> {
     step(&format!("workspace owner demo-owner (token in {})", owner_token_file.display()));
     if !agent_dir.join("identity.json").exists() {
         let k: EnrollmentKeyResponse = client.post(&format!("/v1/workspaces/{ws_id}/enrollment-keys"), &serde_json::json!({})).await?;
-        let host = custos_agent::config::system_hostname().unwrap_or_else(|_| "quickstart-host".into());
+        let inst = custos_agent::installation::Installation::load_or_create(&agent_dir)?;
+        let host = inst.host_pseudonym(&custos_agent::config::system_hostname().unwrap_or_else(|_| "quickstart-host".into()));
         let id = custos_agent::identity::enroll(&info.url, &k.enrollment_key, &info.pin, &agent_dir, &host).await?;
         step(&format!("enrolled agent {} (mutual TLS, server pinned by {})", id.agent_id, info.pin));
     } else {
@@ -146,6 +147,13 @@ pub async fn run(a: Args, out: Output) -> Result<()> {
     step(&format!(
         "agent shipped {} events in {} batches ({} bytes compressed); already-shipped lines are not sent again",
         summary.events, summary.batches, summary.bytes_sent
+    ));
+    let ledger = custos_agent::ledger::verify(&agent_dir)?;
+    step(&format!(
+        "the agent's transparency ledger ({}) holds {} batches exactly as sent, {} acknowledged; hash chain verified",
+        custos_agent::ledger::ledger_dir(&agent_dir).display(),
+        ledger.batches,
+        ledger.acks
     ));
 
     let mut results = Vec::new();
@@ -174,11 +182,12 @@ pub async fn run(a: Args, out: Output) -> Result<()> {
     } else {
         let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "custos".into());
         println!(
-            "\nThe server is at {url}. Point the CLI at it from another terminal, as the workspace owner:\n\n  export CUSTOS_SERVER={url} CUSTOS_CA={ca} CUSTOS_TOKEN_FILE={tok}\n  {exe} workspace list\n  {exe} query --workspace {ws_id} \"SELECT host, count(*) FROM logs GROUP BY host\"\n  {exe} audit log --workspace {ws_id}\n  {exe} audit verify --dir {audit}\n\n(the service admin's token is {admin}; admins manage, they do not read workspace data)\n",
+            "\nThe server is at {url}. Point the CLI at it from another terminal, as the workspace owner:\n\n  export CUSTOS_SERVER={url} CUSTOS_CA={ca} CUSTOS_TOKEN_FILE={tok}\n  {exe} workspace list\n  {exe} query --workspace {ws_id} \"SELECT host, count(*) FROM logs GROUP BY host\"\n  {exe} audit log --workspace {ws_id}\n  {exe} audit verify --dir {audit}\n\nOn the host, what left it and what is collected:\n\n  {exe} telemetry sent --state-dir {agent}\n  {exe} telemetry catalog --level 2\n\n(the service admin's token is {admin}; admins manage, they do not read workspace data)\n",
             url = info.url,
             ca = info.ca,
             tok = owner_token_file.display(),
             audit = data_dir.join("audit").display(),
+            agent = agent_dir.display(),
             admin = info.admin_token_file
         );
     }

@@ -19,9 +19,22 @@
 //!   replaced, empty lines are skipped, and lines longer than
 //!   `max_line_bytes` are cut into pieces marked `truncated = true`.
 //!
-//! Each event: the configured table and level, category logs, time = when
-//! read, host = the agent's host name, message = the line, attribute `file`
-//! = the path (and `truncated` = true for pieces of a long line).
+//! - Files under the excluded directory (the agent's state directory, see
+//!   [`FileSource::excluding_dir`]) are never read, even when a pattern
+//!   matches them or a symbolic link leads there.
+//!
+//! Each event: the configured table, category logs, time = when read, host =
+//! the agent's host name, message = the line, attributes `file` = the path,
+//! `source` = `"file"`, `severity` = the severity detected in the line (see
+//! [`super::severity`]) and `truncated` = true for pieces of a long line.
+//! Its level is the higher of the severity's level and the configured
+//! `level` (a floor).
+//!
+//! [`Source::skip_to_end`] moves every file's position to its current end
+//! and commits that, so what was written before it is never read. When a
+//! file ends in the middle of a line, the rest of that line is dropped when
+//! it arrives (that it is to be dropped is not persisted: after a restart
+//! before the next commit it is read as a line).
 
 use super::lines::LineSplitter;
 use super::{line_event, lock, Checkpoint, FilePosition, Poll, PositionStore, Source, SourceError};
@@ -30,7 +43,7 @@ use custos_model::{Event, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +71,8 @@ struct Tracked {
     detached_since: Option<Instant>,
     /// When data was last consumed from it.
     last_data: Instant,
+    /// The next line is the rest of a line skipped by `skip_to_end`: drop it.
+    drop_next_line: bool,
 }
 
 /// How reading one file ended.
@@ -84,6 +99,10 @@ pub struct FileSource {
     unreadable: HashSet<PathBuf>,
     /// Round-robin start among attached files, so a busy file cannot starve others.
     next_start: usize,
+    /// Files under this directory are never read.
+    excluded_dir: Option<PathBuf>,
+    /// Files found to be under `excluded_dir` (not checked again).
+    excluded: HashSet<FileId>,
 }
 
 impl FileSource {
@@ -105,7 +124,16 @@ impl FileSource {
             committed_seq: None,
             unreadable: HashSet::new(),
             next_start: 0,
+            excluded_dir: None,
+            excluded: HashSet::new(),
         }
+    }
+
+    /// Never read files under `dir` (the agent's state directory), whatever
+    /// the patterns match.
+    pub fn excluding_dir(mut self, dir: &Path) -> Self {
+        self.excluded_dir = Some(dir.to_path_buf());
+        self
     }
 
     /// Evaluate the patterns and reconcile the tracked files with what they match.
@@ -164,8 +192,15 @@ impl FileSource {
         }
         let restored = self.restored.take();
         for (path, id) in found {
-            if self.tracked.iter().any(|t| t.id == id) {
+            if self.tracked.iter().any(|t| t.id == id) || self.excluded.contains(&id) {
                 continue;
+            }
+            if let Some(dir) = &self.excluded_dir {
+                if super::is_under(&path, dir) {
+                    tracing::warn!(source = %self.cfg.name, path = %path.display(), "not reading a file in the agent's state directory");
+                    self.excluded.insert(id);
+                    continue;
+                }
             }
             let file = match File::open(&path) {
                 Ok(f) => f,
@@ -210,6 +245,7 @@ impl FileSource {
                 splitter: LineSplitter::new(self.cfg.max_line_bytes),
                 detached_since: None,
                 last_data: now,
+                drop_next_line: false,
             });
         }
     }
@@ -244,6 +280,7 @@ impl FileSource {
             tracing::warn!(path = %t.path.display(), size = len, position = t.offset, "file truncated; reading it again from the start");
             t.offset = 0;
             t.splitter.reset();
+            t.drop_next_line = false;
         }
         let idle_after_detach = t.detached_since.is_some_and(|since| {
             now.saturating_duration_since(since.max(t.last_data)) >= DETACHED_GRACE
@@ -257,7 +294,14 @@ impl FileSource {
             let before = t.splitter.clone();
             match t.splitter.next(&buf[start..], eof && flush) {
                 Some(piece) => {
-                    if let Some(line) = piece.line {
+                    let line = if t.drop_next_line && piece.line.is_some() {
+                        // The line ends here; with a cut long line, only its first piece is dropped.
+                        t.drop_next_line = false;
+                        None
+                    } else {
+                        piece.line
+                    };
+                    if let Some(line) = line {
                         let full = !out.is_empty()
                             && (out.len() >= max_events || *bytes + line.text.len() > max_bytes);
                         if full {
@@ -267,6 +311,7 @@ impl FileSource {
                         *bytes += line.text.len();
                         let mut attrs = BTreeMap::new();
                         attrs.insert("file".to_string(), Value::Str(path_attr.clone()));
+                        attrs.insert("source".to_string(), Value::Str("file".to_string()));
                         if line.truncated {
                             attrs.insert("truncated".to_string(), Value::Bool(true));
                         }
@@ -408,12 +453,40 @@ impl Source for FileSource {
         self.committed_seq = Some(checkpoint.seq());
         Ok(())
     }
+
+    /// Set every file's position to its current end (including files that
+    /// appeared since the last poll) and commit that at once.
+    fn skip_to_end(&mut self) -> Result<(), SourceError> {
+        self.scan();
+        for t in &mut self.tracked {
+            match t.file.metadata() {
+                Ok(m) => {
+                    t.offset = m.len();
+                    t.splitter.reset();
+                    // Skipping to the middle of a line: its rest is not a line.
+                    let mut last = [0u8; 1];
+                    t.drop_next_line = m.len() > 0
+                        && t.file.read_at(&mut last, m.len() - 1).is_ok_and(|n| n == 1)
+                        && last[0] != b'\n';
+                }
+                Err(e) => {
+                    tracing::warn!(path = %t.path.display(), error = %e, "cannot check size of file to skip it");
+                }
+            }
+        }
+        let cp = self.checkpoint();
+        let files = cp.files().map(<[FilePosition]>::to_vec).unwrap_or_default();
+        lock(&self.store).set(&self.cfg.name, files)?;
+        self.committed_seq = Some(cp.seq());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sources::POSITIONS_FILE;
+    use custos_model::registry::Registry;
     use custos_model::{Category, Level, TableName};
     use proptest::prelude::*;
     use std::io::Write;
@@ -486,10 +559,98 @@ mod tests {
             Some(&Value::Str(log.to_string_lossy().into_owned()))
         );
         assert!(!e.attrs.contains_key("truncated"));
-        for k in e.attrs.keys() {
-            custos_model::validate_column_name(k).unwrap();
+        assert_eq!(e.attrs.get("source"), Some(&Value::Str("file".into())));
+        assert_eq!(e.attrs.get("severity"), Some(&Value::Str("unknown".into())));
+        for e in &p.events {
+            Registry::builtin().check_event(e).unwrap();
         }
         assert!(src.poll(100, 1 << 20, false).unwrap().events.is_empty());
+    }
+
+    #[test]
+    fn severity_is_detected_and_the_configured_level_is_a_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        append(
+            &log,
+            b"2024-01-01 12:00:00 ERROR disk full\n2024-01-01 12:00:01 INFO ok\nno level here\n",
+        );
+        let mut c = cfg(&[&log], 1000);
+        c.level = Level::Basic;
+        let mut src = source(&dir.path().join("state"), c.clone());
+        let p = src.poll(100, 1 << 20, false).unwrap();
+        let got: Vec<(Level, Value)> = p
+            .events
+            .iter()
+            .map(|e| (e.level, e.attrs["severity"].clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Level::Enhanced, Value::Str("error".into())),
+                (Level::Full, Value::Str("info".into())),
+                (Level::Full, Value::Str("unknown".into())),
+            ]
+        );
+        for e in &p.events {
+            Registry::builtin().check_event(e).unwrap();
+        }
+        // A floor of full raises every line to full.
+        c.level = Level::Full;
+        c.name = "other".into();
+        let mut src = source(&dir.path().join("state"), c);
+        let p = src.poll(100, 1 << 20, false).unwrap();
+        assert!(p.events.iter().all(|e| e.level == Level::Full));
+    }
+
+    #[test]
+    fn files_under_the_excluded_dir_are_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(state.join("ledger")).unwrap();
+        append(&state.join("ledger/000001.log"), b"sent data\n");
+        append(&dir.path().join("app.log"), b"app line\n");
+        // A symbolic link from outside into the state dir is caught too.
+        std::os::unix::fs::symlink(state.join("ledger/000001.log"), dir.path().join("link.log"))
+            .unwrap();
+        let c = cfg(&[&dir.path().join("**/*.log")], 1000);
+        let store = Arc::new(Mutex::new(PositionStore::open(&state).unwrap()));
+        let mut src = FileSource::new(c, "h", store).excluding_dir(&state);
+        assert_eq!(read_all(&mut src, false).0, ["app line"]);
+        append(&state.join("ledger/000001.log"), b"more\n");
+        assert!(read_all(&mut src, false).0.is_empty());
+    }
+
+    #[test]
+    fn skip_to_end_commits_the_current_ends_so_old_data_is_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let log = dir.path().join("a.log");
+        append(&log, b"before\n");
+        let c = cfg(&[&dir.path().join("*.log")], 1000);
+        let mut src = source(&state, c.clone());
+        let p = src.poll(100, 1 << 20, false).unwrap();
+        assert_eq!(messages(&p), ["before"]);
+        src.commit(&p.checkpoint).unwrap();
+        // Telemetry disabled: lines are written, a partial one too, and a new file appears.
+        append(&log, b"while disabled\npart");
+        append(&dir.path().join("b.log"), b"new file while disabled\n");
+        let stale = src.poll(100, 1 << 20, false).unwrap(); // polled but never sent
+        src.skip_to_end().unwrap();
+        src.commit(&stale.checkpoint).unwrap(); // an older checkpoint is ignored
+        append(&log, b"ial\nafter\n");
+        append(&dir.path().join("b.log"), b"b after\n");
+        let (got, _) = read_all(&mut src, false);
+        assert_eq!(
+            got,
+            ["after", "b after"],
+            "the rest of a skipped line is dropped"
+        );
+        // The skip was committed: a restart does not read the skipped data
+        // (only the rest of the skipped partial line, which is not persisted).
+        drop(src);
+        let mut src = source(&state, c);
+        assert_eq!(read_all(&mut src, false).0, ["ial", "after", "b after"]);
     }
 
     #[test]

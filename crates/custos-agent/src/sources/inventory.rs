@@ -8,17 +8,27 @@
 //!   `NAME`), `os_version` (`VERSION_ID`), `kernel` (`/proc/sys/kernel/osrelease`),
 //!   `cpu_model`, `cpu_cores` (logical CPUs), `memory_total_bytes`
 //!   (`/proc/meminfo` MemTotal), `boot_time` (microseconds since the Unix
-//!   epoch, from `/proc/stat` btime).
+//!   epoch, from `/proc/stat` btime), `vendor` and `model` (DMI
+//!   `/sys/class/dmi/id/sys_vendor` and `product_name`; absent when
+//!   unreadable or empty, as on most non-x86 machines), `nic_count` (the
+//!   physical network interfaces: those of `/sys/class/net` with a
+//!   `device` link, so bridges, veth pairs, tunnels and `lo` do not count).
 //! - `kind = "disk"` (one per block device in `/sys/block`, except loop, ram
 //!   and zram devices): `disk_name`, `disk_size_bytes`, `disk_rotational`
-//!   (bool), `disk_model` when the device reports one.
+//!   (bool), `disk_type`, `disk_model` when the device reports one.
+//!   `disk_type` is decided in this order: `nvme` for `nvme*` names;
+//!   `virtual` for paravirtual and layered devices (`vd*` virtio, `xvd*`
+//!   Xen, `dm-*` device mapper, `md*` software RAID), whose rotational flag
+//!   says nothing about the hardware below; else `ssd` when
+//!   `queue/rotational` is 0, `hdd` when it is 1, `unknown` otherwise.
 //! - `kind = "nic"` (one per interface in `/sys/class/net`, except `lo`):
 //!   `nic_name`, `nic_speed_mbps` (absent when unknown), `nic_operstate`.
 //!
 //! A fact that cannot be read is left out; collecting never fails. The
 //! message is a short human summary. The snapshot is taken at the first poll
 //! and again every `interval_secs`; nothing is persisted (a restart collects
-//! again), so commit is a no-op.
+//! again), so commit is a no-op. [`Source::skip_to_end`] drops the snapshot
+//! not yet returned and takes a fresh one at the next poll.
 
 use super::{Checkpoint, Poll, Source, SourceError};
 use crate::config::InventorySourceConfig;
@@ -186,12 +196,18 @@ impl Source for InventorySource {
     fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), SourceError> {
         checkpoint.check_owner(&self.cfg.name)
     }
+
+    fn skip_to_end(&mut self) -> Result<(), SourceError> {
+        self.pending.clear();
+        self.last_collected = None;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Readers. Every one returns None (or nothing) when the data is unavailable.
 
-fn read_trimmed(path: &Path) -> Option<String> {
+pub(super) fn read_trimmed(path: &Path) -> Option<String> {
     let s = std::fs::read_to_string(path).ok()?;
     let s = s.trim();
     (!s.is_empty()).then(|| s.to_string())
@@ -234,7 +250,7 @@ fn parse_os_release(text: &str) -> BTreeMap<String, String> {
 }
 
 /// `key : value` lines of /proc/cpuinfo: (model, logical CPU count).
-fn parse_cpuinfo(text: &str) -> (Option<String>, i64) {
+pub(super) fn parse_cpuinfo(text: &str) -> (Option<String>, i64) {
     let mut count = 0i64;
     let mut model: Option<(usize, String)> = None;
     // Keys naming the CPU model on various architectures, best first.
@@ -257,7 +273,7 @@ fn parse_cpuinfo(text: &str) -> (Option<String>, i64) {
 }
 
 /// Count CPUs in a sysfs CPU list such as `0-3,8,10-11`.
-fn count_cpu_list(list: &str) -> Option<i64> {
+pub(super) fn count_cpu_list(list: &str) -> Option<i64> {
     let mut n = 0i64;
     for part in list.trim().split(',').filter(|p| !p.is_empty()) {
         match part.split_once('-') {
@@ -275,14 +291,14 @@ fn count_cpu_list(list: &str) -> Option<i64> {
 }
 
 /// `key: value` lookup in /proc/meminfo or /proc/stat style text.
-fn field<'a>(text: &'a str, key: &str, sep: char) -> Option<&'a str> {
+pub(super) fn field<'a>(text: &'a str, key: &str, sep: char) -> Option<&'a str> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(sep)?;
         (k.trim() == key).then(|| v.trim())
     })
 }
 
-fn human_bytes(b: i64) -> String {
+pub(super) fn human_bytes(b: i64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut u = 0;
@@ -295,21 +311,37 @@ fn human_bytes(b: i64) -> String {
 
 type Facts = (String, BTreeMap<String, Value>);
 
-fn host_facts(paths: &InventoryPaths) -> Facts {
-    let mut a: BTreeMap<String, Value> = BTreeMap::new();
-    a.insert("kind".into(), "host".into());
-    let os = paths
+/// The running system's operating system name, as the inventory's host
+/// record reports it (`os_name`): os-release `PRETTY_NAME`, else `NAME`,
+/// else the kernel's `ostype`. `None` when none is readable.
+pub fn os_name() -> Option<String> {
+    let paths = InventoryPaths::system();
+    let os = read_os_release(&paths);
+    os_name_of(&os, &paths)
+}
+
+fn read_os_release(paths: &InventoryPaths) -> BTreeMap<String, String> {
+    paths
         .os_release
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok())
         .map(|t| parse_os_release(&t))
-        .unwrap_or_default();
-    let os_name = os
-        .get("PRETTY_NAME")
+        .unwrap_or_default()
+}
+
+fn os_name_of(os: &BTreeMap<String, String>, paths: &InventoryPaths) -> Option<String> {
+    os.get("PRETTY_NAME")
         .or_else(|| os.get("NAME"))
         .filter(|s| !s.is_empty())
-        .cloned();
-    let os_name = os_name.or_else(|| read_trimmed(&paths.proc_root.join("sys/kernel/ostype")));
+        .cloned()
+        .or_else(|| read_trimmed(&paths.proc_root.join("sys/kernel/ostype")))
+}
+
+fn host_facts(paths: &InventoryPaths) -> Facts {
+    let mut a: BTreeMap<String, Value> = BTreeMap::new();
+    a.insert("kind".into(), "host".into());
+    let os = read_os_release(paths);
+    let os_name = os_name_of(&os, paths);
     if let Some(v) = &os_name {
         a.insert("os_name".into(), v.as_str().into());
     }
@@ -350,7 +382,30 @@ fn host_facts(paths: &InventoryPaths) -> Facts {
     if let Some(v) = boot {
         a.insert("boot_time".into(), Value::Int(v));
     }
+    let dmi = paths.sys_root.join("class/dmi/id");
+    let vendor = read_trimmed(&dmi.join("sys_vendor"));
+    let model = read_trimmed(&dmi.join("product_name"));
+    if let Some(v) = &vendor {
+        a.insert("vendor".into(), v.as_str().into());
+    }
+    if let Some(v) = &model {
+        a.insert("model".into(), v.as_str().into());
+    }
+    let net = paths.sys_root.join("class/net");
+    let nics = dir_names(&net)
+        .iter()
+        .filter(|n| *n != "lo" && net.join(n).join("device").exists())
+        .count();
+    a.insert(
+        "nic_count".into(),
+        Value::Int(i64::try_from(nics).unwrap_or(i64::MAX)),
+    );
     let mut parts = vec![os_name.unwrap_or_else(|| "unknown OS".into())];
+    match (vendor, model) {
+        (Some(v), Some(m)) => parts.push(format!("{v} {m}")),
+        (Some(x), None) | (None, Some(x)) => parts.push(x),
+        (None, None) => {}
+    }
     if let Some(k) = kernel {
         parts.push(format!("kernel {k}"));
     }
@@ -368,7 +423,7 @@ fn host_facts(paths: &InventoryPaths) -> Facts {
 }
 
 /// Sorted names of the entries of `dir` (empty when unreadable).
-fn dir_names(dir: &Path) -> Vec<String> {
+pub(super) fn dir_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok())
@@ -400,10 +455,15 @@ fn disk_facts(sys_root: &Path) -> Vec<Facts> {
         if let Some(v) = size {
             a.insert("disk_size_bytes".into(), Value::Int(v));
         }
-        let rotational = read_trimmed(&dev.join("queue/rotational")).map(|s| s == "1");
+        let rotational = match read_trimmed(&dev.join("queue/rotational")).as_deref() {
+            Some("1") => Some(true),
+            Some("0") => Some(false),
+            _ => None,
+        };
         if let Some(v) = rotational {
             a.insert("disk_rotational".into(), Value::Bool(v));
         }
+        a.insert("disk_type".into(), disk_type(&name, rotational).into());
         let model = read_trimmed(&dev.join("device/model"));
         if let Some(v) = &model {
             a.insert("disk_model".into(), v.as_str().into());
@@ -423,6 +483,24 @@ fn disk_facts(sys_root: &Path) -> Vec<Facts> {
         out.push((msg, a));
     }
     out
+}
+
+/// The `disk_type` of a block device (see the module documentation).
+fn disk_type(name: &str, rotational: Option<bool>) -> &'static str {
+    if name.starts_with("nvme") {
+        return "nvme";
+    }
+    if ["vd", "xvd", "dm-", "md"]
+        .iter()
+        .any(|p| name.starts_with(p))
+    {
+        return "virtual";
+    }
+    match rotational {
+        Some(false) => "ssd",
+        Some(true) => "hdd",
+        None => "unknown",
+    }
 }
 
 fn nic_facts(sys_root: &Path) -> Vec<Facts> {
@@ -500,11 +578,22 @@ mod tests {
         write(root, "sys/block/nvme0n1/queue/rotational", "0\n");
         write(root, "sys/block/loop0/size", "8\n");
         write(root, "sys/block/ram0/size", "8\n");
+        write(root, "sys/block/vda/size", "10\n");
+        write(root, "sys/block/vda/queue/rotational", "1\n");
+        write(root, "sys/block/sdb/size", "10\n");
+        write(root, "sys/block/sdb/queue/rotational", "0\n");
+        write(root, "sys/block/sdc/size", "10\n");
+        write(root, "sys/block/sdc/queue/rotational", "maybe\n");
         write(root, "sys/class/net/lo/operstate", "unknown\n");
         write(root, "sys/class/net/eth0/operstate", "up\n");
         write(root, "sys/class/net/eth0/speed", "1000\n");
+        write(root, "sys/class/net/eth0/device/vendor", "0x8086\n");
         write(root, "sys/class/net/wlan0/operstate", "down\n");
         write(root, "sys/class/net/wlan0/speed", "-1\n");
+        write(root, "sys/class/net/wlan0/device/vendor", "0x8086\n");
+        write(root, "sys/class/net/docker0/operstate", "up\n");
+        write(root, "sys/class/dmi/id/sys_vendor", "Fake Computers Inc.\n");
+        write(root, "sys/class/dmi/id/product_name", "Model 9000\n");
     }
 
     fn by_kind<'a>(events: &'a [Event], kind: &str) -> Vec<&'a Event> {
@@ -519,6 +608,9 @@ mod tests {
             for k in e.attrs.keys() {
                 custos_model::validate_column_name(k).unwrap_or_else(|err| panic!("{k}: {err}"));
             }
+            custos_model::registry::Registry::builtin()
+                .check_event(e)
+                .unwrap_or_else(|err| panic!("{e:?}: {err}"));
         }
     }
 
@@ -544,13 +636,20 @@ mod tests {
         assert_eq!(h["cpu_cores"], Value::Int(2));
         assert_eq!(h["memory_total_bytes"], Value::Int(16318964 * 1024));
         assert_eq!(h["boot_time"], Value::Int(1_700_000_000_000_000));
+        assert_eq!(h["vendor"], Value::Str("Fake Computers Inc.".into()));
+        assert_eq!(h["model"], Value::Str("Model 9000".into()));
+        assert_eq!(h["nic_count"], Value::Int(2), "physical NICs only");
         assert!(host[0].message.contains("Fake Linux 9") && host[0].message.contains("6.1.0-fake"));
+        assert!(host[0].message.contains("Fake Computers Inc. Model 9000"));
 
         let disks = by_kind(&events, "disk");
         let names: Vec<&Value> = disks.iter().map(|e| &e.attrs["disk_name"]).collect();
         assert_eq!(
             names,
-            [&Value::Str("nvme0n1".into()), &Value::Str("sda".into())]
+            ["nvme0n1", "sda", "sdb", "sdc", "vda"]
+                .map(|n| Value::Str(n.into()))
+                .iter()
+                .collect::<Vec<_>>()
         );
         let sda = &disks[1].attrs;
         assert_eq!(sda["disk_size_bytes"], Value::Int(1953525168 * 512));
@@ -558,14 +657,26 @@ mod tests {
         assert_eq!(sda["disk_model"], Value::Str("FAKEDISK 1TB".into()));
         assert_eq!(disks[0].attrs["disk_rotational"], Value::Bool(false));
         assert!(!disks[0].attrs.contains_key("disk_model"));
+        let types: Vec<&Value> = disks.iter().map(|e| &e.attrs["disk_type"]).collect();
+        assert_eq!(
+            types,
+            ["nvme", "hdd", "ssd", "unknown", "virtual"]
+                .map(|n| Value::Str(n.into()))
+                .iter()
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            !disks[3].attrs.contains_key("disk_rotational"),
+            "garbled flag left out"
+        );
 
         let nics = by_kind(&events, "nic");
-        assert_eq!(nics.len(), 2, "lo is skipped");
-        assert_eq!(nics[0].attrs["nic_name"], Value::Str("eth0".into()));
-        assert_eq!(nics[0].attrs["nic_speed_mbps"], Value::Int(1000));
-        assert_eq!(nics[0].attrs["nic_operstate"], Value::Str("up".into()));
+        assert_eq!(nics.len(), 3, "lo is skipped");
+        assert_eq!(nics[1].attrs["nic_name"], Value::Str("eth0".into()));
+        assert_eq!(nics[1].attrs["nic_speed_mbps"], Value::Int(1000));
+        assert_eq!(nics[1].attrs["nic_operstate"], Value::Str("up".into()));
         assert!(
-            !nics[1].attrs.contains_key("nic_speed_mbps"),
+            !nics[2].attrs.contains_key("nic_speed_mbps"),
             "unknown speed is absent"
         );
     }
@@ -576,9 +687,33 @@ mod tests {
         write(dir.path(), "sys/devices/system/cpu/online", "0-3,6\n");
         let src = InventorySource::new(cfg(60), "h").with_paths(InventoryPaths::under(dir.path()));
         let events = src.collect();
+        assert_valid_attr_names(&events);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].attrs["cpu_cores"], Value::Int(5));
         assert!(!events[0].attrs.contains_key("kernel"));
+        assert!(!events[0].attrs.contains_key("vendor"));
+        assert!(!events[0].attrs.contains_key("model"));
+        assert_eq!(events[0].attrs["nic_count"], Value::Int(0));
+    }
+
+    #[test]
+    fn skip_to_end_drops_the_pending_snapshot_and_collects_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_tree(dir.path());
+        let clock: Clock = Arc::new(Instant::now);
+        let mut src = InventorySource::new(cfg(3600), "h")
+            .with_paths(InventoryPaths::under(dir.path()))
+            .with_clock(clock);
+        assert_eq!(src.poll(1, 1 << 20, false).unwrap().events.len(), 1);
+        src.skip_to_end().unwrap();
+        write(dir.path(), "proc/sys/kernel/osrelease", "6.2.0-new\n");
+        let p = src.poll(100, 1 << 20, false).unwrap();
+        assert_eq!(
+            p.events.len(),
+            9,
+            "a whole new snapshot, not the rest of the old one"
+        );
+        assert_eq!(p.events[0].attrs["kernel"], Value::Str("6.2.0-new".into()));
     }
 
     #[test]
@@ -633,15 +768,24 @@ mod tests {
             "the rest of the snapshot waits for the next poll"
         );
         let p = src.poll(100, 1 << 20, false).unwrap();
-        assert_eq!(p.events.len(), 3);
+        assert_eq!(p.events.len(), 7);
         assert!(p.exhausted);
         src.commit(&p.checkpoint).unwrap();
         offset_secs.store(59, Ordering::SeqCst);
         let p = src.poll(100, 1 << 20, false).unwrap();
         assert!(p.events.is_empty() && p.exhausted);
         offset_secs.store(60, Ordering::SeqCst);
-        assert_eq!(src.poll(100, 1 << 20, false).unwrap().events.len(), 5);
+        assert_eq!(src.poll(100, 1 << 20, false).unwrap().events.len(), 9);
         assert!(src.poll(100, 1 << 20, false).unwrap().events.is_empty());
+    }
+
+    #[test]
+    fn os_name_of_this_machine_matches_the_host_record() {
+        let events = InventorySource::new(cfg(60), "h").collect();
+        assert_eq!(
+            os_name().map(Value::Str).as_ref(),
+            events[0].attrs.get("os_name")
+        );
     }
 
     #[test]

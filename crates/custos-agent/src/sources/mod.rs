@@ -16,6 +16,23 @@
 //! every earlier poll of the same source, so committing the latest
 //! acknowledged one is enough. Committing an older checkpoint after a newer
 //! one is ignored.
+//!
+//! [`Source::skip_to_end`] discards everything available now (used when
+//! telemetry is enabled again after a disable: data produced while it was
+//! disabled is never collected).
+//!
+//! Sources never read the agent's own state directory (positions, ledger,
+//! queue): [`build_sources`] makes file and crash sources skip every path
+//! under it.
+//!
+//! | source | table | category | level | state file |
+//! |---|---|---|---|---|
+//! | [`FileSource`], [`StdinSource`] | `logs` or the configured log table | logs | max(severity, configured floor) | [`POSITIONS_FILE`] (files only) |
+//! | [`InventorySource`] | `inventory` | inventory | 1 | none |
+//! | [`PerformanceSource`] | `performance` | performance | 2 | none |
+//! | [`ServicesSource`] | `service_usage` | performance | 2 | none |
+//! | [`CrashSource`] | `crash_reports` | crash | 3 | [`CRASH_STATE_FILE`] |
+//! | [`UsageSource`] (not configured; always built by the run loop) | `usage` | usage | 0 | [`USAGE_STATE_FILE`] |
 
 use crate::config::{AgentConfig, SourceConfig};
 use custos_model::{Category, Event, Level, TableName, Value};
@@ -23,16 +40,25 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+pub mod crash;
 pub mod file;
 pub mod inventory;
 mod lines;
+pub mod performance;
 pub mod positions;
+pub mod services;
+pub mod severity;
 pub mod stdin;
+pub mod usage;
 
+pub use crash::{CrashSource, CRASH_STATE_FILE};
 pub use file::FileSource;
 pub use inventory::{InventoryPaths, InventorySource};
+pub use performance::PerformanceSource;
 pub use positions::{FilePosition, PositionStore, POSITIONS_FILE};
+pub use services::ServicesSource;
 pub use stdin::StdinSource;
+pub use usage::{UsageSource, USAGE_STATE_FILE};
 
 /// A source failed. Messages name the file or source concerned.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +77,15 @@ pub enum SourceError {
     #[error("positions file {} is corrupt ({reason}); move it away to start over (files may then be read again)", .path.display())]
     CorruptPositions {
         /// The positions file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A source's state file (crash reports seen, usage period) exists but
+    /// cannot be understood.
+    #[error("state file {} is corrupt ({reason}); move it away to start over", .path.display())]
+    CorruptState {
+        /// The state file.
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
@@ -84,8 +119,19 @@ pub struct Checkpoint {
     source: String,
     /// Poll sequence number (increasing per source instance).
     seq: u64,
-    /// File positions (file sources); `None` for sources with nothing to persist.
-    files: Option<Vec<FilePosition>>,
+    /// What to persist on commit; `None` for sources with nothing to persist.
+    saved: Option<Saved>,
+}
+
+/// The state a checkpoint carries, per kind of source.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Saved {
+    /// File positions (file sources).
+    Files(Vec<FilePosition>),
+    /// Crash reports already reported (crash sources).
+    Crashes(Vec<crash::ReportedCrash>),
+    /// The usage accounting state.
+    Usage(usage::UsageCheckpoint),
 }
 
 impl Checkpoint {
@@ -95,10 +141,14 @@ impl Checkpoint {
     }
 
     pub(crate) fn new(source: &str, seq: u64, files: Option<Vec<FilePosition>>) -> Self {
+        Self::with_saved(source, seq, files.map(Saved::Files))
+    }
+
+    pub(crate) fn with_saved(source: &str, seq: u64, saved: Option<Saved>) -> Self {
         Self {
             source: source.to_string(),
             seq,
-            files,
+            saved,
         }
     }
 
@@ -107,7 +157,14 @@ impl Checkpoint {
     }
 
     pub(crate) fn files(&self) -> Option<&[FilePosition]> {
-        self.files.as_deref()
+        match &self.saved {
+            Some(Saved::Files(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn saved(&self) -> Option<&Saved> {
+        self.saved.as_ref()
     }
 
     /// Check that this checkpoint was produced by the source `name`.
@@ -157,12 +214,27 @@ pub trait Source: Send {
     /// The caller acknowledges that everything up to `checkpoint` was durably
     /// delivered: persist it.
     fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), SourceError>;
+
+    /// Discard everything available now, so that the next poll returns only
+    /// what appears after this call: file sources move (and commit) their
+    /// positions to the current ends of their files, stdin drops what it has
+    /// buffered, the crash source marks the current reports as reported,
+    /// periodic sources drop pending events and restart their timers (a
+    /// rate's next sample covers only the time after this call). Used when
+    /// telemetry is enabled again after a disable: data produced while it
+    /// was disabled is never collected. Checkpoints of earlier polls are
+    /// ignored once this has run.
+    fn skip_to_end(&mut self) -> Result<(), SourceError>;
 }
 
-/// Build the sources a configuration declares, in order. File positions are
-/// kept in `state_dir` (created if missing, see [`PositionStore`]); `hostname`
-/// goes into every event. Positions of file sources no longer configured are
-/// dropped from the store at the next commit.
+/// Build the sources a configuration declares, in order. File positions
+/// and the crash sources' state are kept in `state_dir` (created if
+/// missing, see [`PositionStore`] and [`CrashSource`]); file and crash
+/// sources skip every path under `state_dir`, so the agent never collects
+/// its own state (ledger, queue, positions). `hostname` goes into every
+/// event. Positions of file sources no longer configured are dropped from
+/// the store at the next commit. The usage source is not configured here:
+/// the run loop builds a [`UsageSource`] itself.
 pub fn build_sources(
     cfg: &AgentConfig,
     state_dir: &Path,
@@ -191,11 +263,10 @@ pub fn build_sources(
             SourceConfig::File(f) => {
                 // `store` is Some whenever a file source is configured (has_files).
                 let Some(store) = &store else { continue };
-                out.push(Box::new(FileSource::new(
-                    f.clone(),
-                    hostname,
-                    Arc::clone(store),
-                )));
+                out.push(Box::new(
+                    FileSource::new(f.clone(), hostname, Arc::clone(store))
+                        .excluding_dir(state_dir),
+                ));
             }
             SourceConfig::Stdin(s) => {
                 out.push(Box::new(StdinSource::from_stdin(s.clone(), hostname)?));
@@ -203,23 +274,56 @@ pub fn build_sources(
             SourceConfig::Inventory(i) => {
                 out.push(Box::new(InventorySource::new(i.clone(), hostname)));
             }
+            SourceConfig::Performance(p) => {
+                out.push(Box::new(PerformanceSource::new(p.clone(), hostname)));
+            }
+            SourceConfig::Services(s) => {
+                out.push(Box::new(ServicesSource::new(s.clone(), hostname)));
+            }
+            SourceConfig::Crash(c) => {
+                out.push(Box::new(CrashSource::open(c.clone(), hostname, state_dir)?));
+            }
         }
     }
     Ok(out)
 }
 
-/// Build a log-line event (category logs, time = now).
+/// True when `path` is `dir` or lies under it, comparing the paths as given
+/// and, when they exist, their canonical forms (so a symbolic link into
+/// `dir` is caught too).
+pub(crate) fn is_under(path: &Path, dir: &Path) -> bool {
+    if path.starts_with(dir) {
+        return true;
+    }
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    if path.starts_with(&dir) {
+        return true;
+    }
+    path.canonicalize().is_ok_and(|p| p.starts_with(&dir))
+}
+
+/// Build a log-line event (category logs, time = now). The line's
+/// severity is detected ([`severity::detect`]) and stored in the attribute
+/// `severity`; the event's level is the higher of the severity's level and
+/// `floor`, the source's configured level.
 pub(crate) fn line_event(
     table: &TableName,
-    level: Level,
+    floor: Level,
     host: &str,
     message: String,
-    attrs: BTreeMap<String, Value>,
+    mut attrs: BTreeMap<String, Value>,
 ) -> Event {
+    let severity = severity::detect(&message);
+    attrs.insert(
+        "severity".to_string(),
+        Value::Str(severity.name().to_string()),
+    );
     Event {
         table: table.clone(),
         time: custos_model::now_micros(),
-        level,
+        level: severity.level().max(floor),
         category: Category::Logs,
         host: host.to_string(),
         message,
@@ -272,5 +376,64 @@ mod tests {
         let store = PositionStore::open(&state).unwrap();
         assert!(!store.has_source("gone"));
         assert_eq!(store.get("app")[0].offset, 6);
+    }
+
+    #[test]
+    fn build_sources_builds_every_source_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[[sources]]\ntype = \"performance\"\n[[sources]]\ntype = \"services\"\n[[sources]]\ntype = \"crash\"\npaths = [{:?}]\n[[sources]]\ntype = \"inventory\"\n",
+            dir.path().join("crash/*.crash").to_string_lossy()
+        );
+        let cfg = AgentConfig::from_toml_str(&text).unwrap();
+        let mut sources = build_sources(&cfg, &dir.path().join("state"), "h").unwrap();
+        let names: Vec<String> = sources.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["performance", "services", "crash", "inventory"]);
+        let reg = custos_model::registry::Registry::builtin();
+        for s in &mut sources {
+            let p = s.poll(100_000, usize::MAX, false).unwrap();
+            for e in &p.events {
+                reg.check_event(e)
+                    .unwrap_or_else(|err| panic!("{}: {err}", s.name()));
+            }
+            s.commit(&p.checkpoint).unwrap();
+            s.skip_to_end().unwrap();
+        }
+    }
+
+    #[test]
+    fn build_sources_never_reads_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(state.join("ledger")).unwrap();
+        std::fs::write(state.join("ledger/segment.log"), "what was sent\n").unwrap();
+        std::fs::write(dir.path().join("app.log"), "app\n").unwrap();
+        let text = format!(
+            "[[sources]]\ntype = \"file\"\nname = \"all\"\npaths = [{:?}]\n",
+            dir.path().join("**/*.log").to_string_lossy()
+        );
+        let cfg = AgentConfig::from_toml_str(&text).unwrap();
+        let mut sources = build_sources(&cfg, &state, "h").unwrap();
+        let p = sources[0].poll(100, 1 << 20, true).unwrap();
+        let got: Vec<&str> = p.events.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(got, ["app"]);
+    }
+
+    #[test]
+    fn is_under_compares_plain_and_canonical_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("f"), "").unwrap();
+        assert!(is_under(&state.join("f"), &state));
+        assert!(is_under(&state, &state));
+        assert!(!is_under(&dir.path().join("statefile"), &state));
+        std::os::unix::fs::symlink(&state, dir.path().join("alias")).unwrap();
+        assert!(is_under(&dir.path().join("alias/f"), &state));
+        assert!(is_under(&state.join("f"), &dir.path().join("alias")));
+        assert!(!is_under(
+            Path::new("/nonexistent/x"),
+            &dir.path().join("missing")
+        ));
     }
 }

@@ -10,8 +10,11 @@
 //! Lines are split as in the file source (trailing '\r' stripped, empty lines
 //! skipped, long lines cut and marked `truncated = true`); the final line is
 //! emitted at end of input even without a newline. Each event carries the
-//! attribute `source = "stdin"`. Nothing is persisted: standard input cannot
-//! be re-read, so commit is a no-op.
+//! attributes `source = "stdin"` and `severity` (detected in the line, see
+//! [`super::severity`]); its level is the higher of the severity's level and
+//! the configured `level`. Nothing is persisted: standard input cannot be
+//! re-read, so commit is a no-op. [`Source::skip_to_end`] drops the lines
+//! read but not yet returned.
 
 use super::lines::{Line, LineSplitter};
 use super::{line_event, Checkpoint, Poll, Source, SourceError};
@@ -213,6 +216,18 @@ impl Source for StdinSource {
     fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), SourceError> {
         checkpoint.check_owner(&self.cfg.name)
     }
+
+    /// Drop every line already read (buffered in the channel or held from
+    /// the previous poll). Never blocks; a line the reader thread is still
+    /// assembling arrives later.
+    fn skip_to_end(&mut self) -> Result<(), SourceError> {
+        let mut dropped = usize::from(self.held.take().is_some());
+        while self.next_line(false).is_some() {
+            dropped += 1;
+        }
+        tracing::debug!(source = %self.cfg.name, lines = dropped, "skipped buffered input");
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -244,14 +259,70 @@ mod tests {
         assert!(p.exhausted);
         let e = &p.events[0];
         assert_eq!(e.table.as_str(), "app");
-        assert_eq!((e.level, e.category), (Level::Basic, Category::Logs));
+        // No severity in the line: unknown, level full (above the floor).
+        assert_eq!((e.level, e.category), (Level::Full, Category::Logs));
+        assert_eq!(e.attrs.get("severity"), Some(&Value::Str("unknown".into())));
         assert_eq!(e.host, "h1");
         assert_eq!(e.attrs.get("source"), Some(&Value::Str("stdin".into())));
+        for e in &p.events {
+            custos_model::registry::Registry::builtin()
+                .check_event(e)
+                .unwrap();
+        }
         src.commit(&p.checkpoint).unwrap();
         for drain in [false, true] {
             let p = src.poll(100, 1 << 20, drain).unwrap();
             assert!(p.events.is_empty() && p.exhausted);
         }
+    }
+
+    #[test]
+    fn level_is_the_higher_of_the_severity_level_and_the_configured_floor() {
+        let input = Cursor::new(b"ERROR disk\nINFO ok\n[warn] x\n".to_vec());
+        let mut src = StdinSource::from_reader(cfg(1000), "h", input).unwrap();
+        let p = src.poll(100, 1 << 20, true).unwrap();
+        let got: Vec<(Level, Value)> = p
+            .events
+            .iter()
+            .map(|e| (e.level, e.attrs["severity"].clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Level::Enhanced, Value::Str("error".into())),
+                (Level::Full, Value::Str("info".into())),
+                (Level::Enhanced, Value::Str("warning".into())),
+            ]
+        );
+        let mut c = cfg(1000);
+        c.level = Level::Full;
+        let input = Cursor::new(b"ERROR disk\n".to_vec());
+        let mut src = StdinSource::from_reader(c, "h", input).unwrap();
+        assert_eq!(
+            src.poll(100, 1 << 20, true).unwrap().events[0].level,
+            Level::Full
+        );
+    }
+
+    #[test]
+    fn skip_to_end_drops_buffered_lines() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let mut src = StdinSource::from_reader(cfg(1000), "h", BufReader::new(reader)).unwrap();
+        writer.write_all(b"old 1\nold 2\nold 3\n").unwrap();
+        // Wait until the reader thread has passed them on.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let p = src.poll(1, 1 << 20, false).unwrap();
+        let mut got = messages(&p);
+        while got.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            got = messages(&src.poll(1, 1 << 20, false).unwrap());
+        }
+        assert_eq!(got, ["old 1"]);
+        std::thread::sleep(Duration::from_millis(50));
+        src.skip_to_end().unwrap();
+        writer.write_all(b"new\n").unwrap();
+        drop(writer);
+        assert_eq!(messages(&src.poll(100, 1 << 20, true).unwrap()), ["new"]);
     }
 
     #[test]

@@ -53,7 +53,11 @@ impl ServerProc {
                     return sp;
                 }
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "server did not start; see {}", dir.with_extension("server.log").display());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "server did not start; see {}",
+                dir.with_extension("server.log").display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -79,7 +83,10 @@ impl ServerProc {
         if file.exists() {
             return;
         }
-        let out = self.cli_as(self.info["admin_token_file"].as_str().unwrap(), &["principal", "create", "tester", "--output", "json"]);
+        let out = self.cli_as(
+            self.info["admin_token_file"].as_str().unwrap(),
+            &["principal", "create", "tester", "--output", "json"],
+        );
         assert!(out.status.success(), "cannot create the tester principal: {}", String::from_utf8_lossy(&out.stderr));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         std::fs::write(&file, v["token"].as_str().unwrap()).unwrap();
@@ -120,7 +127,8 @@ impl ServerProc {
     pub fn cli_json(&self, args: &[&str]) -> Value {
         let out = self.cli(args);
         assert!(out.status.success(), "custos {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("custos {args:?}: bad json ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("custos {args:?}: bad json ({e}): {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     pub fn create_workspace(&self, name: &str) -> (String, String) {
@@ -170,15 +178,33 @@ pub fn custos(args: &[&str]) -> Output {
 
 pub fn enroll(server: &ServerProc, key: &str, state: &Path) -> Output {
     Command::new(bin())
-        .args(["agent", "enroll", "--server", &server.url(), "--enrollment-key", key, "--pin", &server.pin(), "--state-dir"])
+        .args([
+            "agent",
+            "enroll",
+            "--server",
+            &server.url(),
+            "--enrollment-key",
+            key,
+            "--pin",
+            &server.pin(),
+            "--state-dir",
+        ])
         .arg(state)
         .args(["--output", "json"])
         .output()
         .unwrap()
 }
 
+/// The `[telemetry]` section every test agent uses unless it tests consent:
+/// level full (every line of the test logs is collected), and a policy file
+/// that does not exist (so a policy on the test machine cannot interfere).
+pub fn telemetry_section(path: &Path, level: &str) -> String {
+    format!("[telemetry]\nlevel = \"{level}\"\npolicy_file = \"{}\"\n", path.with_extension("no-policy.toml").display())
+}
+
 pub fn write_agent_config(path: &Path, glob: &str) {
-    std::fs::write(path, format!("[[sources]]\ntype = \"file\"\npaths = [\"{glob}\"]\ntable = \"logs\"\n")).unwrap();
+    let t = telemetry_section(path, "full");
+    std::fs::write(path, format!("{t}\n[[sources]]\ntype = \"file\"\npaths = [\"{glob}\"]\ntable = \"logs\"\n")).unwrap();
 }
 
 pub fn agent_once(state: &Path, config: &Path) -> Output {

@@ -1,0 +1,152 @@
+//! The consent gate: pure decisions about each event, made twice.
+//!
+//! 1. **At collection** ([`classify`] then [`allowed`]): every event a source
+//!    produces is checked against the registry (an event of a table or field
+//!    the registry does not declare is never collected, and counted as
+//!    invalid), its level is raised to the registry's minimum for it (a log
+//!    line's level follows its severity; a source's configured `level` can
+//!    only raise it), and it is kept only if the effective settings allow it:
+//!    usage records when the usage switch is on; everything else when
+//!    telemetry is enabled and the event's level is at most the effective
+//!    level.
+//! 2. **Before every send attempt** ([`allowed`] again, with the settings of
+//!    that moment): an event that was queued under a higher level, or before
+//!    telemetry was disabled, is deleted instead of sent. What is sent is
+//!    [`outgoing`]: below level 3 the host name is replaced by the
+//!    installation's keyed pseudonym.
+//!
+//! Nothing here does I/O; the run loop applies the decisions.
+
+use crate::installation::Installation;
+use custos_model::registry::{Registry, RegistryViolation, Switch};
+use custos_model::{Event, Level};
+
+/// The effective settings the gate needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GateState {
+    /// The effective consent level.
+    pub level: Level,
+    /// Telemetry collection and upload enabled.
+    pub telemetry: bool,
+    /// Usage (billing) reporting enabled.
+    pub usage: bool,
+}
+
+impl GateState {
+    /// Whether host names leave the host in clear (level 3 only).
+    pub fn clear_host_names(&self) -> bool {
+        self.level >= Level::Full
+    }
+}
+
+/// Validate `e` against the registry and raise its level to the lowest level
+/// at which the registry allows it to be collected.
+pub fn classify(reg: &Registry, e: &mut Event) -> Result<(), RegistryViolation> {
+    reg.check_event(e)?;
+    let min = reg.min_level(e)?;
+    if e.level < min {
+        e.level = min;
+    }
+    Ok(())
+}
+
+/// Whether `e` is a usage (billing) record, governed by the usage switch
+/// rather than the telemetry level.
+pub fn is_usage(reg: &Registry, e: &Event) -> bool {
+    reg.table(e.table.as_str()).is_some_and(|t| t.switch == Some(Switch::Usage))
+}
+
+/// Whether a classified event may be collected and sent under `st`.
+pub fn allowed(reg: &Registry, e: &Event, st: &GateState) -> bool {
+    if is_usage(reg, e) {
+        st.usage
+    } else {
+        st.telemetry && e.level <= st.level
+    }
+}
+
+/// The event as it leaves the host under `st`: below level 3, the host name
+/// is the installation's keyed pseudonym.
+pub fn outgoing(e: &Event, st: &GateState, inst: &Installation) -> Event {
+    let mut out = e.clone();
+    if !st.clear_host_names() {
+        out.host = inst.host_pseudonym(&e.host);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_model::{Category, TableName, Value};
+    use std::collections::BTreeMap;
+
+    fn ev(table: &str, category: Category, level: Level, attrs: &[(&str, Value)]) -> Event {
+        Event {
+            table: TableName::new(table).unwrap(),
+            time: 1,
+            level,
+            category,
+            host: "web-1".into(),
+            message: "m".into(),
+            attrs: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn st(level: Level, telemetry: bool, usage: bool) -> GateState {
+        GateState { level, telemetry, usage }
+    }
+
+    #[test]
+    fn a_log_line_is_raised_to_the_level_of_its_severity() {
+        let reg = Registry::builtin();
+        let mut warn = ev("logs", Category::Logs, Level::Security, &[("severity", "warning".into())]);
+        classify(reg, &mut warn).unwrap();
+        assert_eq!(warn.level, Level::Enhanced);
+        let mut info = ev("logs", Category::Logs, Level::Enhanced, &[("severity", "info".into())]);
+        classify(reg, &mut info).unwrap();
+        assert_eq!(info.level, Level::Full);
+        // A configured floor above the severity's level stays.
+        let mut floor = ev("app_logs", Category::Logs, Level::Full, &[("severity", "error".into())]);
+        classify(reg, &mut floor).unwrap();
+        assert_eq!(floor.level, Level::Full);
+    }
+
+    #[test]
+    fn an_undeclared_table_or_field_is_refused() {
+        let reg = Registry::builtin();
+        let mut t = ev("secret_stuff", Category::Performance, Level::Enhanced, &[]);
+        assert!(classify(reg, &mut t).is_err());
+        let mut f = ev("performance", Category::Performance, Level::Enhanced, &[("ssn", "123".into())]);
+        assert!(classify(reg, &mut f).is_err());
+    }
+
+    #[test]
+    fn levels_are_cumulative_and_disable_stops_everything_but_usage() {
+        let reg = Registry::builtin();
+        let mut settings = ev("agent_settings", Category::Settings, Level::Security, &[]);
+        let mut perf = ev("performance", Category::Performance, Level::Security, &[]);
+        let mut usage = ev("usage", Category::Usage, Level::Security, &[]);
+        for e in [&mut settings, &mut perf, &mut usage] {
+            classify(reg, e).unwrap();
+        }
+        assert!(allowed(reg, &settings, &st(Level::Security, true, false)));
+        assert!(!allowed(reg, &perf, &st(Level::Basic, true, true)));
+        assert!(allowed(reg, &perf, &st(Level::Enhanced, true, true)));
+        assert!(allowed(reg, &perf, &st(Level::Full, true, true)));
+        // Disabled: nothing but usage, and usage only under its own switch.
+        assert!(!allowed(reg, &settings, &st(Level::Full, false, true)));
+        assert!(allowed(reg, &usage, &st(Level::Security, false, true)));
+        assert!(!allowed(reg, &usage, &st(Level::Full, true, false)));
+    }
+
+    #[test]
+    fn host_names_leave_in_clear_only_at_level_3() {
+        let inst = Installation::from_parts(uuid::Uuid::nil(), [1u8; 32]);
+        let e = ev("logs", Category::Logs, Level::Enhanced, &[]);
+        let below = outgoing(&e, &st(Level::Enhanced, true, true), &inst);
+        assert_eq!(below.host, inst.host_pseudonym("web-1"));
+        assert_ne!(below.host, "web-1");
+        assert_eq!(outgoing(&e, &st(Level::Full, true, true), &inst).host, "web-1");
+    }
+}
