@@ -106,9 +106,10 @@ enum Outcome {
     Acked(custos_model::api::IngestAck, u64, u64),
     /// Every event was deleted before it could be sent.
     Purged,
+    /// The agent is stopping: not acknowledged, so its position (and every
+    /// later one of its source) is not committed and it is read again.
+    Abandoned,
 }
-
-type Shipped = Option<Result<Outcome, AgentError>>;
 
 /// Everything a batch needs on its way out.
 struct ShipCtx {
@@ -218,7 +219,7 @@ async fn deliver_inner(
                         return Err(e);
                     }
                     if wait(ctx.retry.max_delay.min(Duration::from_secs(5)), settings, shutdown).await {
-                        return Err(e);
+                        return Ok(Outcome::Abandoned);
                     }
                     continue;
                 }
@@ -268,7 +269,8 @@ async fn deliver_inner(
         });
         tracing::warn!(error = %err, attempt = attempts, retry_in_ms = pause.as_millis() as u64, "batch not delivered; will retry");
         if wait(pause, settings, shutdown).await {
-            return Err(err);
+            tracing::warn!(error = %err, "stopping; batch not delivered, it is read again at the next start");
+            return Ok(Outcome::Abandoned);
         }
         delay = (delay * 2).min(ctx.retry.max_delay);
     }
@@ -289,28 +291,59 @@ async fn wait(d: Duration, settings: &mut watch::Receiver<Effective>, shutdown: 
     }
 }
 
-/// Consume one finished send: count it and commit the position after it.
-async fn finish(src: &Shared, done: (Checkpoint, Shipped), summary: &mut RunSummary, progress: Option<&watch::Sender<RunSummary>>) -> Result<(), AgentError> {
-    let (cp, shipped) = done;
-    if let Some(r) = shipped {
-        match r? {
-            Outcome::Acked(ack, n, bytes) => {
-                summary.batches += 1;
-                summary.events += n.saturating_sub(ack.refused);
-                summary.events_refused += ack.refused;
-                summary.bytes_sent += bytes;
-                if ack.duplicate {
-                    summary.duplicate_batches += 1;
+/// One batch of a source, in order: its checkpoint and its delivery task
+/// (`None` when the poll gave nothing to send).
+type Pending = (Checkpoint, Option<tokio::task::JoinHandle<Result<Outcome, AgentError>>>);
+
+/// A source and the batches it has on the way.
+struct SourceState {
+    src: Shared,
+    kind: Kind,
+    inflight: std::collections::VecDeque<Pending>,
+    /// Polled until it had nothing more (`--once`), or abandoned at shutdown.
+    done: bool,
+}
+
+/// Consume the finished batches at the front of a source's queue, in order,
+/// committing the position after each; with `all`, wait for every batch.
+async fn finish(st: &mut SourceState, all: bool, summary: &mut RunSummary, progress: Option<&watch::Sender<RunSummary>>) -> Result<(), AgentError> {
+    while let Some((_, h)) = st.inflight.front() {
+        if !all && h.as_ref().is_some_and(|h| !h.is_finished()) {
+            break;
+        }
+        let Some((cp, h)) = st.inflight.pop_front() else { break };
+        if let Some(h) = h {
+            let outcome = h.await.map_err(|e| AgentError::Invalid(format!("delivery task failed: {e}")))??;
+            match outcome {
+                Outcome::Acked(ack, n, bytes) => {
+                    summary.batches += 1;
+                    summary.events += n.saturating_sub(ack.refused);
+                    summary.events_refused += ack.refused;
+                    summary.bytes_sent += bytes;
+                    if ack.duplicate {
+                        summary.duplicate_batches += 1;
+                    }
+                    tracing::debug!(batch = %ack.batch_id, events = n, ack = %ack.ack_id, "batch acknowledged");
                 }
-                tracing::debug!(batch = %ack.batch_id, events = n, ack = %ack.ack_id, "batch acknowledged");
+                Outcome::Purged => {}
+                Outcome::Abandoned => {
+                    // Nothing after it may commit either (checkpoints are cumulative).
+                    for (_, rest) in st.inflight.drain(..) {
+                        if let Some(r) = rest {
+                            let _ = r.await;
+                        }
+                    }
+                    st.done = true;
+                    return Ok(());
+                }
             }
-            Outcome::Purged => {}
+            if let Some(p) = progress {
+                p.send_replace(summary.clone());
+            }
         }
-        if let Some(p) = progress {
-            p.send_replace(summary.clone());
-        }
+        blocking(&st.src, move |s| s.commit(&cp)).await?;
     }
-    blocking(src, move |s| s.commit(&cp)).await
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -499,8 +532,12 @@ async fn run_loop(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, mut shu
     let mut was_enabled = eff_rx.borrow().enabled.value;
     let mut last_policy_error: Option<String> = None;
     let mut last_prune = Instant::now();
-    tracing::info!(agent = %id.agent_id, server = %id.server, sources = sources.len(), once = opts.once, "agent running");
-    'outer: loop {
+    let mut states: Vec<SourceState> =
+        sources.into_iter().map(|(src, kind)| SourceState { src, kind, inflight: Default::default(), done: false }).collect();
+    // Woken by every finished delivery, so positions commit promptly.
+    let delivered = Arc::new(tokio::sync::Notify::new());
+    tracing::info!(agent = %id.agent_id, server = %id.server, sources = states.len(), once = opts.once, "agent running");
+    loop {
         let eff = eff_rx.borrow_and_update().clone();
         if eff.policy_error != last_policy_error {
             if let Some(why) = &eff.policy_error {
@@ -510,68 +547,66 @@ async fn run_loop(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, mut shu
         }
         if eff.enabled.value && !was_enabled {
             // Enabled again: what accumulated while disabled is not collected.
-            for (src, k) in &sources {
-                if *k == Kind::Telemetry {
-                    blocking(src, |s| s.skip_to_end()).await?;
+            for st in &states {
+                if st.kind == Kind::Telemetry {
+                    blocking(&st.src, |s| s.skip_to_end()).await?;
                 }
             }
             tracing::info!("telemetry enabled; sources resume from now");
         }
         was_enabled = eff.enabled.value;
-        for (src, k) in &sources {
-            let st = gate_state(&eff_rx.borrow());
-            let active = match k {
-                Kind::Telemetry => st.telemetry,
-                Kind::Usage => st.usage,
-            };
-            if !active {
+        let stopping = *shutdown.borrow();
+        for st in &mut states {
+            finish(st, stopping, &mut summary, opts.progress.as_deref()).await?;
+            if stopping || st.done {
                 continue;
             }
-            // Up to `MAX_IN_FLIGHT` batches of this source travel at once;
-            // acknowledgements are consumed in order, and a source's position
-            // is committed only once every batch before it is acknowledged.
-            let mut inflight = futures::stream::FuturesOrdered::new();
-            let mut stop = false;
-            loop {
-                if *shutdown.borrow() {
-                    // Finish what is on the wire (so its positions commit),
-                    // read nothing more.
-                    stop = true;
+            let gs = gate_state(&eff_rx.borrow());
+            let active = match st.kind {
+                Kind::Telemetry => gs.telemetry,
+                Kind::Usage => gs.usage,
+            };
+            if !active {
+                if opts.once {
+                    st.done = true;
                 }
-                if inflight.len() >= MAX_IN_FLIGHT || (stop && !inflight.is_empty()) {
-                    if let Some(done) = futures::StreamExt::next(&mut inflight).await {
-                        finish(src, done, &mut summary, opts.progress.as_deref()).await?;
-                    }
-                    continue;
-                }
-                if stop {
-                    break;
-                }
+                continue;
+            }
+            // Up to `MAX_IN_FLIGHT` batches of each source wait or travel at
+            // once (a dead server does not stop the other sources); their
+            // positions commit in order, each only once every batch before
+            // it is acknowledged.
+            while st.inflight.len() < MAX_IN_FLIGHT {
                 let drain = opts.once;
-                let poll = blocking(src, move |s| s.poll(max_events, max_bytes, drain)).await?;
+                let poll = blocking(&st.src, move |s| s.poll(max_events, max_bytes, drain)).await?;
                 let exhausted = poll.exhausted;
-                let st = gate_state(&eff_rx.borrow());
-                let events = gate_events(registry, poll.events, &st, &stats);
+                let gs = gate_state(&eff_rx.borrow());
+                let events = gate_events(registry, poll.events, &gs, &stats);
                 if events.is_empty() {
-                    if inflight.is_empty() {
+                    if st.inflight.is_empty() {
                         // Nothing pending: the position may advance (skipped
                         // empty lines, a rotation, events not collected) right away.
                         let cp = poll.checkpoint;
-                        blocking(src, move |s| s.commit(&cp)).await?;
+                        blocking(&st.src, move |s| s.commit(&cp)).await?;
                     } else {
-                        inflight.push_back(futures::future::Either::Left(async move { (poll.checkpoint, None) }));
+                        st.inflight.push_back((poll.checkpoint, None));
                     }
                 } else {
                     let fut = deliver(ctx.clone(), events, eff_rx.clone(), shutdown.clone());
-                    let cp = poll.checkpoint;
-                    inflight.push_back(futures::future::Either::Right(async move { (cp, Some(fut.await)) }));
+                    let notify = delivered.clone();
+                    let h = tokio::spawn(async move {
+                        let r = fut.await;
+                        notify.notify_one();
+                        r
+                    });
+                    st.inflight.push_back((poll.checkpoint, Some(h)));
                 }
                 if exhausted {
-                    stop = true;
+                    if opts.once {
+                        st.done = true;
+                    }
+                    break;
                 }
-            }
-            if *shutdown.borrow() {
-                break 'outer;
             }
         }
         if last_prune.elapsed() >= Duration::from_secs(3600) {
@@ -585,13 +620,22 @@ async fn run_loop(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, mut shu
                 tracing::warn!(error = %e, "ledger not pruned");
             }
         }
-        if opts.once || *shutdown.borrow() {
+        if stopping {
             break;
         }
+        if opts.once && states.iter().all(|st| st.done) {
+            for st in &mut states {
+                finish(st, true, &mut summary, opts.progress.as_deref()).await?;
+            }
+            break;
+        }
+        let busy = states.iter().any(|st| st.inflight.len() >= MAX_IN_FLIGHT);
+        let pause = if opts.once { Duration::from_millis(20) } else { cfg.agent.flush_interval };
         tokio::select! {
-            _ = tokio::time::sleep(cfg.agent.flush_interval) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => {}
             _ = eff_rx.changed() => {}
+            _ = delivered.notified(), if busy || opts.once => {}
         }
     }
     let c = stats.snapshot();

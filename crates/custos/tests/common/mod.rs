@@ -29,12 +29,17 @@ impl ServerProc {
     }
 
     pub fn start_with(dir: &Path, extra: &[&str]) -> ServerProc {
+        Self::start_on(dir, "127.0.0.1:0", extra)
+    }
+
+    /// Start on a given address (to restart a server where its agents expect it).
+    pub fn start_on(dir: &Path, listen: &str, extra: &[&str]) -> ServerProc {
         let _ = std::fs::remove_file(dir.join("server.json"));
         let log = std::fs::File::create(dir.with_extension("server.log")).unwrap();
         let child = Command::new(bin())
             .args(["server", "--data-dir"])
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0", "--output", "json"])
+            .args(["--listen", listen, "--output", "json"])
             .args(extra)
             .env("CUSTOS_LOG", "info")
             .stdout(Stdio::null())
