@@ -116,10 +116,43 @@ struct ShipCtx {
     shipper: Shipper,
     registry: &'static Registry,
     installation: Installation,
-    ledger: Arc<Mutex<Ledger>>,
+    ledger: Arc<Mutex<LedgerSlot>>,
     stats: Arc<Stats>,
     retry: RetryPolicy,
     security: SecuritySink,
+}
+
+/// The ledger, reopened after a write error poisoned it (a full disk that
+/// has space again): the reopen cuts any torn tail, so the chain stays
+/// verifiable.
+struct LedgerSlot {
+    state_dir: std::path::PathBuf,
+    opts: LedgerOptions,
+    ledger: Option<Ledger>,
+}
+
+impl LedgerSlot {
+    fn with<T>(&mut self, f: impl Fn(&mut Ledger) -> Result<T, crate::ledger::LedgerError>) -> Result<T, crate::ledger::LedgerError> {
+        for _ in 0..2 {
+            if self.ledger.is_none() {
+                self.ledger = Some(Ledger::open(&self.state_dir, self.opts.clone())?);
+            }
+            let Some(l) = self.ledger.as_mut() else { continue };
+            match f(l) {
+                Err(crate::ledger::LedgerError::Poisoned { .. }) => {
+                    tracing::warn!("transparency ledger poisoned by an earlier write error; reopening it");
+                    // Dropping it releases its lock so it can be reopened.
+                    self.ledger = None;
+                }
+                other => return other,
+            }
+        }
+        Ledger::open(&self.state_dir, self.opts.clone()).and_then(|mut l| {
+            let r = f(&mut l);
+            self.ledger = Some(l);
+            r
+        })
+    }
 }
 
 /// A batch encoded for one content: its id, frame, and whether host names
@@ -144,7 +177,7 @@ async fn encode_and_record(ctx: &Arc<ShipCtx>, events: &[Event], st: &GateState)
         let json = wire::payload_json(&payload);
         // The exact bytes, before they are compressed and sent.
         crate::sources::lock(&ledger)
-            .append_batch(batch_id, &json, custos_model::now_micros())
+            .with(|l| l.append_batch(batch_id, &json, custos_model::now_micros()))
             .map_err(|e| AgentError::Invalid(format!("cannot record the batch in the transparency ledger, so it is not sent: {e}")))?;
         Ok(wire::encode_raw(&json, Codec::Zstd))
     })
@@ -234,7 +267,7 @@ async fn deliver_inner(
                 let (bid, aid, acc, refd) = (enc.batch_id, ack.ack_id.clone(), ack.accepted, ack.refused);
                 blocking_io(move || {
                     crate::sources::lock(&ledger)
-                        .append_ack(bid, &aid, acc, refd, custos_model::now_micros())
+                        .with(|l| l.append_ack(bid, &aid, acc, refd, custos_model::now_micros()))
                         .map_err(|e| AgentError::Invalid(format!("recording the acknowledgement in the ledger: {e}")))
                 })
                 .await
@@ -463,12 +496,14 @@ pub async fn run(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, shutdown
             .await
             .map_err(|e| AgentError::Invalid(format!("control socket: {e}")))?
     };
-    let ledger = Ledger::open(
-        state_dir,
-        LedgerOptions { max_bytes: tcfg.ledger_max_bytes, max_age: tcfg.ledger_max_age, ..LedgerOptions::default() },
-    )
-    .map_err(|e| AgentError::Invalid(format!("transparency ledger: {e}")))?;
-    let ledger = Arc::new(Mutex::new(ledger));
+    let ledger_opts = LedgerOptions { max_bytes: tcfg.ledger_max_bytes, max_age: tcfg.ledger_max_age, ..LedgerOptions::default() };
+    let ledger = Ledger::open(state_dir, ledger_opts.clone()).map_err(|e| {
+        AgentError::Invalid(format!(
+            "transparency ledger in {}: {e} (nothing is sent without it; if it is damaged, move it aside and keep it as evidence)",
+            crate::ledger::ledger_dir(state_dir).display()
+        ))
+    })?;
+    let ledger = Arc::new(Mutex::new(LedgerSlot { state_dir: state_dir.to_path_buf(), opts: ledger_opts, ledger: Some(ledger) }));
 
     let result = run_loop(state_dir, cfg, opts, shutdown, RunParts { id, client, installation, hostname, registry, stats, sink, settings, ledger }).await;
     control.shutdown().await;
@@ -485,7 +520,7 @@ struct RunParts {
     stats: Arc<Stats>,
     sink: SecuritySink,
     settings: SettingsHandle,
-    ledger: Arc<Mutex<Ledger>>,
+    ledger: Arc<Mutex<LedgerSlot>>,
 }
 
 async fn run_loop(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, mut shutdown: watch::Receiver<bool>, p: RunParts) -> Result<RunSummary, AgentError> {
@@ -613,7 +648,7 @@ async fn run_loop(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, mut shu
             last_prune = Instant::now();
             let l = ledger.clone();
             let pruned = blocking_io(move || {
-                crate::sources::lock(&l).prune(custos_model::now_micros()).map_err(|e| AgentError::Invalid(format!("pruning the ledger: {e}")))
+                crate::sources::lock(&l).with(|l| l.prune(custos_model::now_micros())).map_err(|e| AgentError::Invalid(format!("pruning the ledger: {e}")))
             })
             .await;
             if let Err(e) = pruned {
