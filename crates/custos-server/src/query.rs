@@ -28,8 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Tables every workspace has, even before any data arrives, so that a query
-/// on an empty workspace returns no rows rather than "table not found".
-pub const STANDARD_TABLES: &[&str] = &["logs", "inventory"];
+/// on an empty workspace returns no rows rather than "table not found":
+/// every table of the telemetry registry (`registry/telemetry.toml`).
+pub fn standard_tables() -> impl Iterator<Item = &'static TableName> {
+    custos_model::registry::Registry::builtin().tables().iter().map(|t| &t.name)
+}
 
 /// A table of one workspace, backed by its segments.
 #[derive(Debug)]
@@ -141,11 +144,9 @@ pub async fn run(
         .with_information_schema(false);
     let ctx = SessionContext::new_with_config(config);
     let mut tables = catalog.list_tables(ws).await?;
-    for t in STANDARD_TABLES {
-        if let Ok(name) = TableName::new(*t) {
-            if !tables.contains(&name) {
-                tables.push(name);
-            }
+    for name in standard_tables() {
+        if !tables.contains(name) {
+            tables.push(name.clone());
         }
     }
     for table in tables {

@@ -324,3 +324,70 @@ fn the_server_refuses_events_above_the_workspace_level_and_the_owner_sees_the_co
     let refused: u64 = sent.iter().map(|b| b["refused"].as_u64().unwrap_or(0)).sum();
     assert_eq!(refused, summary["events_refused"].as_u64().unwrap());
 }
+
+#[test]
+fn usage_records_follow_their_own_switch_whatever_the_telemetry_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("data"));
+    let (ws, key) = server.create_workspace("usage");
+    let state = tmp.path().join("agent");
+    assert!(enroll(&server, &key, &state).status.success());
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    write_lines(&logs.join("app.log"), "ERROR", 10, "usage");
+    let cfg = tmp.path().join("agent.toml");
+    // Telemetry off from the start; usage records every second.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[telemetry]\nenabled = false\nusage_period_secs = 1\npolicy_file = \"{}\"\n[agent]\nflush_interval_ms = 100\n\n[[sources]]\ntype = \"file\"\npaths = [\"{}/*.log\"]\n",
+            tmp.path().join("no-policy.toml").display(),
+            logs.display()
+        ),
+    )
+    .unwrap();
+    let agent = AgentProc::start(&state, &cfg);
+    wait_until("two usage records", || server.count(&ws, "usage") >= 2);
+    assert_eq!(server.count(&ws, "logs"), 0, "telemetry is disabled");
+    assert_eq!(server.count(&ws, "agent_settings"), 0, "telemetry is disabled");
+    let v = query(&server, &ws, "SELECT min(cores) AS c, min(agents) AS a, max(core_hours) AS h FROM usage");
+    assert!(v[0]["c"].as_i64().unwrap() >= 1 && v[0]["a"] == 1, "{v}");
+    assert!(v[0]["h"].as_f64().unwrap() > 0.0, "{v}");
+
+    // Switched off: no new records.
+    let out = Command::new(bin())
+        .args(["usage", "disable", "--output", "json", "--state-dir"])
+        .arg(&state)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = agent.status();
+    assert_eq!(s["usage"]["value"], false, "{s}");
+    assert_eq!(s["usage"]["origin"], "local", "{s}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = server.count(&ws, "usage");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(server.count(&ws, "usage"), before, "no usage records after usage disable");
+}
+
+#[test]
+fn the_catalog_prints_exactly_the_registry_rows_of_a_level() {
+    let out = custos(&["telemetry", "catalog", "--level", "basic", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut tables: Vec<&str> = rows.iter().map(|r| r["table"].as_str().unwrap()).collect();
+    tables.dedup();
+    for t in ["agent_settings", "security_events", "inventory", "agent_health", "quality", "compatibility"] {
+        assert!(tables.contains(&t), "{t} missing at level 1: {tables:?}");
+    }
+    for t in ["performance", "service_usage", "logs", "crash_reports"] {
+        assert!(!tables.contains(&t), "{t} is not collected at level 1");
+    }
+    assert!(rows.iter().all(|r| r["level"].as_u64().unwrap() <= 1 && r["pii"].is_string() && r["description"].is_string()));
+    let full = custos(&["telemetry", "catalog", "--output", "json"]);
+    let all: Vec<Value> = serde_json::from_slice(&full.stdout).unwrap();
+    assert!(all.iter().any(|r| r["table"] == "crash_reports"));
+    assert!(all.len() > rows.len());
+}
