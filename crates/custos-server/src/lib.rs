@@ -97,7 +97,11 @@ impl Server {
 
     /// [`Server::start`] with an injected clock (tests move time with a
     /// [`ManualClock`] instead of sleeping).
-    pub async fn start_with_clock(config: ServerConfig, clock: Arc<dyn Clock>) -> Result<Server, ServerError> {
+    pub async fn start_with_clock(mut config: ServerConfig, clock: Arc<dyn Clock>) -> Result<Server, ServerError> {
+        // A relative data dir is taken from the working directory at start
+        // (the storage and catalog URIs derived from it must be absolute).
+        config.data_dir = std::path::absolute(&config.data_dir)
+            .map_err(|e| ServerError::io(format!("cannot resolve data dir {}", config.data_dir.display()), e))?;
         let addr = config.validate()?;
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| ServerError::io(format!("cannot create data dir {}", dir.display()), e))?;

@@ -285,3 +285,28 @@ fn killing_the_agent_mid_run_loses_no_line() {
     assert_eq!(v[0]["d"], lines, "{v}");
     assert!(v[0]["n"].as_i64().unwrap() >= lines, "{v}");
 }
+
+#[test]
+fn a_relative_data_dir_is_resolved_against_the_working_directory() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin())
+        .args(["server", "--data-dir", "./rel-data", "--listen", "127.0.0.1:0", "--output", "json"])
+        .current_dir(tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let info = tmp.path().join("rel-data/server.json");
+    while !info.exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "server with a relative data dir did not start");
+        assert!(child.try_wait().unwrap().is_none(), "server with a relative data dir exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&info).unwrap()).unwrap();
+    assert!(std::path::Path::new(v["ca"].as_str().unwrap()).is_absolute(), "{v}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
