@@ -187,7 +187,7 @@ enum AgentCmd {
         #[arg(long)]
         pin: String,
         /// Agent state directory.
-        #[arg(long)]
+        #[arg(long, default_value = telemetry::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         /// Host name to register with the server (default: the keyed pseudonym
         /// of the system host name, see `custos_agent::installation`).
@@ -197,7 +197,7 @@ enum AgentCmd {
     /// Collect and ship.
     Run {
         /// Agent state directory (enrolled).
-        #[arg(long)]
+        #[arg(long, default_value = telemetry::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         /// Agent configuration (TOML).
         #[arg(long)]
