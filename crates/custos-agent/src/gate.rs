@@ -42,8 +42,8 @@ impl GateState {
 /// Validate `e` against the registry and raise its level to the lowest level
 /// at which the registry allows it to be collected.
 pub fn classify(reg: &Registry, e: &mut Event) -> Result<(), RegistryViolation> {
-    reg.check_event(e)?;
-    let min = reg.min_level(e)?;
+    // `assess` is `check_event` and `min_level` in one pass over the event.
+    let min = reg.assess(e)?;
     if e.level < min {
         e.level = min;
     }
@@ -73,6 +73,40 @@ pub fn outgoing(e: &Event, st: &GateState, inst: &Installation) -> Event {
         out.host = inst.host_pseudonym(&e.host);
     }
     out
+}
+
+/// [`outgoing`] for a whole batch, in place (a batch of log lines is several
+/// MiB; copying it only to change host names doubles the agent's memory):
+/// below level 3 every host name is replaced by its pseudonym, and the real
+/// names are returned, in order, for [`restore_hosts`]; at level 3 nothing
+/// changes and the list is empty. The pseudonym is computed once per run of
+/// events with the same host.
+pub fn pseudonymise_hosts(events: &mut [Event], st: &GateState, inst: &Installation) -> Vec<String> {
+    if st.clear_host_names() {
+        return Vec::new();
+    }
+    let mut real = Vec::with_capacity(events.len());
+    let mut last: Option<(String, String)> = None;
+    for e in events.iter_mut() {
+        let pseudonym = match &last {
+            Some((host, p)) if *host == e.host => p.clone(),
+            _ => {
+                let p = inst.host_pseudonym(&e.host);
+                last = Some((e.host.clone(), p.clone()));
+                p
+            }
+        };
+        real.push(std::mem::replace(&mut e.host, pseudonym));
+    }
+    real
+}
+
+/// Undo [`pseudonymise_hosts`]: put the real host names back (`real` as it
+/// returned them; empty leaves the events as they are).
+pub fn restore_hosts(events: &mut [Event], real: Vec<String>) {
+    for (e, host) in events.iter_mut().zip(real) {
+        e.host = host;
+    }
 }
 
 #[cfg(test)]
@@ -148,5 +182,24 @@ mod tests {
         assert_eq!(below.host, inst.host_pseudonym("web-1"));
         assert_ne!(below.host, "web-1");
         assert_eq!(outgoing(&e, &st(Level::Full, true, true), &inst).host, "web-1");
+    }
+
+    #[test]
+    fn pseudonymising_a_batch_in_place_matches_outgoing_and_restores_the_real_names() {
+        let inst = Installation::from_parts(uuid::Uuid::nil(), [1u8; 32]);
+        let mut batch: Vec<Event> = ["web-1", "web-1", "db-2", "web-1"]
+            .iter()
+            .map(|h| Event { host: (*h).into(), ..ev("logs", Category::Logs, Level::Enhanced, &[]) })
+            .collect();
+        let original = batch.clone();
+        for level in [Level::Security, Level::Basic, Level::Enhanced, Level::Full] {
+            let state = st(level, true, true);
+            let real = pseudonymise_hosts(&mut batch, &state, &inst);
+            let expected: Vec<Event> = original.iter().map(|e| outgoing(e, &state, &inst)).collect();
+            assert_eq!(batch, expected, "level {level}");
+            assert_eq!(real.is_empty(), level == Level::Full);
+            restore_hosts(&mut batch, real);
+            assert_eq!(batch, original, "level {level}");
+        }
     }
 }

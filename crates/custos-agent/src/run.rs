@@ -168,21 +168,42 @@ async fn blocking_io<T: Send + 'static>(f: impl FnOnce() -> Result<T, AgentError
 }
 
 /// Pseudonymise, serialise, record in the ledger (durably), and frame.
-async fn encode_and_record(ctx: &Arc<ShipCtx>, events: &[Event], st: &GateState) -> Result<Encoded, AgentError> {
-    let out: Vec<Event> = events.iter().map(|e| gate::outgoing(e, st, &ctx.installation)).collect();
+///
+/// The events are moved into the blocking task and back rather than copied
+/// (a batch of 5000 log lines is several MiB of `Event`s), with their host
+/// names pseudonymised in place for the payload and restored afterwards.
+/// Only if that task panics are they lost; then `events` is left empty and
+/// the error says so (the caller must not take that for a purge).
+async fn encode_and_record(ctx: &Arc<ShipCtx>, events: &mut Vec<Event>, st: &GateState) -> Result<Encoded, AgentError> {
+    let real_hosts = gate::pseudonymise_hosts(events, st, &ctx.installation);
     let batch_id = BatchId::new();
-    let payload = BatchPayload { batch_id, created: custos_model::now_micros(), events: out };
+    let payload = BatchPayload { batch_id, created: custos_model::now_micros(), events: std::mem::take(events) };
     let ledger = ctx.ledger.clone();
-    let frame = blocking_io(move || {
+    let joined = tokio::task::spawn_blocking(move || {
         let json = wire::payload_json(&payload);
-        // The exact bytes, before they are compressed and sent.
-        crate::sources::lock(&ledger)
-            .with(|l| l.append_batch(batch_id, &json, custos_model::now_micros()))
-            .map_err(|e| AgentError::Invalid(format!("cannot record the batch in the transparency ledger, so it is not sent: {e}")))?;
-        Ok(wire::encode_raw(&json, Codec::Zstd))
+        let recorded = {
+            // The exact bytes, before they are compressed and sent.
+            let mut ledger = crate::sources::lock(&ledger);
+            let recorded = ledger.with(|l| l.append_batch(batch_id, &json, custos_model::now_micros()));
+            if recorded.is_ok() {
+                // Keep the ledger within its size bound at any event rate,
+                // not only at the hourly prune (cheap: no reads).
+                if let Err(e) = ledger.with(|l| l.prune(custos_model::now_micros())) {
+                    tracing::warn!(error = %e, "ledger not pruned");
+                }
+            }
+            recorded
+        };
+        let frame = recorded
+            .map(|_| wire::encode_raw(&json, Codec::Zstd))
+            .map_err(|e| AgentError::Invalid(format!("cannot record the batch in the transparency ledger, so it is not sent: {e}")));
+        (payload.events, frame)
     })
-    .await?;
-    Ok(Encoded { batch_id, frame, clear_hosts: st.clear_host_names() })
+    .await;
+    let (back, frame) = joined.map_err(|e| AgentError::Invalid(format!("encoding a batch failed and its events were lost: {e}")))?;
+    *events = back;
+    gate::restore_hosts(events, real_hosts);
+    Ok(Encoded { batch_id, frame: frame?, clear_hosts: st.clear_host_names() })
 }
 
 /// Deliver one batch: gate it again before every attempt, record it in the
@@ -245,6 +266,9 @@ async fn deliver_inner(
         if encoded.as_ref().is_none_or(|x| x.clear_hosts != st.clear_host_names()) {
             match encode_and_record(ctx, events, &st).await {
                 Ok(x) => encoded = Some(x),
+                // The events went with a failed task: not a purge, so
+                // fail rather than commit the position past them.
+                Err(e) if events.is_empty() => return Err(e),
                 Err(e) => {
                     // Fail closed: nothing leaves the host unrecorded. Wait and try again.
                     tracing::error!(error = %e, "transparency ledger unavailable; not sending");
@@ -396,36 +420,36 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Classify and gate one poll's events: returns those to send.
-fn gate_events(reg: &Registry, events: Vec<Event>, st: &GateState, stats: &Stats) -> Vec<Event> {
+/// Filters in place: the kept events are not moved when none is dropped.
+fn gate_events(reg: &Registry, mut events: Vec<Event>, st: &GateState, stats: &Stats) -> Vec<Event> {
     let read = events.len() as u64;
-    let mut keep = Vec::with_capacity(events.len());
     let (mut not_collected, mut invalid, mut alerts) = (0u64, 0u64, 0u64);
-    for mut e in events {
-        if let Err(v) = gate::classify(reg, &mut e) {
+    events.retain_mut(|e| {
+        if let Err(v) = gate::classify(reg, e) {
             // A source produced something the registry does not declare:
             // a bug, never shipped.
             invalid += 1;
             tracing::error!(table = %e.table.as_str(), violation = %v, "event not in the registry; not collected");
-            continue;
+            return false;
         }
         if reg.table(e.table.as_str()).is_none_or(|t| t.level_by_severity)
             && Severity::of_value(e.attrs.get(custos_model::registry::SEVERITY_FIELD)) <= Severity::Critical
         {
             alerts += 1;
         }
-        if gate::allowed(reg, &e, st) {
-            keep.push(e);
-        } else {
+        let keep = gate::allowed(reg, e, st);
+        if !keep {
             not_collected += 1;
         }
-    }
+        keep
+    });
     stats.update(|c| {
         c.events_read += read;
         c.events_not_collected += not_collected;
         c.events_invalid += invalid;
         c.critical_alerts += alerts;
     });
-    keep
+    events
 }
 
 fn runtime_status(stats: &Stats) -> RuntimeStatus {
