@@ -12,7 +12,7 @@
 //! 2. **Before every send attempt** ([`allowed`] again, with the settings of
 //!    that moment): an event that was queued under a higher level, or before
 //!    telemetry was disabled, is deleted instead of sent. What is sent is
-//!    [`outgoing`]: below level 3 the host name is replaced by the
+//!    [`pseudonymise_hosts`]: below level 3 the host name is replaced by the
 //!    installation's keyed pseudonym.
 //!
 //! Nothing here does I/O; the run loop applies the decisions.
@@ -65,17 +65,7 @@ pub fn allowed(reg: &Registry, e: &Event, st: &GateState) -> bool {
     }
 }
 
-/// The event as it leaves the host under `st`: below level 3, the host name
-/// is the installation's keyed pseudonym.
-pub fn outgoing(e: &Event, st: &GateState, inst: &Installation) -> Event {
-    let mut out = e.clone();
-    if !st.clear_host_names() {
-        out.host = inst.host_pseudonym(&e.host);
-    }
-    out
-}
-
-/// [`outgoing`] for a whole batch, in place (a batch of log lines is several
+/// The batch as it leaves the host under `st`, made in place (a batch of log lines is several
 /// MiB; copying it only to change host names doubles the agent's memory):
 /// below level 3 every host name is replaced by its pseudonym, and the real
 /// names are returned, in order, for [`restore_hosts`]; at level 3 nothing
@@ -177,15 +167,17 @@ mod tests {
     #[test]
     fn host_names_leave_in_clear_only_at_level_3() {
         let inst = Installation::from_parts(uuid::Uuid::nil(), [1u8; 32]);
-        let e = ev("logs", Category::Logs, Level::Enhanced, &[]);
-        let below = outgoing(&e, &st(Level::Enhanced, true, true), &inst);
-        assert_eq!(below.host, inst.host_pseudonym("web-1"));
-        assert_ne!(below.host, "web-1");
-        assert_eq!(outgoing(&e, &st(Level::Full, true, true), &inst).host, "web-1");
+        let mut below = vec![ev("logs", Category::Logs, Level::Enhanced, &[])];
+        pseudonymise_hosts(&mut below, &st(Level::Enhanced, true, true), &inst);
+        assert_eq!(below[0].host, inst.host_pseudonym("web-1"));
+        assert_ne!(below[0].host, "web-1");
+        let mut full = vec![ev("logs", Category::Logs, Level::Enhanced, &[])];
+        pseudonymise_hosts(&mut full, &st(Level::Full, true, true), &inst);
+        assert_eq!(full[0].host, "web-1");
     }
 
     #[test]
-    fn pseudonymising_a_batch_in_place_matches_outgoing_and_restores_the_real_names() {
+    fn pseudonymising_a_batch_in_place_replaces_every_host_and_restores_the_real_names() {
         let inst = Installation::from_parts(uuid::Uuid::nil(), [1u8; 32]);
         let mut batch: Vec<Event> = ["web-1", "web-1", "db-2", "web-1"]
             .iter()
@@ -195,7 +187,10 @@ mod tests {
         for level in [Level::Security, Level::Basic, Level::Enhanced, Level::Full] {
             let state = st(level, true, true);
             let real = pseudonymise_hosts(&mut batch, &state, &inst);
-            let expected: Vec<Event> = original.iter().map(|e| outgoing(e, &state, &inst)).collect();
+            let expected: Vec<Event> = original
+                .iter()
+                .map(|e| Event { host: if level == Level::Full { e.host.clone() } else { inst.host_pseudonym(&e.host) }, ..e.clone() })
+                .collect();
             assert_eq!(batch, expected, "level {level}");
             assert_eq!(real.is_empty(), level == Level::Full);
             restore_hosts(&mut batch, real);

@@ -43,7 +43,6 @@ use crate::sources::{build_sources, Checkpoint, Source};
 use custos_model::registry::{Registry, Severity};
 use custos_model::wire::{self, BatchPayload, Codec};
 use custos_model::{BatchId, Event};
-use rand::Rng;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -319,17 +318,13 @@ async fn deliver_inner(
         if ctx.retry.give_up_after.is_some_and(|g| started.elapsed() >= g) {
             return Err(AgentError::GaveUp { attempts, last: err.to_string() });
         }
-        // Full jitter in [delay/2, delay], or the server's Retry-After.
-        let pause = retry_after.unwrap_or_else(|| {
-            let half = delay / 2;
-            half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64))
-        });
+        let pause = ctx.retry.pause(delay, retry_after);
         tracing::warn!(error = %err, attempt = attempts, retry_in_ms = pause.as_millis() as u64, "batch not delivered; will retry");
         if wait(pause, settings, shutdown).await {
             tracing::warn!(error = %err, "stopping; batch not delivered, it is read again at the next start");
             return Ok(Outcome::Abandoned);
         }
-        delay = (delay * 2).min(ctx.retry.max_delay);
+        delay = ctx.retry.next_delay(delay);
     }
 }
 

@@ -1,14 +1,14 @@
-//! Shipping batches: one POST per batch over mutual TLS, retried with
-//! backoff until the server acknowledges. A batch keeps its id across
-//! retries, so the server stores it once however often it arrives.
+//! Shipping batches: one POST per attempt over mutual TLS, and the retry
+//! policy. The run loop (`run.rs`) drives the attempts, because it gates a
+//! batch again before each one. A batch keeps its id across retries, so the
+//! server stores it once however often it arrives.
 
 use crate::error::{error_chain, AgentError};
 use crate::identity::refused;
 use custos_model::api::IngestAck;
 use custos_model::wire;
 use rand::Rng;
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use std::time::Duration;
 
 /// Retry policy for one batch.
 #[derive(Clone, Debug)]
@@ -19,6 +19,22 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Give up (an error) after this long; `None` retries for as long as it takes.
     pub give_up_after: Option<Duration>,
+}
+
+impl RetryPolicy {
+    /// How long to wait after a failed attempt: the server's Retry-After if
+    /// it sent one, else full jitter in [delay/2, delay].
+    pub fn pause(&self, delay: Duration, retry_after: Option<Duration>) -> Duration {
+        retry_after.unwrap_or_else(|| {
+            let half = delay / 2;
+            half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64))
+        })
+    }
+
+    /// The delay after `delay`: doubled, at most `max_delay`.
+    pub fn next_delay(&self, delay: Duration) -> Duration {
+        (delay * 2).min(self.max_delay)
+    }
 }
 
 impl Default for RetryPolicy {
@@ -86,34 +102,21 @@ impl Shipper {
             _ => Attempt::Permanent(refused(status, &body)),
         }
     }
+}
 
-    /// Deliver a frame, retrying per `policy` until acknowledged, refused for
-    /// good, out of budget, or `shutdown` flips.
-    pub async fn send(&self, frame: &[u8], policy: &RetryPolicy, shutdown: &mut watch::Receiver<bool>) -> Result<IngestAck, AgentError> {
-        let started = Instant::now();
-        let mut delay = policy.initial;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let (err, retry_after) = match self.send_once(frame).await {
-                Attempt::Acked(ack) => return Ok(ack),
-                Attempt::Permanent(e) => return Err(e),
-                Attempt::Retry(e, ra) => (e, ra),
-            };
-            if policy.give_up_after.is_some_and(|g| started.elapsed() >= g) {
-                return Err(AgentError::GaveUp { attempts, last: err.to_string() });
-            }
-            // Full jitter in [delay/2, delay], or the server's Retry-After.
-            let wait = retry_after.unwrap_or_else(|| {
-                let half = delay / 2;
-                half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64))
-            });
-            tracing::warn!(error = %err, attempt = attempts, retry_in_ms = wait.as_millis() as u64, "batch not delivered; will retry");
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return Err(err),
-            }
-            delay = (delay * 2).min(policy.max_delay);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_are_jittered_within_half_to_full_delay_and_retry_after_wins() {
+        let p = RetryPolicy::default();
+        for _ in 0..200 {
+            let d = p.pause(Duration::from_secs(8), None);
+            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(8), "{d:?}");
         }
+        assert_eq!(p.pause(Duration::from_secs(8), Some(Duration::from_secs(30))), Duration::from_secs(30));
+        assert_eq!(p.next_delay(Duration::from_secs(1)), Duration::from_secs(2));
+        assert_eq!(p.next_delay(Duration::from_secs(400)), p.max_delay);
     }
 }
