@@ -172,19 +172,7 @@ impl Source for InventorySource {
             self.last_collected = Some(now);
             tracing::debug!(source = %self.cfg.name, events = self.pending.len(), "inventory collected");
         }
-        let (max_events, max_bytes) = (max_events.max(1), max_bytes.max(1));
-        let mut events = Vec::new();
-        let mut bytes = 0usize;
-        while let Some(e) = self.pending.front() {
-            let size = e.approx_size();
-            if !events.is_empty() && (events.len() >= max_events || bytes + size > max_bytes) {
-                break;
-            }
-            bytes += size;
-            if let Some(e) = self.pending.pop_front() {
-                events.push(e);
-            }
-        }
+        let events = super::take_limited(&mut self.pending, max_events, max_bytes);
         self.seq += 1;
         Ok(Poll {
             events,

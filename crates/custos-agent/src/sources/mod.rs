@@ -36,7 +36,7 @@
 
 use crate::config::{AgentConfig, SourceConfig};
 use custos_model::{Category, Event, Level, TableName, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -329,6 +329,29 @@ pub(crate) fn line_event(
         message,
         attrs,
     }
+}
+
+/// Pop events from the front of `pending` within the limits (at least one
+/// when any is there).
+pub(crate) fn take_limited(
+    pending: &mut VecDeque<Event>,
+    max_events: usize,
+    max_bytes: usize,
+) -> Vec<Event> {
+    let (max_events, max_bytes) = (max_events.max(1), max_bytes.max(1));
+    let mut events = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(e) = pending.front() {
+        let size = e.approx_size();
+        if !events.is_empty() && (events.len() >= max_events || bytes + size > max_bytes) {
+            break;
+        }
+        bytes += size;
+        if let Some(e) = pending.pop_front() {
+            events.push(e);
+        }
+    }
+    events
 }
 
 /// Lock a mutex, recovering the data if another thread panicked while

@@ -29,7 +29,7 @@
 //! interval. Nothing is persisted, so commit is a no-op.
 
 use super::inventory::{human_bytes, Clock};
-use super::{Checkpoint, Poll, Source, SourceError};
+use super::{take_limited, Checkpoint, Poll, Source, SourceError};
 use crate::config::ServicesSourceConfig;
 use custos_model::{Category, Event, Level, TableName, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -205,28 +205,6 @@ impl Source for ServicesSource {
     }
 }
 
-/// Pop events from the front of `pending` within the limits (at least one
-/// when any is there).
-pub(super) fn take_limited(
-    pending: &mut VecDeque<Event>,
-    max_events: usize,
-    max_bytes: usize,
-) -> Vec<Event> {
-    let (max_events, max_bytes) = (max_events.max(1), max_bytes.max(1));
-    let mut events = Vec::new();
-    let mut bytes = 0usize;
-    while let Some(e) = pending.front() {
-        let size = e.approx_size();
-        if !events.is_empty() && (events.len() >= max_events || bytes + size > max_bytes) {
-            break;
-        }
-        bytes += size;
-        if let Some(e) = pending.pop_front() {
-            events.push(e);
-        }
-    }
-    events
-}
 
 // ---------------------------------------------------------------------------
 // Reading /proc.

@@ -46,7 +46,7 @@
 //! ```
 
 use super::inventory::{count_cpu_list, parse_cpuinfo, read_trimmed, InventoryPaths};
-use super::services::take_limited;
+use super::take_limited;
 use super::{Checkpoint, Poll, Saved, Source, SourceError};
 use custos_model::{Category, Event, Level, TableName, TimestampMicros, Value};
 use serde::{Deserialize, Serialize};
