@@ -19,6 +19,7 @@ pub mod internal;
 pub mod ledger;
 pub mod gate;
 pub mod run;
+pub mod seal;
 pub mod security;
 pub mod settings;
 pub mod ship;
