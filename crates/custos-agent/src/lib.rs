@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod control;
+pub mod deadletter;
 mod error;
 mod fsutil;
 pub mod identity;
@@ -18,6 +19,7 @@ pub mod installation;
 pub mod internal;
 pub mod ledger;
 pub mod gate;
+pub mod queue;
 pub mod run;
 pub mod seal;
 pub mod security;

@@ -43,7 +43,7 @@ mod wal;
 
 pub use error::WalError;
 pub use reader::WalReader;
-pub use wal::{RecoveryReport, Wal, WalOptions, DEFAULT_MAX_RECORD_BYTES, DEFAULT_SEGMENT_BYTES};
+pub use wal::{RecoveryReport, SegmentInfo, Wal, WalOptions, DEFAULT_MAX_RECORD_BYTES, DEFAULT_SEGMENT_BYTES};
 
 /// Log sequence number of a record: 0, 1, 2, … in append order, monotonic
 /// across reopen, never reused once durable.

@@ -78,6 +78,15 @@ pub struct RecoveryReport {
     pub ack_file_corrupt: bool,
 }
 
+/// A segment file as [`Wal::segments`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The first lsn the segment may hold.
+    pub first_lsn: Lsn,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
 /// One segment file known to the writer.
 #[derive(Debug, Clone)]
 pub(crate) struct Segment {
@@ -483,6 +492,17 @@ impl Wal {
     /// Bytes of segment files, counting appended-but-unflushed bytes of the active segment.
     pub fn disk_bytes(&self) -> u64 {
         self.sealed.iter().map(|s| s.durable_len).sum::<u64>() + self.write_pos
+    }
+
+    /// The segment files in use, oldest first: each one's first lsn and
+    /// its size in bytes (for the active segment, including buffered bytes).
+    /// A record with lsn `l` lives in the last segment whose first lsn is `<= l`.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.sealed
+            .iter()
+            .map(|s| SegmentInfo { first_lsn: s.first_lsn, bytes: s.durable_len })
+            .chain(std::iter::once(SegmentInfo { first_lsn: self.active.first_lsn, bytes: self.write_pos }))
+            .collect()
     }
 
     /// Number of segment files in use.

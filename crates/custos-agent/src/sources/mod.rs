@@ -113,7 +113,7 @@ pub enum SourceError {
 
 /// Where reading has got to. Persisted by [`Source::commit`] only after the
 /// server acknowledged the events polled before it. Opaque to the caller.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     /// The source that produced it.
     source: String,
@@ -124,7 +124,7 @@ pub struct Checkpoint {
 }
 
 /// The state a checkpoint carries, per kind of source.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Saved {
     /// File positions (file sources).
     Files(Vec<FilePosition>),

@@ -87,7 +87,7 @@ pub(crate) struct UsageState {
 }
 
 /// What a usage checkpoint carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct UsageCheckpoint {
     state: UsageState,
     /// Write the state even if little changed (a drain).
