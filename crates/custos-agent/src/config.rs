@@ -53,6 +53,23 @@
 //! ledger_max_age_days = 90
 //! health_interval_secs = 3600   # agent_health and quality records
 //! usage_period_secs = 3600      # one usage record per period
+//!
+//! [retry]                      # optional section; see RetrySettings
+//! initial_delay_ms = 1000      # backoff: 1 s, doubling (jitter: [d/2, d])
+//! max_backoff_secs = 480       # ... while below 8 minutes
+//! steady_interval_secs = 480   # then every 8 minutes (± 10 %)
+//! steady_until_secs = 7200     # until 2 hours after the first failure
+//! slow_interval_secs = 3600    # then hourly (± 10 %) for as long as data is queued
+//! max_retry_after_secs = 3600  # longest wait a server's Retry-After can impose
+//! # give_up_after_secs = 600   # default: never give up
+//!
+//! [dead_letters]               # optional section; see DeadLetterSettings
+//! max_bytes = 268435456        # batches the server refused for good (256 MiB)
+//!
+//! [queue]                      # optional section; see QueueSettings
+//! max_bytes = 1073741824       # the durable queue's bound on disk (1 GiB)
+//! fsync_interval_ms = 100      # group commit: at most this long between syncs
+//! # segment_bytes = 33554432   # default: max_bytes / 32, between 1 and 32 MiB
 //! ```
 //!
 //! A configuration with no `[[sources]]` at all is rejected.
@@ -147,6 +164,12 @@ pub struct AgentConfig {
     pub sources: Vec<SourceConfig>,
     /// The `[telemetry]` section (all defaults when absent).
     pub telemetry: TelemetrySettings,
+    /// The `[retry]` section (all defaults when absent).
+    pub retry: RetrySettings,
+    /// The `[dead_letters]` section (all defaults when absent).
+    pub dead_letters: DeadLetterSettings,
+    /// The `[queue]` section (all defaults when absent).
+    pub queue: QueueSettings,
 }
 
 /// The `[agent]` section: batching and identity.
@@ -361,6 +384,12 @@ struct RawConfig {
     sources: Vec<RawSource>,
     #[serde(default)]
     telemetry: Option<RawTelemetry>,
+    #[serde(default)]
+    retry: Option<RawRetry>,
+    #[serde(default)]
+    dead_letters: Option<RawDeadLetters>,
+    #[serde(default)]
+    queue: Option<RawQueue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -489,7 +518,10 @@ fn validate(raw: RawConfig) -> Result<AgentConfig, ConfigError> {
         sources.push(source);
     }
     let telemetry = validate_telemetry(raw.telemetry.unwrap_or_default())?;
-    Ok(AgentConfig { agent, sources, telemetry })
+    let retry = validate_retry(raw.retry.unwrap_or_default())?;
+    let dead_letters = validate_dead_letters(raw.dead_letters.unwrap_or_default())?;
+    let queue = validate_queue(raw.queue.unwrap_or_default())?;
+    Ok(AgentConfig { agent, sources, telemetry, retry, dead_letters, queue })
 }
 
 fn positive(
@@ -942,6 +974,216 @@ fn validate_telemetry(raw: RawTelemetry) -> Result<TelemetrySettings, ConfigErro
     })
 }
 
+// ---------------------------------------------------------------------------
+// The [retry] and [dead_letters] sections.
+
+/// Default for [`RetrySettings::initial_delay`], in milliseconds.
+pub const DEFAULT_RETRY_INITIAL_DELAY_MS: u64 = 1000;
+/// Default for [`RetrySettings::max_backoff`], in seconds (8 minutes).
+pub const DEFAULT_RETRY_MAX_BACKOFF_SECS: u64 = 480;
+/// Default for [`RetrySettings::steady_interval`], in seconds (8 minutes).
+pub const DEFAULT_RETRY_STEADY_INTERVAL_SECS: u64 = 480;
+/// Default for [`RetrySettings::steady_until`], in seconds (2 hours).
+pub const DEFAULT_RETRY_STEADY_UNTIL_SECS: u64 = 7200;
+/// Default for [`RetrySettings::slow_interval`], in seconds (1 hour).
+pub const DEFAULT_RETRY_SLOW_INTERVAL_SECS: u64 = 3600;
+/// Default for [`RetrySettings::max_retry_after`], in seconds (1 hour).
+pub const DEFAULT_RETRY_MAX_RETRY_AFTER_SECS: u64 = 3600;
+/// Default for [`DeadLetterSettings::max_bytes`] (256 MiB).
+pub const DEFAULT_DEAD_LETTERS_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Smallest accepted [`DeadLetterSettings::max_bytes`] (1 MiB).
+pub const MIN_DEAD_LETTERS_MAX_BYTES: u64 = 1024 * 1024;
+
+/// The `[retry]` section: when a batch the server did not acknowledge is
+/// sent again. The schedule ([`crate::ship::RetrySchedule`], built by
+/// [`RetrySettings::schedule`]) has three phases: a quick exponential
+/// backoff, a steady cadence until some time after the first failure, then
+/// a slow one for as long as data is queued. A server's `Retry-After`
+/// (429, 503) is obeyed instead, up to `max_retry_after_secs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// `initial_delay_ms`: the wait after the first failure; it doubles after
+    /// each further failure (each wait drawn uniformly in [d/2, d]) while
+    /// below `max_backoff_secs`. Default 1000, between 1 and 3600000.
+    pub initial_delay: Duration,
+    /// `max_backoff_secs`: the backoff ends when the doubled wait reaches
+    /// this. Default 480 (8 minutes), between 1 and 86400, and at least
+    /// `initial_delay_ms`.
+    pub max_backoff: Duration,
+    /// `steady_interval_secs`: after the backoff, the wait between attempts
+    /// (± 10 %) until `steady_until_secs`. Default 480, between 1 and 86400.
+    pub steady_interval: Duration,
+    /// `steady_until_secs`: the steady phase ends this long after the
+    /// batch's first failure. Default 7200 (2 hours), between 0 (no steady
+    /// phase) and 2592000 (30 days).
+    pub steady_until: Duration,
+    /// `slow_interval_secs`: the wait between attempts (± 10 %) after the
+    /// steady phase, for as long as the batch is queued. Default 3600,
+    /// between 1 and 604800.
+    pub slow_interval: Duration,
+    /// `max_retry_after_secs`: the longest wait a server's `Retry-After`
+    /// (seconds or an HTTP date) can impose; a longer one is cut to this.
+    /// Default 3600, between 1 and 604800.
+    pub max_retry_after: Duration,
+    /// `give_up_after_secs`: stop retrying a batch (an error) this long after
+    /// its first failure. Optional; by default the agent never gives up.
+    /// `custos agent run --once --give-up-after-secs N` overrides it.
+    /// Between 1 and 31536000.
+    pub give_up_after: Option<Duration>,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_millis(DEFAULT_RETRY_INITIAL_DELAY_MS),
+            max_backoff: Duration::from_secs(DEFAULT_RETRY_MAX_BACKOFF_SECS),
+            steady_interval: Duration::from_secs(DEFAULT_RETRY_STEADY_INTERVAL_SECS),
+            steady_until: Duration::from_secs(DEFAULT_RETRY_STEADY_UNTIL_SECS),
+            slow_interval: Duration::from_secs(DEFAULT_RETRY_SLOW_INTERVAL_SECS),
+            max_retry_after: Duration::from_secs(DEFAULT_RETRY_MAX_RETRY_AFTER_SECS),
+            give_up_after: None,
+        }
+    }
+}
+
+impl RetrySettings {
+    /// The schedule these settings describe.
+    pub fn schedule(&self) -> crate::ship::RetrySchedule {
+        crate::ship::RetrySchedule {
+            initial: self.initial_delay,
+            max_backoff: self.max_backoff,
+            steady_interval: self.steady_interval,
+            steady_until: self.steady_until,
+            slow_interval: self.slow_interval,
+            max_retry_after: self.max_retry_after,
+            give_up_after: self.give_up_after,
+        }
+    }
+}
+
+/// The `[dead_letters]` section: the local store of batches the server
+/// refused for good (a 4xx other than 408 and 429), kept encrypted in
+/// `<state_dir>/dead-letters/` for `custos agent dead-letters` (see
+/// [`crate::deadletter`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterSettings {
+    /// `max_bytes`: the store's size bound; beyond it the oldest entries are
+    /// removed, and counted and reported. Default 268435456 (256 MiB),
+    /// between 1048576 (1 MiB) and 1099511627776 (1 TiB).
+    pub max_bytes: u64,
+}
+
+impl Default for DeadLetterSettings {
+    fn default() -> Self {
+        Self { max_bytes: DEFAULT_DEAD_LETTERS_MAX_BYTES }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial_delay_ms: Option<i64>,
+    max_backoff_secs: Option<i64>,
+    steady_interval_secs: Option<i64>,
+    steady_until_secs: Option<i64>,
+    slow_interval_secs: Option<i64>,
+    max_retry_after_secs: Option<i64>,
+    give_up_after_secs: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeadLetters {
+    max_bytes: Option<i64>,
+}
+
+fn validate_retry(raw: RawRetry) -> Result<RetrySettings, ConfigError> {
+    let initial_ms = positive("retry.initial_delay_ms", raw.initial_delay_ms, DEFAULT_RETRY_INITIAL_DELAY_MS, 1, 3_600_000)?;
+    let max_backoff = positive("retry.max_backoff_secs", raw.max_backoff_secs, DEFAULT_RETRY_MAX_BACKOFF_SECS, 1, 86400)?;
+    if max_backoff.saturating_mul(1000) < initial_ms {
+        return Err(invalid(
+            "retry.max_backoff_secs",
+            format!("{max_backoff} s is shorter than retry.initial_delay_ms ({initial_ms} ms)"),
+        ));
+    }
+    let steady_interval = positive("retry.steady_interval_secs", raw.steady_interval_secs, DEFAULT_RETRY_STEADY_INTERVAL_SECS, 1, 86400)?;
+    let steady_until = positive("retry.steady_until_secs", raw.steady_until_secs, DEFAULT_RETRY_STEADY_UNTIL_SECS, 0, 30 * 86400)?;
+    let slow_interval = positive("retry.slow_interval_secs", raw.slow_interval_secs, DEFAULT_RETRY_SLOW_INTERVAL_SECS, 1, 7 * 86400)?;
+    let max_retry_after = positive("retry.max_retry_after_secs", raw.max_retry_after_secs, DEFAULT_RETRY_MAX_RETRY_AFTER_SECS, 1, 7 * 86400)?;
+    let give_up_after = match raw.give_up_after_secs {
+        None => None,
+        some => Some(Duration::from_secs(positive("retry.give_up_after_secs", some, 0, 1, 365 * 86400)?)),
+    };
+    Ok(RetrySettings {
+        initial_delay: Duration::from_millis(initial_ms),
+        max_backoff: Duration::from_secs(max_backoff),
+        steady_interval: Duration::from_secs(steady_interval),
+        steady_until: Duration::from_secs(steady_until),
+        slow_interval: Duration::from_secs(slow_interval),
+        max_retry_after: Duration::from_secs(max_retry_after),
+        give_up_after,
+    })
+}
+
+fn validate_dead_letters(raw: RawDeadLetters) -> Result<DeadLetterSettings, ConfigError> {
+    let max_bytes = positive("dead_letters.max_bytes", raw.max_bytes, DEFAULT_DEAD_LETTERS_MAX_BYTES, MIN_DEAD_LETTERS_MAX_BYTES, 1 << 40)?;
+    Ok(DeadLetterSettings { max_bytes })
+}
+
+// The [queue] section.
+
+/// Default for [`QueueSettings::max_bytes`] (1 GiB).
+pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 1 << 30;
+/// Smallest accepted [`QueueSettings::max_bytes`] (1 MiB).
+pub const MIN_QUEUE_MAX_BYTES: u64 = 1 << 20;
+/// Default for [`QueueSettings::fsync_interval`], in milliseconds.
+pub const DEFAULT_QUEUE_FSYNC_INTERVAL_MS: u64 = 100;
+
+/// The `[queue]` section: the durable, encrypted queue in
+/// `<state_dir>/queue/` where events wait for the server's acknowledgement
+/// (see [`crate::queue`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// `max_bytes`: the bound on the queue's files. When an append would
+    /// pass it, the queue evicts the least important events first
+    /// (performance, then logs, then usage, then inventory and health;
+    /// security and settings records never) and counts every eviction.
+    /// Default 1073741824 (1 GiB), between 1048576 (1 MiB) and 1 TiB.
+    pub max_bytes: u64,
+    /// `fsync_interval_ms`: group commit; events read are made durable at
+    /// most this long after they were appended, and a source's position is
+    /// committed only after that. Default 100 ms, between 1 and 10000 ms.
+    pub fsync_interval: Duration,
+    /// `segment_bytes`: size of the queue's segment files; `0` (the default)
+    /// picks `max_bytes / 32` between 1 MiB and 32 MiB. Otherwise between
+    /// 65536 and `max_bytes / 4`.
+    pub segment_bytes: u64,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self { max_bytes: DEFAULT_QUEUE_MAX_BYTES, fsync_interval: Duration::from_millis(DEFAULT_QUEUE_FSYNC_INTERVAL_MS), segment_bytes: 0 }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    max_bytes: Option<i64>,
+    fsync_interval_ms: Option<i64>,
+    segment_bytes: Option<i64>,
+}
+
+fn validate_queue(raw: RawQueue) -> Result<QueueSettings, ConfigError> {
+    let max_bytes = positive("queue.max_bytes", raw.max_bytes, DEFAULT_QUEUE_MAX_BYTES, MIN_QUEUE_MAX_BYTES, 1 << 40)?;
+    let fsync_ms = positive("queue.fsync_interval_ms", raw.fsync_interval_ms, DEFAULT_QUEUE_FSYNC_INTERVAL_MS, 1, 10_000)?;
+    let segment_bytes = match raw.segment_bytes {
+        None | Some(0) => 0,
+        some => positive("queue.segment_bytes", some, 0, 65536, max_bytes / 4)?,
+    };
+    Ok(QueueSettings { max_bytes, fsync_interval: Duration::from_millis(fsync_ms), segment_bytes })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1309,5 +1551,85 @@ mod tests {
         assert!(err(&long).contains("telemetry.control_socket"));
         let e = err(&format!("{base}levels = 1\n"));
         assert!(e.contains("levels"), "{e}");
+    }
+
+    #[test]
+    fn retry_and_dead_letter_sections_default_to_the_published_schedule_when_absent() {
+        let cfg = AgentConfig::from_toml_str("[[sources]]\ntype = \"stdin\"\n").unwrap();
+        assert_eq!(cfg.retry, RetrySettings::default());
+        assert_eq!(cfg.retry.schedule(), crate::ship::RetrySchedule::default());
+        assert_eq!(cfg.dead_letters.max_bytes, 256 * 1024 * 1024);
+        assert_eq!(cfg.queue, QueueSettings::default());
+    }
+
+    #[test]
+    fn retry_and_dead_letter_sections_parse_every_field() {
+        let cfg = AgentConfig::from_toml_str(
+            r#"
+            [[sources]]
+            type = "stdin"
+
+            [retry]
+            initial_delay_ms = 250
+            max_backoff_secs = 60
+            steady_interval_secs = 120
+            steady_until_secs = 0
+            slow_interval_secs = 1800
+            max_retry_after_secs = 600
+            give_up_after_secs = 900
+
+            [dead_letters]
+            max_bytes = 1048576
+            "#,
+        )
+        .unwrap();
+        let s = cfg.retry.schedule();
+        assert_eq!(s.initial, Duration::from_millis(250));
+        assert_eq!(s.max_backoff, Duration::from_secs(60));
+        assert_eq!(s.steady_interval, Duration::from_secs(120));
+        assert_eq!(s.steady_until, Duration::ZERO);
+        assert_eq!(s.slow_interval, Duration::from_secs(1800));
+        assert_eq!(s.max_retry_after, Duration::from_secs(600));
+        assert_eq!(s.give_up_after, Some(Duration::from_secs(900)));
+        assert_eq!(cfg.dead_letters.max_bytes, 1048576);
+    }
+
+    #[test]
+    fn bad_retry_and_dead_letter_values_are_rejected_naming_the_field() {
+        let base = "[[sources]]\ntype = \"stdin\"\n";
+        for (text, field) in [
+            ("[retry]\ninitial_delay_ms = 0", "retry.initial_delay_ms"),
+            ("[queue]\nmax_bytes = 1000", "queue.max_bytes"),
+            ("[queue]\nfsync_interval_ms = 0", "queue.fsync_interval_ms"),
+            ("[queue]\nmax_bytes = 4194304\nsegment_bytes = 4194304", "queue.segment_bytes"),
+            ("[retry]\nmax_backoff_secs = 0", "retry.max_backoff_secs"),
+            ("[retry]\ninitial_delay_ms = 5000\nmax_backoff_secs = 2", "retry.max_backoff_secs"),
+            ("[retry]\nsteady_interval_secs = -1", "retry.steady_interval_secs"),
+            ("[retry]\nsteady_until_secs = 2592001", "retry.steady_until_secs"),
+            ("[retry]\nslow_interval_secs = 0", "retry.slow_interval_secs"),
+            ("[retry]\nmax_retry_after_secs = 0", "retry.max_retry_after_secs"),
+            ("[retry]\ngive_up_after_secs = 0", "retry.give_up_after_secs"),
+            ("[retry]\nbackoff = 1", "backoff"),
+            ("[dead_letters]\nmax_bytes = 1000", "dead_letters.max_bytes"),
+            ("[dead_letters]\nmax_entries = 1", "max_entries"),
+        ] {
+            let e = err(&format!("{base}{text}\n"));
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_example_at_the_top_of_this_file_parses_with_the_documented_retry_defaults() {
+        let src = include_str!("config.rs");
+        let example: String = src
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| format!("{}\n", l.strip_prefix("//!").unwrap_or(l).strip_prefix(' ').unwrap_or("")))
+            .collect();
+        let cfg = AgentConfig::from_toml_str(&example).unwrap_or_else(|e| panic!("{e}\n{example}"));
+        assert_eq!(cfg.retry, RetrySettings::default());
+        assert_eq!(cfg.dead_letters, DeadLetterSettings::default());
     }
 }

@@ -314,6 +314,33 @@ pub struct RuntimeStatus {
     pub refused_by_server: u64,
     /// Time of the last acknowledged upload, µs since the Unix epoch.
     pub last_upload_time: Option<i64>,
+    /// Events evicted from the full queue (least important first), by category name.
+    #[serde(default)]
+    pub evicted_by_category: BTreeMap<String, u64>,
+    /// Events waiting in the queue, by category name.
+    #[serde(default)]
+    pub queued_by_category: BTreeMap<String, u64>,
+    /// Bytes of the records waiting in the queue.
+    #[serde(default)]
+    pub queue_bytes: u64,
+    /// Bytes of the queue's files on disk.
+    #[serde(default)]
+    pub queue_disk_bytes: u64,
+    /// The queue's bound.
+    #[serde(default)]
+    pub queue_max_bytes: u64,
+    /// Batches moved to the dead-letter store since start.
+    #[serde(default)]
+    pub dead_letters: u64,
+    /// Dead letters removed because the store was full, since start.
+    #[serde(default)]
+    pub dead_letters_evicted: u64,
+    /// Delivery attempts that failed and will be retried, since start.
+    #[serde(default)]
+    pub delivery_failures: u64,
+    /// Queue appends that failed (a full disk) and were retried, since start.
+    #[serde(default)]
+    pub queue_write_failures: u64,
 }
 
 /// Supplies the runtime part of the status (implemented by the run loop;

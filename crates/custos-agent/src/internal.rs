@@ -54,6 +54,16 @@ pub struct Counters {
     pub queued_batches: u64,
     /// Log lines at severity critical or above seen (collected or not).
     pub critical_alerts: u64,
+    /// Events evicted from the full queue (or dropped on arrival), by category.
+    pub evicted_by_category: BTreeMap<String, u64>,
+    /// Batches moved to the dead-letter store.
+    pub dead_letters: u64,
+    /// Dead letters removed because the store was full.
+    pub dead_letters_evicted: u64,
+    /// Delivery attempts that failed and will be retried.
+    pub delivery_failures: u64,
+    /// Appends to the queue that failed (a full disk) and were retried.
+    pub queue_write_failures: u64,
 }
 
 /// Shared counters and the security-event queue.
@@ -208,7 +218,13 @@ impl InternalSource {
         for cat in Category::ALL {
             let n = c.dropped_by_category.get(cat.name()).copied().unwrap_or(0);
             a.insert(format!("dropped_{}", cat.name()), int(n));
+            if crate::queue::eviction_class(cat).is_some() {
+                let n = c.evicted_by_category.get(cat.name()).copied().unwrap_or(0);
+                a.insert(format!("evicted_{}", cat.name()), int(n));
+            }
         }
+        a.insert("queued_events".into(), int(c.queued_events));
+        a.insert("dead_letters".into(), int(c.dead_letters));
         let msg = format!("{} events read, {} uploaded, share {:.3}", c.events_read, c.events_uploaded, share);
         let health = self.event("agent_health", Category::Health, Level::Basic, msg, a);
         let window = self.last_health.map(|t| now.duration_since(t).as_secs()).unwrap_or(0);

@@ -9,6 +9,7 @@
 //! source's position advance.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod deadletter;

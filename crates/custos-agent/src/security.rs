@@ -26,6 +26,13 @@ pub mod kind {
     /// The managed policy file exists but cannot be used (telemetry is
     /// disabled until it is fixed).
     pub const POLICY_INVALID: &str = "policy_invalid";
+    /// The durable queue could not be written (a full disk); collection
+    /// waits until it can.
+    pub const QUEUE_WRITE_FAILED: &str = "queue_write_failed";
+    /// A batch the server refused for good was moved to the dead-letter store.
+    pub const DEAD_LETTER: &str = "dead_letter";
+    /// The server's published key pins were learned (a key rotation ahead).
+    pub const PINS_UPDATED: &str = "pins_updated";
 }
 
 /// One security-relevant observation, to be recorded as a `security_events`

@@ -33,7 +33,7 @@ use std::sync::Arc;
 const T0: TimestampMicros = 1_704_067_200_000_000;
 
 /// How many checks [`run_all`] runs.
-pub const CHECKS: usize = 61;
+pub const CHECKS: usize = 65;
 
 /// Run every check against `cat`, which should start empty (but the checks
 /// do not rely on it). Returns the number of checks run ([`CHECKS`]).
@@ -72,6 +72,10 @@ pub async fn run_all(cat: Arc<dyn Catalog>) -> usize {
         duplicate_agent_is_refused(c);
         agent_needs_existing_workspace(c);
         agents_are_listed_per_workspace(c);
+        renewal_makes_the_new_certificate_current_and_keeps_the_presented_one_until_it_expires(c);
+        renewal_from_the_previous_certificate_works_until_it_expires(c);
+        renewal_is_refused_for_other_certificates_revoked_and_unknown_agents(c);
+        revoking_an_agent_keeps_the_first_time_and_needs_its_workspace(c);
         segments_round_trip(c);
         segments_never_cross_workspaces(c);
         batch_ids_are_per_workspace(c);
@@ -169,7 +173,14 @@ fn agent(ws: WorkspaceId, host: &str, enrolled_at: TimestampMicros) -> Agent {
         cert_not_after: enrolled_at + 86_400_000_000 * 90,
         enrolled_at,
         revoked_at: None,
+        prev_cert_sha256: None,
+        prev_cert_not_after: None,
     }
+}
+
+/// A certificate hash shaped like a SHA-256 hex digest, unique.
+fn cert_hash() -> String {
+    format!("{:064x}", AgentId::new().as_uuid().as_u128())
 }
 
 fn segment(
@@ -475,6 +486,8 @@ pub async fn agents_round_trip(cat: &dyn Catalog) {
     let later = agent(ws.id, "db-02.example", T0 + 500);
     let mut earlier = agent(ws.id, "web-01.example", T0 + 100);
     earlier.revoked_at = Some(T0 + 9_999);
+    earlier.prev_cert_sha256 = Some("cd".repeat(32));
+    earlier.prev_cert_not_after = Some(T0 + 77);
     ok(cat.add_agent(&later).await, "add_agent");
     ok(cat.add_agent(&earlier).await, "add_agent");
     assert_eq!(
@@ -560,6 +573,194 @@ pub async fn agents_are_listed_per_workspace(cat: &dyn Catalog) {
         ),
         vec![]
     );
+}
+
+/// A renewal presented with the current certificate makes the new one
+/// current and the presented one previous, with its own expiry: both are
+/// accepted until the previous one expires; the agent's other fields stay.
+pub async fn renewal_makes_the_new_certificate_current_and_keeps_the_presented_one_until_it_expires(
+    cat: &dyn Catalog,
+) {
+    let ws = new_workspace(cat, "renew", T0).await;
+    let a = agent(ws.id, "renewing", T0);
+    ok(cat.add_agent(&a).await, "add_agent");
+    let new = cert_hash();
+    let new_not_after = a.cert_not_after + 1_000;
+    let renewed = ok(
+        cat.renew_agent_cert(a.id, &a.cert_sha256, &new, new_not_after, T0 + 10)
+            .await,
+        "renew_agent_cert",
+    );
+    let expected = Agent {
+        cert_sha256: new.clone(),
+        cert_not_after: new_not_after,
+        prev_cert_sha256: Some(a.cert_sha256.clone()),
+        prev_cert_not_after: Some(a.cert_not_after),
+        ..a.clone()
+    };
+    assert_eq!(renewed, expected, "renewal stored something else");
+    assert_eq!(
+        ok(cat.get_agent(a.id).await, "get_agent"),
+        Some(expected.clone())
+    );
+    assert!(renewed.accepts(&new, T0 + 10), "new certificate refused");
+    assert!(
+        renewed.accepts(&a.cert_sha256, a.cert_not_after - 1),
+        "previous certificate refused before its expiry"
+    );
+    assert!(
+        !renewed.accepts(&a.cert_sha256, a.cert_not_after),
+        "previous certificate accepted at its expiry"
+    );
+    // Renewing again from the new certificate drops the oldest one.
+    let newer = cert_hash();
+    let again = ok(
+        cat.renew_agent_cert(a.id, &new, &newer, new_not_after + 1, T0 + 20)
+            .await,
+        "second renew_agent_cert",
+    );
+    assert_eq!(again.cert_sha256, newer);
+    assert_eq!(again.prev_cert_sha256.as_deref(), Some(new.as_str()));
+    assert_eq!(again.prev_cert_not_after, Some(new_not_after));
+    assert!(!again.accepts(&a.cert_sha256, T0 + 20));
+}
+
+/// An agent that crashed after the server signed a new certificate but
+/// before storing it still holds the previous one: renewing with it works
+/// (until it expires) and the lost certificate is no longer accepted.
+pub async fn renewal_from_the_previous_certificate_works_until_it_expires(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "renew-prev", T0).await;
+    let a = agent(ws.id, "crashed", T0);
+    ok(cat.add_agent(&a).await, "add_agent");
+    let lost = cert_hash();
+    ok(
+        cat.renew_agent_cert(a.id, &a.cert_sha256, &lost, a.cert_not_after + 5, T0 + 1)
+            .await,
+        "first renewal",
+    );
+    let kept = cert_hash();
+    let renewed = ok(
+        cat.renew_agent_cert(a.id, &a.cert_sha256, &kept, a.cert_not_after + 9, T0 + 2)
+            .await,
+        "renewal from the previous certificate",
+    );
+    assert_eq!(renewed.cert_sha256, kept);
+    assert_eq!(
+        renewed.prev_cert_sha256.as_deref(),
+        Some(a.cert_sha256.as_str())
+    );
+    assert_eq!(
+        renewed.prev_cert_not_after,
+        Some(a.cert_not_after),
+        "the previous certificate's expiry must be its own, not the lost one's"
+    );
+    assert!(
+        !renewed.accepts(&lost, T0 + 2),
+        "the lost certificate is still accepted"
+    );
+    // At and after the previous certificate's expiry it cannot renew.
+    let late = cert_hash();
+    match cat
+        .renew_agent_cert(a.id, &a.cert_sha256, &late, a.cert_not_after + 99, a.cert_not_after)
+        .await
+    {
+        Err(CatalogError::AgentCertificateMismatch(id)) => assert_eq!(id, a.id),
+        other => panic!("renewal with an expired previous certificate: expected AgentCertificateMismatch, got {other:?}"),
+    }
+    assert_eq!(ok(cat.get_agent(a.id).await, "get_agent"), Some(renewed));
+}
+
+/// A certificate that is neither current nor previous, a revoked agent and
+/// an unknown agent cannot renew; nothing changes.
+pub async fn renewal_is_refused_for_other_certificates_revoked_and_unknown_agents(
+    cat: &dyn Catalog,
+) {
+    let ws = new_workspace(cat, "renew-refused", T0).await;
+    let a = agent(ws.id, "renew-refused", T0);
+    ok(cat.add_agent(&a).await, "add_agent");
+    match cat
+        .renew_agent_cert(a.id, &cert_hash(), &cert_hash(), T0 + 5, T0 + 1)
+        .await
+    {
+        Err(CatalogError::AgentCertificateMismatch(id)) => assert_eq!(id, a.id),
+        other => panic!(
+            "renewal with a foreign certificate: expected AgentCertificateMismatch, got {other:?}"
+        ),
+    }
+    assert_eq!(ok(cat.get_agent(a.id).await, "get_agent"), Some(a.clone()));
+    let revoked = ok(cat.revoke_agent(ws.id, a.id, T0 + 2).await, "revoke_agent");
+    match cat
+        .renew_agent_cert(a.id, &a.cert_sha256, &cert_hash(), T0 + 5, T0 + 3)
+        .await
+    {
+        Err(CatalogError::AgentRevoked(id)) => assert_eq!(id, a.id),
+        other => panic!("renewal of a revoked agent: expected AgentRevoked, got {other:?}"),
+    }
+    assert_eq!(ok(cat.get_agent(a.id).await, "get_agent"), Some(revoked));
+    let ghost = AgentId::new();
+    match cat
+        .renew_agent_cert(ghost, &a.cert_sha256, &cert_hash(), T0 + 5, T0 + 3)
+        .await
+    {
+        Err(CatalogError::AgentNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("renewal of an unknown agent: expected AgentNotFound, got {other:?}"),
+    }
+}
+
+/// Revocation is immediate ([`Agent::accepts`] refuses every certificate,
+/// the previous one too), idempotent (the first time stays), and only
+/// through the agent's own workspace: another workspace's id is
+/// `AgentNotFound` and changes nothing.
+pub async fn revoking_an_agent_keeps_the_first_time_and_needs_its_workspace(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "revoke", T0).await;
+    let other = new_workspace(cat, "revoke-other", T0).await;
+    let a = agent(ws.id, "to-revoke", T0);
+    ok(cat.add_agent(&a).await, "add_agent");
+    let renewed = ok(
+        cat.renew_agent_cert(a.id, &a.cert_sha256, &cert_hash(), a.cert_not_after + 1, T0)
+            .await,
+        "renew_agent_cert",
+    );
+    match cat.revoke_agent(other.id, a.id, T0 + 1).await {
+        Err(CatalogError::AgentNotFound(id)) => assert_eq!(id, a.id),
+        other => panic!("revoke through another workspace: expected AgentNotFound, got {other:?}"),
+    }
+    assert_eq!(
+        ok(cat.get_agent(a.id).await, "get_agent"),
+        Some(renewed.clone()),
+        "a refused revocation changed the agent"
+    );
+    let revoked = ok(cat.revoke_agent(ws.id, a.id, T0 + 5).await, "revoke_agent");
+    assert_eq!(
+        revoked,
+        Agent {
+            revoked_at: Some(T0 + 5),
+            ..renewed.clone()
+        }
+    );
+    assert!(!revoked.accepts(&renewed.cert_sha256, T0 + 6));
+    assert!(
+        !revoked.accepts(&a.cert_sha256, T0 + 6),
+        "previous certificate accepted after revocation"
+    );
+    let again = ok(
+        cat.revoke_agent(ws.id, a.id, T0 + 9).await,
+        "revoke_agent again",
+    );
+    assert_eq!(
+        again.revoked_at,
+        Some(T0 + 5),
+        "a second revocation moved the time"
+    );
+    assert_eq!(
+        ok(cat.list_agents(ws.id).await, "list_agents"),
+        vec![revoked]
+    );
+    let ghost = AgentId::new();
+    match cat.revoke_agent(ws.id, ghost, T0).await {
+        Err(CatalogError::AgentNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("revoke of an unknown agent: expected AgentNotFound, got {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------- segments

@@ -47,6 +47,16 @@ pub enum CatalogError {
     /// An agent id is already registered.
     #[error("agent {0} is already registered")]
     AgentExists(AgentId),
+    /// The named agent does not exist (in the workspace asked about).
+    #[error("agent {0} not found")]
+    AgentNotFound(AgentId),
+    /// The agent is revoked: nothing more may be done with it.
+    #[error("agent {0} is revoked")]
+    AgentRevoked(AgentId),
+    /// The certificate presented is neither the agent's current one nor its
+    /// previous one before that one's expiry.
+    #[error("the certificate presented is not one agent {0} may use")]
+    AgentCertificateMismatch(AgentId),
     /// A segment id is already registered.
     #[error("segment {0} is already registered")]
     SegmentExists(SegmentId),
@@ -204,7 +214,35 @@ pub struct Agent {
     pub enrolled_at: TimestampMicros,
     /// Revocation time, if revoked.
     pub revoked_at: Option<TimestampMicros>,
+    /// SHA-256 (DER, hex) of the certificate the agent renewed from, still
+    /// accepted until [`Agent::prev_cert_not_after`], so an agent that
+    /// crashed between the server signing its new certificate and storing
+    /// it keeps working with the old one (and can renew again with it).
+    /// Set and cleared together with `prev_cert_not_after`.
+    pub prev_cert_sha256: Option<String>,
+    /// Expiry of the previous certificate.
+    pub prev_cert_not_after: Option<TimestampMicros>,
 }
+
+impl Agent {
+    /// Whether a certificate with this SHA-256 (DER, hex) authenticates the
+    /// agent at `now`: it is not revoked, and the certificate is its current
+    /// one, or its previous one before that one's expiry. (The TLS layer
+    /// checks the validity period of every certificate as well.)
+    pub fn accepts(&self, cert_sha256: &str, now: TimestampMicros) -> bool {
+        if self.revoked_at.is_some() {
+            return false;
+        }
+        if self.cert_sha256 == cert_sha256 {
+            return true;
+        }
+        match (&self.prev_cert_sha256, self.prev_cert_not_after) {
+            (Some(prev), Some(until)) => prev == cert_sha256 && now < until,
+            _ => false,
+        }
+    }
+}
+
 
 /// One column of a segment's schema (beyond the fixed envelope columns).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,8 +436,37 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn add_agent(&self, agent: &Agent) -> Result<()>;
     /// Look an agent up.
     async fn get_agent(&self, id: AgentId) -> Result<Option<Agent>>;
-    /// Agents of a workspace.
+    /// Agents of a workspace, in enrollment order.
     async fn list_agents(&self, ws: WorkspaceId) -> Result<Vec<Agent>>;
+    /// Atomically replace an agent's certificate after a renewal. Only if
+    /// the agent is not revoked and `presented_sha256` (the certificate it
+    /// authenticated with) is what [`Agent::accepts`] accepts at `now`: the
+    /// current certificate, or the previous one before its expiry. The
+    /// presented certificate becomes the previous one (with its stored
+    /// expiry), so it keeps working until it expires; `new_sha256` becomes
+    /// current with expiry `new_not_after`. Errors: [`CatalogError::AgentNotFound`],
+    /// [`CatalogError::AgentRevoked`], [`CatalogError::AgentCertificateMismatch`]
+    /// (nothing changes). Returns the agent as stored afterwards.
+    async fn renew_agent_cert(
+        &self,
+        id: AgentId,
+        presented_sha256: &str,
+        new_sha256: &str,
+        new_not_after: TimestampMicros,
+        now: TimestampMicros,
+    ) -> Result<Agent>;
+    /// Revoke an agent of workspace `ws` at `now`. Idempotent: an agent
+    /// already revoked keeps its first revocation time. An agent that does
+    /// not exist, or belongs to another workspace, is
+    /// [`CatalogError::AgentNotFound`] (and is not touched). Returns the
+    /// agent as stored afterwards.
+    async fn revoke_agent(
+        &self,
+        ws: WorkspaceId,
+        id: AgentId,
+        now: TimestampMicros,
+    ) -> Result<Agent>;
+
 
     /// Which of `ids` are already stored for this workspace.
     async fn stored_batches(&self, ws: WorkspaceId, ids: &[BatchId]) -> Result<Vec<BatchId>>;
@@ -534,5 +601,53 @@ pub async fn open(uri: &str) -> Result<std::sync::Arc<dyn Catalog>> {
         ))
     } else {
         Err(CatalogError::UnsupportedUri(uri.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent() -> Agent {
+        Agent {
+            id: AgentId::new(),
+            workspace_id: WorkspaceId::new(),
+            hostname: "h".into(),
+            cert_sha256: "current".into(),
+            cert_not_after: 1_000,
+            enrolled_at: 0,
+            revoked_at: None,
+            prev_cert_sha256: Some("previous".into()),
+            prev_cert_not_after: Some(500),
+        }
+    }
+
+    #[test]
+    fn an_agent_accepts_its_current_certificate_and_its_previous_one_until_it_expires() {
+        let a = agent();
+        assert!(a.accepts("current", 0));
+        assert!(
+            a.accepts("current", 2_000),
+            "the TLS layer, not the catalog, checks the current certificate's expiry"
+        );
+        assert!(a.accepts("previous", 499));
+        assert!(!a.accepts("previous", 500));
+        assert!(!a.accepts("other", 0));
+        let no_prev = Agent {
+            prev_cert_sha256: None,
+            prev_cert_not_after: None,
+            ..a.clone()
+        };
+        assert!(!no_prev.accepts("previous", 0));
+    }
+
+    #[test]
+    fn a_revoked_agent_accepts_no_certificate() {
+        let a = Agent {
+            revoked_at: Some(10),
+            ..agent()
+        };
+        assert!(!a.accepts("current", 0));
+        assert!(!a.accepts("previous", 0));
     }
 }

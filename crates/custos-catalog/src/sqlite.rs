@@ -1,13 +1,13 @@
 //! The embedded catalog: one SQLite file in WAL mode.
 //!
-//! Layout (schema version 3):
+//! Layout (schema version 4):
 //!
 //! | table             | key                                       | notes                                   |
 //! |-------------------|-------------------------------------------|-----------------------------------------|
 //! | `schema_version`  | `version`                                 | one row per applied migration           |
 //! | `workspaces`      | `id`; `name` unique                       | `lockbox` 0/1, default 1 (v2); `max_level` 0-3, default 3, and `categories` (comma-separated names, NULL = all) (v3) |
 //! | `enrollment_keys` | `key_hash`                                | `used_at` NULL until consumed           |
-//! | `agents`          | `id`                                      |                                         |
+//! | `agents`          | `id`                                      | `revoked_at` NULL unless revoked; `prev_cert_sha256` and `prev_cert_not_after` (both NULL or both set): the certificate renewed from, accepted until it expires (v4) |
 //! | `segments`        | `id`                                      | `columns` is JSON; index on (ws, table, min_time) |
 //! | `batches`         | (`workspace_id`, `batch_id`)              | batch ids already stored                |
 //! | `principals`      | `id`; `name` unique                       | `service_role` NULL, `admin` or `support` (v2) |
@@ -198,6 +198,12 @@ CREATE TABLE refusals (
     last_at      INTEGER NOT NULL CHECK (last_at >= first_at),
     PRIMARY KEY (workspace_id, agent_id, reason, category)
 ) STRICT, WITHOUT ROWID;
+"#,
+    // Version 4: certificate renewal keeps the previous certificate until it expires.
+    r#"
+ALTER TABLE agents ADD COLUMN prev_cert_sha256 TEXT;
+ALTER TABLE agents ADD COLUMN prev_cert_not_after INTEGER
+    CHECK ((prev_cert_not_after IS NULL) = (prev_cert_sha256 IS NULL));
 "#,
 ];
 
@@ -494,8 +500,15 @@ fn agent_from_row(row: &SqliteRow) -> Result<Agent> {
         cert_not_after: get(row, "cert_not_after")?,
         enrolled_at: get(row, "enrolled_at")?,
         revoked_at: get(row, "revoked_at")?,
+        prev_cert_sha256: get(row, "prev_cert_sha256")?,
+        prev_cert_not_after: get(row, "prev_cert_not_after")?,
     })
 }
+
+const AGENT_COLUMNS: &str =
+    "id, workspace_id, hostname, cert_sha256, cert_not_after, enrolled_at, revoked_at, \
+     prev_cert_sha256, prev_cert_not_after";
+
 
 fn table_from_str(s: String) -> Result<TableName> {
     TableName::new(s).map_err(|e| corrupt("table_name", e))
@@ -812,8 +825,8 @@ impl Catalog for SqliteCatalog {
 
     async fn add_agent(&self, agent: &Agent) -> Result<()> {
         let res = sqlx::query(
-            "INSERT INTO agents (id, workspace_id, hostname, cert_sha256, cert_not_after, enrolled_at, revoked_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO agents (id, workspace_id, hostname, cert_sha256, cert_not_after, enrolled_at, revoked_at, \
+             prev_cert_sha256, prev_cert_not_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(agent.id.to_string())
         .bind(agent.workspace_id.to_string())
@@ -822,6 +835,8 @@ impl Catalog for SqliteCatalog {
         .bind(agent.cert_not_after)
         .bind(agent.enrolled_at)
         .bind(agent.revoked_at)
+        .bind(agent.prev_cert_sha256.as_deref())
+        .bind(agent.prev_cert_not_after)
         .execute(&self.pool)
         .await;
         match res.map_err(classify) {
@@ -833,27 +848,89 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn get_agent(&self, id: AgentId) -> Result<Option<Agent>> {
-        let row = sqlx::query(
-            "SELECT id, workspace_id, hostname, cert_sha256, cert_not_after, enrolled_at, revoked_at \
-             FROM agents WHERE id = ?",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
         row.as_ref().map(agent_from_row).transpose()
     }
 
     async fn list_agents(&self, ws: WorkspaceId) -> Result<Vec<Agent>> {
-        let rows = sqlx::query(
-            "SELECT id, workspace_id, hostname, cert_sha256, cert_not_after, enrolled_at, revoked_at \
-             FROM agents WHERE workspace_id = ? ORDER BY enrolled_at, rowid",
-        )
-        .bind(ws.to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE workspace_id = ? ORDER BY enrolled_at, rowid"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ws.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn renew_agent_cert(
+        &self,
+        id: AgentId,
+        presented_sha256: &str,
+        new_sha256: &str,
+        new_not_after: TimestampMicros,
+        now: TimestampMicros,
+    ) -> Result<Agent> {
+        // One statement, so two renewals cannot interleave. SET expressions
+        // read the row as it was before the update: the presented
+        // certificate's stored expiry moves with it to prev_*.
+        let sql = format!(
+            "UPDATE agents SET \
+                 prev_cert_not_after = CASE WHEN cert_sha256 = ?1 THEN cert_not_after ELSE prev_cert_not_after END, \
+                 prev_cert_sha256 = ?1, \
+                 cert_sha256 = ?2, \
+                 cert_not_after = ?3 \
+             WHERE id = ?4 AND revoked_at IS NULL \
+               AND (cert_sha256 = ?1 OR (prev_cert_sha256 = ?1 AND prev_cert_not_after > ?5)) \
+             RETURNING {AGENT_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(presented_sha256)
+            .bind(new_sha256)
+            .bind(new_not_after)
+            .bind(id.to_string())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        if let Some(row) = row {
+            return agent_from_row(&row);
+        }
+        match self.get_agent(id).await? {
+            None => Err(CatalogError::AgentNotFound(id)),
+            Some(a) if a.revoked_at.is_some() => Err(CatalogError::AgentRevoked(id)),
+            Some(_) => Err(CatalogError::AgentCertificateMismatch(id)),
+        }
+    }
+
+    async fn revoke_agent(
+        &self,
+        ws: WorkspaceId,
+        id: AgentId,
+        now: TimestampMicros,
+    ) -> Result<Agent> {
+        // COALESCE keeps the first revocation time under concurrent revokers.
+        let sql = format!(
+            "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) \
+             WHERE id = ? AND workspace_id = ? RETURNING {AGENT_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(id.to_string())
+            .bind(ws.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        match row {
+            Some(row) => agent_from_row(&row),
+            None => Err(CatalogError::AgentNotFound(id)),
+        }
     }
 
     /// Returns the stored ones in the order of `ids`, each once.
@@ -1720,8 +1797,8 @@ mod tests {
                 .fetch_all(&cat.pool)
                 .await
                 .unwrap();
-        assert_eq!(versions, vec![1, 2, 3]);
-        assert_eq!(SCHEMA_VERSION, 3);
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        const { assert!(SCHEMA_VERSION >= 3) };
         // The existing workspace stores everything, as before, and kept the rest.
         assert_eq!(
             cat.get_workspace(old.id).await.unwrap(),
@@ -1743,6 +1820,58 @@ mod tests {
         };
         cat.add_refusals(std::slice::from_ref(&r)).await.unwrap();
         assert_eq!(cat.list_refusals(old.id).await.unwrap(), vec![r]);
+        cat.close().await;
+    }
+
+    #[tokio::test]
+    async fn version_3_catalog_migrates_to_4_keeping_agents_without_a_previous_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        let (old, agent_id) = (ws("from-v3"), AgentId::new());
+        {
+            let cat = SqliteCatalog::open_at_version(&path, 3).await.unwrap();
+            cat.create_workspace(&old).await.unwrap();
+            // What a version-3 build wrote: no prev_cert_* columns.
+            sqlx::query(
+                "INSERT INTO agents (id, workspace_id, hostname, cert_sha256, cert_not_after, enrolled_at, revoked_at) \
+                 VALUES (?, ?, 'h', ?, 500, 100, NULL)",
+            )
+            .bind(agent_id.to_string())
+            .bind(old.id.to_string())
+            .bind("ab".repeat(32))
+            .execute(&cat.pool)
+            .await
+            .unwrap();
+            cat.close().await;
+        }
+        let cat = SqliteCatalog::open(&path).await.unwrap();
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+                .fetch_all(&cat.pool)
+                .await
+                .unwrap();
+        assert_eq!(versions, vec![1, 2, 3, 4]);
+        assert_eq!(SCHEMA_VERSION, 4);
+        let a = cat.get_agent(agent_id).await.unwrap().unwrap();
+        assert_eq!(
+            (a.prev_cert_sha256.clone(), a.prev_cert_not_after),
+            (None, None)
+        );
+        assert!(a.accepts(&"ab".repeat(32), 0));
+        // The old agent renews and is revoked like a new one.
+        let renewed = cat
+            .renew_agent_cert(agent_id, &"ab".repeat(32), &"cd".repeat(32), 900, 200)
+            .await
+            .unwrap();
+        assert_eq!(renewed.prev_cert_not_after, Some(500));
+        cat.revoke_agent(old.id, agent_id, 300).await.unwrap();
+        // Half a previous certificate is refused by the schema.
+        let err = sqlx::query("UPDATE agents SET prev_cert_not_after = NULL WHERE id = ?")
+            .bind(agent_id.to_string())
+            .execute(&cat.pool)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("CHECK"), "{err}");
         cat.close().await;
     }
 

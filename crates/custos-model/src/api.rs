@@ -480,6 +480,74 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
+/// Answer to `GET /v1/agent/identity` (agent certificate): which server
+/// keys the agent should trust from now on, and the validity of the
+/// certificate it presented. Times are RFC 3339.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AgentIdentityResponse {
+    /// The agent (from its certificate).
+    pub agent_id: AgentId,
+    /// Its workspace.
+    pub workspace_id: WorkspaceId,
+    /// Pins (`sha256/<base64>` of the SubjectPublicKeyInfo) of every key the
+    /// server presents or will present: the key it is serving with first,
+    /// then a staged next key, or an activated one that takes effect at the
+    /// server's next start. Agents replace their pin list with it (only if
+    /// it holds the pin of the connection it arrived on; see docs/TLS.md).
+    pub pins: Vec<String>,
+    /// Start of the presented certificate's validity.
+    pub cert_not_before: String,
+    /// End of the presented certificate's validity.
+    pub cert_not_after: String,
+    /// When the agent should renew it: two thirds into its validity.
+    pub renew_after: String,
+}
+
+/// `POST /v1/agent/renew` (agent certificate): a CSR for a new key pair.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// PEM certificate signing request for the agent's new key pair.
+    pub csr_pem: String,
+}
+
+/// Answer to `POST /v1/agent/renew`: the new certificate. The certificate
+/// the request was made with stays accepted until it expires.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RenewResponse {
+    /// The signed client certificate (PEM), for the same agent and workspace.
+    pub certificate_pem: String,
+    /// Start of its validity, RFC 3339.
+    pub not_before: String,
+    /// End of its validity, RFC 3339.
+    pub not_after: String,
+    /// When to renew it (two thirds into its validity), RFC 3339.
+    pub renew_after: String,
+}
+
+/// An enrolled agent, as `GET /v1/workspaces/{id}/agents` lists it and
+/// `POST /v1/workspaces/{id}/agents/{agent}/revoke` answers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AgentInfo {
+    /// Id.
+    pub id: AgentId,
+    /// Host name reported at enrollment (a keyed pseudonym unless the agent
+    /// was told otherwise).
+    pub hostname: String,
+    /// `active`, `revoked`, or `expired` (its certificate expired: it must
+    /// enroll again).
+    pub status: String,
+    /// Enrollment time, RFC 3339.
+    pub enrolled_at: String,
+    /// Expiry of its current certificate, RFC 3339.
+    pub cert_not_after: String,
+    /// Expiry of the certificate it renewed from, still accepted until
+    /// then, RFC 3339.
+    pub prev_cert_not_after: Option<String>,
+    /// Revocation time, RFC 3339, if revoked.
+    pub revoked_at: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -842,7 +842,7 @@ mod tests {
         ("security_events", "security", 0, &["kind", "outcome", "detail"]),
         ("usage", "usage", 0, &["installation_id", "period_start", "period_end", "cores", "core_hours", "agents"]),
         ("inventory", "inventory", 1, &["kind", "os_name", "os_version", "kernel", "cpu_model", "cpu_cores", "memory_total_bytes", "boot_time", "vendor", "model", "nic_count", "disk_name", "disk_size_bytes", "disk_rotational", "disk_type", "disk_model", "nic_name", "nic_speed_mbps", "nic_operstate"]),
-        ("agent_health", "health", 1, &["events_read", "events_uploaded", "upload_share", "events_not_collected", "last_upload_time", "dropped_logs", "dropped_performance", "dropped_usage", "dropped_inventory", "dropped_health", "dropped_crash", "dropped_security", "dropped_settings"]),
+        ("agent_health", "health", 1, &["events_read", "events_uploaded", "upload_share", "events_not_collected", "last_upload_time", "dropped_logs", "dropped_performance", "dropped_usage", "dropped_inventory", "dropped_health", "dropped_crash", "dropped_security", "dropped_settings", "evicted_performance", "evicted_logs", "evicted_usage", "evicted_inventory", "evicted_health", "evicted_crash", "queued_events", "dead_letters"]),
         ("quality", "health", 1, &["critical_alerts", "window_secs"]),
         ("compatibility", "health", 1, &["agent_version", "os_name", "enabled_sources"]),
         ("performance", "performance", 2, &["interval_secs", "cpu_percent", "load1", "memory_used_bytes", "memory_total_bytes", "disk_read_bytes_per_sec", "disk_write_bytes_per_sec", "net_rx_bytes_per_sec", "net_tx_bytes_per_sec"]),

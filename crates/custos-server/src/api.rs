@@ -51,6 +51,8 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
         route!(GET "/v1/health", "health", Public, R, health),
         route!(POST "/v1/enroll", "agent.enroll", Key, W, enroll),
         route!(POST "/v1/ingest", "ingest.batch", AgentCert, W, ingest),
+        route!(GET "/v1/agent/identity", "agent.identity", AgentCert, R, agent_identity),
+        route!(POST "/v1/agent/renew", "agent.renew", AgentCert, W, renew_agent_cert),
         route!(GET "/metrics", "metrics.read", P(Perm::ServiceAdmin), R, metrics),
         route!(GET "/v1/whoami", "principal.whoami", P(Perm::Authenticated), R, whoami),
         route!(POST "/v1/principals", "principal.create", P(Perm::ServiceAdmin), W, create_principal),
@@ -66,6 +68,8 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
         route!(PUT "/v1/workspaces/{ws}/policy", "workspace.policy", P(Perm::PolicyManage), W, set_policy),
         route!(GET "/v1/workspaces/{ws}/refusals", "workspace.refusals", P(Perm::AuditRead), R, list_refusals),
         route!(POST "/v1/workspaces/{ws}/enrollment-keys", "enrollment_key.create", P(Perm::AgentEnroll), W, new_enrollment_key),
+        route!(GET "/v1/workspaces/{ws}/agents", "agent.list", P(Perm::AgentManage), R, list_agents),
+        route!(POST "/v1/workspaces/{ws}/agents/{agent}/revoke", "agent.revoke", P(Perm::AgentManage), W, revoke_agent),
         route!(GET "/v1/workspaces/{ws}/tables", "data.tables", P(Perm::DataRead), R, list_tables),
         route!(POST "/v1/workspaces/{ws}/query", "data.query", P(Perm::DataRead), R, query),
         route!(GET "/v1/workspaces/{ws}/roles", "role.list", P(Perm::RoleManage), R, list_roles),
@@ -145,6 +149,12 @@ async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResp
          # TYPE custos_ingest_frame_bytes_total counter\ncustos_ingest_frame_bytes_total {}\n\
          # TYPE custos_segments_written_total counter\ncustos_segments_written_total {}\n\
          # TYPE custos_segment_flush_failures_total counter\ncustos_segment_flush_failures_total {}\n\
+         # HELP custos_ingest_overloaded_total Batches answered 429 (nothing stored), by overload measure.\n\
+         # TYPE custos_ingest_overloaded_total counter\n\
+         custos_ingest_overloaded_total{{reason=\"concurrency\"}} {}\n\
+         custos_ingest_overloaded_total{{reason=\"backlog\"}} {}\n\
+         # TYPE custos_ingest_active_batches gauge\ncustos_ingest_active_batches {}\n\
+         # TYPE custos_ingest_backlog_bytes gauge\ncustos_ingest_backlog_bytes {}\n\
          # TYPE custos_audit_next_seq gauge\ncustos_audit_next_seq {}\n\
          # TYPE custos_audit_records_total counter\ncustos_audit_records_total {}\n\
          # TYPE custos_audit_commits_total counter\ncustos_audit_commits_total {}\n\
@@ -157,6 +167,10 @@ async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResp
         st.frame_bytes.load(Relaxed),
         st.segments.load(Relaxed),
         st.flush_failures.load(Relaxed),
+        st.overloaded_concurrency.load(Relaxed),
+        st.overloaded_backlog.load(Relaxed),
+        st.active.load(Relaxed),
+        st.backlog_bytes.load(Relaxed),
         s.audit.next_seq(),
         audit.records,
         audit.commits,
@@ -807,18 +821,19 @@ async fn enroll(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::bo
     let ws = s.catalog.consume_enrollment_key(&guard::hash_secret(&req.enrollment_key), now).await?;
     auth.note("workspace", ws);
     let agent = AgentId::new();
-    let validity = time::Duration::days(i64::from(s.config.agent_cert_days));
-    let (cert_pem, cert_der, not_after) = s.ca.sign_agent_csr(&req.csr_pem, agent, ws, validity)?;
+    let issued = s.ca.sign_agent_csr(&req.csr_pem, agent, ws, s.config.agent_cert_validity())?;
     let hostname: String = req.hostname.chars().filter(|c| !c.is_control()).take(255).collect();
     s.catalog
         .add_agent(&Agent {
             id: agent,
             workspace_id: ws,
             hostname,
-            cert_sha256: pki::der_sha256(&cert_der),
-            cert_not_after: (not_after.unix_timestamp_nanos() / 1000) as i64,
+            cert_sha256: pki::der_sha256(&issued.der),
+            cert_not_after: pki::micros(issued.not_after),
             enrolled_at: now,
             revoked_at: None,
+            prev_cert_sha256: None,
+            prev_cert_not_after: None,
         })
         .await?;
     auth.note("agent", agent);
@@ -826,13 +841,115 @@ async fn enroll(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::bo
     Ok(created(EnrollResponse {
         agent_id: agent,
         workspace_id: ws,
-        certificate_pem: cert_pem,
+        certificate_pem: issued.pem,
         ca_pem: s.ca.cert_pem.clone(),
-        not_after: not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        not_after: pki::rfc3339(issued.not_after),
     }))
 }
 
-async fn ingest(auth: Authorized, State(s): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Body) -> Result<Json<IngestAck>, ServerError> {
+/// `GET /v1/agent/identity`: the pins to trust and the presented
+/// certificate's validity. Cheap (a `stat` of two files, see
+/// [`pki::ServerPins`]), so agents may ask often.
+async fn agent_identity(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<AgentIdentityResponse>, ServerError> {
+    let (agent, workspace) = auth.agent()?;
+    let cert = auth.agent_cert()?;
+    let pins = s.pins.pins();
+    auth.note("pins", pins.len());
+    Ok(Json(AgentIdentityResponse {
+        agent_id: agent,
+        workspace_id: workspace,
+        pins,
+        cert_not_before: pki::rfc3339(cert.not_before),
+        cert_not_after: pki::rfc3339(cert.not_after),
+        renew_after: pki::rfc3339(pki::renew_after(cert.not_before, cert.not_after)),
+    }))
+}
+
+/// `POST /v1/agent/renew`: sign a CSR for a new key pair of the calling
+/// agent with the configured validity. The catalog then accepts the new
+/// certificate and keeps accepting the presented one until it expires.
+async fn renew_agent_cert(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<Json<RenewResponse>, ServerError> {
+    use custos_catalog::CatalogError as C;
+    let (agent, workspace) = auth.agent()?;
+    let presented = auth.agent_cert()?.clone();
+    let req: RenewRequest = read_json(body, "renewal request").await?;
+    if pki::csr_key_pin(&req.csr_pem)? == presented.key_pin {
+        return Err(ServerError::BadRequest("a renewal needs a new key pair: the CSR is for the key of the current certificate".into()));
+    }
+    let issued = s.ca.sign_agent_csr(&req.csr_pem, agent, workspace, s.config.agent_cert_validity())?;
+    let new_sha256 = pki::der_sha256(&issued.der);
+    s.catalog
+        .renew_agent_cert(agent, &presented.sha256, &new_sha256, pki::micros(issued.not_after), s.clock.now())
+        .await
+        .map_err(|e| match e {
+            C::AgentRevoked(_) => ServerError::Unauthorized(format!("agent {agent} was revoked: it cannot renew its certificate")),
+            C::AgentNotFound(_) => ServerError::Unauthorized(format!("agent {agent} is not enrolled")),
+            C::AgentCertificateMismatch(_) => {
+                ServerError::Unauthorized("client certificate does not match the enrolled agent".into())
+            }
+            other => other.into(),
+        })?;
+    auth.note("agent", agent);
+    auth.note("cert_sha256", &new_sha256);
+    auth.note("not_after", pki::rfc3339(issued.not_after));
+    tracing::info!(agent = %agent, workspace = %workspace, not_after = %pki::rfc3339(issued.not_after), "agent certificate renewed");
+    Ok(Json(RenewResponse {
+        certificate_pem: issued.pem,
+        not_before: pki::rfc3339(issued.not_before),
+        not_after: pki::rfc3339(issued.not_after),
+        renew_after: pki::rfc3339(pki::renew_after(issued.not_before, issued.not_after)),
+    }))
+}
+
+fn agent_info(a: &Agent, now: i64) -> AgentInfo {
+    let status = if a.revoked_at.is_some() {
+        "revoked"
+    } else if a.cert_not_after <= now {
+        "expired"
+    } else {
+        "active"
+    };
+    AgentInfo {
+        id: a.id,
+        hostname: a.hostname.clone(),
+        status: status.into(),
+        enrolled_at: rfc3339(a.enrolled_at),
+        cert_not_after: rfc3339(a.cert_not_after),
+        prev_cert_not_after: a.prev_cert_not_after.filter(|t| *t > now).map(rfc3339),
+        revoked_at: a.revoked_at.map(rfc3339),
+    }
+}
+
+async fn list_agents(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<AgentInfo>>, ServerError> {
+    let ws = auth.workspace()?;
+    let now = s.clock.now();
+    let out: Vec<AgentInfo> = s.catalog.list_agents(ws.id).await?.iter().map(|a| agent_info(a, now)).collect();
+    auth.note("agents", out.len());
+    Ok(Json(out))
+}
+
+/// Revoke an agent of the path's workspace: refused at once on every agent
+/// route. An agent of another workspace is answered as absent (404).
+async fn revoke_agent(auth: Authorized, State(s): State<Arc<AppState>>, Path((_, agent)): Path<(String, String)>) -> Result<Json<AgentInfo>, ServerError> {
+    let ws = auth.workspace()?;
+    let not_found = || ServerError::NotFound(format!("agent {agent} not found in workspace {}", ws.id));
+    let id: AgentId = agent.parse().map_err(|_| not_found())?;
+    auth.note("agent", id);
+    let now = s.clock.now();
+    let revoked = match s.catalog.revoke_agent(ws.id, id, now).await {
+        Ok(a) => a,
+        Err(custos_catalog::CatalogError::AgentNotFound(_)) => return Err(not_found()),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(agent = %id, workspace = %ws.id, "agent revoked");
+    Ok(Json(agent_info(&revoked, now)))
+}
+
+/// `POST /v1/ingest`: one batch frame from an enrolled agent. Refused with
+/// 413 above the frame limit; with 429 and `Retry-After` when the server is
+/// overloaded (`ingest::Ingest::admit`), before anything of the batch is
+/// decoded or stored; otherwise acknowledged once durable.
+async fn ingest(auth: Authorized, State(s): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Body) -> Result<axum::response::Response, ServerError> {
     let (agent, workspace) = auth.agent()?;
     let limit = s.ingest.limits().max_frame_bytes;
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
@@ -840,6 +957,17 @@ async fn ingest(auth: Authorized, State(s): State<Arc<AppState>>, headers: Heade
             return Err(ServerError::PayloadTooLarge(format!("batch of {len} bytes exceeds the limit of {limit} bytes")));
         }
     }
+    // Held until the answer is ready: the batch counts as being accepted.
+    let _admission = match s.ingest.admit(&crate::ingest::OverloadLimits::from(&s.config.ingest)) {
+        Ok(a) => a,
+        Err(over) => {
+            auth.note("overloaded", over.reason.as_str());
+            auth.note("retry_after_secs", over.retry_after_secs);
+            tracing::warn!(agent = %agent, workspace = %workspace, reason = over.reason.as_str(), retry_after_secs = over.retry_after_secs, "batch refused: server overloaded");
+            discard_body(body, limit).await;
+            return Ok(overloaded(&over));
+        }
+    };
     let body = read_body(body, limit, "batch").await?;
     auth.note("bytes", body.len());
     let ack = s.ingest.accept(workspace, agent, body).await?;
@@ -848,5 +976,30 @@ async fn ingest(auth: Authorized, State(s): State<Arc<AppState>>, headers: Heade
     auth.note("refused", ack.refused);
     auth.note("duplicate", ack.duplicate);
     tracing::debug!(agent = %agent, workspace = %workspace, batch = %ack.batch_id, events = ack.accepted, refused = ack.refused, duplicate = ack.duplicate, "batch acknowledged");
-    Ok(Json(ack))
+    Ok(Json(ack).into_response())
+}
+
+/// 429 Too Many Requests with `Retry-After` (seconds) and the JSON error body.
+fn overloaded(over: &crate::ingest::Overloaded) -> axum::response::Response {
+    let body = ErrorBody { code: "overloaded".into(), error: over.to_string() };
+    (
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, over.retry_after_secs.to_string())],
+        Json(body),
+    )
+        .into_response()
+}
+
+/// Read and drop a refused request's body (at most `limit` bytes), so the
+/// client reads the answer instead of a connection reset; nothing is kept.
+async fn discard_body(body: axum::body::Body, limit: usize) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen = seen.saturating_add(chunk.len());
+        if seen > limit {
+            break;
+        }
+    }
 }

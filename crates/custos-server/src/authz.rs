@@ -6,6 +6,7 @@
 //! | WorkspaceView  |   ✓   |      ✓      |   ✓    |    ✓    |   ✓   |         |            ✓            |
 //! | DataRead       |   ✓   |      ✓      |   ✓    |         |       |         |            ✓            |
 //! | AgentEnroll    |   ✓   |      ✓      |        |         |   ✓   |         |                         |
+//! | AgentManage    |   ✓   |             |        |         |   ✓   |         |                         |
 //! | RoleManage     |   ✓   |             |        |         |   ✓   |         |                         |
 //! | PolicyManage   |   ✓   |             |        |         |       |         |                         |
 //! | CaseOpen       |   ✓   |             |        |         |       |    ✓    |            ✓            |
@@ -41,6 +42,9 @@ pub enum Perm {
     DataRead,
     /// Issue enrollment keys.
     AgentEnroll,
+    /// List a workspace's enrolled agents and revoke them (owners and
+    /// service admins: revocation cuts a host off at once).
+    AgentManage,
     /// List, grant and revoke workspace roles.
     RoleManage,
     /// Change workspace policy (lockbox; maximum level and categories stored).
@@ -63,13 +67,14 @@ pub enum Perm {
 
 impl Perm {
     /// Every permission (for tests that walk them).
-    pub const ALL: [Perm; 15] = [
+    pub const ALL: [Perm; 16] = [
         Perm::ServiceAdmin,
         Perm::Authenticated,
         Perm::TokenRevoke,
         Perm::WorkspaceView,
         Perm::DataRead,
         Perm::AgentEnroll,
+        Perm::AgentManage,
         Perm::RoleManage,
         Perm::PolicyManage,
         Perm::CaseOpen,
@@ -97,6 +102,7 @@ pub fn role_allows(role: WorkspaceRole, perm: Perm) -> bool {
             WorkspaceView
                 | DataRead
                 | AgentEnroll
+                | AgentManage
                 | RoleManage
                 | PolicyManage
                 | CaseOpen
@@ -118,7 +124,16 @@ pub fn service_allows(role: ServiceRole, perm: Perm) -> bool {
     match role {
         ServiceRole::Admin => matches!(
             perm,
-            ServiceAdmin | Authenticated | TokenRevoke | WorkspaceView | AgentEnroll | RoleManage | CaseView | AccessView | AuditRead
+            ServiceAdmin
+                | Authenticated
+                | TokenRevoke
+                | WorkspaceView
+                | AgentEnroll
+                | AgentManage
+                | RoleManage
+                | CaseView
+                | AccessView
+                | AuditRead
         ),
         ServiceRole::Support => matches!(perm, Authenticated | CaseOpen | CaseView | CaseClose | AccessRequest | AccessView),
     }
@@ -218,7 +233,7 @@ mod tests {
         let with = subject(Some(ServiceRole::Support), &[], true);
         assert!(matches!(decide(&with, Perm::DataRead, false), Decision::Allow { grant: Some(_), .. }));
         assert!(matches!(decide(&with, Perm::DataRead, true), Decision::Forbidden(_)), "grants are read-only");
-        for perm in [Perm::AgentEnroll, Perm::RoleManage, Perm::PolicyManage, Perm::AccessDecide, Perm::AuditRead] {
+        for perm in [Perm::AgentEnroll, Perm::AgentManage, Perm::RoleManage, Perm::PolicyManage, Perm::AccessDecide, Perm::AuditRead] {
             assert!(matches!(decide(&with, perm, true), Decision::Forbidden(_)), "{perm:?}");
         }
     }
@@ -235,6 +250,7 @@ mod tests {
     fn readers_and_auditors_hold_no_mutating_permission() {
         let mutating = [
             Perm::AgentEnroll,
+            Perm::AgentManage,
             Perm::RoleManage,
             Perm::PolicyManage,
             Perm::CaseOpen,
@@ -248,6 +264,17 @@ mod tests {
             }
         }
         assert!(!role_allows(WorkspaceRole::Auditor, Perm::DataRead));
+    }
+
+    #[test]
+    fn only_owners_and_service_admins_manage_agents() {
+        assert!(role_allows(WorkspaceRole::Owner, Perm::AgentManage));
+        for role in [WorkspaceRole::Contributor, WorkspaceRole::Reader, WorkspaceRole::Auditor] {
+            assert!(!role_allows(role, Perm::AgentManage), "{role}");
+        }
+        assert!(service_allows(ServiceRole::Admin, Perm::AgentManage));
+        assert!(!service_allows(ServiceRole::Support, Perm::AgentManage));
+        assert!(!grant_allows(Perm::AgentManage));
     }
 
     #[test]

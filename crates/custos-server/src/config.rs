@@ -6,6 +6,11 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// Shortest agent certificate validity accepted (`agent_cert_validity_secs`).
+pub const MIN_AGENT_CERT_SECS: u64 = 2;
+/// Longest agent certificate validity accepted: ten years.
+pub const MAX_AGENT_CERT_SECS: u64 = 10 * 365 * 86_400;
+
 /// The whole server configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,8 +32,15 @@ pub struct ServerConfig {
     pub default_retention_days: u32,
     /// How long a new enrollment key stays valid, in hours.
     pub enrollment_key_ttl_hours: u32,
-    /// Validity of agent client certificates, in days.
+    /// Validity of agent client certificates, in days (at enrollment and at
+    /// every renewal; agents renew two thirds into it). Default 30.
+    /// Ignored when `agent_cert_validity_secs` is set.
     pub agent_cert_days: u32,
+    /// Validity of agent client certificates, in seconds; when set, it
+    /// replaces `agent_cert_days`. For validities below a day (tests, or
+    /// very short-lived credentials): agents must then run often enough to
+    /// renew within the last third of it. Unset by default.
+    pub agent_cert_validity_secs: Option<u64>,
     /// Ingest settings.
     pub ingest: IngestConfig,
     /// Query settings.
@@ -77,6 +89,24 @@ pub struct IngestConfig {
     pub flush_interval_ms: u64,
     /// Size of one ingest log segment file, in bytes.
     pub wal_segment_bytes: u64,
+    /// Overload: most batches being accepted at once (from the request's
+    /// admission until its answer: reading, decoding, enforcing and making
+    /// it durable). Each holds its frame and decoded events in memory. A
+    /// batch beyond it is answered 429 with `Retry-After` and nothing of it
+    /// is stored. Default 128, at least 1.
+    pub max_concurrent_batches: usize,
+    /// Overload: most bytes acknowledged but not yet written into segments
+    /// (the segment builder's buffers; they grow when storage is slow or
+    /// failing). Above it every batch is answered 429 until the builder
+    /// catches up. Keep it above `buffer_bytes`, which the builder reaches
+    /// in ordinary operation before it flushes. 0 turns this check off.
+    /// Default 1073741824 (1 GiB).
+    pub max_backlog_bytes: u64,
+    /// Overload: the `Retry-After` (seconds) of a 429 for too many batches
+    /// at once; a 429 for the backlog asks for at least one
+    /// `flush_interval_ms` (rounded up to seconds), the time the backlog
+    /// takes to drain. Default 5, between 1 and 3600.
+    pub overload_retry_after_secs: u64,
 }
 
 /// Query settings.
@@ -101,6 +131,7 @@ impl Default for ServerConfig {
             default_retention_days: 31,
             enrollment_key_ttl_hours: 24,
             agent_cert_days: 30,
+            agent_cert_validity_secs: None,
             ingest: IngestConfig::default(),
             query: QueryConfig::default(),
             audit: AuditConfig::default(),
@@ -118,6 +149,9 @@ impl Default for IngestConfig {
             buffer_bytes: 256 << 20,
             flush_interval_ms: 5_000,
             wal_segment_bytes: 64 << 20,
+            max_concurrent_batches: 128,
+            max_backlog_bytes: 1 << 30,
+            overload_retry_after_secs: 5,
         }
     }
 }
@@ -157,8 +191,32 @@ impl ServerConfig {
         if self.agent_cert_days == 0 || self.enrollment_key_ttl_hours == 0 {
             return Err(ServerError::Config("agent_cert_days and enrollment_key_ttl_hours must be at least 1".into()));
         }
+        match self.agent_cert_validity_secs {
+            Some(s) if !(MIN_AGENT_CERT_SECS..=MAX_AGENT_CERT_SECS).contains(&s) => {
+                return Err(ServerError::Config(format!(
+                    "agent_cert_validity_secs must be between {MIN_AGENT_CERT_SECS} and {MAX_AGENT_CERT_SECS} (ten years), not {s}"
+                )));
+            }
+            None if u64::from(self.agent_cert_days) * 86_400 > MAX_AGENT_CERT_SECS => {
+                return Err(ServerError::Config(format!(
+                    "agent_cert_days must be at most {} (ten years), not {}",
+                    MAX_AGENT_CERT_SECS / 86_400,
+                    self.agent_cert_days
+                )));
+            }
+            _ => {}
+        }
         if self.ingest.max_batch_bytes < 1024 || self.ingest.segment_rows == 0 {
             return Err(ServerError::Config("ingest.max_batch_bytes must be >= 1024 and ingest.segment_rows >= 1".into()));
+        }
+        if self.ingest.max_concurrent_batches == 0 {
+            return Err(ServerError::Config("ingest.max_concurrent_batches must be at least 1".into()));
+        }
+        if !(1..=3600).contains(&self.ingest.overload_retry_after_secs) {
+            return Err(ServerError::Config(format!(
+                "ingest.overload_retry_after_secs must be between 1 and 3600, not {}",
+                self.ingest.overload_retry_after_secs
+            )));
         }
         if self.audit.segment_bytes < 4096 || self.audit.checkpoint_every_records == 0 || self.audit.checkpoint_interval_secs == 0 {
             return Err(ServerError::Config(
@@ -169,6 +227,15 @@ impl ServerConfig {
             return Err(ServerError::Config("audit.retention_days must be at least 1".into()));
         }
         Ok(addr)
+    }
+
+    /// How long agent certificates are valid: `agent_cert_validity_secs` if
+    /// set, else `agent_cert_days`.
+    pub fn agent_cert_validity(&self) -> time::Duration {
+        match self.agent_cert_validity_secs {
+            Some(s) => time::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX)),
+            None => time::Duration::days(i64::from(self.agent_cert_days)),
+        }
     }
 
     /// The catalog URI in effect.
@@ -200,6 +267,44 @@ mod tests {
         assert!(cfg.validate().unwrap_err().to_string().contains("listen"));
         let cfg = ServerConfig::from_toml_str("region = \"eu west\"").unwrap();
         assert!(cfg.validate().unwrap_err().to_string().contains("region"));
+    }
+
+    #[test]
+    fn agent_certificates_last_30_days_unless_configured_in_days_or_seconds() {
+        let cfg = ServerConfig::from_toml_str("").unwrap();
+        assert_eq!(cfg.agent_cert_validity(), time::Duration::days(30));
+        // Old configuration files keep working.
+        let cfg = ServerConfig::from_toml_str("agent_cert_days = 7").unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.agent_cert_validity(), time::Duration::days(7));
+        // Seconds win over days, so validities below a day are possible.
+        let cfg = ServerConfig::from_toml_str("agent_cert_days = 7\nagent_cert_validity_secs = 90").unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.agent_cert_validity(), time::Duration::seconds(90));
+    }
+
+    #[test]
+    fn agent_certificate_validities_out_of_range_are_named() {
+        for toml in ["agent_cert_validity_secs = 1", "agent_cert_validity_secs = 999999999999", "agent_cert_days = 0", "agent_cert_days = 4000"] {
+            let err = ServerConfig::from_toml_str(toml).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains("agent_cert_"), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn overload_limits_default_and_bad_values_are_named() {
+        let cfg = ServerConfig::from_toml_str("").unwrap();
+        assert_eq!((cfg.ingest.max_concurrent_batches, cfg.ingest.max_backlog_bytes, cfg.ingest.overload_retry_after_secs), (128, 1 << 30, 5));
+        let cfg = ServerConfig::from_toml_str("[ingest]\nmax_concurrent_batches = 2\nmax_backlog_bytes = 0\noverload_retry_after_secs = 30").unwrap();
+        cfg.validate().unwrap();
+        for (toml, field) in [
+            ("[ingest]\nmax_concurrent_batches = 0", "ingest.max_concurrent_batches"),
+            ("[ingest]\noverload_retry_after_secs = 0", "ingest.overload_retry_after_secs"),
+            ("[ingest]\noverload_retry_after_secs = 3601", "ingest.overload_retry_after_secs"),
+        ] {
+            let err = ServerConfig::from_toml_str(toml).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
     }
 
     #[test]

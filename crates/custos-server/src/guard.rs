@@ -136,8 +136,23 @@ struct AuthInner {
     token: Option<ApiToken>,
     role: &'static str,
     grant: Option<AccessRequestId>,
+    agent_cert: Option<AgentCert>,
     notes: Mutex<BTreeMap<String, String>>,
     hmac: Arc<custos_audit::Hmacer>,
+}
+
+/// The client certificate an agent authenticated with (verified by the TLS
+/// layer and accepted by the catalog record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentCert {
+    /// SHA-256 of the DER, hex.
+    pub sha256: String,
+    /// Pin of its public key (`sha256/<base64>` of the SubjectPublicKeyInfo).
+    pub key_pin: String,
+    /// Start of its validity.
+    pub not_before: time::OffsetDateTime,
+    /// End of its validity.
+    pub not_after: time::OffsetDateTime,
 }
 
 impl AuthInner {
@@ -152,6 +167,7 @@ impl AuthInner {
             token: None,
             role: "anonymous",
             grant: None,
+            agent_cert: None,
             notes: Mutex::new(BTreeMap::new()),
             hmac: state.hmac.clone(),
         }
@@ -187,6 +203,13 @@ impl Authorized {
             Caller::Agent { agent, workspace } => Ok((*agent, *workspace)),
             _ => Err(ServerError::Unauthorized("this route needs an agent client certificate".into())),
         }
+    }
+    /// The certificate the agent authenticated with, for agent routes.
+    pub fn agent_cert(&self) -> Result<&AgentCert, ServerError> {
+        self.inner
+            .agent_cert
+            .as_ref()
+            .ok_or_else(|| ServerError::Unauthorized("this route needs an agent client certificate".into()))
     }
     /// The target workspace (checked).
     pub fn workspace(&self) -> Result<&Workspace, ServerError> {
@@ -335,8 +358,10 @@ pub fn hash_secret(s: &str) -> String {
 }
 
 /// Authenticate an agent by its verified client certificate, checked
-/// against the catalog (exists, same workspace, same certificate, not revoked).
-async fn authenticate_agent(state: &AppState, parts: &Parts) -> Result<(AgentId, WorkspaceId), ServerError> {
+/// against the catalog: the agent exists, is not revoked, is bound to the
+/// certificate's workspace, and the certificate is its current one or the
+/// one it renewed from before that one's expiry (`Agent::accepts`).
+async fn authenticate_agent(state: &AppState, parts: &Parts) -> Result<(AgentId, WorkspaceId, AgentCert), ServerError> {
     let conn = parts
         .extensions
         .get::<ConnInfo>()
@@ -350,13 +375,25 @@ async fn authenticate_agent(state: &AppState, parts: &Parts) -> Result<(AgentId,
         .get_agent(agent)
         .await?
         .ok_or_else(|| ServerError::Unauthorized(format!("agent {agent} is not enrolled")))?;
-    if record.workspace_id != workspace || record.cert_sha256 != pki::der_sha256(der) {
+    if let Some(at) = record.revoked_at {
+        return Err(ServerError::Unauthorized(format!(
+            "agent {agent} was revoked at {}: its certificates are no longer accepted (enroll the host again if it should report)",
+            crate::api::rfc3339(at)
+        )));
+    }
+    let sha256 = pki::der_sha256(der);
+    let now = state.clock.now();
+    if record.workspace_id != workspace || !record.accepts(&sha256, now) {
+        if record.workspace_id == workspace && record.prev_cert_sha256.as_deref() == Some(sha256.as_str()) {
+            return Err(ServerError::Unauthorized(format!(
+                "this certificate of agent {agent} was replaced by a renewal and is no longer accepted since {}",
+                record.prev_cert_not_after.map(crate::api::rfc3339).unwrap_or_default()
+            )));
+        }
         return Err(ServerError::Unauthorized("client certificate does not match the enrolled agent".into()));
     }
-    if record.revoked_at.is_some() {
-        return Err(ServerError::Unauthorized(format!("agent {agent} is revoked")));
-    }
-    Ok((agent, workspace))
+    let (not_before, not_after) = pki::cert_validity(der)?;
+    Ok((agent, workspace, AgentCert { sha256, key_pin: pki::spki_pin(der)?, not_before, not_after }))
 }
 
 /// Authenticate a principal by bearer token.
@@ -430,11 +467,12 @@ async fn authorize(
             return Ok(Authorized { inner: Arc::new(inner) });
         }
         Access::Agent => {
-            let (agent, workspace) = authenticate_agent(state, parts).await?;
+            let (agent, workspace, cert) = authenticate_agent(state, parts).await?;
             rec.principal = Some(format!("agent:{agent}"));
             rec.role = "agent".into();
             rec.workspace = Some(workspace.to_string());
             inner.caller = Caller::Agent { agent, workspace };
+            inner.agent_cert = Some(cert);
             inner.role = "agent";
             return Ok(Authorized { inner: Arc::new(inner) });
         }

@@ -41,6 +41,17 @@
 //!   never counted twice, and a crash before the commit loses no count (the
 //!   WAL replays it).
 //!
+//! Overload (see [`Ingest::admit`]): the handler asks for admission before
+//! it reads a batch. Two measures, both configured in `[ingest]`: the
+//! number of batches being accepted at once (`max_concurrent_batches`; each
+//! holds its frame and events in memory until it is durable) and the
+//! builder's backlog, the bytes acknowledged but not yet written into
+//! segments (`max_backlog_bytes`; it grows when storage is slow or failing,
+//! and everything in it is held in memory). Beyond either the batch is
+//! answered 429 with `Retry-After` before anything of it is decoded or
+//! written: it is neither stored nor acknowledged, and the agent sends the
+//! same batch id again later. The refusals are counted per measure.
+//!
 //! WAL record format, version 2 (written): `u8 version = 2`, 16-byte
 //! workspace UUID, 16-byte agent UUID, 16-byte batch UUID, `i64` LE receive
 //! time (µs), `u8` number of refusal entries `n`, then `n` entries of `u8`
@@ -203,6 +214,115 @@ pub struct IngestStats {
     pub segments: std::sync::atomic::AtomicU64,
     /// Failed segment flushes (data stays in the WAL and is retried).
     pub flush_failures: std::sync::atomic::AtomicU64,
+    /// Batches answered 429 because too many were being accepted at once.
+    pub overloaded_concurrency: std::sync::atomic::AtomicU64,
+    /// Batches answered 429 because the builder's backlog was over its limit.
+    pub overloaded_backlog: std::sync::atomic::AtomicU64,
+    /// Gauge: batches being accepted now (admitted, not yet answered).
+    pub active: std::sync::atomic::AtomicU64,
+    /// Gauge: bytes acknowledged but not yet written into segments (the
+    /// builder's buffers, approximate raw size).
+    pub backlog_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// The overload limits in force (from `[ingest]` of the server configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverloadLimits {
+    /// Most batches being accepted at once (at least 1).
+    pub max_concurrent_batches: u64,
+    /// Most backlog bytes; 0: no limit.
+    pub max_backlog_bytes: u64,
+    /// `Retry-After` when too many batches are being accepted.
+    pub concurrency_retry_after_secs: u64,
+    /// `Retry-After` when the backlog is over its limit.
+    pub backlog_retry_after_secs: u64,
+}
+
+impl From<&crate::config::IngestConfig> for OverloadLimits {
+    fn from(c: &crate::config::IngestConfig) -> Self {
+        let retry = c.overload_retry_after_secs.max(1);
+        Self {
+            max_concurrent_batches: u64::try_from(c.max_concurrent_batches).unwrap_or(u64::MAX).max(1),
+            max_backlog_bytes: c.max_backlog_bytes,
+            concurrency_retry_after_secs: retry,
+            // The backlog drains at the builder's next flush.
+            backlog_retry_after_secs: retry.max(c.flush_interval_ms.div_ceil(1000)),
+        }
+    }
+}
+
+/// Which overload measure refused a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverloadReason {
+    /// Too many batches were being accepted at once.
+    Concurrency,
+    /// The builder's backlog was over its limit.
+    Backlog,
+}
+
+impl OverloadReason {
+    /// The reason's name (metrics label, audit detail).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverloadReason::Concurrency => "concurrency",
+            OverloadReason::Backlog => "backlog",
+        }
+    }
+}
+
+/// A batch refused for overload: answer 429 with `Retry-After`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("server overloaded ({detail}): nothing of this batch was stored; send it again in {retry_after_secs} s")]
+pub struct Overloaded {
+    /// Which measure was over its limit.
+    pub reason: OverloadReason,
+    /// Seconds the agent should wait (the `Retry-After` value).
+    pub retry_after_secs: u64,
+    /// The measure and its limit, for the message.
+    pub detail: String,
+}
+
+/// Admission of one batch: while it lives, the batch counts as being
+/// accepted. Dropping it (however the request ends) releases the slot.
+#[derive(Debug)]
+#[must_use = "the batch counts as being accepted only while the admission lives"]
+pub struct Admission {
+    stats: Arc<IngestStats>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Decide admission against `limits`, given the counters. Pure apart from
+/// the atomic counters: a refused batch leaves them as they were (but its
+/// refusal counted).
+fn admit(stats: &Arc<IngestStats>, limits: &OverloadLimits) -> Result<Admission, Overloaded> {
+    use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+    if limits.max_backlog_bytes > 0 {
+        let backlog = stats.backlog_bytes.load(Acquire);
+        if backlog > limits.max_backlog_bytes {
+            stats.overloaded_backlog.fetch_add(1, Relaxed);
+            return Err(Overloaded {
+                reason: OverloadReason::Backlog,
+                retry_after_secs: limits.backlog_retry_after_secs,
+                detail: format!("{backlog} bytes wait to be written into segments, limit {}", limits.max_backlog_bytes),
+            });
+        }
+    }
+    let before = stats.active.fetch_add(1, AcqRel);
+    if before >= limits.max_concurrent_batches {
+        stats.active.fetch_sub(1, AcqRel);
+        stats.overloaded_concurrency.fetch_add(1, Relaxed);
+        return Err(Overloaded {
+            reason: OverloadReason::Concurrency,
+            retry_after_secs: limits.concurrency_retry_after_secs,
+            detail: format!("{before} batches are being accepted, limit {}", limits.max_concurrent_batches),
+        });
+    }
+    Ok(Admission { stats: stats.clone() })
 }
 
 /// The unacknowledged WAL: the end LSN and the records before it.
@@ -334,6 +454,15 @@ impl Ingest {
     /// Decode limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Admit one batch, or refuse it for overload (see the module
+    /// documentation). Call before reading the batch; hold the
+    /// [`Admission`] until the answer is ready. A refused batch must be
+    /// answered 429 with `Retry-After: retry_after_secs`, and nothing of it
+    /// stored.
+    pub fn admit(&self, limits: &OverloadLimits) -> Result<Admission, Overloaded> {
+        admit(&self.stats, limits)
     }
 
     /// Accept one batch frame from an authenticated agent. Returns once the
@@ -595,6 +724,12 @@ impl Builder {
         self.batches.push((batch.ws, batch.batch));
         self.refusals.extend(batch.refusals.iter().cloned());
         self.last_lsn = Some(lsn);
+        self.publish_backlog();
+    }
+
+    /// The overload gauge: what is buffered and not yet in segments.
+    fn publish_backlog(&self) {
+        self.stats.backlog_bytes.store(self.buffered_bytes as u64, std::sync::atomic::Ordering::Release);
     }
 
     fn over_limits(&self) -> bool {
@@ -617,6 +752,7 @@ impl Builder {
                 if let Err(re) = self.replay().await {
                     tracing::error!(error = %re, "ingest log replay failed");
                 }
+                self.publish_backlog();
                 Err(e)
             }
         }
@@ -722,6 +858,8 @@ impl Builder {
             .await
             .map_err(|e| e.to_string())?;
         self.stats.segments.fetch_add(segments.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // Committed: only what arrived meanwhile (nothing, the builder is one task) is left.
+        self.publish_backlog();
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             for b in &batches {
@@ -824,5 +962,50 @@ mod tests {
         let j = judge_frame(frame.clone(), &limits, &enhanced).unwrap();
         assert_eq!(j.frame, frame);
         assert!(j.refused.is_empty());
+    }
+
+    fn limits(max_concurrent: u64, max_backlog: u64) -> OverloadLimits {
+        OverloadLimits { max_concurrent_batches: max_concurrent, max_backlog_bytes: max_backlog, concurrency_retry_after_secs: 5, backlog_retry_after_secs: 9 }
+    }
+
+    #[test]
+    fn admission_refuses_beyond_the_concurrency_limit_and_frees_the_slot_on_drop() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = Arc::new(IngestStats::default());
+        let l = limits(2, 0);
+        let a = admit(&stats, &l).unwrap();
+        let b = admit(&stats, &l).unwrap();
+        let refused = admit(&stats, &l).unwrap_err();
+        assert_eq!((refused.reason, refused.retry_after_secs), (OverloadReason::Concurrency, 5));
+        assert!(refused.to_string().contains("2 batches are being accepted, limit 2"), "{refused}");
+        assert!(refused.to_string().contains("nothing of this batch was stored"), "{refused}");
+        assert_eq!(stats.active.load(Relaxed), 2);
+        assert_eq!(stats.overloaded_concurrency.load(Relaxed), 1);
+        drop(a);
+        let c = admit(&stats, &l).unwrap();
+        drop((b, c));
+        assert_eq!(stats.active.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn admission_refuses_while_the_backlog_is_over_its_limit_unless_the_check_is_off() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = Arc::new(IngestStats::default());
+        stats.backlog_bytes.store(1001, Relaxed);
+        let refused = admit(&stats, &limits(10, 1000)).unwrap_err();
+        assert_eq!((refused.reason, refused.retry_after_secs), (OverloadReason::Backlog, 9));
+        assert_eq!((stats.overloaded_backlog.load(Relaxed), stats.active.load(Relaxed)), (1, 0));
+        let _off = admit(&stats, &limits(10, 0)).unwrap();
+        stats.backlog_bytes.store(1000, Relaxed);
+        let _ok = admit(&stats, &limits(10, 1000)).unwrap();
+    }
+
+    #[test]
+    fn the_backlog_retry_after_is_at_least_one_flush_interval() {
+        let mut c = crate::config::IngestConfig { overload_retry_after_secs: 5, flush_interval_ms: 12_001, ..Default::default() };
+        let l = OverloadLimits::from(&c);
+        assert_eq!((l.concurrency_retry_after_secs, l.backlog_retry_after_secs), (5, 13));
+        c.flush_interval_ms = 50;
+        assert_eq!(OverloadLimits::from(&c).backlog_retry_after_secs, 5);
     }
 }

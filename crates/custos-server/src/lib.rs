@@ -22,6 +22,7 @@ mod tls;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::ServerConfig;
 pub use error::ServerError;
+pub use tls::{rotate_key_activate, rotate_key_stage, rotate_key_status, KeyRotation};
 
 use custos_catalog::Catalog;
 use custos_store::Storage;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub ingest: Arc<ingest::Ingest>,
     /// The service CA (signs agent certificates).
     pub ca: Arc<pki::ServiceCa>,
+    /// The server key pins published to agents (`GET /v1/agent/identity`).
+    pub pins: Arc<pki::ServerPins>,
     /// The clock every time-based decision reads.
     pub clock: Arc<dyn Clock>,
     /// The audit log.
@@ -154,6 +157,7 @@ impl Server {
             storage,
             ingest,
             ca: Arc::new(material.ca),
+            pins: Arc::new(pki::ServerPins::new(material.pin.clone(), &dir)),
             clock: clock.clone(),
             audit: audit.clone(),
             hmac: Arc::new(hmac),

@@ -1,6 +1,8 @@
 //! Access-control and audit commands: principals, tokens, roles, support
 //! cases, the lockbox, and the audit log (read over the API; verified and
-//! proven offline from the log files and the public key alone).
+//! proven offline from the log files and the public key alone). Also the
+//! TLS lifecycle commands: server key rotation (offline, on the data dir),
+//! an agent's identity refresh, and listing and revoking agents.
 
 use crate::client::{Client, ConnArgs};
 use crate::output::Output;
@@ -225,6 +227,98 @@ fn signed_checkpoint(dir: &std::path::Path, size: Option<u64>, key: &custos_audi
         bail!("the checkpoint of size {} has an invalid signature", cp.size);
     }
     Ok(cp)
+}
+
+/// `custos server rotate-key ...`
+#[derive(clap::Args, Debug)]
+pub struct RotateKeyArgs {
+    /// The server's data directory (default: the configuration's, else ./custos-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Server configuration file (TOML) naming the data directory.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: RotateAction,
+}
+
+/// What `rotate-key` does.
+#[derive(Subcommand, Debug)]
+pub enum RotateAction {
+    /// Create the next key and certificate (server.next.key, 0600, and
+    /// server.next.crt); a running server publishes the new pin to its agents
+    /// at once. Prints the pins.
+    Stage {
+        /// Discard a next key that is already staged (agents that learned
+        /// its pin must then learn the new one before activation).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Make the staged key current (the old pair is kept as server.prev.*).
+    /// Takes effect when the server next starts; until then it keeps serving
+    /// the old key. Prints the pins.
+    Activate,
+    /// Show the pins of the current, next and previous keys.
+    Status,
+}
+
+/// `custos server rotate-key`: works on the data directory, with or without
+/// a running server.
+pub fn rotate_key(out: Output, args: RotateKeyArgs) -> Result<()> {
+    let dir = match (&args.data_dir, &args.config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(c)) => custos_server::ServerConfig::from_path(c)?.data_dir,
+        (None, None) => custos_server::ServerConfig::default().data_dir,
+    };
+    let r = match args.action {
+        RotateAction::Stage { replace } => custos_server::rotate_key_stage(&dir, replace),
+        RotateAction::Activate => custos_server::rotate_key_activate(&dir),
+        RotateAction::Status => custos_server::rotate_key_status(&dir),
+    }
+    .with_context(|| format!("rotate-key on data dir {}", dir.display()))?;
+    print_value(out, &r)
+}
+
+/// `custos agent refresh-identity`: [`custos_agent::identity::maintain`] once.
+pub async fn refresh_identity(out: Output, state_dir: &std::path::Path) -> Result<()> {
+    use custos_agent::identity;
+    let (id, client) = identity::load(state_dir).with_context(|| format!("agent state dir {}", state_dir.display()))?;
+    let now = time::OffsetDateTime::now_utc();
+    let m = identity::maintain(state_dir, &id, &client, now)
+        .await
+        .with_context(|| format!("refreshing the identity of agent {} at {}", id.agent_id, id.server))?;
+    let renew_after =
+        identity::renew_after(&m.identity).and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+    let v = serde_json::json!({
+        "agent_id": m.identity.agent_id,
+        "server": m.identity.server,
+        "pins_changed": m.pins_changed,
+        "renewed": m.renewed,
+        "pins": m.identity.pins,
+        "cert_not_before": m.identity.cert_not_before,
+        "cert_not_after": m.identity.cert_not_after,
+        "renew_after": renew_after,
+        "pins_ignored": m.pins_ignored,
+        "renewal_error": m.renewal_error,
+    });
+    print_value(out, &v)?;
+    if let Some(e) = m.renewal_error {
+        bail!("the certificate renewal failed (the current certificate stays in use): {e}");
+    }
+    Ok(())
+}
+
+/// `custos agent list --workspace ID`.
+pub async fn list_agents(conn: &ConnArgs, out: Output, workspace: &str) -> Result<()> {
+    print_value(out, &client(conn)?.get::<Vec<AgentInfo>>(&format!("/v1/workspaces/{}/agents", enc(workspace))).await?)
+}
+
+/// `custos agent revoke --workspace ID AGENT_ID`.
+pub async fn revoke_agent(conn: &ConnArgs, out: Output, workspace: &str, agent: &str) -> Result<()> {
+    let r: AgentInfo = client(conn)?
+        .post(&format!("/v1/workspaces/{}/agents/{}/revoke", enc(workspace), enc(agent)), &serde_json::json!({}))
+        .await?;
+    print_value(out, &r)
 }
 
 fn parse_service_role(s: &str) -> Result<ServiceRole, String> {

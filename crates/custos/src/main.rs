@@ -4,6 +4,7 @@
 
 mod admin;
 mod client;
+mod deadletters;
 mod output;
 mod quickstart;
 mod telemetry;
@@ -90,6 +91,16 @@ struct ServerArgs {
     /// Configuration file (TOML); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<ServerCmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ServerCmd {
+    /// Rotate the server's TLS key without losing agents: `stage` a next key
+    /// (running servers publish its pin to agents), `activate` it once agents
+    /// learned it (effective at the next server start), `status`. See docs/TLS.md.
+    RotateKey(admin::RotateKeyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,6 +220,32 @@ enum AgentCmd {
         #[arg(long, default_value_t = 300)]
         give_up_after_secs: u64,
     },
+    /// Batches the server refused for good, kept on this host: list, show,
+    /// resend, delete.
+    DeadLetters(deadletters::Args),
+    /// Ask the server for the key pins it publishes (adopting them) and renew
+    /// the certificate if it is two thirds through its life; prints what changed.
+    RefreshIdentity {
+        /// Agent state directory (enrolled).
+        #[arg(long, default_value = telemetry::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// List a workspace's enrolled agents with their status and certificate
+    /// expiry (workspace owners and service admins).
+    List {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Revoke an agent: every request with its certificates is refused at
+    /// once (workspace owners and service admins).
+    Revoke {
+        /// Workspace id (the agent's own).
+        #[arg(long)]
+        workspace: String,
+        /// Agent id.
+        agent_id: String,
+    },
 }
 
 fn init_logging(default: &str) {
@@ -265,6 +302,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
     let out = cli.output;
     match cli.cmd {
         Cmd::Server(a) => {
+            if let Some(ServerCmd::RotateKey(r)) = a.cmd {
+                init_logging("warn");
+                return admin::rotate_key(out, r);
+            }
             init_logging("info");
             let mut cfg = match &a.config {
                 Some(p) => custos_server::ServerConfig::from_path(p)?,
@@ -394,6 +435,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let id = custos_agent::identity::enroll(&server, &enrollment_key, &pin, &state_dir, &hostname).await?;
             print_value(out, &id)
         }
+        Cmd::Agent(AgentCmd::DeadLetters(a)) => {
+            init_logging("warn");
+            deadletters::run(out, a).await
+        }
         Cmd::Agent(AgentCmd::Run { state_dir, config, once, give_up_after_secs }) => {
             init_logging("info");
             let cfg = custos_agent::config::AgentConfig::from_path(&config)?;
@@ -404,7 +449,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             });
             let mut opts = custos_agent::run::RunOptions { once, ..Default::default() };
             if once {
-                opts.retry.give_up_after = Some(std::time::Duration::from_secs(give_up_after_secs));
+                opts.give_up_after = Some(std::time::Duration::from_secs(give_up_after_secs));
             }
             let bar = progress_bar(&mut opts);
             let result = custos_agent::run::run(&state_dir, &cfg, opts, rx).await;
@@ -413,6 +458,18 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
             let summary = result.with_context(|| format!("agent run with state dir {}", state_dir.display()))?;
             print_value(out, &summary)
+        }
+        Cmd::Agent(AgentCmd::RefreshIdentity { state_dir }) => {
+            init_logging("warn");
+            admin::refresh_identity(out, &state_dir).await
+        }
+        Cmd::Agent(AgentCmd::List { workspace }) => {
+            init_logging("warn");
+            admin::list_agents(&cli.conn, out, &workspace).await
+        }
+        Cmd::Agent(AgentCmd::Revoke { workspace, agent_id }) => {
+            init_logging("warn");
+            admin::revoke_agent(&cli.conn, out, &workspace, &agent_id).await
         }
     }
 }
@@ -469,6 +526,24 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tls_lifecycle_commands_parse_as_documented() {
+        let cli = Cli::try_parse_from(["custos", "server", "rotate-key", "--data-dir", "D", "stage", "--replace"]).unwrap();
+        let Cmd::Server(ServerArgs { cmd: Some(ServerCmd::RotateKey(r)), .. }) = cli.cmd else { panic!("not rotate-key") };
+        assert_eq!(r.data_dir.as_deref(), Some(std::path::Path::new("D")));
+        assert!(matches!(r.action, admin::RotateAction::Stage { replace: true }));
+        let cli = Cli::try_parse_from(["custos", "server", "rotate-key", "activate"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Server(ServerArgs { cmd: Some(ServerCmd::RotateKey(admin::RotateKeyArgs { action: admin::RotateAction::Activate, .. })), .. })));
+        // Plain `custos server` still runs the server.
+        let cli = Cli::try_parse_from(["custos", "server", "--data-dir", "D"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Server(ServerArgs { cmd: None, .. })));
+        let cli = Cli::try_parse_from(["custos", "agent", "revoke", "--workspace", "WS", "AGENT"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Agent(AgentCmd::Revoke { ref workspace, ref agent_id }) if workspace == "WS" && agent_id == "AGENT"));
+        let cli = Cli::try_parse_from(["custos", "agent", "refresh-identity", "--state-dir", "S"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Agent(AgentCmd::RefreshIdentity { .. })));
+        assert!(Cli::try_parse_from(["custos", "server", "rotate-key", "spin"]).is_err());
     }
 
     #[test]

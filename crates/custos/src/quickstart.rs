@@ -142,7 +142,7 @@ pub async fn run(a: Args, out: Output) -> Result<()> {
     let agent_cfg = custos_agent::config::AgentConfig::from_path(&cfg_path)?;
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let mut opts = custos_agent::run::RunOptions { once: true, ..Default::default() };
-    opts.retry.give_up_after = Some(std::time::Duration::from_secs(60));
+    opts.give_up_after = Some(std::time::Duration::from_secs(60));
     let summary = custos_agent::run::run(&agent_dir, &agent_cfg, opts, rx).await.context("quickstart agent")?;
     step(&format!(
         "agent shipped {} events in {} batches ({} bytes compressed); already-shipped lines are not sent again",

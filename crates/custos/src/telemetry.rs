@@ -258,10 +258,22 @@ fn print_status(out: Output, t: &Target, s: &Status, running: bool, change: Opti
                 ));
             }
             if let Some(rt) = &s.runtime {
+                let by_cat = |m: &std::collections::BTreeMap<String, u64>| -> String {
+                    if m.is_empty() {
+                        "0".into()
+                    } else {
+                        m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+                    }
+                };
                 let dropped: Vec<String> = rt.dropped_by_category.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 kv.extend([
-                    ("queued events", rt.queued_events.to_string()),
+                    ("queued events", format!("{} ({})", rt.queued_events, by_cat(&rt.queued_by_category))),
                     ("queued batches", rt.queued_batches.to_string()),
+                    ("queue size", format!("{} of {} bytes on disk ({} bytes of records)", rt.queue_disk_bytes, rt.queue_max_bytes, rt.queue_bytes)),
+                    ("evicted (queue full)", by_cat(&rt.evicted_by_category)),
+                    ("dead letters", format!("{} (oldest removed when full: {})", rt.dead_letters, rt.dead_letters_evicted)),
+                    ("failed attempts", rt.delivery_failures.to_string()),
+                    ("queue write failures", rt.queue_write_failures.to_string()),
                     ("events read", rt.events_read.to_string()),
                     ("events uploaded", rt.events_uploaded.to_string()),
                     ("events not collected", rt.events_not_collected.to_string()),

@@ -235,10 +235,10 @@ pub struct Appended {
 }
 
 #[derive(Serialize)]
-struct BodyOut<'a> {
+struct BodyOut<'a, E: Serialize> {
     source: &'a str,
     checkpoint: Option<&'a Checkpoint>,
-    events: &'a [Event],
+    events: &'a [E],
 }
 
 #[derive(Deserialize)]
@@ -270,6 +270,8 @@ pub struct Queue {
     moved: HashMap<Lsn, Lsn>,
     /// Sum of `live` bytes.
     live_bytes: u64,
+    /// Events in `live`, by category.
+    live_events: BTreeMap<Category, u64>,
     counters: QueueCounters,
     /// A sequential reader reused by `take` while it moves forward.
     cursor: Option<(custos_wal::WalReader, Lsn)>,
@@ -303,6 +305,7 @@ impl Queue {
             unwritten_committed: Vec::new(),
             moved: HashMap::new(),
             live_bytes: 0,
+            live_events: BTreeMap::new(),
             counters: QueueCounters::default(),
             cursor: None,
             unsynced: false,
@@ -411,6 +414,10 @@ impl Queue {
             }
         }
         self.live_bytes = live.values().map(|m| m.bytes).sum();
+        self.live_events.clear();
+        for m in live.values() {
+            *self.live_events.entry(m.header.category).or_default() += u64::from(m.header.events);
+        }
         self.live = live;
         self.counters.corrupt_records += corrupt;
         rec.records = self.live.len() as u64;
@@ -420,8 +427,8 @@ impl Queue {
 
     /// Append one poll's events as a group (one record per category),
     /// making room first. Not durable until [`Queue::sync`].
-    pub fn append_group(&mut self, source: &str, events: Vec<Event>, checkpoint: &Checkpoint) -> Result<Appended, QueueError> {
-        let mut by_cat: BTreeMap<u8, (Category, Vec<Event>)> = BTreeMap::new();
+    pub fn append_group(&mut self, source: &str, events: &[Event], checkpoint: &Checkpoint) -> Result<Appended, QueueError> {
+        let mut by_cat: BTreeMap<u8, (Category, Vec<&Event>)> = BTreeMap::new();
         for e in events {
             let code = Category::ALL.iter().position(|c| *c == e.category).unwrap_or(0) as u8;
             by_cat.entry(code).or_insert_with(|| (e.category, Vec::new())).1.push(e);
@@ -435,7 +442,7 @@ impl Queue {
             let json = serde_json::to_vec(&BodyOut { source, checkpoint: carrier.then_some(checkpoint), events: &evs })
                 .map_err(|e| QueueError::Encode(e.to_string()))?;
             let z = zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| QueueError::Encode(e.to_string()))?;
-            bodies.push((cat, level_max(&evs), evs.len() as u32, z));
+            bodies.push((cat, evs.iter().map(|e| e.level).max().unwrap_or(Level::Security), evs.len() as u32, z));
         }
         // Make room per record; a record that does not fit is dropped, but
         // the carrier must be written (it holds the checkpoint): if its
@@ -451,7 +458,7 @@ impl Queue {
                 *self.counters.evicted_events.entry(cat.name().to_string()).or_default() += u64::from(count);
                 self.counters.evicted_records += 1;
                 if i == last {
-                    let json = serde_json::to_vec(&BodyOut { source, checkpoint: Some(checkpoint), events: &[] })
+                    let json = serde_json::to_vec(&BodyOut::<Event> { source, checkpoint: Some(checkpoint), events: &[] })
                         .map_err(|e| QueueError::Encode(e.to_string()))?;
                     let z = zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| QueueError::Encode(e.to_string()))?;
                     keep.push((cat, Level::Security, 0, z));
@@ -460,7 +467,7 @@ impl Queue {
         }
         if keep.is_empty() {
             // No events at all: a carrier alone keeps the checkpoint logic uniform.
-            let json = serde_json::to_vec(&BodyOut { source, checkpoint: Some(checkpoint), events: &[] })
+            let json = serde_json::to_vec(&BodyOut::<Event> { source, checkpoint: Some(checkpoint), events: &[] })
                 .map_err(|e| QueueError::Encode(e.to_string()))?;
             let z = zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| QueueError::Encode(e.to_string()))?;
             keep.push((Category::Settings, Level::Security, 0, z));
@@ -500,6 +507,7 @@ impl Queue {
         let bytes = payload.len() as u64 + WAL_FRAMING;
         self.live.insert(lsn, Meta { header: *h, bytes, state: State::Pending });
         self.live_bytes += bytes;
+        *self.live_events.entry(h.category).or_default() += u64::from(h.events);
         Ok(lsn)
     }
 
@@ -687,6 +695,12 @@ impl Queue {
     fn finish_inner(&mut self, lsn: Lsn, reason: DoneReason) {
         if let Some(m) = self.live.remove(&lsn) {
             self.live_bytes = self.live_bytes.saturating_sub(m.bytes);
+            if let Some(n) = self.live_events.get_mut(&m.header.category) {
+                *n = n.saturating_sub(u64::from(m.header.events));
+                if *n == 0 {
+                    self.live_events.remove(&m.header.category);
+                }
+            }
             self.unwritten_done.push((lsn, reason));
         }
     }
@@ -746,23 +760,23 @@ impl Queue {
         Ok(Some(Taken { lsn, batch_id: m.header.batch_id, category: m.header.category, source: body.source, events: body.events }))
     }
 
-    /// What the queue holds.
+    /// What the queue holds (cheap: kept up to date as records come and go).
     pub fn status(&self) -> QueueStatus {
-        let mut by_cat: BTreeMap<String, u64> = BTreeMap::new();
-        let mut events = 0;
-        for m in self.live.values() {
-            events += u64::from(m.header.events);
-            *by_cat.entry(m.header.category.name().to_string()).or_default() += u64::from(m.header.events);
-        }
         QueueStatus {
             records: self.live.len() as u64,
-            events,
+            events: self.live_events.values().sum(),
             bytes: self.live_bytes,
-            events_by_category: by_cat,
+            events_by_category: self.live_events.iter().map(|(c, n)| (c.name().to_string(), *n)).collect(),
             disk_bytes: self.wal.disk_bytes(),
             max_bytes: self.opts.max_bytes,
             counters: self.counters.clone(),
         }
+    }
+
+    /// Whether a group appended by [`Queue::append_group`] is still in the
+    /// queue, pending its commit (after a reopen: it was durable).
+    pub fn has_pending_group(&self, group: u64) -> bool {
+        self.live.values().any(|m| m.header.group == group && m.state == State::Pending)
     }
 
     /// Whether any record is ready to send.

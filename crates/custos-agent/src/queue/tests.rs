@@ -44,7 +44,7 @@ fn open(dir: &Path, max: u64) -> (Queue, Recovered) {
 
 /// Append, sync and commit: what the run loop does for one poll.
 fn accept(q: &mut Queue, source: &str, events: Vec<Event>, c: &Checkpoint) -> Appended {
-    let a = q.append_group(source, events, c).unwrap();
+    let a = q.append_group(source, &events, c).unwrap();
     q.sync().unwrap();
     q.mark_committed(a.group);
     a
@@ -86,7 +86,7 @@ fn a_durable_group_whose_commit_was_lost_returns_its_checkpoint_and_is_sent_afte
     {
         let (mut q, _) = open(d.path(), 1 << 30);
         accept(&mut q, "s", vec![ev(Category::Logs, "old")], &cp("s", 1, 10));
-        let a = q.append_group("s", vec![ev(Category::Logs, "new")], &cp("s", 2, 20)).unwrap();
+        let a = q.append_group("s", &[ev(Category::Logs, "new")], &cp("s", 2, 20)).unwrap();
         q.sync().unwrap();
         let _ = a; // crash before the source commit
     }
@@ -109,7 +109,7 @@ fn a_group_cut_by_a_crash_is_dropped_and_its_checkpoint_not_returned() {
         let (mut q, _) = open(d.path(), 1 << 30);
         accept(&mut q, "s", vec![ev(Category::Logs, "kept")], &cp("s", 1, 10));
         q.sync().unwrap(); // the committed record, so the group is the log's tail
-        q.append_group("s", vec![ev(Category::Logs, "x"), ev(Category::Performance, "y")], &cp("s", 2, 20)).unwrap();
+        q.append_group("s", &[ev(Category::Logs, "x"), ev(Category::Performance, "y")], &cp("s", 2, 20)).unwrap();
         q.sync().unwrap();
     }
     // Cut the last record (the carrier) off the log, as a torn write would.
@@ -348,7 +348,7 @@ proptest! {
                     let msgs: Vec<String> = (0..k).map(|_| { n += 1; format!("e{n}") }).collect();
                     let cat = if k % 2 == 0 { Category::Logs } else { Category::Inventory };
                     let evs: Vec<Event> = msgs.iter().enumerate().map(|(i, m)| ev(if i == 0 { Category::Security } else { cat }, m)).collect();
-                    let a = q.append_group(sources[s], evs, &cp(sources[s], seq[s], seq[s])).unwrap();
+                    let a = q.append_group(sources[s], &evs, &cp(sources[s], seq[s], seq[s])).unwrap();
                     pending = Some((s, a.group, a.last_lsn, seq[s], msgs));
                 }
                 Op::Sync => {

@@ -225,3 +225,39 @@ pub fn agent_once(state: &Path, config: &Path) -> Output {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+impl ServerProc {
+    /// The server's `/metrics` text, read as the service admin.
+    pub fn metrics_text(&self) -> String {
+        let ca = std::fs::read(self.info["ca"].as_str().unwrap()).unwrap();
+        let token = std::fs::read_to_string(self.info["admin_token_file"].as_str().unwrap()).unwrap();
+        let url = format!("{}/metrics", self.url());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let http = reqwest::Client::builder()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                .build()
+                .unwrap();
+            let resp = http.get(url).bearer_auth(token.trim()).send().await.unwrap();
+            assert!(resp.status().is_success(), "GET /metrics: {}", resp.status());
+            resp.text().await.unwrap()
+        })
+    }
+
+    /// One sample of `/metrics` (`name` with its labels as written, e.g.
+    /// `custos_ingest_overloaded_total{reason="backlog"}`).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    }
+}
+
+/// Write a server configuration file beside `dir` and return its path (for
+/// `ServerProc::start_with(dir, &["--config", path])`).
+pub fn server_config(dir: &Path, toml: &str) -> PathBuf {
+    let path = dir.with_extension("server.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
