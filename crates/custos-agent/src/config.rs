@@ -13,6 +13,7 @@
 //! batch_max_events = 5000
 //! batch_max_bytes = 1048576
 //! flush_interval_ms = 1000
+//! # metrics_listen = "127.0.0.1:9464"   # Prometheus GET /metrics; off by default
 //!
 //! [[sources]]
 //! type = "file"
@@ -189,6 +190,12 @@ pub struct AgentSettings {
     /// `flush_interval_ms`: a batch that is not full is shipped after this
     /// long. Default 1000 ms, at least 1 ms.
     pub flush_interval: Duration,
+    /// `metrics_listen`: serve Prometheus metrics (queue, evictions by
+    /// category, dead letters, failed attempts; see [`crate::metrics`]) as
+    /// plain HTTP `GET /metrics` on this address, e.g. `127.0.0.1:9464`.
+    /// Optional; off by default. The metrics hold counts only, no event
+    /// content; bind it to loopback unless a scraper elsewhere needs it.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentSettings {
@@ -198,6 +205,7 @@ impl Default for AgentSettings {
             batch_max_events: DEFAULT_BATCH_MAX_EVENTS,
             batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
             flush_interval: Duration::from_millis(DEFAULT_FLUSH_INTERVAL_MS),
+            metrics_listen: None,
         }
     }
 }
@@ -399,6 +407,7 @@ struct RawAgent {
     batch_max_events: Option<i64>,
     batch_max_bytes: Option<i64>,
     flush_interval_ms: Option<i64>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -585,11 +594,18 @@ fn validate_agent(raw: RawAgent) -> Result<AgentSettings, ConfigError> {
         1,
         24 * 3600 * 1000,
     )?;
+    let metrics_listen = match raw.metrics_listen {
+        None => None,
+        Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|e| {
+            invalid("agent.metrics_listen", format!("{a:?} is not an address and port such as 127.0.0.1:9464: {e}"))
+        })?),
+    };
     Ok(AgentSettings {
         hostname,
         batch_max_events: to_usize("agent.batch_max_events", batch_max_events)?,
         batch_max_bytes: to_usize("agent.batch_max_bytes", batch_max_bytes)?,
         flush_interval: Duration::from_millis(flush_ms),
+        metrics_listen,
     })
 }
 

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod installation;
 pub mod internal;
 pub mod ledger;
+pub mod metrics;
 pub mod gate;
 pub mod queue;
 pub mod run;

@@ -1035,12 +1035,22 @@ pub async fn run(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, shutdown
     let tcfg = &cfg.telemetry;
     let settings = SettingsHandle::open(state_dir, tcfg).map_err(|e| AgentError::Invalid(e.to_string()))?;
     let policy_task = tokio::spawn(crate::settings::watch_policy(settings.clone(), tcfg.policy_reload));
-    let control = {
+    let status: Arc<dyn crate::control::StatusSource> = {
         let (stats, qs) = (stats.clone(), qh.clone());
-        let status: Arc<dyn crate::control::StatusSource> = Arc::new(move || runtime_status(&stats, &qs.status));
-        ControlServer::start(&tcfg.control_socket_path(state_dir), settings.clone(), status, sink.clone())
-            .await
-            .map_err(|e| AgentError::Invalid(format!("control socket: {e}")))?
+        Arc::new(move || runtime_status(&stats, &qs.status))
+    };
+    let control = ControlServer::start(&tcfg.control_socket_path(state_dir), settings.clone(), status.clone(), sink.clone())
+        .await
+        .map_err(|e| AgentError::Invalid(format!("control socket: {e}")))?;
+    let metrics_task = match cfg.agent.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| AgentError::io(format!("cannot listen for metrics on {addr}"), e))?;
+            tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+            Some(tokio::spawn(crate::metrics::serve(listener, status, shutdown.clone())))
+        }
+        None => None,
     };
     let ledger_opts = LedgerOptions { max_bytes: tcfg.ledger_max_bytes, max_age: tcfg.ledger_max_age, ..LedgerOptions::default() };
     let ledger = Ledger::open(state_dir, ledger_opts.clone()).map_err(|e| {
@@ -1053,6 +1063,9 @@ pub async fn run(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, shutdown
 
     let parts = RunParts { id, client, installation, hostname, registry, stats, sink, settings, ledger, queue: qh, dead_letters, recovered: recovered.checkpoints };
     let result = run_loop(state_dir, cfg, opts, shutdown, parts).await;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     control.shutdown().await;
     policy_task.abort();
     result
