@@ -331,3 +331,45 @@ fn a_revoked_agent_is_refused_at_once_and_the_cli_shows_it_revoked() {
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains(&agent) && text.contains("revoked"), "{text}");
 }
+
+#[test]
+fn a_running_agent_renews_its_certificate_by_itself_and_keeps_shipping_past_the_old_expiry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = short_lived(tmp.path(), 15);
+    let server = ServerProc::start_with(&tmp.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let (ws, key) = server.create_workspace("self-renewal");
+    let a = Agent::enroll(&server, &key, tmp.path(), "a");
+    let first = a.identity();
+    let old_not_after = time_of(&first["cert_not_after"]);
+    let agent_log = std::fs::File::create(tmp.path().join("agent-run.log")).unwrap();
+    let mut child = Command::new(bin())
+        .args(["agent", "run", "--state-dir"])
+        .arg(&a.state)
+        .arg("--config")
+        .arg(&a.config)
+        .env("CUSTOS_LOG", "info")
+        .stderr(agent_log)
+        .spawn()
+        .unwrap();
+    // Lines keep coming across the renewal (at 10 s) and the old expiry (15 s).
+    let deadline = old_not_after + time::Duration::seconds(4);
+    let mut n = 0;
+    while time::OffsetDateTime::now_utc() < deadline {
+        a.write(&format!("2026-11-29 10:00:00 ERROR line {n} across the renewal"));
+        n += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let started = std::time::Instant::now();
+    while server.count(&ws, "logs") < n {
+        assert!(started.elapsed() < Duration::from_secs(60), "only {} of {n} lines arrived; see agent-run.log", server.count(&ws, "logs"));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let renewed = a.identity();
+    assert!(time_of(&renewed["cert_not_after"]) > old_not_after, "the running agent renewed: {renewed}");
+    assert_eq!(server.count(&ws, "logs"), n, "each line once");
+    // The renewal was reported as a security event.
+    let v = server.cli_json(&["query", "--workspace", &ws, "SELECT count(*) AS n FROM security_events WHERE kind = 'certificate_renewed'"]);
+    assert!(v[0]["n"].as_u64().unwrap() >= 1, "{v}");
+}
