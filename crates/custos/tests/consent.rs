@@ -83,16 +83,8 @@ impl Drop for AgentProc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < Duration::from_secs(90), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_secs(what, 90, cond)
 }
 
 fn runtime(s: &Value, key: &str) -> u64 {

@@ -10,11 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use std::time::Duration;
 
 fn status(state: &Path) -> Value {
     let out = Command::new(bin())
@@ -41,14 +37,6 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
-}
-
-fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Lines of incompressible text (so a small queue really fills).
@@ -96,16 +84,16 @@ fn an_outage_of_more_than_two_hours_evicts_least_important_first_then_everything
         let state = state.clone();
         agent_rt.spawn(async move { custos_agent::run::run(&state, &cfg, opts, stop_rx).await })
     };
-    wait_until("the agent's control socket", 30, || status(&state)["agent_running"].as_bool() == Some(true));
+    wait_secs("the agent's control socket", 30, || status(&state)["agent_running"].as_bool() == Some(true));
 
     // Some performance samples first, then three times the queue's bound of logs.
-    wait_until("performance samples queued", 30, || cat(&status(&state), "queued_by_category", "performance") >= 2);
+    wait_secs("performance samples queued", 30, || cat(&status(&state), "queued_by_category", "performance") >= 2);
     let total_lines = 3000;
     for k in 0..6 {
         noisy_lines(&logs.join("app.log"), k * 500, 500);
         std::thread::sleep(Duration::from_millis(300));
     }
-    wait_until("every line read", 60, || {
+    wait_secs("every line read", 60, || {
         let s = status(&state);
         cat(&s, "queued_by_category", "logs") + cat(&s, "evicted_by_category", "logs") >= total_lines as u64
     });
@@ -157,7 +145,7 @@ fn an_outage_of_more_than_two_hours_evicts_least_important_first_then_everything
     // The server returns; the next hourly probe finds it and the queue drains.
     let server = ServerProc::start_on(&data, &listen, &[]);
     step(Duration::from_secs(3700));
-    wait_until("the queue drained", 120, || {
+    wait_secs("the queue drained", 120, || {
         let s = status(&state);
         rt(&s, "queued_events") == 0 || {
             clock.advance(Duration::from_secs(3700));
@@ -166,7 +154,7 @@ fn an_outage_of_more_than_two_hours_evicts_least_important_first_then_everything
     });
     let s = status(&state);
     let evicted_logs = cat(&s, "evicted_by_category", "logs");
-    wait_until("every kept line stored", 60, || server.count(&ws, "logs") as u64 == total_lines as u64 - evicted_logs);
+    wait_secs("every kept line stored", 60, || server.count(&ws, "logs") as u64 == total_lines as u64 - evicted_logs);
     // The newest lines were kept, the oldest evicted.
     let v = server.cli_json(&["query", "--workspace", &ws, "SELECT max(message) AS newest, count(DISTINCT message) AS n FROM logs"]);
     assert!(v[0]["newest"].as_str().unwrap().contains(&format!("line-{:06}", total_lines - 1)), "{v}");
@@ -251,7 +239,7 @@ fn kill_9_at_random_points_loses_nothing_and_stores_every_line_exactly_once() {
         agent = Agent::start(&state, &cfg, &log);
     }
     writer.join().unwrap();
-    wait_until("every line stored", 120, || server.count(&ws, "logs") as usize >= total);
+    wait_secs("every line stored", 120, || server.count(&ws, "logs") as usize >= total);
     std::thread::sleep(Duration::from_secs(2));
     let v = server.cli_json(&["query", "--workspace", &ws, "SELECT count(*) AS n, count(DISTINCT message) AS d FROM logs"]);
     assert_eq!(v[0]["n"].as_u64(), Some(total as u64), "stored exactly once after {kills} kills: {v}; agent log {}", log.display());
@@ -308,9 +296,9 @@ fn a_full_disk_pauses_collection_reports_it_and_everything_arrives_once_space_re
     .unwrap();
     let log = tmp.path().join("agent.log");
     let mut agent = Agent::start(&state, &cfg, &log);
-    wait_until("the agent running", 30, || status(&state)["agent_running"].as_bool() == Some(true));
+    wait_secs("the agent running", 30, || status(&state)["agent_running"].as_bool() == Some(true));
     noisy_lines(&logs.join("app.log"), 0, 200);
-    wait_until("the first lines stored", 60, || server.count(&ws, "logs") >= 200);
+    wait_secs("the first lines stored", 60, || server.count(&ws, "logs") >= 200);
 
     // Fill the file system, leaving a few KiB.
     let filler = fs.join("filler");
@@ -321,7 +309,7 @@ fn a_full_disk_pauses_collection_reports_it_and_everything_arrives_once_space_re
         let _ = f.sync_all();
     }
     noisy_lines(&logs.join("app.log"), 200, 800);
-    wait_until("the full disk reported", 60, || rt(&status(&state), "queue_write_failures") > 0);
+    wait_secs("the full disk reported", 60, || rt(&status(&state), "queue_write_failures") > 0);
     std::thread::sleep(Duration::from_secs(1));
     assert!(server.count(&ws, "logs") < 1000, "nothing more could be queued");
     // The agent keeps running.
@@ -330,13 +318,13 @@ fn a_full_disk_pauses_collection_reports_it_and_everything_arrives_once_space_re
 
     // Space returns: everything is delivered, exactly once.
     std::fs::remove_file(&filler).unwrap();
-    wait_until("every line stored", 90, || server.count(&ws, "logs") >= 1000);
+    wait_secs("every line stored", 90, || server.count(&ws, "logs") >= 1000);
     std::thread::sleep(Duration::from_secs(2));
     let v = server.cli_json(&["query", "--workspace", &ws, "SELECT count(*) AS n, count(DISTINCT message) AS d FROM logs"]);
     assert_eq!(v[0]["n"].as_u64(), Some(1000), "{v}");
     assert_eq!(v[0]["d"].as_u64(), Some(1000), "{v}");
     // The failure was also recorded as a security event.
-    wait_until("the queue_write_failed security event", 60, || {
+    wait_secs("the queue_write_failed security event", 60, || {
         let v = server.cli_json(&["query", "--workspace", &ws, "SELECT count(*) AS n FROM security_events WHERE kind = 'queue_write_failed'"]);
         v[0]["n"].as_u64().unwrap_or(0) >= 1
     });

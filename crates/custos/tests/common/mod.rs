@@ -261,3 +261,17 @@ pub fn server_config(dir: &Path, toml: &str) -> PathBuf {
     std::fs::write(&path, toml).unwrap();
     path
 }
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Poll `cond` every 100 ms; fail the test naming `what` after `secs` seconds.
+pub fn wait_secs(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
