@@ -205,6 +205,24 @@ impl Wal {
     /// format versions, a header contradicting its file name, I/O failures and
     /// a directory locked by another writer are errors.
     pub fn open(opts: WalOptions) -> Result<(Wal, RecoveryReport), WalError> {
+        Self::open_inner(opts, &mut |_, _| {}, false)
+    }
+
+    /// [`Wal::open`], calling `visit` with every valid unconsumed record
+    /// (lsn at or above the ack position, in lsn order) that recovery reads.
+    ///
+    /// Recovery reads every record anyway to check it; a caller that builds
+    /// an index of the log (the agent's queue) gets it from this one pass
+    /// instead of reading the log a second time with [`Wal::read_from`].
+    /// The records visited are exactly those `read_from(acked_lsn())` would
+    /// return after the open, except that records of the last segment are
+    /// visited before its torn tail, if any, is cut (they are valid either
+    /// way).
+    pub fn open_with(opts: WalOptions, visit: &mut dyn FnMut(Lsn, &[u8])) -> Result<(Wal, RecoveryReport), WalError> {
+        Self::open_inner(opts, visit, true)
+    }
+
+    fn open_inner(opts: WalOptions, visit: &mut dyn FnMut(Lsn, &[u8]), payloads: bool) -> Result<(Wal, RecoveryReport), WalError> {
         if opts.segment_bytes < SEGMENT_HEADER_LEN + RECORD_HEADER_LEN {
             return Err(WalError::InvalidOptions(format!(
                 "segment_bytes must be at least {} (got {})",
@@ -282,7 +300,8 @@ impl Wal {
             }
             let mut scratch = RecoveryReport::default();
             let mut scratch_count = 0;
-            let s = scan_segment(first_lsn, path, None, true, acked, &mut scratch, &mut scratch_count)?;
+            let mut sink = ScanSink { acked, report: &mut scratch, unconsumed: &mut scratch_count, visit: &mut |_, _| {}, payloads: false };
+            let s = scan_segment(first_lsn, path, None, true, &mut sink)?;
             if s.header_ok || s.valid > 0 {
                 break;
             }
@@ -304,7 +323,8 @@ impl Wal {
             let hi = names.get(i + 1).map(|(l, _)| *l);
             let is_last = i + 1 == names.len();
             next_lsn = next_lsn.max(first_lsn);
-            let s = scan_segment(first_lsn, path, hi, is_last, acked, &mut report, &mut unconsumed)?;
+            let mut sink = ScanSink { acked, report: &mut report, unconsumed: &mut unconsumed, visit: &mut *visit, payloads };
+            let s = scan_segment(first_lsn, path, hi, is_last, &mut sink)?;
             if let Some(m) = s.max_lsn {
                 next_lsn = next_lsn.max(m + 1); // m < u64::MAX: never accepted as valid
             }
@@ -563,15 +583,20 @@ fn segment_header_is_valid(path: &Path) -> Result<bool, WalError> {
 }
 
 /// Streams one segment during recovery, updating the report.
-fn scan_segment(
-    first_lsn: Lsn,
-    path: PathBuf,
-    hi: Option<Lsn>,
-    is_last: bool,
+/// What a recovery scan adds to and who it tells about records.
+struct ScanSink<'a> {
+    /// Records below this are consumed.
     acked: Lsn,
-    report: &mut RecoveryReport,
-    unconsumed: &mut u64,
-) -> Result<ScannedSegment, WalError> {
+    report: &'a mut RecoveryReport,
+    /// Unconsumed valid records seen.
+    unconsumed: &'a mut u64,
+    /// Called with each unconsumed valid record when `payloads` is set.
+    visit: &'a mut dyn FnMut(Lsn, &[u8]),
+    payloads: bool,
+}
+
+fn scan_segment(first_lsn: Lsn, path: PathBuf, hi: Option<Lsn>, is_last: bool, sink: &mut ScanSink<'_>) -> Result<ScannedSegment, WalError> {
+    let acked = sink.acked;
     let file = File::open(&path).map_err(|e| WalError::io("open segment", &path, e))?;
     let file_len = file.metadata().map_err(|e| WalError::io("stat segment", &path, e))?.len();
     let mut reader = SegReader::new(file, path.clone(), file_len);
@@ -601,12 +626,16 @@ fn scan_segment(
     let mut corrupt_records = 0u64;
     let mut corrupt_bytes = 0u64;
     loop {
-        match reader.step(pos, bounds, None)? {
+        let want = sink.payloads.then_some(acked);
+        match reader.step(pos, bounds, want)? {
             Step::End => break,
-            Step::Record { lsn, next, .. } => {
+            Step::Record { lsn, next, payload } => {
                 valid += 1;
                 if lsn >= acked {
-                    *unconsumed += 1;
+                    *sink.unconsumed += 1;
+                    if let Some(p) = payload.as_deref() {
+                        (sink.visit)(lsn, p);
+                    }
                 }
                 max_lsn = Some(lsn);
                 bounds.lo = lsn + 1; // lsn < u64::MAX: LsnBounds never accepts u64::MAX
@@ -640,8 +669,8 @@ fn scan_segment(
         corrupt_records += 1;
         corrupt_bytes += SEGMENT_HEADER_LEN.min(file_len);
     }
-    report.corrupt_records += corrupt_records;
-    report.corrupt_bytes += corrupt_bytes;
+    sink.report.corrupt_records += corrupt_records;
+    sink.report.corrupt_bytes += corrupt_bytes;
     if let Some(t) = truncate_at {
         tracing::warn!(
             file = %path.display(),
@@ -649,7 +678,7 @@ fn scan_segment(
             bytes = file_len - t,
             "truncating torn tail of the last wal segment"
         );
-        report.torn_tail_bytes += file_len - t;
+        sink.report.torn_tail_bytes += file_len - t;
     }
     Ok(ScannedSegment {
         seg: Segment { first_lsn, path, durable_len: file_len, known_corrupt },

@@ -285,6 +285,44 @@ impl std::fmt::Debug for Queue {
     }
 }
 
+/// The index as the recovery pass finds it, record by record.
+#[derive(Default)]
+struct Indexer {
+    live: BTreeMap<Lsn, Meta>,
+    done: HashMap<Lsn, DoneReason>,
+    committed: BTreeSet<u64>,
+    /// group → (length, records seen), counting original records only.
+    groups: HashMap<u64, (u16, u16)>,
+    /// source key → (newest group with a carrier, the carrier's lsn).
+    newest: HashMap<u64, (u64, Lsn)>,
+    corrupt: u64,
+}
+
+impl Indexer {
+    fn visit(&mut self, lsn: Lsn, payload: &[u8]) {
+        match format::decode(payload) {
+            Ok(Payload::Batch(h, _)) => {
+                if h.flags & FLAG_COPIED == 0 {
+                    let g = self.groups.entry(h.group).or_insert((h.group_len, 0));
+                    g.1 = g.1.saturating_add(1);
+                    if h.flags & FLAG_CARRIER != 0 && self.newest.get(&h.source).is_none_or(|(ng, _)| h.group > *ng) {
+                        self.newest.insert(h.source, (h.group, lsn));
+                    }
+                }
+                self.live.insert(lsn, Meta { header: h, bytes: payload.len() as u64 + WAL_FRAMING, state: State::Ready });
+            }
+            Ok(Payload::Done(entries)) => self.done.extend(entries),
+            Ok(Payload::Committed(g)) => {
+                self.committed.insert(g);
+            }
+            Err(why) => {
+                self.corrupt += 1;
+                tracing::warn!(lsn, reason = %why, "queue record skipped");
+            }
+        }
+    }
+}
+
 fn level_max(events: &[Event]) -> Level {
     events.iter().map(|e| e.level).max().unwrap_or(Level::Security)
 }
@@ -294,7 +332,10 @@ impl Queue {
     pub fn open(state_dir: &Path, opts: QueueOptions, key: Arc<SealKey>) -> Result<(Queue, Recovered), QueueError> {
         let dir = state_dir.join(QUEUE_DIR);
         let wal_opts = WalOptions::new(&dir).with_segment_bytes(opts.segment_bytes());
-        let (wal, report) = Wal::open(wal_opts)?;
+        // One pass: the log's recovery reads every record anyway; the index
+        // is built from that pass, never from a second read of the log.
+        let mut ix = Indexer::default();
+        let (wal, report) = Wal::open_with(wal_opts, &mut |lsn, payload| ix.visit(lsn, payload))?;
         let mut q = Queue {
             dir,
             opts,
@@ -310,56 +351,14 @@ impl Queue {
             cursor: None,
             unsynced: false,
         };
-        let mut rec = q.rebuild()?;
+        let mut rec = q.rebuild(ix)?;
         rec.wal = report;
         Ok((q, rec))
     }
 
-    /// Stream the log once and rebuild the index.
-    fn rebuild(&mut self) -> Result<Recovered, QueueError> {
-        let mut live: BTreeMap<Lsn, Meta> = BTreeMap::new();
-        let mut done: HashMap<Lsn, DoneReason> = HashMap::new();
-        let mut committed: BTreeSet<u64> = BTreeSet::new();
-        // group → (length, records seen, copied)
-        let mut groups: HashMap<u64, (u16, u16)> = HashMap::new();
-        // source key → (newest group with a carrier, the carrier's lsn)
-        let mut newest: HashMap<u64, (u64, Lsn)> = HashMap::new();
-        let mut corrupt = 0u64;
-        let reader = self.wal.read_from(self.wal.acked_lsn())?;
-        for item in reader {
-            let (lsn, payload) = match item {
-                Ok(x) => x,
-                Err(WalError::CorruptRecord { .. }) => {
-                    corrupt += 1;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            match format::decode(&payload) {
-                Ok(Payload::Batch(h, _)) => {
-                    if h.flags & FLAG_COPIED == 0 {
-                        let g = groups.entry(h.group).or_insert((h.group_len, 0));
-                        g.1 = g.1.saturating_add(1);
-                        if h.flags & FLAG_CARRIER != 0 && newest.get(&h.source).is_none_or(|(ng, _)| h.group > *ng) {
-                            newest.insert(h.source, (h.group, lsn));
-                        }
-                    }
-                    live.insert(lsn, Meta { header: h, bytes: payload.len() as u64 + WAL_FRAMING, state: State::Ready });
-                }
-                Ok(Payload::Done(entries)) => {
-                    for (l, r) in entries {
-                        done.insert(l, r);
-                    }
-                }
-                Ok(Payload::Committed(g)) => {
-                    committed.insert(g);
-                }
-                Err(why) => {
-                    corrupt += 1;
-                    tracing::warn!(lsn, reason = %why, dir = %self.dir.display(), "queue record skipped");
-                }
-            }
-        }
+    /// Build the index from what the log's recovery pass visited.
+    fn rebuild(&mut self, ix: Indexer) -> Result<Recovered, QueueError> {
+        let Indexer { mut live, mut done, committed, groups, newest, mut corrupt } = ix;
         let mut rec = Recovered::default();
         // Groups cut by a crash: drop their records (the source reads them again).
         // A group whose first record is below the ack position lost its
@@ -368,8 +367,7 @@ impl Queue {
         let incomplete: BTreeSet<u64> =
             groups.iter().filter(|(g, (len, seen))| **g >= acked && seen < len).map(|(g, _)| *g).collect();
         let mut reapply: Vec<(u64, Lsn)> = Vec::new();
-        for (src, (g, carrier)) in &newest {
-            let _ = src;
+        for (g, carrier) in newest.values() {
             if !committed.contains(g) && !incomplete.contains(g) {
                 reapply.push((*g, *carrier));
             }
@@ -402,9 +400,8 @@ impl Queue {
                 }
             }
         }
-        for (&l, r) in &done {
-            let _ = r;
-            live.remove(&l);
+        for l in done.keys() {
+            live.remove(l);
         }
         // Pending groups that were not re-applied cannot be pending any more.
         let reapplied: BTreeSet<u64> = rec.checkpoints.iter().map(|(g, _)| *g).collect();
