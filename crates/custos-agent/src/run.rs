@@ -265,8 +265,11 @@ impl QueueHandle {
     }
 }
 
-/// Group commit: sync at most `interval` after the first unsynced append.
+/// Group commit: at most one sync per `interval`; an append after a quiet
+/// spell is synced at once, appends that follow within the interval wait
+/// for the next sync together.
 async fn syncer(qh: Arc<QueueHandle>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut last = Instant::now().checked_sub(interval).unwrap_or_else(Instant::now);
     loop {
         tokio::select! {
             _ = qh.dirty.notified() => {}
@@ -274,8 +277,9 @@ async fn syncer(qh: Arc<QueueHandle>, interval: Duration, mut stop: watch::Recei
         }
         let stopping = *stop.borrow();
         if !stopping {
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep_until(last + interval).await;
         }
+        last = Instant::now();
         let epoch = qh.synced.borrow().epoch;
         match qh.call(|q| q.sync()).await {
             Ok(durable) => {
