@@ -140,6 +140,12 @@ impl Checkpoint {
         &self.source
     }
 
+    /// A checkpoint with nothing to persist, for benchmarks outside the crate.
+    #[doc(hidden)]
+    pub fn for_bench(source: &str, seq: u64) -> Checkpoint {
+        Self::with_saved(source, seq, None)
+    }
+
     pub(crate) fn new(source: &str, seq: u64, files: Option<Vec<FilePosition>>) -> Self {
         Self::with_saved(source, seq, files.map(Saved::Files))
     }
