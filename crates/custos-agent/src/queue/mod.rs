@@ -150,11 +150,35 @@ enum State {
 }
 
 #[derive(Clone, Copy, Debug)]
+/// What the index keeps per record: 24 bytes, so a large backlog costs
+/// little memory (the batch id and the source are read back from the record
+/// when it is taken).
 struct Meta {
-    header: BatchHeader,
+    /// The group id.
+    group: u64,
     /// Bytes in the log (payload plus the log's 20-byte framing).
-    bytes: u64,
+    bytes: u32,
+    /// Events in the record.
+    events: u32,
+    category: Category,
+    max_level: Level,
+    /// Moved by compaction or a filtered copy (`FLAG_COPIED`).
+    copied: bool,
     state: State,
+}
+
+impl Meta {
+    fn new(h: &BatchHeader, payload_len: usize, state: State) -> Self {
+        Meta {
+            group: h.group,
+            bytes: u32::try_from(payload_len as u64 + WAL_FRAMING).unwrap_or(u32::MAX),
+            events: h.events,
+            category: h.category,
+            max_level: h.max_level,
+            copied: h.flags & FLAG_COPIED != 0,
+            state,
+        }
+    }
 }
 
 /// Counters kept since the queue was opened.
@@ -309,7 +333,7 @@ impl Indexer {
                         self.newest.insert(h.source, (h.group, lsn));
                     }
                 }
-                self.live.insert(lsn, Meta { header: h, bytes: payload.len() as u64 + WAL_FRAMING, state: State::Ready });
+                self.live.insert(lsn, Meta::new(&h, payload.len(), State::Ready));
             }
             Ok(Payload::Done(entries)) => self.done.extend(entries),
             Ok(Payload::Committed(g)) => {
@@ -374,12 +398,12 @@ impl Queue {
         }
         let pending: BTreeSet<u64> = reapply.iter().map(|(g, _)| *g).collect();
         for (lsn, meta) in &mut live {
-            if incomplete.contains(&meta.header.group) && meta.header.flags & FLAG_COPIED == 0 && !done.contains_key(lsn) {
+            if incomplete.contains(&meta.group) && !meta.copied && !done.contains_key(lsn) {
                 done.insert(*lsn, DoneReason::Incomplete);
                 self.unwritten_done.push((*lsn, DoneReason::Incomplete));
                 rec.incomplete_records += 1;
             }
-            if pending.contains(&meta.header.group) && meta.header.flags & FLAG_COPIED == 0 {
+            if pending.contains(&meta.group) && !meta.copied {
                 meta.state = State::Pending;
             }
         }
@@ -387,7 +411,7 @@ impl Queue {
         // already; it is still in the log).
         for (g, carrier) in reapply {
             match self.read_body(carrier) {
-                Ok(body) => match body.checkpoint {
+                Ok((_, body)) => match body.checkpoint {
                     Some(cp) => rec.checkpoints.push((g, cp)),
                     None => self.unwritten_committed.push(g),
                 },
@@ -406,14 +430,14 @@ impl Queue {
         // Pending groups that were not re-applied cannot be pending any more.
         let reapplied: BTreeSet<u64> = rec.checkpoints.iter().map(|(g, _)| *g).collect();
         for m in live.values_mut() {
-            if m.state == State::Pending && !reapplied.contains(&m.header.group) {
+            if m.state == State::Pending && !reapplied.contains(&m.group) {
                 m.state = State::Ready;
             }
         }
-        self.live_bytes = live.values().map(|m| m.bytes).sum();
+        self.live_bytes = live.values().map(|m| u64::from(m.bytes)).sum();
         self.live_events.clear();
         for m in live.values() {
-            *self.live_events.entry(m.header.category).or_default() += u64::from(m.header.events);
+            *self.live_events.entry(m.category).or_default() += u64::from(m.events);
         }
         self.live = live;
         self.counters.corrupt_records += corrupt;
@@ -502,7 +526,7 @@ impl Queue {
         self.unsynced = true;
         self.counters.appended_records += 1;
         let bytes = payload.len() as u64 + WAL_FRAMING;
-        self.live.insert(lsn, Meta { header: *h, bytes, state: State::Pending });
+        self.live.insert(lsn, Meta::new(h, payload.len(), State::Pending));
         self.live_bytes += bytes;
         *self.live_events.entry(h.category).or_default() += u64::from(h.events);
         Ok(lsn)
@@ -525,12 +549,12 @@ impl Queue {
                 .live
                 .iter()
                 .filter(|(_, m)| m.state == State::Ready)
-                .filter_map(|(l, m)| eviction_class(m.header.category).map(|c| (c, *l, m.header.events)))
+                .filter_map(|(l, m)| eviction_class(m.category).map(|c| (c, *l, m.events)))
                 .filter(|(c, _, _)| incoming.is_none_or(|i| *c <= i))
                 .min_by_key(|(c, l, _)| (*c, *l));
             match victim {
                 Some((_, lsn, n)) => {
-                    let c = self.live[&lsn].header.category;
+                    let c = self.live[&lsn].category;
                     self.finish_inner(lsn, DoneReason::Evicted);
                     *evicted.entry(c).or_default() += u64::from(n);
                     *self.counters.evicted_events.entry(c.name().to_string()).or_default() += u64::from(n);
@@ -570,7 +594,7 @@ impl Queue {
         }
         let (start, end, size) = (segs[0].first_lsn, segs[1].first_lsn, segs[0].bytes);
         let lsns: Vec<Lsn> = self.live.range(start..end).filter(|(_, m)| m.state != State::Pending).map(|(l, _)| *l).collect();
-        let in_seg: u64 = self.live.range(start..end).map(|(_, m)| m.bytes).sum();
+        let in_seg: u64 = self.live.range(start..end).map(|(_, m)| u64::from(m.bytes)).sum();
         // Copy only when it frees at least a quarter of the segment.
         if in_seg * 4 > size * 3 || self.live.range(start..end).any(|(_, m)| m.state == State::Pending) {
             return Ok(false);
@@ -589,7 +613,7 @@ impl Queue {
             self.unsynced = true;
             self.counters.compacted_bytes += p.len() as u64;
             let Some(meta) = self.live.remove(&old) else { continue };
-            self.live.insert(new, Meta { header: nh, ..meta });
+            self.live.insert(new, Meta { copied: true, ..meta });
             if meta.state == State::Taken {
                 self.moved.insert(old, new);
             }
@@ -635,14 +659,22 @@ impl Queue {
     /// Durable at the next sync (a crash before it re-applies the same
     /// checkpoint, which is harmless).
     pub fn mark_committed(&mut self, group: u64) {
-        for m in self.live.values_mut() {
-            if m.header.group == group && m.state == State::Pending {
+        // A group's records are contiguous, from the lsn that is its id:
+        // cost proportional to the group, not to the backlog.
+        let mut empty: Vec<Lsn> = Vec::new();
+        for (l, m) in self.live.range_mut(group..) {
+            if m.group != group {
+                break;
+            }
+            if m.state == State::Pending {
                 m.state = State::Ready;
+            }
+            if m.events == 0 {
+                empty.push(*l);
             }
         }
         self.unwritten_committed.push(group);
         // Carrier-only records (no events) have nothing to send.
-        let empty: Vec<Lsn> = self.live.iter().filter(|(_, m)| m.header.group == group && m.header.events == 0).map(|(l, _)| *l).collect();
         for l in empty {
             self.finish_inner(l, DoneReason::Acked);
         }
@@ -657,10 +689,10 @@ impl Queue {
                 return Ok(None);
             };
             match self.read_body(lsn) {
-                Ok(body) => {
+                Ok((h, body)) => {
                     let Some(m) = self.live.get_mut(&lsn) else { continue };
                     m.state = State::Taken;
-                    return Ok(Some(Taken { lsn, batch_id: m.header.batch_id, category: m.header.category, source: body.source, events: body.events }));
+                    return Ok(Some(Taken { lsn, batch_id: h.batch_id, category: m.category, source: body.source, events: body.events }));
                 }
                 Err(QueueError::Wal(e)) if !matches!(e, WalError::CorruptRecord { .. }) => return Err(QueueError::Wal(e)),
                 Err(e) => {
@@ -691,11 +723,11 @@ impl Queue {
 
     fn finish_inner(&mut self, lsn: Lsn, reason: DoneReason) {
         if let Some(m) = self.live.remove(&lsn) {
-            self.live_bytes = self.live_bytes.saturating_sub(m.bytes);
-            if let Some(n) = self.live_events.get_mut(&m.header.category) {
-                *n = n.saturating_sub(u64::from(m.header.events));
+            self.live_bytes = self.live_bytes.saturating_sub(u64::from(m.bytes));
+            if let Some(n) = self.live_events.get_mut(&m.category) {
+                *n = n.saturating_sub(u64::from(m.events));
                 if *n == 0 {
-                    self.live_events.remove(&m.header.category);
+                    self.live_events.remove(&m.category);
                 }
             }
             self.unwritten_done.push((lsn, reason));
@@ -714,7 +746,16 @@ impl Queue {
         }
         let json = serde_json::to_vec(&BodyOut { source, checkpoint: None, events: &events }).map_err(|e| QueueError::Encode(e.to_string()))?;
         let z = zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| QueueError::Encode(e.to_string()))?;
-        let h = BatchHeader { flags: FLAG_COPIED, group_len: 1, events: events.len() as u32, max_level: level_max(&events), batch_id, ..meta.header };
+        let h = BatchHeader {
+            category: meta.category,
+            max_level: level_max(&events),
+            flags: FLAG_COPIED,
+            group_len: 1,
+            group: meta.group,
+            source: 0,
+            events: events.len() as u32,
+            batch_id,
+        };
         let new = self.append_batch(&h, &z)?;
         if let Some(m) = self.live.get_mut(&new) {
             m.state = State::Taken;
@@ -729,8 +770,8 @@ impl Queue {
         let victims: Vec<(Lsn, Category, u32)> = self
             .live
             .iter()
-            .filter(|(_, m)| m.state == State::Ready && purge(m.header.category, m.header.max_level))
-            .map(|(l, m)| (*l, m.header.category, m.header.events))
+            .filter(|(_, m)| m.state == State::Ready && purge(m.category, m.max_level))
+            .map(|(l, m)| (*l, m.category, m.events))
             .collect();
         let mut out = BTreeMap::new();
         for (l, c, n) in victims {
@@ -743,7 +784,7 @@ impl Queue {
     /// Ready records whose events may be above `level`: their lsns (for a
     /// purge that must read them).
     pub fn ready_above(&self, level: Level) -> Vec<Lsn> {
-        self.live.iter().filter(|(_, m)| m.state == State::Ready && m.header.max_level > level).map(|(l, _)| *l).collect()
+        self.live.iter().filter(|(_, m)| m.state == State::Ready && m.max_level > level).map(|(l, _)| *l).collect()
     }
 
     /// Take a specific ready record (for a purge that rewrites it).
@@ -751,10 +792,10 @@ impl Queue {
         if self.live.get(&lsn).is_none_or(|m| m.state != State::Ready) {
             return Ok(None);
         }
-        let body = self.read_body(lsn)?;
+        let (h, body) = self.read_body(lsn)?;
         let Some(m) = self.live.get_mut(&lsn) else { return Ok(None) };
         m.state = State::Taken;
-        Ok(Some(Taken { lsn, batch_id: m.header.batch_id, category: m.header.category, source: body.source, events: body.events }))
+        Ok(Some(Taken { lsn, batch_id: h.batch_id, category: m.category, source: body.source, events: body.events }))
     }
 
     /// What the queue holds (cheap: kept up to date as records come and go).
@@ -773,7 +814,7 @@ impl Queue {
     /// Whether a group appended by [`Queue::append_group`] is still in the
     /// queue, pending its commit (after a reopen: it was durable).
     pub fn has_pending_group(&self, group: u64) -> bool {
-        self.live.values().any(|m| m.header.group == group && m.state == State::Pending)
+        self.live.range(group..).take_while(|(_, m)| m.group == group).any(|(_, m)| m.state == State::Pending)
     }
 
     /// Whether any record is ready to send.
@@ -815,17 +856,18 @@ impl Queue {
         Err(QueueError::Body { lsn, reason: "not found in the log (damaged or not yet durable)".into() })
     }
 
-    fn read_body(&mut self, lsn: Lsn) -> Result<BodyIn, QueueError> {
+    fn read_body(&mut self, lsn: Lsn) -> Result<(BatchHeader, BodyIn), QueueError> {
         let payload = self.read_payload(lsn)?;
         let (h, sealed) = match format::decode(&payload) {
             Ok(Payload::Batch(h, s)) => (h, s),
             Ok(_) => return Err(QueueError::Body { lsn, reason: "not a batch record".into() }),
             Err(reason) => return Err(QueueError::Body { lsn, reason }),
         };
-        let hb = format::encode_batch_header(&BatchHeader { ..h });
+        let hb = format::encode_batch_header(&h);
         let z = self.key.open(&format::batch_aad(&hb), sealed).map_err(|source| QueueError::Seal { lsn, source })?;
         let json = zstd::bulk::decompress(&z, 256 << 20).map_err(|e| QueueError::Body { lsn, reason: format!("zstd: {e}") })?;
-        serde_json::from_slice(&json).map_err(|e| QueueError::Body { lsn, reason: e.to_string() })
+        let body = serde_json::from_slice(&json).map_err(|e| QueueError::Body { lsn, reason: e.to_string() })?;
+        Ok((h, body))
     }
 
     /// The directory of the log.
