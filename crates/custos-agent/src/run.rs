@@ -376,8 +376,9 @@ async fn collect(
         let events = gate_events(ctx.registry, poll.events, &gs, &ctx.stats);
         if events.is_empty() {
             // Every earlier poll of this source is committed already.
-            let cp = poll.checkpoint;
-            blocking(&src, move |s| s.commit(&cp)).await?;
+            if !commit_retrying(&src, &name, poll.checkpoint, &mut shutdown).await {
+                return Ok(());
+            }
         } else if !enqueue(&ctx, &src, &name, events, poll.checkpoint, &mut shutdown).await? {
             return Ok(());
         }
@@ -391,6 +392,26 @@ async fn collect(
                 _ = shutdown.changed() => {}
             }
         }
+    }
+}
+
+/// Commit a source position, retrying with backoff (up to 30 s) when the
+/// state file cannot be written (a full disk): the source is not polled
+/// meanwhile. Returns false when the agent stops first.
+async fn commit_retrying(src: &Shared, name: &str, cp: Checkpoint, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let cp = Arc::new(cp);
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let c = cp.clone();
+        match blocking(src, move |s| s.commit(&c)).await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %e, source = name, retry_in_ms = delay.as_millis() as u64, "cannot commit the source position; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -447,8 +468,12 @@ async fn enqueue(
                     });
                     tracing::warn!(events = evicted, "queue full: least important events evicted");
                 }
-                let c = (*cp).clone();
-                blocking(src, move |s| s.commit(&c)).await?;
+                if !commit_retrying(src, name, (*cp).clone(), shutdown).await {
+                    // Stopping: the group stays pending in the queue and its
+                    // checkpoint is committed at the next start.
+                    crate::sources::lock(&ctx.queue.appending).remove(&a.group);
+                    return Ok(false);
+                }
                 let g = a.group;
                 ctx.queue.call(move |q| {
                     q.mark_committed(g);
