@@ -297,11 +297,9 @@ fn produce(
             i += 1;
             *seq += 1;
             let cp = Checkpoint::for_bench(&g.source, *seq);
-            let a = q
-                .lock()
-                .unwrap()
-                .append_group(&g.source, &g.events, &cp)
-                .expect("append");
+            // As the run loop does: encode (JSON, zstd) outside the lock.
+            let enc = Queue::encode_group(&g.source, &g.events, &cp).expect("encode");
+            let a = q.lock().unwrap().append_encoded(enc).expect("append");
             unsynced.push(a.group);
             p.events += g.events.len() as u64;
             p.json += g.json_bytes;
@@ -351,11 +349,14 @@ fn consume(
     producing: Option<&AtomicBool>,
 ) -> Consumed {
     let bytes0 = q.lock().unwrap().status().bytes;
+    let key = q.lock().unwrap().key();
     let mut c = Consumed::default();
     let start = Instant::now();
     let mut last_sync = start;
     loop {
-        let taken = q.lock().unwrap().take().expect("take");
+        // As the run loop does: decode (open, zstd, JSON) outside the lock.
+        let raw = q.lock().unwrap().take_raw().expect("take");
+        let taken = raw.map(|r| Queue::decode_raw(&key, r).expect("decode"));
         match taken {
             Some(t) => {
                 c.events += t.events.len() as u64;

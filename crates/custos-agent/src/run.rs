@@ -436,7 +436,9 @@ async fn enqueue(
     loop {
         let epoch = ctx.queue.synced.borrow().epoch;
         let (evs, c, n) = (events.clone(), cp.clone(), name.to_string());
-        let appended = ctx.queue.call(move |q| q.append_group(&n, &evs, &c)).await;
+        // Encode (JSON, zstd) before taking the queue's lock.
+        let encoded = blocking_io(move || Queue::encode_group(&n, &evs, &c).map_err(|e| AgentError::Invalid(format!("queue: {e}")))).await?;
+        let appended = ctx.queue.call(move |q| q.append_encoded(encoded)).await;
         let outcome = match appended {
             Ok(a) => {
                 crate::sources::lock(&ctx.queue.appending).insert(a.group);
@@ -786,6 +788,25 @@ async fn maintain_identity(state_dir: PathBuf, mut id: identity::Identity, ctx: 
     }
 }
 
+/// The oldest ready record, decoded after the queue's lock is released
+/// (so collectors append while it is decrypted and parsed).
+async fn take_next(qh: &Arc<QueueHandle>) -> Result<Option<Taken>, AgentError> {
+    loop {
+        let Some(raw) = qh.call(|q| q.take_raw()).await? else { return Ok(None) };
+        let (lsn, key) = (raw.lsn, qh.key.clone());
+        match blocking_io(move || Ok(Queue::decode_raw(&key, raw))).await? {
+            Ok(t) => return Ok(Some(t)),
+            Err(e) => {
+                qh.call(move |q| {
+                    q.finish_unreadable(lsn, &e);
+                    Ok(())
+                })
+                .await?
+            }
+        }
+    }
+}
+
 /// Apply a settings change to the queue at once (see the module docs).
 async fn purge_queue(ctx: &Arc<ShipCtx>, st: GateState, retry: &mut VecDeque<Taken>) -> Result<(), AgentError> {
     let purged = ctx
@@ -855,7 +876,7 @@ async fn ship_loop(
         while may && inflight.len() < cap {
             let t = match retry.pop_front() {
                 Some(t) => Some(t),
-                None => ctx.queue.call(|q| q.take()).await?,
+                None => take_next(&ctx.queue).await?,
             };
             let Some(t) = t else {
                 queue_empty = true;

@@ -258,6 +258,28 @@ pub struct Appended {
     pub evicted: BTreeMap<Category, u64>,
 }
 
+/// A poll's events encoded for the queue (JSON, zstd), not yet sealed or
+/// appended: [`Queue::encode_group`], then [`Queue::append_encoded`].
+#[derive(Debug)]
+pub struct EncodedGroup {
+    source_key: u64,
+    /// Per category: category, highest level, event count, compressed body.
+    records: Vec<(Category, Level, u32, Vec<u8>)>,
+    /// The checkpoint alone, for when the carrier's events are dropped.
+    carrier_only: Vec<u8>,
+}
+
+/// A record handed out by [`Queue::take_raw`]: still sealed and compressed;
+/// [`Queue::decode_raw`] opens it without the queue.
+#[derive(Debug)]
+pub struct RawRecord {
+    /// Its position.
+    pub lsn: Lsn,
+    /// Its category.
+    pub category: Category,
+    payload: Vec<u8>,
+}
+
 #[derive(Serialize)]
 struct BodyOut<'a, E: Serialize> {
     source: &'a str,
@@ -345,6 +367,20 @@ impl Indexer {
             }
         }
     }
+}
+
+/// Authenticate, decrypt, decompress and parse a batch record's payload.
+fn decode_payload(key: &SealKey, lsn: Lsn, payload: &[u8]) -> Result<(BatchHeader, BodyIn), QueueError> {
+    let (h, sealed) = match format::decode(payload) {
+        Ok(Payload::Batch(h, s)) => (h, s),
+        Ok(_) => return Err(QueueError::Body { lsn, reason: "not a batch record".into() }),
+        Err(reason) => return Err(QueueError::Body { lsn, reason }),
+    };
+    let hb = format::encode_batch_header(&h);
+    let z = key.open(&format::batch_aad(&hb), sealed).map_err(|source| QueueError::Seal { lsn, source })?;
+    let json = zstd::bulk::decompress(&z, 256 << 20).map_err(|e| QueueError::Body { lsn, reason: format!("zstd: {e}") })?;
+    let body = serde_json::from_slice(&json).map_err(|e| QueueError::Body { lsn, reason: e.to_string() })?;
+    Ok((h, body))
 }
 
 fn level_max(events: &[Event]) -> Level {
@@ -449,27 +485,44 @@ impl Queue {
     /// Append one poll's events as a group (one record per category),
     /// making room first. Not durable until [`Queue::sync`].
     pub fn append_group(&mut self, source: &str, events: &[Event], checkpoint: &Checkpoint) -> Result<Appended, QueueError> {
+        let g = Self::encode_group(source, events, checkpoint)?;
+        self.append_encoded(g)
+    }
+
+    /// The CPU-heavy half of [`Queue::append_group`] (JSON and zstd), which
+    /// needs no queue: the run loop calls it before taking the queue's lock.
+    pub fn encode_group(source: &str, events: &[Event], checkpoint: &Checkpoint) -> Result<EncodedGroup, QueueError> {
         let mut by_cat: BTreeMap<u8, (Category, Vec<&Event>)> = BTreeMap::new();
         for e in events {
             let code = Category::ALL.iter().position(|c| *c == e.category).unwrap_or(0) as u8;
             by_cat.entry(code).or_insert_with(|| (e.category, Vec::new())).1.push(e);
         }
-        let mut out = Appended::default();
-        // Encode every record first (sizes decide the room needed).
-        let mut bodies: Vec<(Category, Level, u32, Vec<u8>)> = Vec::new();
+        let encode = |cp: Option<&Checkpoint>, evs: &[&Event]| -> Result<Vec<u8>, QueueError> {
+            let json = serde_json::to_vec(&BodyOut { source, checkpoint: cp, events: evs }).map_err(|e| QueueError::Encode(e.to_string()))?;
+            zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| QueueError::Encode(e.to_string()))
+        };
         let n = by_cat.len();
+        let mut records = Vec::with_capacity(n);
         for (i, (_, (cat, evs))) in by_cat.into_iter().enumerate() {
             let carrier = i + 1 == n;
-            let json = serde_json::to_vec(&BodyOut { source, checkpoint: carrier.then_some(checkpoint), events: &evs })
-                .map_err(|e| QueueError::Encode(e.to_string()))?;
-            let z = zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| QueueError::Encode(e.to_string()))?;
-            bodies.push((cat, evs.iter().map(|e| e.level).max().unwrap_or(Level::Security), evs.len() as u32, z));
+            let level = evs.iter().map(|e| e.level).max().unwrap_or(Level::Security);
+            records.push((cat, level, evs.len() as u32, encode(carrier.then_some(checkpoint), &evs)?));
         }
+        // The checkpoint alone, in case the carrier's events do not fit.
+        let carrier_only = encode(Some(checkpoint), &[])?;
+        Ok(EncodedGroup { source_key: format::source_key(source), records, carrier_only })
+    }
+
+    /// The I/O half of [`Queue::append_group`]: make room, seal, append.
+    pub fn append_encoded(&mut self, g: EncodedGroup) -> Result<Appended, QueueError> {
+        let EncodedGroup { source_key, records: bodies, carrier_only } = g;
+        let mut out = Appended::default();
         // Make room per record; a record that does not fit is dropped, but
         // the carrier must be written (it holds the checkpoint): if its
-        // events do not fit, it is written without them.
+        // events do not fit, the checkpoint is written without them.
         let mut keep: Vec<(Category, Level, u32, Vec<u8>)> = Vec::new();
         let last = bodies.len().saturating_sub(1);
+        let mut carrier_only = Some(carrier_only);
         for (i, (cat, lvl, count, z)) in bodies.into_iter().enumerate() {
             let need = (BATCH_HEADER_LEN + z.len() + crate::seal::OVERHEAD) as u64 + WAL_FRAMING;
             if self.make_room(need, cat, &mut out.evicted)? {
@@ -479,22 +532,19 @@ impl Queue {
                 *self.counters.evicted_events.entry(cat.name().to_string()).or_default() += u64::from(count);
                 self.counters.evicted_records += 1;
                 if i == last {
-                    let json = serde_json::to_vec(&BodyOut::<Event> { source, checkpoint: Some(checkpoint), events: &[] })
-                        .map_err(|e| QueueError::Encode(e.to_string()))?;
-                    let z = zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| QueueError::Encode(e.to_string()))?;
-                    keep.push((cat, Level::Security, 0, z));
+                    if let Some(z) = carrier_only.take() {
+                        keep.push((cat, Level::Security, 0, z));
+                    }
                 }
             }
         }
         if keep.is_empty() {
             // No events at all: a carrier alone keeps the checkpoint logic uniform.
-            let json = serde_json::to_vec(&BodyOut::<Event> { source, checkpoint: Some(checkpoint), events: &[] })
-                .map_err(|e| QueueError::Encode(e.to_string()))?;
-            let z = zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| QueueError::Encode(e.to_string()))?;
-            keep.push((Category::Settings, Level::Security, 0, z));
+            if let Some(z) = carrier_only.take() {
+                keep.push((Category::Settings, Level::Security, 0, z));
+            }
         }
         let group = self.wal.next_lsn();
-        let skey = format::source_key(source);
         let glen = keep.len() as u16;
         let kn = keep.len();
         for (i, (cat, lvl, count, z)) in keep.into_iter().enumerate() {
@@ -504,7 +554,7 @@ impl Queue {
                 flags: if i + 1 == kn { FLAG_CARRIER } else { 0 },
                 group_len: glen,
                 group,
-                source: skey,
+                source: source_key,
                 events: count,
                 batch_id: BatchId::new(),
             };
@@ -685,23 +735,50 @@ impl Queue {
     /// finished as corrupt, counted, and skipped.
     pub fn take(&mut self) -> Result<Option<Taken>, QueueError> {
         loop {
-            let Some(lsn) = self.live.iter().find(|(_, m)| m.state == State::Ready).map(|(l, _)| *l) else {
-                return Ok(None);
-            };
-            match self.read_body(lsn) {
-                Ok((h, body)) => {
-                    let Some(m) = self.live.get_mut(&lsn) else { continue };
-                    m.state = State::Taken;
-                    return Ok(Some(Taken { lsn, batch_id: h.batch_id, category: m.category, source: body.source, events: body.events }));
-                }
-                Err(QueueError::Wal(e)) if !matches!(e, WalError::CorruptRecord { .. }) => return Err(QueueError::Wal(e)),
-                Err(e) => {
-                    tracing::error!(error = %e, lsn, "queue record unreadable; skipped");
-                    self.counters.corrupt_records += 1;
-                    self.finish_inner(lsn, DoneReason::Corrupt);
-                }
+            let Some(raw) = self.take_raw()? else { return Ok(None) };
+            let lsn = raw.lsn;
+            match Self::decode_raw(&self.key, raw) {
+                Ok(t) => return Ok(Some(t)),
+                Err(e) => self.finish_unreadable(lsn, &e),
             }
         }
+    }
+
+    /// [`Queue::take`] without the decoding: the oldest ready record's bytes,
+    /// marked taken. The run loop decodes ([`Queue::decode_raw`]) after
+    /// releasing the queue's lock. A record whose bytes cannot be read from
+    /// the log is finished as corrupt and skipped.
+    pub fn take_raw(&mut self) -> Result<Option<RawRecord>, QueueError> {
+        loop {
+            let Some((lsn, category)) = self.live.iter().find(|(_, m)| m.state == State::Ready).map(|(l, m)| (*l, m.category)) else {
+                return Ok(None);
+            };
+            match self.read_payload(lsn) {
+                Ok(payload) => {
+                    if let Some(m) = self.live.get_mut(&lsn) {
+                        m.state = State::Taken;
+                    }
+                    return Ok(Some(RawRecord { lsn, category, payload }));
+                }
+                Err(QueueError::Wal(e)) if !matches!(e, WalError::CorruptRecord { .. }) => return Err(QueueError::Wal(e)),
+                Err(e) => self.finish_unreadable(lsn, &e),
+            }
+        }
+    }
+
+    /// Open, decompress and parse a record from [`Queue::take_raw`].
+    pub fn decode_raw(key: &SealKey, raw: RawRecord) -> Result<Taken, QueueError> {
+        let lsn = raw.lsn;
+        let (h, body) = decode_payload(key, lsn, &raw.payload)?;
+        Ok(Taken { lsn, batch_id: h.batch_id, category: raw.category, source: body.source, events: body.events })
+    }
+
+    /// A taken record could not be decoded: finish it as corrupt, counted.
+    pub fn finish_unreadable(&mut self, lsn: Lsn, why: &QueueError) {
+        tracing::error!(error = %why, lsn, "queue record unreadable; skipped");
+        self.counters.corrupt_records += 1;
+        let lsn = self.moved.remove(&lsn).unwrap_or(lsn);
+        self.finish_inner(lsn, DoneReason::Corrupt);
     }
 
     /// Put a taken record back (to be taken again later, e.g. after the agent
@@ -858,16 +935,12 @@ impl Queue {
 
     fn read_body(&mut self, lsn: Lsn) -> Result<(BatchHeader, BodyIn), QueueError> {
         let payload = self.read_payload(lsn)?;
-        let (h, sealed) = match format::decode(&payload) {
-            Ok(Payload::Batch(h, s)) => (h, s),
-            Ok(_) => return Err(QueueError::Body { lsn, reason: "not a batch record".into() }),
-            Err(reason) => return Err(QueueError::Body { lsn, reason }),
-        };
-        let hb = format::encode_batch_header(&h);
-        let z = self.key.open(&format::batch_aad(&hb), sealed).map_err(|source| QueueError::Seal { lsn, source })?;
-        let json = zstd::bulk::decompress(&z, 256 << 20).map_err(|e| QueueError::Body { lsn, reason: format!("zstd: {e}") })?;
-        let body = serde_json::from_slice(&json).map_err(|e| QueueError::Body { lsn, reason: e.to_string() })?;
-        Ok((h, body))
+        decode_payload(&self.key, lsn, &payload)
+    }
+
+    /// The key records are sealed with (for [`Queue::decode_raw`]).
+    pub fn key(&self) -> Arc<SealKey> {
+        self.key.clone()
     }
 
     /// The directory of the log.
