@@ -109,20 +109,8 @@ fn lowering_the_level_and_disabling_at_run_time_purge_the_queue() {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut server = ServerProc::start_on(&data, &listen, &[]);
     let (ws, key) = server.create_workspace("purge");
-    let state = tmp.path().join("agent");
-    assert!(enroll(&server, &key, &state).status.success());
-    let logs = tmp.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let cfg = tmp.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}policy_reload_secs = 1\n[agent]\nflush_interval_ms = 100\n\n[[sources]]\ntype = \"file\"\npaths = [\"{}/*.log\"]\n",
-            telemetry_section(&cfg, "full"),
-            logs.display()
-        ),
-    )
-    .unwrap();
+    // policy_reload_secs belongs to the [telemetry] section file_agent starts with.
+    let (state, logs, cfg) = file_agent(&server, &key, tmp.path(), "policy_reload_secs = 1\n[agent]\nflush_interval_ms = 100\n", "");
 
     // The server goes away; the agent queues what it reads.
     server.kill9();

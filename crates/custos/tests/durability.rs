@@ -56,24 +56,15 @@ fn an_outage_of_more_than_two_hours_evicts_least_important_first_then_everything
     let listen = format!("127.0.0.1:{}", free_port());
     let mut server = ServerProc::start_on(&data, &listen, &[]);
     let (ws, key) = server.create_workspace("outage");
-    let state = tmp.path().join("agent");
-    assert!(enroll(&server, &key, &state).status.success());
-    server.kill9();
-
-    let logs = tmp.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let cfg_path = tmp.path().join("agent.toml");
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "{}[agent]\nflush_interval_ms = 50\nmetrics_listen = \"{metrics_addr}\"\n\n[queue]\nmax_bytes = 1048576\nsegment_bytes = 65536\n\n\
-             [[sources]]\ntype = \"file\"\npaths = [\"{}/*.log\"]\n\n[[sources]]\ntype = \"performance\"\ninterval_secs = 1\n",
-            telemetry_section(&cfg_path, "full"),
-            logs.display()
-        ),
-    )
-    .unwrap();
+    let (state, logs, cfg_path) = file_agent(
+        &server,
+        &key,
+        tmp.path(),
+        &format!("[agent]\nflush_interval_ms = 50\nmetrics_listen = \"{metrics_addr}\"\n\n[queue]\nmax_bytes = 1048576\nsegment_bytes = 65536\n"),
+        "\n[[sources]]\ntype = \"performance\"\ninterval_secs = 1\n",
+    );
+    server.kill9();
     let cfg = custos_agent::config::AgentConfig::from_path(&cfg_path).unwrap();
     let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("CUSTOS_TEST_LOG").unwrap_or_else(|_| "off".into())).with_test_writer().try_init();
     let clock = custos_agent::clock::ManualClock::new();
@@ -201,20 +192,7 @@ fn kill_9_at_random_points_loses_nothing_and_stores_every_line_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&tmp.path().join("data"));
     let (ws, key) = server.create_workspace("crash");
-    let state = tmp.path().join("agent");
-    assert!(enroll(&server, &key, &state).status.success());
-    let logs = tmp.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let cfg = tmp.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}[agent]\nflush_interval_ms = 20\nbatch_max_events = 200\n\n[[sources]]\ntype = \"file\"\npaths = [\"{}/*.log\"]\n",
-            telemetry_section(&cfg, "full"),
-            logs.display()
-        ),
-    )
-    .unwrap();
+    let (state, logs, cfg) = file_agent(&server, &key, tmp.path(), "[agent]\nflush_interval_ms = 20\nbatch_max_events = 200\n", "");
     let log = tmp.path().join("agent.log");
     let total = 20_000usize;
     let writer = {
@@ -280,6 +258,7 @@ fn a_full_disk_pauses_collection_reports_it_and_everything_arrives_once_space_re
         eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); the full-disk test needs one");
         return;
     };
+    // The state dir on the small file system; the logs and config off it.
     let state = fs.join("agent");
     assert!(enroll(&server, &key, &state).status.success());
     let logs = tmp.path().join("logs");

@@ -275,3 +275,23 @@ pub fn wait_secs(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// An agent enrolled in `key`'s workspace, state in `dir/agent`, with one
+/// file source over `dir/logs/*.log` at level full, `extra` TOML (sections
+/// such as `[agent]` or `[queue]`, each ending in a newline) before the
+/// sources, and `more` TOML after them (more `[[sources]]`).
+/// Returns (state dir, logs dir, config file).
+pub fn file_agent(server: &ServerProc, key: &str, dir: &Path, extra: &str, more: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let state = dir.join("agent");
+    let out = enroll(server, key, &state);
+    assert!(out.status.success(), "enroll: {}", stderr(&out));
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!("{}{extra}\n[[sources]]\ntype = \"file\"\npaths = [\"{}/*.log\"]\n{more}", telemetry_section(&cfg, "full"), logs.display()),
+    )
+    .unwrap();
+    (state, logs, cfg)
+}
