@@ -1,0 +1,84 @@
+//! The redaction engine (issue 6): finds personal data and secrets in text
+//! and reports them as byte spans with an entity type. Pure and
+//! synchronous: no I/O (rule files are parsed from strings the caller
+//! read), so it runs the same on the agent and on the server.
+//!
+//! Work in progress: detectors ([`pii`]) and secret rules ([`secrets`])
+//! exist; operators, policies and the pseudonym map come next.
+#![forbid(unsafe_code)]
+
+pub mod pii;
+pub mod secrets;
+
+use serde::Serialize;
+
+/// What was found. Names follow Presidio's entity names where they exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Entity {
+    /// An e-mail address.
+    #[serde(rename = "EMAIL_ADDRESS")]
+    EmailAddress,
+    /// An IPv4 or IPv6 address.
+    #[serde(rename = "IP_ADDRESS")]
+    IpAddress,
+    /// A MAC address.
+    #[serde(rename = "MAC_ADDRESS")]
+    MacAddress,
+    /// A payment card number (Luhn-valid).
+    #[serde(rename = "CREDIT_CARD")]
+    CreditCard,
+    /// An IBAN (mod-97 valid).
+    #[serde(rename = "IBAN_CODE")]
+    IbanCode,
+    /// A US social security number.
+    #[serde(rename = "US_SSN")]
+    UsSsn,
+    /// A phone number.
+    #[serde(rename = "PHONE_NUMBER")]
+    PhoneNumber,
+    /// A URL (one carrying credentials, or any URL when configured).
+    #[serde(rename = "URL")]
+    Url,
+    /// A host or domain name.
+    #[serde(rename = "DOMAIN_NAME")]
+    DomainName,
+    /// A user name in a log context.
+    #[serde(rename = "USER_NAME")]
+    UserName,
+    /// A secret: key, token, password, private key.
+    #[serde(rename = "SECRET")]
+    Secret,
+}
+
+impl Entity {
+    /// The entity's name as printed (`EMAIL_ADDRESS`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Entity::EmailAddress => "EMAIL_ADDRESS",
+            Entity::IpAddress => "IP_ADDRESS",
+            Entity::MacAddress => "MAC_ADDRESS",
+            Entity::CreditCard => "CREDIT_CARD",
+            Entity::IbanCode => "IBAN_CODE",
+            Entity::UsSsn => "US_SSN",
+            Entity::PhoneNumber => "PHONE_NUMBER",
+            Entity::Url => "URL",
+            Entity::DomainName => "DOMAIN_NAME",
+            Entity::UserName => "USER_NAME",
+            Entity::Secret => "SECRET",
+        }
+    }
+}
+
+/// A finding: bytes `start..end` of the input are an `entity`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Span {
+    /// First byte.
+    pub start: usize,
+    /// One past the last byte.
+    pub end: usize,
+    /// What it is.
+    pub entity: Entity,
+    /// For secrets: the rule that matched (a gitleaks rule id or a built-in name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}

@@ -1,0 +1,1 @@
+//! Secret detection: gitleaks-format rules and built-in detectors.
