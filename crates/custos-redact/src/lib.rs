@@ -10,6 +10,8 @@
 pub mod pii;
 pub mod secrets;
 
+pub use pii::Detector as PiiDetector;
+
 use serde::Serialize;
 
 /// What was found. Names follow Presidio's entity names where they exist.

@@ -1,1 +1,159 @@
 //! Detectors of personal data.
+//!
+//! [`Detector`] is built once and reused; [`Detector::find`] returns byte
+//! spans over one line or text, sorted by start and non-overlapping (when
+//! two candidates overlap the longer one wins; on equal length the more
+//! specific entity, in [`Entity`] order, wins).
+//!
+//! Detectors (all hand-written byte scanners with `memchr` prefilters,
+//! plus one literal-prefiltered regex for user-name contexts):
+//!
+//! | entity | what |
+//! |---|---|
+//! | `EMAIL_ADDRESS` | `local@domain.tld` (found from each `@`) |
+//! | `IP_ADDRESS` | IPv4 dotted quads; IPv6 in every textual form (`::`, embedded IPv4, `%zone`, trailing `:port` dropped); each candidate validated by `std::net`. Not matched: the wildcards (`0.0.0.0` and all of `0.0.0.0/8`, `::`, `::0`, `0:0:0:0:0:0:0:0`), version strings (more than four dotted parts, a quad touching `.digit` or a word character, components > 255 or with leading zeros), runs glued to word characters (`trusted_ca::ca`), and IPv6 candidates without any digit (`dead::beef`). |
+//! | `MAC_ADDRESS` | `aa:bb:cc:dd:ee:ff`, 8-group EUI-64, `aabb:ccdd:eeff:0011`, `aa-bb-cc-dd-ee-ff`, Cisco `aabb.ccdd.eeff` |
+//! | `CREDIT_CARD` | 13–19 digits, first digit 2–6 (or 15-digit JCB `1800…`), Luhn, no or uniform space/dash separators in 4-digit groups (or Amex 4-6-5) |
+//! | `IBAN_CODE` | country code with its registry length, mod-97, optional single spaces |
+//! | `US_SSN` | `ddd-dd-dddd` without area 000/666/900–999, group 00, serial 0000 |
+//! | `PHONE_NUMBER` | E.164 `+` and 8–15 digits (separators ` -.()`; not followed by `:` so `+2016-09-28 04:30` is skipped); North American `(555) 123-4567`, `(555)123-4567`, `555-123-4567`, `555.123.4567` (area code 2–9, optional `1-`/`001-` prefix); trunk-prefixed national numbers `0490 75 40 81`, `03.93.92.16.85` (a `0`, then 2–5 groups, 9–11 digits, one kind of separator); optional extension `x123`/`ext. 123`/`#123` |
+//! | `URL` | URLs with `user:pass@` in the authority (whole URL) |
+//! | `USER_NAME` | the name only, after `user=`, `ruser=`, `logname=`, `user X`, `for user X`, `for invalid user X`, `password/publickey for X`, `/home/X`, `C:\Users\X`, and a whole-token `DOMAIN\X` |
+//!
+//! Speed: `tests::throughput` runs the four loghub files (OpenSSH,
+//! Thunderbird, Windows, Zookeeper; 2,000 lines each) line by line and
+//! prints MB/s: about 89 MB/s in a release build, about 10 MB/s in a debug
+//! build, on the development machine (not asserted).
+//!
+//! Measured quality: on presidio-research's `synth_dataset_v2.dev.json`
+//! (`tests::presidio_recall`, matched by value) recall is e-mail 18/18,
+//! IP 9/9, SSN 10/10, IBAN 16/16, card 97/105, phone 51/75, with no
+//! finding outside the labelled values. On the loghub logs: every dotted
+//! quad not in `0.0.0.0/8` is found (checked for OpenSSH, Thunderbird,
+//! Zookeeper), no IP in Windows, none of the Zookeeper wildcards, and no
+//! card/SSN/IBAN/phone hit in any of the nine systems (HDFS `date time
+//! pid` triples were a phone trap, now excluded).
+//!
+//! Known misses: phone numbers without a `+`, a trunk `0` or North
+//! American shape (`699 956 915`, `(37) 788-063`, bare `9498777106` —
+//! plain digit runs are left alone on purpose); 12-digit Maestro cards
+//! and cards whose groups are not 4-digit (or Amex 4-6-5); IBANs of
+//! countries missing from the table; `::1`-style loopbacks are reported
+//! (they are addresses); IPv6 without any decimal digit (`dead::beef`) is
+//! skipped to avoid `a::b` code paths; user names in contexts other than
+//! those above. Over-matches: `user X` takes any word not in a small
+//! stop list (Android's numeric `user=0` is reported).
+
+mod net;
+mod text;
+mod user;
+
+#[cfg(test)]
+mod tests;
+
+use crate::{Entity, Span};
+
+/// `[A-Za-z0-9_]`.
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+fn push(out: &mut Vec<Span>, start: usize, end: usize, entity: Entity) {
+    out.push(Span { start, end, entity, rule: None });
+}
+
+/// The PII detectors, built once and reused across lines.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    enabled: Vec<Entity>,
+    users: user::UserScanner,
+}
+
+impl Default for Detector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Every entity the PII detectors can report.
+pub const PII_ENTITIES: &[Entity] = &[
+    Entity::EmailAddress,
+    Entity::IpAddress,
+    Entity::MacAddress,
+    Entity::CreditCard,
+    Entity::IbanCode,
+    Entity::UsSsn,
+    Entity::PhoneNumber,
+    Entity::Url,
+    Entity::UserName,
+];
+
+impl Detector {
+    /// All PII detectors.
+    pub fn new() -> Self {
+        Self::with_entities(PII_ENTITIES)
+    }
+
+    /// Only the detectors for `entities` (others in the list are ignored).
+    pub fn with_entities(entities: &[Entity]) -> Self {
+        Detector { enabled: entities.to_vec(), users: user::UserScanner::new() }
+    }
+
+    fn on(&self, e: Entity) -> bool {
+        self.enabled.contains(&e)
+    }
+
+    /// Findings in `text`: sorted by start, non-overlapping.
+    pub fn find(&self, text: &str) -> Vec<Span> {
+        let mut out = Vec::new();
+        let b = text.as_bytes();
+        let has_colon = memchr::memchr(b':', b).is_some();
+        if self.on(Entity::Url) && has_colon {
+            text::cred_url(text, &mut out);
+        }
+        if self.on(Entity::EmailAddress) {
+            text::email(text, &mut out);
+        }
+        if self.on(Entity::IpAddress) {
+            net::ipv4(text, &mut out);
+        }
+        if has_colon && (self.on(Entity::IpAddress) || self.on(Entity::MacAddress)) {
+            net::colon_runs(text, self.on(Entity::IpAddress), self.on(Entity::MacAddress), &mut out);
+        }
+        if self.on(Entity::MacAddress) {
+            net::mac_other(text, &mut out);
+        }
+        let (card, ssn) = (self.on(Entity::CreditCard), self.on(Entity::UsSsn));
+        if card || ssn {
+            text::numbers(text, card, ssn, &mut out);
+        }
+        if self.on(Entity::IbanCode) {
+            text::iban(text, &mut out);
+        }
+        if self.on(Entity::PhoneNumber) {
+            text::phone(text, &mut out);
+        }
+        if self.on(Entity::UserName) {
+            self.users.find(text, &mut out);
+        }
+        resolve(out)
+    }
+}
+
+/// Keeps the longest of overlapping spans (ties: lower `Entity`, then
+/// earlier start), returns them sorted by start.
+fn resolve(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.retain(|s| s.start < s.end);
+    spans.sort_by(|a, b| (b.end - b.start).cmp(&(a.end - a.start)).then(a.entity.cmp(&b.entity)).then(a.start.cmp(&b.start)));
+    // Accepted spans by start; they never overlap, so checking the nearest
+    // one on each side is enough (O(n log n)).
+    let mut kept: std::collections::BTreeMap<usize, Span> = std::collections::BTreeMap::new();
+    for s in spans {
+        let before_ok = kept.range(..=s.start).next_back().is_none_or(|(_, k)| k.end <= s.start);
+        let after_ok = kept.range(s.start..).next().is_none_or(|(_, k)| s.end <= k.start);
+        if before_ok && after_ok {
+            kept.insert(s.start, s);
+        }
+    }
+    kept.into_values().collect()
+}

@@ -1,0 +1,213 @@
+//! IP (v4, v6) and MAC address scanners.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::Entity;
+
+use super::{is_word, push};
+use crate::Span;
+
+fn is_hex(b: u8) -> bool {
+    b.is_ascii_hexdigit()
+}
+
+/// IPv4 dotted quads. Rejects version strings (more than four dotted
+/// parts, a quad touching `.digit`), components > 255 or with leading
+/// zeros (std parsing), and any address in `0.0.0.0/8` (the wildcard, and
+/// versions like `0.0.0.6`).
+pub(super) fn ipv4(text: &str, out: &mut Vec<Span>) {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b'.', &b[i..]) {
+        let dot = i + off;
+        // Walk back to the start of the digit run before this dot.
+        let mut s = dot;
+        while s > 0 && b[s - 1].is_ascii_digit() {
+            s -= 1;
+        }
+        if s == dot || dot - s > 3 {
+            i = dot + 1;
+            continue;
+        }
+        // Parse four dotted digit groups from s.
+        let mut p = s;
+        let mut parts = 0;
+        let mut ok = true;
+        loop {
+            let g = p;
+            while p < b.len() && b[p].is_ascii_digit() && p - g < 4 {
+                p += 1;
+            }
+            let len = p - g;
+            if len == 0 || len > 3 {
+                ok = false;
+                break;
+            }
+            parts += 1;
+            if parts == 4 {
+                break;
+            }
+            if p < b.len() && b[p] == b'.' {
+                p += 1;
+            } else {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            i = dot + 1;
+            continue;
+        }
+        let e = p;
+        let prev_bad = s > 0 && {
+            let c = b[s - 1];
+            is_word(c) || matches!(c, b'~' | b'-' | b'.')
+        };
+        let next_bad = e < b.len() && {
+            let c = b[e];
+            is_word(c) || (c == b'.' && e + 1 < b.len() && b[e + 1].is_ascii_digit())
+        };
+        if !prev_bad && !next_bad {
+            if let Ok(addr) = text[s..e].parse::<Ipv4Addr>() {
+                if addr.octets()[0] != 0 {
+                    push(out, s, e, Entity::IpAddress);
+                }
+            }
+        }
+        // Skip the whole dotted run so its inner parts are not re-tried.
+        let mut q = e;
+        while q < b.len() && (b[q].is_ascii_digit() || b[q] == b'.') {
+            q += 1;
+        }
+        i = q.max(dot + 1);
+    }
+}
+
+/// Runs of `[0-9A-Fa-f:.]` containing colons: IPv6 (all textual forms,
+/// optional `%zone`, optional trailing `:port`) and colon-separated MACs
+/// (6 or 8 two-digit groups, or the `AABB:CCDD:EEFF:0011` quad form).
+pub(super) fn colon_runs(text: &str, want_ip: bool, want_mac: bool, out: &mut Vec<Span>) {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b':', &b[i..]) {
+        let colon = i + off;
+        let mut s = colon;
+        while s > 0 && (is_hex(b[s - 1]) || b[s - 1] == b':' || b[s - 1] == b'.') {
+            s -= 1;
+        }
+        let mut e = colon;
+        while e < b.len() && (is_hex(b[e]) || b[e] == b':' || b[e] == b'.') {
+            e += 1;
+        }
+        i = e.max(colon + 1);
+        // A lone leading ':' (as in `host:fe80::1`) is a separator.
+        if b[s] == b':' && b.get(s + 1) != Some(&b':') {
+            s += 1;
+        } else if b[s] == b'.' {
+            continue;
+        }
+        // Trailing '.' or lone ':' is punctuation.
+        while e > s && b[e - 1] == b'.' {
+            e -= 1;
+        }
+        if e > s && b[e - 1] == b':' && !(e >= s + 2 && b[e - 2] == b':') {
+            e -= 1;
+        }
+        if e <= s || s > 0 && is_word(b[s - 1]) {
+            continue;
+        }
+        let cand = &text[s..e];
+        if cand.bytes().filter(|&c| c == b':').count() < 2 && !cand.contains("::") {
+            // one colon: maybe a MAC quad? no: those have 3 colons.
+            continue;
+        }
+        // Zone id.
+        let mut end = e;
+        if b.get(e) == Some(&b'%') {
+            let mut z = e + 1;
+            while z < b.len() && (b[z].is_ascii_alphanumeric() || b[z] == b'_' || b[z] == b'-' || b[z] == b'.') {
+                z += 1;
+            }
+            if z > e + 1 {
+                end = z;
+            }
+        }
+        if end < b.len() && is_word(b[end]) {
+            continue;
+        }
+        if want_mac && !cand.contains('.') && is_mac_colon(cand) {
+            push(out, s, e, Entity::MacAddress);
+            continue;
+        }
+        if !want_ip || !cand.bytes().any(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Some(len) = ipv6_prefix(cand) {
+            let stop = if len == cand.len() { end } else { s + len };
+            push(out, s, stop, Entity::IpAddress);
+        }
+    }
+}
+
+/// Length of the IPv6 address at the start of `cand`: the whole candidate,
+/// or the candidate minus a trailing `:port`. None for unspecified (`::`).
+fn ipv6_prefix(cand: &str) -> Option<usize> {
+    let try_parse = |s: &str| s.parse::<Ipv6Addr>().ok().filter(|a| !a.is_unspecified());
+    if cand.parse::<Ipv6Addr>().is_ok() {
+        return try_parse(cand).map(|_| cand.len());
+    }
+    let cut = cand.rfind(':')?;
+    let port = &cand[cut + 1..];
+    if port.is_empty() || !port.bytes().all(|c| c.is_ascii_digit()) || cand[..cut].ends_with(':') {
+        return None;
+    }
+    try_parse(&cand[..cut]).map(|_| cut)
+}
+
+fn is_mac_colon(cand: &str) -> bool {
+    let groups: Vec<&str> = cand.split(':').collect();
+    let all = |n: usize| groups.iter().all(|g| g.len() == n && g.bytes().all(is_hex));
+    let mac = ((groups.len() == 6 || groups.len() == 8) && all(2)) || (groups.len() == 4 && all(4));
+    mac && cand.bytes().any(|c| c != b'0' && c != b':')
+}
+
+/// Dash-separated (`aa-bb-cc-dd-ee-ff`) and Cisco (`aabb.ccdd.eeff`) MACs.
+pub(super) fn mac_other(text: &str, out: &mut Vec<Span>) {
+    let b = text.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    while i < n {
+        if !is_hex(b[i]) || (i > 0 && (is_word(b[i - 1]) || b[i - 1] == b'-' || b[i - 1] == b'.')) {
+            i += 1;
+            continue;
+        }
+        // Dash form: 17 bytes.
+        if i + 17 <= n && b[i + 2] == b'-' {
+            let ok = (0..6).all(|k| is_hex(b[i + 3 * k]) && is_hex(b[i + 3 * k + 1]))
+                && (0..5).all(|k| b[i + 3 * k + 2] == b'-');
+            if ok && boundary_after(b, i + 17) {
+                push(out, i, i + 17, Entity::MacAddress);
+                i += 17;
+                continue;
+            }
+        }
+        // Cisco form: 14 bytes.
+        if i + 14 <= n && b[i + 4] == b'.' {
+            let ok = (0..3).all(|k| (0..4).all(|j| is_hex(b[i + 5 * k + j]))) && b[i + 9] == b'.';
+            let has_digit_and_letter = b[i..i + 14].iter().any(u8::is_ascii_digit);
+            if ok && has_digit_and_letter && boundary_after(b, i + 14) {
+                push(out, i, i + 14, Entity::MacAddress);
+                i += 14;
+                continue;
+            }
+        }
+        i += 1;
+    }
+}
+
+fn boundary_after(b: &[u8], e: usize) -> bool {
+    match b.get(e) {
+        None => true,
+        Some(&c) => !(is_word(c) || ((c == b'-' || c == b'.' || c == b':') && b.get(e + 1).is_some_and(|d| is_hex(*d)))),
+    }
+}

@@ -1,0 +1,391 @@
+//! E-mail, credential URL, payment card, IBAN, SSN, phone scanners.
+
+use crate::{Entity, Span};
+
+use super::{is_word, push};
+
+fn is_local(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-')
+}
+
+fn is_domain(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'.' || c == b'-'
+}
+
+/// `local@domain.tld`, found from each `@`.
+pub(super) fn email(text: &str, out: &mut Vec<Span>) {
+    let b = text.as_bytes();
+    for at in memchr::memchr_iter(b'@', b) {
+        let mut s = at;
+        while s > 0 && is_local(b[s - 1]) {
+            s -= 1;
+        }
+        while s < at && matches!(b[s], b'.' | b'-' | b'+') {
+            s += 1;
+        }
+        let mut e = at + 1;
+        while e < b.len() && is_domain(b[e]) {
+            e += 1;
+        }
+        while e > at + 1 && matches!(b[e - 1], b'.' | b'-') {
+            e -= 1;
+        }
+        if s == at || e <= at + 1 || b[at - 1] == b'.' {
+            continue;
+        }
+        let domain = &text[at + 1..e];
+        let labels: Vec<&str> = domain.split('.').collect();
+        let tld_ok = labels.last().is_some_and(|t| t.len() >= 2 && t.bytes().all(|c| c.is_ascii_alphabetic()));
+        let labels_ok = labels.len() >= 2 && labels.iter().all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'));
+        if tld_ok && labels_ok {
+            push(out, s, e, Entity::EmailAddress);
+        }
+    }
+}
+
+/// `scheme://user:pass@host…`: the whole URL up to whitespace or a quote.
+pub(super) fn cred_url(text: &str, out: &mut Vec<Span>) {
+    let b = text.as_bytes();
+    for sep in memchr::memmem::find_iter(b, b"://") {
+        let mut s = sep;
+        while s > 0 && (b[s - 1].is_ascii_alphanumeric() || matches!(b[s - 1], b'+' | b'.' | b'-')) {
+            s -= 1;
+        }
+        while s < sep && !b[s].is_ascii_alphabetic() {
+            s += 1;
+        }
+        if s == sep {
+            continue;
+        }
+        let auth = sep + 3;
+        let mut e = auth;
+        let mut at = None;
+        let mut colon = false;
+        while e < b.len() && !b[e].is_ascii_whitespace() && !matches!(b[e], b'"' | b'\'' | b'<' | b'>' | b'`') {
+            match b[e] {
+                b'@' => at = Some(e),
+                b':' if at.is_none() => colon = true,
+                b'/' | b'?' | b'#' if at.is_none() => break,
+                _ => {}
+            }
+            e += 1;
+        }
+        let Some(at) = at else { continue };
+        if !colon || at == auth || at + 1 >= e {
+            continue;
+        }
+        // Continue to the end of the URL.
+        while e < b.len() && !b[e].is_ascii_whitespace() && !matches!(b[e], b'"' | b'\'' | b'<' | b'>' | b'`') {
+            e += 1;
+        }
+        while e > at + 1 && matches!(b[e - 1], b'.' | b',' | b';' | b')' | b']') {
+            e -= 1;
+        }
+        push(out, s, e, Entity::Url);
+    }
+}
+
+fn digit_sep_run(b: &[u8], s: usize, seps: &[u8]) -> usize {
+    // End of a run of digits with single separators between them.
+    let mut e = s;
+    // Capped: a card is at most 19 digits and 4 separators.
+    while e < b.len() && e - s < 24 {
+        let sep_ok = seps.contains(&b[e]) && e + 1 < b.len() && b[e + 1].is_ascii_digit() && e > s;
+        if b[e].is_ascii_digit() || sep_ok {
+            e += 1;
+        } else {
+            break;
+        }
+    }
+    e
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (k, d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d - b'0');
+        if k % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum.is_multiple_of(10)
+}
+
+fn left_ok(b: &[u8], s: usize) -> bool {
+    s == 0 || {
+        let c = b[s - 1];
+        !(is_word(c) || matches!(c, b'.' | b'-' | b'+' | b'/' | b':'))
+    }
+}
+
+fn right_ok(b: &[u8], e: usize) -> bool {
+    match b.get(e) {
+        None => true,
+        Some(&c) => !(is_word(c) || (matches!(c, b'.' | b'-' | b'/' | b':') && b.get(e + 1).is_some_and(u8::is_ascii_digit))),
+    }
+}
+
+/// Digit runs (`[0-9]` with single space/dash separators): payment cards
+/// (Luhn, 13–19 digits, IIN starting 2–6, 4-digit grouping or Amex
+/// 4-6-5) and US SSNs (`ddd-dd-dddd`, valid ranges).
+pub(super) fn numbers(text: &str, card: bool, ssn: bool, out: &mut Vec<Span>) {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() || (i > 0 && b[i - 1].is_ascii_digit()) {
+            i += 1;
+            continue;
+        }
+        if !left_ok(b, i) {
+            i += 1;
+            continue;
+        }
+        if ssn && i + 11 <= b.len() && right_ok(b, i + 11) {
+            let w = &b[i..i + 11];
+            let shape = w[3] == b'-'
+                && w[6] == b'-'
+                && w.iter().enumerate().all(|(k, c)| k == 3 || k == 6 || c.is_ascii_digit());
+            let valid = shape && &w[0..3] != b"000" && &w[0..3] != b"666" && w[0] != b'9' && &w[4..6] != b"00" && &w[7..11] != b"0000";
+            if valid {
+                push(out, i, i + 11, Entity::UsSsn);
+                i += 11;
+                continue;
+            }
+        }
+        let e = digit_sep_run(b, i, b" -");
+        if !card || !right_ok(b, e) {
+            i += 1;
+            continue;
+        }
+        let run = &b[i..e];
+        let digits: Vec<u8> = run.iter().copied().filter(u8::is_ascii_digit).collect();
+        let jcb15 = digits.len() == 15 && digits.starts_with(b"1800");
+        if (13..=19).contains(&digits.len()) && ((b'2'..=b'6').contains(&digits[0]) || jcb15) {
+            let groups: Vec<usize> = run.split(|c| !c.is_ascii_digit()).map(<[u8]>::len).collect();
+            let seps: Vec<u8> = run.iter().copied().filter(|c| !c.is_ascii_digit()).collect();
+            let uniform = seps.windows(2).all(|w| w[0] == w[1]);
+            let grouping = groups.len() == 1
+                || (groups[..groups.len() - 1].iter().all(|&g| g == 4) && groups.last().is_some_and(|&g| (1..=4).contains(&g)))
+                || (groups.len() == 3 && groups[0] == 4 && groups[1] == 6 && (4..=5).contains(&groups[2]));
+            if uniform && grouping && luhn(&digits) {
+                push(out, i, e, Entity::CreditCard);
+                i = e;
+                continue;
+            }
+        }
+        i += 1;
+    }
+}
+
+const IBAN_LEN: &[(&str, usize)] = &[
+    ("AD", 24), ("AE", 23), ("AL", 28), ("AT", 20), ("AZ", 28), ("BA", 20), ("BE", 16), ("BG", 22), ("BH", 22),
+    ("BR", 29), ("BY", 28), ("CH", 21), ("CR", 22), ("CY", 28), ("CZ", 24), ("DE", 22), ("DK", 18), ("DO", 28),
+    ("EE", 20), ("EG", 29), ("ES", 24), ("FI", 18), ("FO", 18), ("FR", 27), ("GB", 22), ("GE", 22), ("GI", 23),
+    ("GL", 18), ("GR", 27), ("GT", 28), ("HR", 21), ("HU", 28), ("IE", 22), ("IL", 23), ("IQ", 23), ("IS", 26),
+    ("IT", 27), ("JO", 30), ("KW", 30), ("KZ", 20), ("LB", 28), ("LC", 32), ("LI", 21), ("LT", 20), ("LU", 20),
+    ("LV", 21), ("MC", 27), ("MD", 24), ("ME", 22), ("MK", 19), ("MR", 27), ("MT", 31), ("MU", 30), ("NL", 18),
+    ("NO", 15), ("PK", 24), ("PL", 28), ("PS", 29), ("PT", 25), ("QA", 29), ("RO", 24), ("RS", 22), ("SA", 24),
+    ("SC", 31), ("SE", 24), ("SI", 19), ("SK", 24), ("SM", 27), ("ST", 25), ("SV", 28), ("TL", 23), ("TN", 24),
+    ("TR", 26), ("UA", 29), ("VA", 22), ("VG", 24), ("XK", 20),
+];
+
+/// IBANs: country code, 2 check digits, BBAN (either case); spaces
+/// allowed between characters; per-country length and mod-97 checked.
+pub(super) fn iban(text: &str, out: &mut Vec<Span>) {
+    let b = text.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    while i + 15 <= n {
+        let start_ok = b[i].is_ascii_alphabetic()
+            && b[i + 1].is_ascii_alphabetic()
+            && b[i].is_ascii_uppercase() == b[i + 1].is_ascii_uppercase()
+            && b[i + 2].is_ascii_digit()
+            && b[i + 3].is_ascii_digit()
+            && (i == 0 || !is_word(b[i - 1]));
+        if !start_ok {
+            i += 1;
+            continue;
+        }
+        let cc = &text[i..i + 2];
+        let Some(&(_, len)) = IBAN_LEN.iter().find(|(c, _)| c.eq_ignore_ascii_case(cc)) else {
+            i += 1;
+            continue;
+        };
+        let mut chars = Vec::with_capacity(len);
+        let mut e = i;
+        while e < n && chars.len() < len {
+            let c = b[e];
+            if c.is_ascii_alphanumeric() {
+                chars.push(c.to_ascii_uppercase());
+                e += 1;
+            } else if c == b' ' && e + 1 < n && b[e + 1].is_ascii_alphanumeric() && !chars.is_empty() {
+                e += 1;
+            } else {
+                break;
+            }
+        }
+        if chars.len() == len && (e == n || !is_word(b[e])) && mod97(&chars) {
+            push(out, i, e, Entity::IbanCode);
+            i = e;
+        } else {
+            i += 1;
+        }
+    }
+}
+
+fn mod97(chars: &[u8]) -> bool {
+    let mut r: u32 = 0;
+    for &c in chars[4..].iter().chain(&chars[..4]) {
+        if c.is_ascii_digit() {
+            r = (r * 10 + u32::from(c - b'0')) % 97;
+        } else {
+            let v = u32::from(c - b'A') + 10;
+            r = (r * 100 + v) % 97;
+        }
+    }
+    r == 1
+}
+
+/// Phone numbers: E.164 (`+` then 8–15 digits with space, dash, dot or
+/// parenthesis separators) and North American national forms
+/// `(555) 123-4567`, `555-123-4567`, `555.123.4567`.
+pub(super) fn phone(text: &str, out: &mut Vec<Span>) {
+    let b = text.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    while i < n {
+        let c = b[i];
+        if c == b'+' && b.get(i + 1).is_some_and(|d| (b'1'..=b'9').contains(d)) && (i == 0 || !is_word(b[i - 1])) {
+            let mut e = i + 1;
+            let mut digits = 0;
+            let mut last_digit = e;
+            let mut seps = 0;
+            while e < n {
+                let d = b[e];
+                if d.is_ascii_digit() {
+                    digits += 1;
+                    e += 1;
+                    last_digit = e;
+                    seps = 0;
+                } else if matches!(d, b' ' | b'-' | b'.' | b'(' | b')') && seps < 2 {
+                    seps += 1;
+                    e += 1;
+                } else {
+                    break;
+                }
+            }
+            let e = extension(b, last_digit);
+            let next_bad = b.get(e).is_some_and(|&d| is_word(d) || d == b':');
+            if (8..=15).contains(&digits) && !next_bad {
+                push(out, i, e, Entity::PhoneNumber);
+                i = e;
+                continue;
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'(' || c.is_ascii_digit() {
+            let word_before = i > 0 && (is_word(b[i - 1]) || matches!(b[i - 1], b'.' | b'-' | b'+' | b'/' | b':'));
+            if !word_before {
+                if let Some(e) = national(b, i) {
+                    push(out, i, e, Entity::PhoneNumber);
+                    i = e;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+}
+
+/// A North American number at `j`: `(ddd) ddd-dddd`, `(ddd)ddd-dddd`,
+/// `ddd-ddd-dddd`, `ddd.ddd.dddd` (area code 2–9); the end.
+fn nanp_at(b: &[u8], j: usize) -> Option<usize> {
+    let d = |k: usize| b.get(k).is_some_and(u8::is_ascii_digit);
+    let digits = |k: usize, n: usize| (k..k + n).all(d);
+    let area_ok = |k: usize| b.get(k).is_some_and(|c| (b'2'..=b'9').contains(c));
+    if b.get(j) == Some(&b'(') {
+        if !(area_ok(j + 1) && digits(j + 1, 3) && b.get(j + 4) == Some(&b')')) {
+            return None;
+        }
+        let k = if b.get(j + 5) == Some(&b' ') { j + 6 } else { j + 5 };
+        let sep_ok = b.get(k + 3).is_some_and(|c| matches!(c, b'-' | b'.' | b' '));
+        return (digits(k, 3) && sep_ok && digits(k + 4, 4)).then_some(k + 8);
+    }
+    let sep = *b.get(j + 3)?;
+    let ok = area_ok(j) && digits(j, 3) && matches!(sep, b'-' | b'.') && digits(j + 4, 3) && b.get(j + 7) == Some(&sep) && digits(j + 8, 4);
+    ok.then_some(j + 12)
+}
+
+/// A trunk-prefixed national number (`0` then a non-zero digit): 2 to 5
+/// groups (first 2–5 digits, others 2–4, or one 6–8 digit tail), 9–11 digits in all, with one kind of single
+/// separator (space, dot, dash): `0490 75 40 81`, `03.93.92.16.85`.
+fn trunk_at(b: &[u8], j: usize) -> Option<usize> {
+    if b.get(j) != Some(&b'0') || !b.get(j + 1).is_some_and(|c| (b'1'..=b'9').contains(c)) {
+        return None;
+    }
+    // Part of a longer run of numbers (`081109 010354 5184` timestamps).
+    if j >= 2 && matches!(b[j - 1], b' ' | b'.' | b'-') && b[j - 2].is_ascii_digit() {
+        return None;
+    }
+    let mut k = j;
+    let (mut digits, mut groups, mut sep) = (0usize, 0usize, None);
+    loop {
+        let g = k;
+        while b.get(k).is_some_and(u8::is_ascii_digit) {
+            k += 1;
+        }
+        let len = k - g;
+        let max = if groups == 0 { 5 } else { 4 };
+        // A single long subscriber group after the area code: `0341 8387176`.
+        let more = b.get(k).is_some_and(|c| matches!(c, b' ' | b'.' | b'-')) && b.get(k + 1).is_some_and(u8::is_ascii_digit);
+        let long_tail = groups == 1 && (6..=8).contains(&len) && !more;
+        if len < 2 || (len > max && !long_tail) {
+            return None;
+        }
+        digits += len;
+        groups += 1;
+        match b.get(k) {
+            Some(&c) if matches!(c, b' ' | b'.' | b'-') && b.get(k + 1).is_some_and(u8::is_ascii_digit) && sep.is_none_or(|s| s == c) && groups < 5 => {
+                sep = Some(c);
+                k += 1;
+            }
+            _ => break,
+        }
+    }
+    ((9..=11).contains(&digits) && groups >= 2).then_some(k)
+}
+
+/// An extension after a number: ` x123`, `x123`, `ext. 12`, `#12`.
+fn extension(b: &[u8], e: usize) -> usize {
+    let mut k = e;
+    if b.get(k) == Some(&b' ') {
+        k += 1;
+    }
+    let rest = &b[k.min(b.len())..];
+    let skip = [&b"ext. "[..], b"ext.", b"ext ", b"ext", b"x", b"#"].iter().find(|p| rest.starts_with(p)).map(|p| p.len());
+    let Some(skip) = skip else { return e };
+    let s = k + skip;
+    let mut t = s;
+    while t < b.len() && t - s < 6 && b[t].is_ascii_digit() {
+        t += 1;
+    }
+    if t > s { t } else { e }
+}
+
+/// National forms at `i` (with an optional `1-`/`001-` prefix for North
+/// America), an optional extension, and a clean right boundary.
+fn national(b: &[u8], i: usize) -> Option<usize> {
+    let mut cands = vec![nanp_at(b, i)];
+    for p in [&b"1-"[..], b"1 ", b"1.", b"001-", b"001 "] {
+        if b[i..].starts_with(p) {
+            cands.push(nanp_at(b, i + p.len()));
+        }
+    }
+    cands.push(trunk_at(b, i));
+    cands.into_iter().flatten().map(|e| extension(b, e)).find(|&e| right_ok(b, e))
+}

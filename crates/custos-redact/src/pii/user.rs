@@ -1,0 +1,101 @@
+//! User names in log contexts; the span covers the name only.
+
+use regex::Regex;
+
+use crate::{Entity, Span};
+
+use super::push;
+
+/// Words that follow `user` in logs and are not names.
+const STOP: &[&str] = &[
+    "unknown", "from", "by", "for", "name", "names", "id", "is", "not", "the", "a", "an", "to", "in", "with", "and",
+    "or", "of", "on", "at", "as", "authentication", "auth", "none", "null", "invalid", "illegal", "account", "session",
+    "request", "login", "logged", "list", "has", "was", "does", "did", "cannot", "can", "must", "should", "will",
+    "could", "info", "data", "agent", "mode", "space", "time", "changed", "default", "public", "all", "system",
+    "local", "network", "this", "that", "-",
+];
+
+#[derive(Debug, Clone)]
+pub(super) struct UserScanner {
+    ctx: Regex,
+}
+
+fn is_name(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'$' | b'@')
+}
+
+fn is_stop(name: &str) -> bool {
+    STOP.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
+impl UserScanner {
+    pub(super) fn new() -> Self {
+        // The pattern is a constant known to compile (checked by the tests);
+        // falling back to a never-matching regex keeps `new` infallible.
+        let ctx = Regex::new(
+            r"(?i)(?:(?:\b(?:password|publickey|keyboard-interactive/pam|hostbased) for (?:invalid user |illegal user )?)|\b(?:(?:invalid|illegal) )?user[ =]|\b(?:ruser|logname)=|/home/|\\users\\)",
+        )
+        .unwrap_or_else(|_| never());
+        UserScanner { ctx }
+    }
+
+    pub(super) fn find(&self, text: &str, out: &mut Vec<Span>) {
+        let b = text.as_bytes();
+        for m in self.ctx.find_iter(text) {
+            let s = m.end();
+            let mut e = s;
+            while e < b.len() && is_name(b[e]) {
+                e += 1;
+            }
+            while e > s && matches!(b[e - 1], b'.' | b'-' | b'@') {
+                e -= 1;
+            }
+            if e == s || !(b[s].is_ascii_alphanumeric() || b[s] == b'_') {
+                continue;
+            }
+            if is_stop(&text[s..e]) {
+                continue;
+            }
+            push(out, s, e, Entity::UserName);
+        }
+        domain_user(text, out);
+    }
+}
+
+fn never() -> Regex {
+    // `[^\s\S]` matches nothing; it always compiles.
+    #[allow(clippy::unwrap_used)]
+    Regex::new(r"[^\s\S]").unwrap()
+}
+
+/// A whole token `DOMAIN\name` (NetBIOS domain of 1–15 characters).
+fn domain_user(text: &str, out: &mut Vec<Span>) {
+    let b = text.as_bytes();
+    for bs in memchr::memchr_iter(b'\\', b) {
+        let mut s = bs;
+        while s > 0 && (b[s - 1].is_ascii_alphanumeric() || b[s - 1] == b'-') {
+            s -= 1;
+        }
+        let dom_len = bs - s;
+        let left_ok = s == 0 || matches!(b[s - 1], b' ' | b'\t' | b'"' | b'\'' | b'=' | b'(' | b'[' | b',');
+        if dom_len == 0 || dom_len > 15 || !left_ok || !b[s..bs].iter().any(u8::is_ascii_alphabetic) {
+            continue;
+        }
+        if text[s..bs].eq_ignore_ascii_case("users") {
+            continue;
+        }
+        let n = bs + 1;
+        let mut e = n;
+        while e < b.len() && (b[e].is_ascii_alphanumeric() || matches!(b[e], b'_' | b'.' | b'-' | b'$')) {
+            e += 1;
+        }
+        while e > n && matches!(b[e - 1], b'.' | b'-') {
+            e -= 1;
+        }
+        let right_ok = e == b.len() || matches!(b[e], b' ' | b'\t' | b'"' | b'\'' | b')' | b']' | b',' | b';' | b'\r' | b'\n');
+        if e == n || !right_ok || is_stop(&text[n..e]) {
+            continue;
+        }
+        push(out, n, e, Entity::UserName);
+    }
+}
