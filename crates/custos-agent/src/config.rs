@@ -55,7 +55,7 @@
 //! health_interval_secs = 3600   # agent_health and quality records
 //! usage_period_secs = 3600      # one usage record per period
 //!
-//! [retry]                      # optional section; see RetrySettings
+//! [retry]                      # optional section; see AgentConfig::retry
 //! initial_delay_ms = 1000      # backoff: 1 s, doubling (jitter: [d/2, d])
 //! max_backoff_secs = 480       # ... while below 8 minutes
 //! steady_interval_secs = 480   # then every 8 minutes (± 10 %)
@@ -75,6 +75,7 @@
 //!
 //! A configuration with no `[[sources]]` at all is rejected.
 
+use crate::ship::RetrySchedule;
 use custos_model::{Level, TableName};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -165,8 +166,16 @@ pub struct AgentConfig {
     pub sources: Vec<SourceConfig>,
     /// The `[telemetry]` section (all defaults when absent).
     pub telemetry: TelemetrySettings,
-    /// The `[retry]` section (all defaults when absent).
-    pub retry: RetrySettings,
+    /// The `[retry]` section (all defaults when absent): when a batch the
+    /// server did not acknowledge is sent again. Keys, each documented on
+    /// the [`RetrySchedule`] field it sets: `initial_delay_ms` (1 to
+    /// 3600000; [`RetrySchedule::initial`]), `max_backoff_secs` (1 to 86400,
+    /// at least `initial_delay_ms`), `steady_interval_secs` (1 to 86400),
+    /// `steady_until_secs` (0 = no steady phase, to 2592000),
+    /// `slow_interval_secs` (1 to 604800), `max_retry_after_secs` (1 to
+    /// 604800) and the optional `give_up_after_secs` (1 to 31536000; never
+    /// by default; `--once --give-up-after-secs` overrides it).
+    pub retry: RetrySchedule,
     /// The `[dead_letters]` section (all defaults when absent).
     pub dead_letters: DeadLetterSettings,
     /// The `[queue]` section (all defaults when absent).
@@ -993,89 +1002,22 @@ fn validate_telemetry(raw: RawTelemetry) -> Result<TelemetrySettings, ConfigErro
 // ---------------------------------------------------------------------------
 // The [retry] and [dead_letters] sections.
 
-/// Default for [`RetrySettings::initial_delay`], in milliseconds.
-pub const DEFAULT_RETRY_INITIAL_DELAY_MS: u64 = 1000;
-/// Default for [`RetrySettings::max_backoff`], in seconds (8 minutes).
-pub const DEFAULT_RETRY_MAX_BACKOFF_SECS: u64 = 480;
-/// Default for [`RetrySettings::steady_interval`], in seconds (8 minutes).
-pub const DEFAULT_RETRY_STEADY_INTERVAL_SECS: u64 = 480;
-/// Default for [`RetrySettings::steady_until`], in seconds (2 hours).
-pub const DEFAULT_RETRY_STEADY_UNTIL_SECS: u64 = 7200;
-/// Default for [`RetrySettings::slow_interval`], in seconds (1 hour).
-pub const DEFAULT_RETRY_SLOW_INTERVAL_SECS: u64 = 3600;
-/// Default for [`RetrySettings::max_retry_after`], in seconds (1 hour).
-pub const DEFAULT_RETRY_MAX_RETRY_AFTER_SECS: u64 = 3600;
+/// Default of `[retry] initial_delay_ms` ([`RetrySchedule::initial`]).
+pub const DEFAULT_RETRY_INITIAL_DELAY_MS: u64 = crate::ship::DEFAULT_INITIAL_DELAY.as_millis() as u64;
+/// Default of `[retry] max_backoff_secs` (8 minutes).
+pub const DEFAULT_RETRY_MAX_BACKOFF_SECS: u64 = crate::ship::DEFAULT_MAX_BACKOFF.as_secs();
+/// Default of `[retry] steady_interval_secs` (8 minutes).
+pub const DEFAULT_RETRY_STEADY_INTERVAL_SECS: u64 = crate::ship::DEFAULT_STEADY_INTERVAL.as_secs();
+/// Default of `[retry] steady_until_secs` (2 hours).
+pub const DEFAULT_RETRY_STEADY_UNTIL_SECS: u64 = crate::ship::DEFAULT_STEADY_UNTIL.as_secs();
+/// Default of `[retry] slow_interval_secs` (1 hour).
+pub const DEFAULT_RETRY_SLOW_INTERVAL_SECS: u64 = crate::ship::DEFAULT_SLOW_INTERVAL.as_secs();
+/// Default of `[retry] max_retry_after_secs` (1 hour).
+pub const DEFAULT_RETRY_MAX_RETRY_AFTER_SECS: u64 = crate::ship::DEFAULT_MAX_RETRY_AFTER.as_secs();
 /// Default for [`DeadLetterSettings::max_bytes`] (256 MiB).
 pub const DEFAULT_DEAD_LETTERS_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// Smallest accepted [`DeadLetterSettings::max_bytes`] (1 MiB).
 pub const MIN_DEAD_LETTERS_MAX_BYTES: u64 = 1024 * 1024;
-
-/// The `[retry]` section: when a batch the server did not acknowledge is
-/// sent again. The schedule ([`crate::ship::RetrySchedule`], built by
-/// [`RetrySettings::schedule`]) has three phases: a quick exponential
-/// backoff, a steady cadence until some time after the first failure, then
-/// a slow one for as long as data is queued. A server's `Retry-After`
-/// (429, 503) is obeyed instead, up to `max_retry_after_secs`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetrySettings {
-    /// `initial_delay_ms`: the wait after the first failure; it doubles after
-    /// each further failure (each wait drawn uniformly in [d/2, d]) while
-    /// below `max_backoff_secs`. Default 1000, between 1 and 3600000.
-    pub initial_delay: Duration,
-    /// `max_backoff_secs`: the backoff ends when the doubled wait reaches
-    /// this. Default 480 (8 minutes), between 1 and 86400, and at least
-    /// `initial_delay_ms`.
-    pub max_backoff: Duration,
-    /// `steady_interval_secs`: after the backoff, the wait between attempts
-    /// (± 10 %) until `steady_until_secs`. Default 480, between 1 and 86400.
-    pub steady_interval: Duration,
-    /// `steady_until_secs`: the steady phase ends this long after the
-    /// batch's first failure. Default 7200 (2 hours), between 0 (no steady
-    /// phase) and 2592000 (30 days).
-    pub steady_until: Duration,
-    /// `slow_interval_secs`: the wait between attempts (± 10 %) after the
-    /// steady phase, for as long as the batch is queued. Default 3600,
-    /// between 1 and 604800.
-    pub slow_interval: Duration,
-    /// `max_retry_after_secs`: the longest wait a server's `Retry-After`
-    /// (seconds or an HTTP date) can impose; a longer one is cut to this.
-    /// Default 3600, between 1 and 604800.
-    pub max_retry_after: Duration,
-    /// `give_up_after_secs`: stop retrying a batch (an error) this long after
-    /// its first failure. Optional; by default the agent never gives up.
-    /// `custos agent run --once --give-up-after-secs N` overrides it.
-    /// Between 1 and 31536000.
-    pub give_up_after: Option<Duration>,
-}
-
-impl Default for RetrySettings {
-    fn default() -> Self {
-        Self {
-            initial_delay: Duration::from_millis(DEFAULT_RETRY_INITIAL_DELAY_MS),
-            max_backoff: Duration::from_secs(DEFAULT_RETRY_MAX_BACKOFF_SECS),
-            steady_interval: Duration::from_secs(DEFAULT_RETRY_STEADY_INTERVAL_SECS),
-            steady_until: Duration::from_secs(DEFAULT_RETRY_STEADY_UNTIL_SECS),
-            slow_interval: Duration::from_secs(DEFAULT_RETRY_SLOW_INTERVAL_SECS),
-            max_retry_after: Duration::from_secs(DEFAULT_RETRY_MAX_RETRY_AFTER_SECS),
-            give_up_after: None,
-        }
-    }
-}
-
-impl RetrySettings {
-    /// The schedule these settings describe.
-    pub fn schedule(&self) -> crate::ship::RetrySchedule {
-        crate::ship::RetrySchedule {
-            initial: self.initial_delay,
-            max_backoff: self.max_backoff,
-            steady_interval: self.steady_interval,
-            steady_until: self.steady_until,
-            slow_interval: self.slow_interval,
-            max_retry_after: self.max_retry_after,
-            give_up_after: self.give_up_after,
-        }
-    }
-}
 
 /// The `[dead_letters]` section: the local store of batches the server
 /// refused for good (a 4xx other than 408 and 429), kept encrypted in
@@ -1113,7 +1055,7 @@ struct RawDeadLetters {
     max_bytes: Option<i64>,
 }
 
-fn validate_retry(raw: RawRetry) -> Result<RetrySettings, ConfigError> {
+fn validate_retry(raw: RawRetry) -> Result<RetrySchedule, ConfigError> {
     let initial_ms = positive("retry.initial_delay_ms", raw.initial_delay_ms, DEFAULT_RETRY_INITIAL_DELAY_MS, 1, 3_600_000)?;
     let max_backoff = positive("retry.max_backoff_secs", raw.max_backoff_secs, DEFAULT_RETRY_MAX_BACKOFF_SECS, 1, 86400)?;
     if max_backoff.saturating_mul(1000) < initial_ms {
@@ -1130,8 +1072,8 @@ fn validate_retry(raw: RawRetry) -> Result<RetrySettings, ConfigError> {
         None => None,
         some => Some(Duration::from_secs(positive("retry.give_up_after_secs", some, 0, 1, 365 * 86400)?)),
     };
-    Ok(RetrySettings {
-        initial_delay: Duration::from_millis(initial_ms),
+    Ok(RetrySchedule {
+        initial: Duration::from_millis(initial_ms),
         max_backoff: Duration::from_secs(max_backoff),
         steady_interval: Duration::from_secs(steady_interval),
         steady_until: Duration::from_secs(steady_until),
@@ -1572,8 +1514,7 @@ mod tests {
     #[test]
     fn retry_and_dead_letter_sections_default_to_the_published_schedule_when_absent() {
         let cfg = AgentConfig::from_toml_str("[[sources]]\ntype = \"stdin\"\n").unwrap();
-        assert_eq!(cfg.retry, RetrySettings::default());
-        assert_eq!(cfg.retry.schedule(), crate::ship::RetrySchedule::default());
+        assert_eq!(cfg.retry, RetrySchedule::default());
         assert_eq!(cfg.dead_letters.max_bytes, 256 * 1024 * 1024);
         assert_eq!(cfg.queue, QueueSettings::default());
     }
@@ -1599,7 +1540,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let s = cfg.retry.schedule();
+        let s = &cfg.retry;
         assert_eq!(s.initial, Duration::from_millis(250));
         assert_eq!(s.max_backoff, Duration::from_secs(60));
         assert_eq!(s.steady_interval, Duration::from_secs(120));
@@ -1645,7 +1586,7 @@ mod tests {
             .map(|l| format!("{}\n", l.strip_prefix("//!").unwrap_or(l).strip_prefix(' ').unwrap_or("")))
             .collect();
         let cfg = AgentConfig::from_toml_str(&example).unwrap_or_else(|e| panic!("{e}\n{example}"));
-        assert_eq!(cfg.retry, RetrySettings::default());
+        assert_eq!(cfg.retry, RetrySchedule::default());
         assert_eq!(cfg.dead_letters, DeadLetterSettings::default());
     }
 }

@@ -227,7 +227,7 @@ impl QueueHandle {
         match r {
             Ok(v) => Ok(v),
             Err(e) => {
-                if matches!(e, QueueError::Wal(_) | QueueError::NeedsReopen(_)) {
+                if matches!(e, QueueError::Wal(_)) {
                     tracing::error!(error = %e, "queue write failed; it is reopened at the next use");
                     *guard = None;
                     self.synced.send_modify(|s| s.epoch += 1);
@@ -1242,7 +1242,7 @@ async fn run_loop(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, shutdow
         installation,
         ledger,
         stats: stats.clone(),
-        schedule: cfg.retry.schedule(),
+        schedule: cfg.retry.clone(),
         security: sink.clone(),
         queue: queue.clone(),
         dead_letters,

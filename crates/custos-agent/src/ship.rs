@@ -69,8 +69,8 @@ pub enum Phase {
 }
 
 /// When to try a failed batch again. See the module documentation; the
-/// `[retry]` section of the agent configuration builds one
-/// ([`crate::config::RetrySettings`]).
+/// `[retry]` section of the agent configuration is one
+/// ([`crate::config::AgentConfig::retry`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetrySchedule {
     /// Delay after the first failure (the backoff's start).

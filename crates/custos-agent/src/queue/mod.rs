@@ -103,9 +103,6 @@ pub enum QueueError {
     /// Encoding a batch failed.
     #[error("cannot encode a queue record: {0}")]
     Encode(String),
-    /// The queue is poisoned by an earlier write error and must be reopened.
-    #[error("queue must be reopened after a write error: {0}")]
-    NeedsReopen(String),
 }
 
 /// How to open the queue.
@@ -262,11 +259,10 @@ pub struct Appended {
 /// appended: [`Queue::encode_group`], then [`Queue::append_encoded`].
 #[derive(Debug)]
 pub struct EncodedGroup {
-    source_key: u64,
+    source: String,
+    checkpoint: Checkpoint,
     /// Per category: category, highest level, event count, compressed body.
     records: Vec<(Category, Level, u32, Vec<u8>)>,
-    /// The checkpoint alone, for when the carrier's events are dropped.
-    carrier_only: Vec<u8>,
 }
 
 /// A record handed out by [`Queue::take_raw`]: still sealed and compressed;
@@ -367,6 +363,12 @@ impl Indexer {
             }
         }
     }
+}
+
+/// A record's body: JSON, then zstd (sealed by the caller).
+fn encode_body<E: Serialize>(source: &str, checkpoint: Option<&Checkpoint>, events: &[E]) -> Result<Vec<u8>, QueueError> {
+    let json = serde_json::to_vec(&BodyOut { source, checkpoint, events }).map_err(|e| QueueError::Encode(e.to_string()))?;
+    zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| QueueError::Encode(e.to_string()))
 }
 
 /// Authenticate, decrypt, decompress and parse a batch record's payload.
@@ -497,32 +499,28 @@ impl Queue {
             let code = Category::ALL.iter().position(|c| *c == e.category).unwrap_or(0) as u8;
             by_cat.entry(code).or_insert_with(|| (e.category, Vec::new())).1.push(e);
         }
-        let encode = |cp: Option<&Checkpoint>, evs: &[&Event]| -> Result<Vec<u8>, QueueError> {
-            let json = serde_json::to_vec(&BodyOut { source, checkpoint: cp, events: evs }).map_err(|e| QueueError::Encode(e.to_string()))?;
-            zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| QueueError::Encode(e.to_string()))
-        };
         let n = by_cat.len();
         let mut records = Vec::with_capacity(n);
         for (i, (_, (cat, evs))) in by_cat.into_iter().enumerate() {
             let carrier = i + 1 == n;
             let level = evs.iter().map(|e| e.level).max().unwrap_or(Level::Security);
-            records.push((cat, level, evs.len() as u32, encode(carrier.then_some(checkpoint), &evs)?));
+            records.push((cat, level, evs.len() as u32, encode_body(source, carrier.then_some(checkpoint), &evs)?));
         }
-        // The checkpoint alone, in case the carrier's events do not fit.
-        let carrier_only = encode(Some(checkpoint), &[])?;
-        Ok(EncodedGroup { source_key: format::source_key(source), records, carrier_only })
+        Ok(EncodedGroup { source: source.to_string(), checkpoint: checkpoint.clone(), records })
     }
 
     /// The I/O half of [`Queue::append_group`]: make room, seal, append.
     pub fn append_encoded(&mut self, g: EncodedGroup) -> Result<Appended, QueueError> {
-        let EncodedGroup { source_key, records: bodies, carrier_only } = g;
+        let EncodedGroup { source, checkpoint, records: bodies } = g;
+        // The checkpoint alone, for when the carrier's events do not fit
+        // (rare: encoded only then).
+        let carrier_only = || encode_body::<Event>(&source, Some(&checkpoint), &[]);
         let mut out = Appended::default();
         // Make room per record; a record that does not fit is dropped, but
         // the carrier must be written (it holds the checkpoint): if its
         // events do not fit, the checkpoint is written without them.
         let mut keep: Vec<(Category, Level, u32, Vec<u8>)> = Vec::new();
         let last = bodies.len().saturating_sub(1);
-        let mut carrier_only = Some(carrier_only);
         for (i, (cat, lvl, count, z)) in bodies.into_iter().enumerate() {
             let need = (BATCH_HEADER_LEN + z.len() + crate::seal::OVERHEAD) as u64 + WAL_FRAMING;
             if self.make_room(need, cat, &mut out.evicted)? {
@@ -532,17 +530,13 @@ impl Queue {
                 *self.counters.evicted_events.entry(cat.name().to_string()).or_default() += u64::from(count);
                 self.counters.evicted_records += 1;
                 if i == last {
-                    if let Some(z) = carrier_only.take() {
-                        keep.push((cat, Level::Security, 0, z));
-                    }
+                    keep.push((cat, Level::Security, 0, carrier_only()?));
                 }
             }
         }
         if keep.is_empty() {
             // No events at all: a carrier alone keeps the checkpoint logic uniform.
-            if let Some(z) = carrier_only.take() {
-                keep.push((Category::Settings, Level::Security, 0, z));
-            }
+            keep.push((Category::Settings, Level::Security, 0, carrier_only()?));
         }
         let group = self.wal.next_lsn();
         let glen = keep.len() as u16;
@@ -554,7 +548,7 @@ impl Queue {
                 flags: if i + 1 == kn { FLAG_CARRIER } else { 0 },
                 group_len: glen,
                 group,
-                source: source_key,
+                source: format::source_key(&source),
                 events: count,
                 batch_id: BatchId::new(),
             };
@@ -821,8 +815,7 @@ impl Queue {
             self.finish_inner(lsn, DoneReason::Purged);
             return Ok(None);
         }
-        let json = serde_json::to_vec(&BodyOut { source, checkpoint: None, events: &events }).map_err(|e| QueueError::Encode(e.to_string()))?;
-        let z = zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(|e| QueueError::Encode(e.to_string()))?;
+        let z = encode_body(source, None, &events)?;
         let h = BatchHeader {
             category: meta.category,
             max_level: level_max(&events),
@@ -894,10 +887,6 @@ impl Queue {
         self.live.range(group..).take_while(|(_, m)| m.group == group).any(|(_, m)| m.state == State::Pending)
     }
 
-    /// Whether any record is ready to send.
-    pub fn has_ready(&self) -> bool {
-        self.live.values().any(|m| m.state == State::Ready)
-    }
 
     fn read_payload(&mut self, lsn: Lsn) -> Result<Vec<u8>, QueueError> {
         // Reuse the sequential reader while it moves forward.
@@ -943,10 +932,6 @@ impl Queue {
         self.key.clone()
     }
 
-    /// The directory of the log.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 #[cfg(test)]
