@@ -133,6 +133,8 @@ fn fill(path: &str, ws: &str, case: &str, req: &str, token: &str, principal: &st
         .replace("{token}", token)
         .replace("{principal}", principal)
         .replace("{role}", "reader")
+        // An agent id of the right form that no agent has.
+        .replace("{agent}", "0190f0e4-7a3b-7c1d-8e2f-123456789abc")
 }
 
 /// A plausible body for each mutating route, so a refusal is the guard's
