@@ -71,6 +71,9 @@
 //! max_bytes = 1073741824       # the durable queue's bound on disk (1 GiB)
 //! fsync_interval_ms = 100      # group commit: at most this long between syncs
 //! # segment_bytes = 33554432   # default: max_bytes / 32, between 1 and 32 MiB
+//!
+//! [redaction]                  # optional section; see RedactionSettings
+//! # policy_file = "/etc/custos/redact.toml"   # default: the built-in default policy
 //! ```
 //!
 //! A configuration with no `[[sources]]` at all is rejected.
@@ -180,6 +183,33 @@ pub struct AgentConfig {
     pub dead_letters: DeadLetterSettings,
     /// The `[queue]` section (all defaults when absent).
     pub queue: QueueSettings,
+    /// The `[redaction]` section (all defaults when absent).
+    pub redaction: RedactionSettings,
+}
+
+/// The `[redaction]` section: every event is redacted on the host, after
+/// the consent gate and before it is queued (see `docs/REDACTION.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RedactionSettings {
+    /// `policy_file`: a redaction policy (TOML, `custos_redact::policy`).
+    /// Optional; the built-in default policy applies when absent, which lets
+    /// no card number, password, secret or e-mail address leave the host.
+    /// Read when the agent starts: a missing or invalid file stops the start.
+    pub policy_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedaction {
+    policy_file: Option<String>,
+}
+
+fn validate_redaction(raw: RawRedaction) -> Result<RedactionSettings, ConfigError> {
+    let policy_file = match raw.policy_file {
+        Some(p) if p.trim().is_empty() => return Err(invalid("redaction.policy_file", "must not be empty")),
+        p => p.map(std::path::PathBuf::from),
+    };
+    Ok(RedactionSettings { policy_file })
 }
 
 /// The `[agent]` section: batching and identity.
@@ -407,6 +437,8 @@ struct RawConfig {
     dead_letters: Option<RawDeadLetters>,
     #[serde(default)]
     queue: Option<RawQueue>,
+    #[serde(default)]
+    redaction: Option<RawRedaction>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -539,7 +571,8 @@ fn validate(raw: RawConfig) -> Result<AgentConfig, ConfigError> {
     let retry = validate_retry(raw.retry.unwrap_or_default())?;
     let dead_letters = validate_dead_letters(raw.dead_letters.unwrap_or_default())?;
     let queue = validate_queue(raw.queue.unwrap_or_default())?;
-    Ok(AgentConfig { agent, sources, telemetry, retry, dead_letters, queue })
+    let redaction = validate_redaction(raw.redaction.unwrap_or_default())?;
+    Ok(AgentConfig { agent, sources, telemetry, retry, dead_letters, queue, redaction })
 }
 
 fn positive(

@@ -341,6 +341,15 @@ pub struct RuntimeStatus {
     /// Queue appends that failed (a full disk) and were retried, since start.
     #[serde(default)]
     pub queue_write_failures: u64,
+    /// Findings redacted on the host since start, by entity name.
+    #[serde(default)]
+    pub redacted_by_entity: BTreeMap<String, u64>,
+    /// Fields removed by the redaction policy since start.
+    #[serde(default)]
+    pub redaction_fields_dropped: u64,
+    /// Events dropped by the redaction policy since start.
+    #[serde(default)]
+    pub redaction_events_dropped: u64,
 }
 
 /// Supplies the runtime part of the status (implemented by the run loop;

@@ -64,6 +64,14 @@ pub struct Counters {
     pub delivery_failures: u64,
     /// Appends to the queue that failed (a full disk) and were retried.
     pub queue_write_failures: u64,
+    /// Findings redacted on the host (not kept by the policy), by entity.
+    pub redacted_by_entity: BTreeMap<String, u64>,
+    /// Fields removed by the redaction policy (`drop_field`).
+    pub redaction_fields_dropped: u64,
+    /// Events dropped by the redaction policy (`drop_event`).
+    pub redaction_events_dropped: u64,
+    /// Pseudonym-map writes that failed (retried with the next batch).
+    pub pseudonym_map_failures: u64,
 }
 
 /// Shared counters and the security-event queue.

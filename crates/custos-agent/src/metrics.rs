@@ -72,6 +72,12 @@ pub fn render(rt: &RuntimeStatus) -> String {
     simple(&mut o, "custos_agent_dead_letters_evicted_total", "counter", "Dead letters removed or not kept because the store was full.", rt.dead_letters_evicted);
     simple(&mut o, "custos_agent_delivery_failures_total", "counter", "Delivery attempts that failed and are retried.", rt.delivery_failures);
     simple(&mut o, "custos_agent_queue_write_failures_total", "counter", "Queue appends that failed (a full disk) and were retried.", rt.queue_write_failures);
+    family(&mut o, "custos_agent_redacted_total", "counter", "Findings redacted on the host (personal data, secrets), by entity.");
+    for (k, v) in &rt.redacted_by_entity {
+        let _ = writeln!(o, "custos_agent_redacted_total{{entity=\"{k}\"}} {v}");
+    }
+    simple(&mut o, "custos_agent_redaction_fields_dropped_total", "counter", "Fields removed by the redaction policy.", rt.redaction_fields_dropped);
+    simple(&mut o, "custos_agent_redaction_events_dropped_total", "counter", "Events dropped by the redaction policy.", rt.redaction_events_dropped);
     family(&mut o, "custos_agent_last_upload_timestamp_seconds", "gauge", "Time of the last acknowledged upload.");
     let _ = writeln!(o, "custos_agent_last_upload_timestamp_seconds {}", rt.last_upload_time.map(|t| t as f64 / 1e6).unwrap_or(0.0));
     o

@@ -48,6 +48,8 @@ use crate::internal::{Facts, InternalSource, SettingsSnapshot, Stats};
 use crate::ledger::{Ledger, LedgerOptions};
 use crate::queue::format::{derived_batch_id, DoneReason};
 use crate::queue::{Queue, QueueError, QueueOptions, QueueStatus, Taken};
+use crate::redaction::{self, HostRedaction};
+use custos_redact::Session;
 use crate::seal::SealKey;
 use crate::security::{kind, SecurityNote, SecuritySink};
 use crate::settings::{Effective, SettingsHandle};
@@ -103,6 +105,10 @@ pub struct RunSummary {
     pub events_evicted: u64,
     /// Batches moved to the dead-letter store.
     pub dead_letters: u64,
+    /// Findings redacted on the host, by entity.
+    pub redacted_by_entity: BTreeMap<String, u64>,
+    /// Events dropped by the redaction policy.
+    pub events_dropped_by_redaction: u64,
 }
 
 type Shared = Arc<Mutex<Box<dyn Source>>>;
@@ -315,6 +321,24 @@ struct CollectCtx {
     max_bytes: usize,
     flush_interval: Duration,
     once: bool,
+    redaction: HostRedaction,
+}
+
+/// Redact one poll's events off the async threads (see [`crate::redaction`]).
+async fn redact(ctx: &Arc<CollectCtx>, state: &mut Option<(Session, Vec<(String, String)>)>, mut events: Vec<Event>) -> Result<Vec<Event>, AgentError> {
+    let (mut session, mut pending) = match state.take() {
+        Some(s) => s,
+        None => (Session::new(ctx.redaction.redactor.clone()), Vec::new()),
+    };
+    let (map, stats) = (ctx.redaction.map.clone(), ctx.stats.clone());
+    let (session, pending, events) = tokio::task::spawn_blocking(move || {
+        redaction::redact_events(&mut session, &mut events, &map, &mut pending, &stats);
+        (session, pending, events)
+    })
+    .await
+    .map_err(|e| AgentError::Invalid(format!("redaction task failed: {e}")))?;
+    *state = Some((session, pending));
+    Ok(events)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -343,6 +367,7 @@ async fn collect(
 ) -> Result<(), AgentError> {
     let name = crate::sources::lock(&src).name();
     let mut was_active = true;
+    let mut redaction_state = None;
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -373,7 +398,10 @@ async fn collect(
         let poll = blocking(&src, move |s| s.poll(max_events, max_bytes, drain)).await?;
         let exhausted = poll.exhausted;
         let gs = gate_state(&settings.borrow());
-        let events = gate_events(ctx.registry, poll.events, &gs, &ctx.stats);
+        let mut events = gate_events(ctx.registry, poll.events, &gs, &ctx.stats);
+        if !events.is_empty() {
+            events = redact(&ctx, &mut redaction_state, events).await?;
+        }
         if events.is_empty() {
             // Every earlier poll of this source is committed already.
             if !commit_retrying(&src, &name, poll.checkpoint, &mut shutdown).await {
@@ -1018,6 +1046,9 @@ fn runtime_status(stats: &Stats, queue: &Mutex<QueueStatus>) -> RuntimeStatus {
         dead_letters_evicted: c.dead_letters_evicted,
         delivery_failures: c.delivery_failures,
         queue_write_failures: c.queue_write_failures,
+        redacted_by_entity: c.redacted_by_entity,
+        redaction_fields_dropped: c.redaction_fields_dropped,
+        redaction_events_dropped: c.redaction_events_dropped,
     }
 }
 
@@ -1050,6 +1081,7 @@ pub async fn run(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, shutdown
     };
     note_enrollment(state_dir, &id, &stats);
 
+    let redaction = HostRedaction::open(state_dir, &cfg.redaction)?;
     let key = Arc::new(SealKey::load_or_create(state_dir).map_err(|e| AgentError::Invalid(e.to_string()))?);
     let qopts = QueueOptions { max_bytes: cfg.queue.max_bytes, segment_bytes: cfg.queue.segment_bytes };
     let opened = {
@@ -1111,7 +1143,7 @@ pub async fn run(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, shutdown
     })?;
     let ledger = Arc::new(Mutex::new(LedgerSlot { state_dir: state_dir.to_path_buf(), opts: ledger_opts, ledger: Some(ledger) }));
 
-    let parts = RunParts { id, client, installation, hostname, registry, stats, sink, settings, ledger, queue: qh, dead_letters, recovered: recovered.checkpoints };
+    let parts = RunParts { id, client, installation, hostname, registry, stats, sink, settings, ledger, queue: qh, dead_letters, recovered: recovered.checkpoints, redaction };
     let result = run_loop(state_dir, cfg, opts, shutdown, parts).await;
     if let Some(t) = metrics_task {
         t.abort();
@@ -1134,10 +1166,11 @@ struct RunParts {
     queue: Arc<QueueHandle>,
     dead_letters: DeadLetters,
     recovered: Vec<(u64, Checkpoint)>,
+    redaction: HostRedaction,
 }
 
 async fn run_loop(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, shutdown: watch::Receiver<bool>, p: RunParts) -> Result<RunSummary, AgentError> {
-    let RunParts { id, client, installation, hostname, registry, stats, sink, settings, ledger, queue, dead_letters, recovered } = p;
+    let RunParts { id, client, installation, hostname, registry, stats, sink, settings, ledger, queue, dead_letters, recovered, redaction } = p;
     let tcfg = &cfg.telemetry;
     let facts = Facts {
         installation_id: installation.id.to_string(),
@@ -1190,6 +1223,7 @@ async fn run_loop(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, shutdow
         max_bytes: cfg.agent.batch_max_bytes,
         flush_interval: cfg.agent.flush_interval,
         once: opts.once,
+        redaction,
     });
     // Collectors stop on the agent's shutdown.
     let mut collectors = tokio::task::JoinSet::new();
@@ -1277,6 +1311,8 @@ async fn run_loop(state_dir: &Path, cfg: &AgentConfig, opts: RunOptions, shutdow
     summary.events_not_collected = c.events_not_collected;
     summary.events_purged = c.dropped_by_category.values().sum();
     summary.events_evicted = c.evicted_by_category.values().sum();
+    summary.redacted_by_entity = c.redacted_by_entity;
+    summary.events_dropped_by_redaction = c.redaction_events_dropped;
     tracing::info!(batches = summary.batches, events = summary.events, not_collected = summary.events_not_collected, purged = summary.events_purged, evicted = summary.events_evicted, "agent stopped");
     Ok(summary)
 }

@@ -3,12 +3,26 @@
 //! synchronous: no I/O (rule files are parsed from strings the caller
 //! read), so it runs the same on the agent and on the server.
 //!
-//! Work in progress: detectors ([`pii`]) and secret rules ([`secrets`])
-//! exist; operators, policies and the pseudonym map come next.
+//! Layers, each usable alone:
+//!
+//! - [`pii`]: hand-written detectors of personal data;
+//! - [`secrets`]: gitleaks-format secret rules plus built-ins;
+//! - [`policy`]: the operator chosen per entity, table, category and level
+//!   (TOML, validated into typed structs);
+//! - [`pseudonym`]: the keyed, format-preserving pseudonyms;
+//! - [`engine`]: the [`Redactor`] that puts them together and rewrites
+//!   text, JSON values and events.
 #![forbid(unsafe_code)]
 
+pub mod engine;
 pub mod pii;
+pub mod policy;
+pub mod pseudonym;
 pub mod secrets;
+
+pub use engine::{Context, Outcome, Redacted, Redactor, Session};
+pub use policy::{Operator, Policy, PolicyError};
+pub use pseudonym::{Pseudonymizer, PseudonymKey};
 
 pub use pii::Detector as PiiDetector;
 
@@ -50,6 +64,10 @@ pub enum Entity {
     /// A secret: key, token, password, private key.
     #[serde(rename = "SECRET")]
     Secret,
+    /// A value matched by a custom keyword or regular expression of the
+    /// policy; the span's `rule` is the custom entity's name.
+    #[serde(rename = "CUSTOM")]
+    Custom,
 }
 
 impl Entity {
@@ -67,7 +85,39 @@ impl Entity {
             Entity::DomainName => "DOMAIN_NAME",
             Entity::UserName => "USER_NAME",
             Entity::Secret => "SECRET",
+            Entity::Custom => "CUSTOM",
         }
+    }
+
+    /// Every built-in entity (not [`Entity::Custom`]), in a fixed order.
+    pub const BUILTIN: [Entity; 11] = [
+        Entity::EmailAddress,
+        Entity::IpAddress,
+        Entity::MacAddress,
+        Entity::CreditCard,
+        Entity::IbanCode,
+        Entity::UsSsn,
+        Entity::PhoneNumber,
+        Entity::Url,
+        Entity::DomainName,
+        Entity::UserName,
+        Entity::Secret,
+    ];
+
+    /// The entity named `name` (`EMAIL_ADDRESS`, …), case-sensitive.
+    pub fn from_name(name: &str) -> Option<Entity> {
+        Entity::BUILTIN.into_iter().chain([Entity::Custom]).find(|e| e.name() == name)
+    }
+
+    /// Position in [`Entity::BUILTIN`] (custom entities come after).
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -80,7 +130,19 @@ pub struct Span {
     pub end: usize,
     /// What it is.
     pub entity: Entity,
-    /// For secrets: the rule that matched (a gitleaks rule id or a built-in name).
+    /// For secrets: the rule that matched (a gitleaks rule id or a built-in
+    /// name); for [`Entity::Custom`]: the custom entity's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+}
+
+impl Span {
+    /// The name printed for this span: the entity's name, or for a custom
+    /// entity the name the policy gave it.
+    pub fn entity_name(&self) -> &str {
+        match (self.entity, &self.rule) {
+            (Entity::Custom, Some(name)) => name,
+            (e, _) => e.name(),
+        }
+    }
 }

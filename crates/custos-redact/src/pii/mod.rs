@@ -44,7 +44,9 @@
 //! those above. Over-matches: `user X` takes any word not in a small
 //! stop list (Android's numeric `user=0` is reported).
 
+mod host;
 mod net;
+mod scan;
 mod text;
 mod user;
 
@@ -52,6 +54,8 @@ mod user;
 mod tests;
 
 use crate::{Entity, Span};
+
+pub use host::HostNames;
 
 /// `[A-Za-z0-9_]`.
 fn is_word(c: u8) -> bool {
@@ -65,8 +69,11 @@ fn push(out: &mut Vec<Span>, start: usize, end: usize, entity: Entity) {
 /// The PII detectors, built once and reused across lines.
 #[derive(Debug, Clone)]
 pub struct Detector {
-    enabled: Vec<Entity>,
+    /// Bit `e as u32` set for each enabled entity.
+    enabled: u32,
     users: user::UserScanner,
+    /// Host and domain names to look for (DOMAIN_NAME), when configured.
+    hosts: Option<host::HostMatcher>,
 }
 
 impl Default for Detector {
@@ -75,7 +82,9 @@ impl Default for Detector {
     }
 }
 
-/// Every entity the PII detectors can report.
+/// Every entity the PII detectors can report. `DOMAIN_NAME` reports
+/// nothing unless host names, domains or `any_fqdn` are configured
+/// ([`Detector::with_config`]), so it is harmless in this list.
 pub const PII_ENTITIES: &[Entity] = &[
     Entity::EmailAddress,
     Entity::IpAddress,
@@ -85,75 +94,156 @@ pub const PII_ENTITIES: &[Entity] = &[
     Entity::UsSsn,
     Entity::PhoneNumber,
     Entity::Url,
+    Entity::DomainName,
     Entity::UserName,
 ];
 
+fn bit(e: Entity) -> u32 {
+    1u32 << (e as u32 & 31)
+}
+
 impl Detector {
-    /// All PII detectors.
+    /// All PII detectors (no host names or domains configured, so
+    /// `DOMAIN_NAME` finds nothing).
     pub fn new() -> Self {
         Self::with_entities(PII_ENTITIES)
     }
 
     /// Only the detectors for `entities` (others in the list are ignored).
     pub fn with_entities(entities: &[Entity]) -> Self {
-        Detector { enabled: entities.to_vec(), users: user::UserScanner::new() }
+        Self::with_config(entities, &HostNames::default())
+    }
+
+    /// The detectors for `entities`, with the host names and domains of
+    /// `hosts` reported as `DOMAIN_NAME` when that entity is listed (see
+    /// [`HostNames`] for the matching rules).
+    pub fn with_config(entities: &[Entity], hosts: &HostNames) -> Self {
+        let enabled = entities.iter().fold(0, |m, &e| m | bit(e));
+        let hosts = if enabled & bit(Entity::DomainName) != 0 { host::HostMatcher::new(hosts) } else { None };
+        Detector { enabled, users: user::UserScanner::new(), hosts }
     }
 
     fn on(&self, e: Entity) -> bool {
-        self.enabled.contains(&e)
+        self.enabled & bit(e) != 0
     }
 
     /// Findings in `text`: sorted by start, non-overlapping.
     pub fn find(&self, text: &str) -> Vec<Span> {
         let mut out = Vec::new();
+        self.find_into(text, &mut out);
+        out
+    }
+
+    /// Like [`Detector::find`], but appends the findings to `out` (what
+    /// `out` already holds is left alone; the appended spans are sorted and
+    /// non-overlapping among themselves). Reusing one `out` across lines
+    /// avoids an allocation per line; nothing is allocated for a line
+    /// without findings.
+    pub fn find_into(&self, text: &str, out: &mut Vec<Span>) {
+        let from = out.len();
         let b = text.as_bytes();
-        let has_colon = memchr::memchr(b':', b).is_some();
-        if self.on(Entity::Url) && has_colon {
-            text::cred_url(text, &mut out);
+        // Which characters occur decides which scanners can match at all.
+        let has = |c: u8| memchr::memchr(c, b).is_some();
+        let has_colon = has(b':');
+        let has_at = has(b'@');
+        if self.on(Entity::Url) && has_colon && has_at {
+            text::cred_url(text, out);
         }
-        if self.on(Entity::EmailAddress) {
-            text::email(text, &mut out);
+        if self.on(Entity::EmailAddress) && has_at {
+            text::email(text, out);
         }
         if self.on(Entity::IpAddress) {
-            net::ipv4(text, &mut out);
+            net::ipv4(text, out);
         }
         if has_colon && (self.on(Entity::IpAddress) || self.on(Entity::MacAddress)) {
-            net::colon_runs(text, self.on(Entity::IpAddress), self.on(Entity::MacAddress), &mut out);
+            net::colon_runs(text, self.on(Entity::IpAddress), self.on(Entity::MacAddress), out);
         }
         if self.on(Entity::MacAddress) {
-            net::mac_other(text, &mut out);
+            net::mac_other(text, out);
         }
         let (card, ssn) = (self.on(Entity::CreditCard), self.on(Entity::UsSsn));
-        if card || ssn {
-            text::numbers(text, card, ssn, &mut out);
+        let (iban, phone) = (self.on(Entity::IbanCode), self.on(Entity::PhoneNumber));
+        if card || ssn || iban || phone {
+            // Every one of these starts at (or just before) a digit run.
+            let starts = scan::Starts::new(b);
+            if card || ssn {
+                text::numbers(text, &starts, card, ssn, out);
+            }
+            if iban {
+                text::iban(text, &starts, out);
+            }
+            if phone {
+                text::phone(text, &starts, out);
+            }
         }
-        if self.on(Entity::IbanCode) {
-            text::iban(text, &mut out);
-        }
-        if self.on(Entity::PhoneNumber) {
-            text::phone(text, &mut out);
+        if let Some(h) = &self.hosts {
+            h.find(text, out);
         }
         if self.on(Entity::UserName) {
-            self.users.find(text, &mut out);
+            self.users.find(text, out);
         }
-        resolve(out)
+        resolve_tail(out, from);
     }
 }
 
 /// Keeps the longest of overlapping spans (ties: lower `Entity`, then
 /// earlier start), returns them sorted by start.
+#[cfg(test)]
 fn resolve(mut spans: Vec<Span>) -> Vec<Span> {
-    spans.retain(|s| s.start < s.end);
-    spans.sort_by(|a, b| (b.end - b.start).cmp(&(a.end - a.start)).then(a.entity.cmp(&b.entity)).then(a.start.cmp(&b.start)));
-    // Accepted spans by start; they never overlap, so checking the nearest
-    // one on each side is enough (O(n log n)).
-    let mut kept: std::collections::BTreeMap<usize, Span> = std::collections::BTreeMap::new();
-    for s in spans {
-        let before_ok = kept.range(..=s.start).next_back().is_none_or(|(_, k)| k.end <= s.start);
-        let after_ok = kept.range(s.start..).next().is_none_or(|(_, k)| s.end <= k.start);
-        if before_ok && after_ok {
-            kept.insert(s.start, s);
+    resolve_tail(&mut spans, 0);
+    spans
+}
+
+/// Priority order: longer first, then lower entity, then earlier start.
+fn priority(a: &Span, b: &Span) -> std::cmp::Ordering {
+    (b.end - b.start).cmp(&(a.end - a.start)).then(a.entity.cmp(&b.entity)).then(a.start.cmp(&b.start))
+}
+
+/// [`resolve`] applied to `spans[from..]` in place.
+fn resolve_tail(spans: &mut Vec<Span>, from: usize) {
+    let mut k = from;
+    while k < spans.len() {
+        if spans[k].start < spans[k].end {
+            k += 1;
+        } else {
+            spans.swap_remove(k);
         }
     }
-    kept.into_values().collect()
+    let n = spans.len() - from;
+    if n <= 1 {
+        return;
+    }
+    let tail = &mut spans[from..];
+    // Fast path, no overlap at all (the common case): just sort by start.
+    tail.sort_unstable_by(|a, b| a.start.cmp(&b.start).then_with(|| priority(a, b)));
+    if tail.windows(2).all(|w| w[0].end <= w[1].start) {
+        return;
+    }
+    tail.sort_by(priority);
+    if n <= 32 {
+        // Greedy by priority against the (few) accepted ones.
+        let mut kept = 0;
+        for i in 0..n {
+            let (s, e) = (tail[i].start, tail[i].end);
+            if tail[..kept].iter().all(|k| k.end <= s || e <= k.start) {
+                tail.swap(kept, i);
+                kept += 1;
+            }
+        }
+        spans.truncate(from + kept);
+    } else {
+        // Accepted spans by start; they never overlap, so checking the
+        // nearest one on each side is enough (O(n log n)).
+        let mut kept: std::collections::BTreeMap<usize, Span> = std::collections::BTreeMap::new();
+        for s in spans.drain(from..) {
+            let before_ok = kept.range(..=s.start).next_back().is_none_or(|(_, k)| k.end <= s.start);
+            let after_ok = kept.range(s.start..).next().is_none_or(|(_, k)| s.end <= k.start);
+            if before_ok && after_ok {
+                kept.insert(s.start, s);
+            }
+        }
+        spans.extend(kept.into_values());
+        return;
+    }
+    spans[from..].sort_unstable_by_key(|s| s.start);
 }

@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::Entity;
 
+
 use super::{is_word, push};
 use crate::Span;
 
@@ -18,8 +19,10 @@ fn is_hex(b: u8) -> bool {
 pub(super) fn ipv4(text: &str, out: &mut Vec<Span>) {
     let b = text.as_bytes();
     let mut i = 0;
-    while let Some(off) = memchr::memchr(b'.', &b[i..]) {
-        let dot = i + off;
+    for dot in memchr::memchr_iter(b'.', b) {
+        if dot < i {
+            continue;
+        }
         // Walk back to the start of the digit run before this dot.
         let mut s = dot;
         while s > 0 && b[s - 1].is_ascii_digit() {
@@ -89,8 +92,10 @@ pub(super) fn ipv4(text: &str, out: &mut Vec<Span>) {
 pub(super) fn colon_runs(text: &str, want_ip: bool, want_mac: bool, out: &mut Vec<Span>) {
     let b = text.as_bytes();
     let mut i = 0;
-    while let Some(off) = memchr::memchr(b':', &b[i..]) {
-        let colon = i + off;
+    for colon in memchr::memchr_iter(b':', b) {
+        if colon < i {
+            continue;
+        }
         let mut s = colon;
         while s > 0 && (is_hex(b[s - 1]) || b[s - 1] == b':' || b[s - 1] == b'.') {
             s -= 1;
@@ -117,8 +122,19 @@ pub(super) fn colon_runs(text: &str, want_ip: bool, want_mac: bool, out: &mut Ve
             continue;
         }
         let cand = &text[s..e];
-        if cand.bytes().filter(|&c| c == b':').count() < 2 && !cand.contains("::") {
+        let cb = cand.as_bytes();
+        let colons = cb.iter().filter(|&&c| c == b':').count();
+        let double = cb.windows(2).any(|w| w == b"::");
+        if colons < 2 && !double {
             // one colon: maybe a MAC quad? no: those have 3 colons.
+            continue;
+        }
+        // A MAC has 3, 5 or 7 colons; an IPv6 address `::`, or 7 colons
+        // (6 before an embedded IPv4), 8 with a `:port`. `12:01:01` is
+        // neither.
+        let mac_shape = want_mac && matches!(colons, 3 | 5 | 7);
+        let ip_shape = want_ip && (double || colons >= 6);
+        if !mac_shape && !ip_shape {
             continue;
         }
         // Zone id.
@@ -135,11 +151,11 @@ pub(super) fn colon_runs(text: &str, want_ip: bool, want_mac: bool, out: &mut Ve
         if end < b.len() && is_word(b[end]) {
             continue;
         }
-        if want_mac && !cand.contains('.') && is_mac_colon(cand) {
+        if mac_shape && !cb.contains(&b'.') && is_mac_colon(cand) {
             push(out, s, e, Entity::MacAddress);
             continue;
         }
-        if !want_ip || !cand.bytes().any(|c| c.is_ascii_digit()) {
+        if !ip_shape || !cb.iter().any(u8::is_ascii_digit) {
             continue;
         }
         if let Some(len) = ipv6_prefix(cand) {
@@ -165,20 +181,28 @@ fn ipv6_prefix(cand: &str) -> Option<usize> {
 }
 
 fn is_mac_colon(cand: &str) -> bool {
-    let groups: Vec<&str> = cand.split(':').collect();
-    let all = |n: usize| groups.iter().all(|g| g.len() == n && g.bytes().all(is_hex));
-    let mac = ((groups.len() == 6 || groups.len() == 8) && all(2)) || (groups.len() == 4 && all(4));
-    mac && cand.bytes().any(|c| c != b'0' && c != b':')
+    let b = cand.as_bytes();
+    let groups = b.iter().filter(|&&c| c == b':').count() + 1;
+    let all = |n: usize| b.split(|&c| c == b':').all(|g| g.len() == n && g.iter().all(|&c| is_hex(c)));
+    let mac = ((groups == 6 || groups == 8) && all(2)) || (groups == 4 && all(4));
+    mac && b.iter().any(|&c| c != b'0' && c != b':')
 }
 
 /// Dash-separated (`aa-bb-cc-dd-ee-ff`) and Cisco (`aabb.ccdd.eeff`) MACs.
 pub(super) fn mac_other(text: &str, out: &mut Vec<Span>) {
     let b = text.as_bytes();
     let n = b.len();
-    let mut i = 0;
-    while i < n {
+    // A dash MAC has a `-` at start + 2, a Cisco one a `.` at start + 4.
+    // Candidates are independent: a start inside (or right after) a MAC
+    // has a hex digit, `-` or `.` before it and is rejected, so they can
+    // be tried in any order.
+    for p in memchr::memchr2_iter(b'-', b'.', b) {
+        let i = match b[p] {
+            b'-' if p >= 2 => p - 2,
+            b'.' if p >= 4 => p - 4,
+            _ => continue,
+        };
         if !is_hex(b[i]) || (i > 0 && (is_word(b[i - 1]) || b[i - 1] == b'-' || b[i - 1] == b'.')) {
-            i += 1;
             continue;
         }
         // Dash form: 17 bytes.
@@ -187,7 +211,6 @@ pub(super) fn mac_other(text: &str, out: &mut Vec<Span>) {
                 && (0..5).all(|k| b[i + 3 * k + 2] == b'-');
             if ok && boundary_after(b, i + 17) {
                 push(out, i, i + 17, Entity::MacAddress);
-                i += 17;
                 continue;
             }
         }
@@ -197,11 +220,8 @@ pub(super) fn mac_other(text: &str, out: &mut Vec<Span>) {
             let has_digit_and_letter = b[i..i + 14].iter().any(u8::is_ascii_digit);
             if ok && has_digit_and_letter && boundary_after(b, i + 14) {
                 push(out, i, i + 14, Entity::MacAddress);
-                i += 14;
-                continue;
             }
         }
-        i += 1;
     }
 }
 

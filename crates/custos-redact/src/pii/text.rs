@@ -2,6 +2,7 @@
 
 use crate::{Entity, Span};
 
+use super::scan::Starts;
 use super::{is_word, push};
 
 fn is_local(c: u8) -> bool {
@@ -132,19 +133,16 @@ fn right_ok(b: &[u8], e: usize) -> bool {
 /// Digit runs (`[0-9]` with single space/dash separators): payment cards
 /// (Luhn, 13–19 digits, IIN starting 2–6, 4-digit grouping or Amex
 /// 4-6-5) and US SSNs (`ddd-dd-dddd`, valid ranges).
-pub(super) fn numbers(text: &str, card: bool, ssn: bool, out: &mut Vec<Span>) {
+pub(super) fn numbers(text: &str, starts: &Starts, card: bool, ssn: bool, out: &mut Vec<Span>) {
     let b = text.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if !b[i].is_ascii_digit() || (i > 0 && b[i - 1].is_ascii_digit()) {
-            i += 1;
+    // Only the first digit of a digit run can start a finding (a digit
+    // after a digit fails `left_ok`); `resume` skips what a finding covered.
+    let mut resume = 0;
+    for i in starts.iter() {
+        if i < resume || !left_ok(b, i) {
             continue;
         }
-        if !left_ok(b, i) {
-            i += 1;
-            continue;
-        }
-        if ssn && i + 11 <= b.len() && right_ok(b, i + 11) {
+        if ssn && i + 11 <= b.len() && b[i + 3] == b'-' && right_ok(b, i + 11) {
             let w = &b[i..i + 11];
             let shape = w[3] == b'-'
                 && w[6] == b'-'
@@ -152,33 +150,61 @@ pub(super) fn numbers(text: &str, card: bool, ssn: bool, out: &mut Vec<Span>) {
             let valid = shape && &w[0..3] != b"000" && &w[0..3] != b"666" && w[0] != b'9' && &w[4..6] != b"00" && &w[7..11] != b"0000";
             if valid {
                 push(out, i, i + 11, Entity::UsSsn);
-                i += 11;
+                resume = i + 11;
                 continue;
             }
         }
-        let e = digit_sep_run(b, i, b" -");
-        if !card || !right_ok(b, e) {
-            i += 1;
+        // A card's first digit is 2–6, or 1 for JCB `1800…`.
+        if !card || !(b'1'..=b'6').contains(&b[i]) {
             continue;
         }
-        let run = &b[i..e];
-        let digits: Vec<u8> = run.iter().copied().filter(u8::is_ascii_digit).collect();
-        let jcb15 = digits.len() == 15 && digits.starts_with(b"1800");
-        if (13..=19).contains(&digits.len()) && ((b'2'..=b'6').contains(&digits[0]) || jcb15) {
-            let groups: Vec<usize> = run.split(|c| !c.is_ascii_digit()).map(<[u8]>::len).collect();
-            let seps: Vec<u8> = run.iter().copied().filter(|c| !c.is_ascii_digit()).collect();
-            let uniform = seps.windows(2).all(|w| w[0] == w[1]);
-            let grouping = groups.len() == 1
-                || (groups[..groups.len() - 1].iter().all(|&g| g == 4) && groups.last().is_some_and(|&g| (1..=4).contains(&g)))
-                || (groups.len() == 3 && groups[0] == 4 && groups[1] == 6 && (4..=5).contains(&groups[2]));
-            if uniform && grouping && luhn(&digits) {
-                push(out, i, e, Entity::CreditCard);
-                i = e;
-                continue;
-            }
+        let e = digit_sep_run(b, i, b" -");
+        if e - i < 13 {
+            continue;
         }
-        i += 1;
+        if !right_ok(b, e) {
+            continue;
+        }
+        if let Some(e) = card_at(b, i, e) {
+            push(out, i, e, Entity::CreditCard);
+            resume = e;
+        }
     }
+}
+
+/// The digit run `b[i..e]` (digits with single separators, at most 24
+/// bytes) if it reads as a payment card: 13–19 digits, IIN 2–6 or a
+/// 15-digit JCB `1800…`, uniform separators, 4-digit groups (or Amex
+/// 4-6-5), Luhn.
+fn card_at(b: &[u8], i: usize, e: usize) -> Option<usize> {
+    let run = &b[i..e];
+    let mut digits = [0u8; 24];
+    let mut nd = 0;
+    let mut groups = [0usize; 25];
+    let mut ng = 1;
+    let mut sep = None;
+    let mut uniform = true;
+    for &c in run {
+        if c.is_ascii_digit() {
+            digits[nd] = c;
+            nd += 1;
+            groups[ng - 1] += 1;
+        } else {
+            uniform &= sep.is_none_or(|s| s == c);
+            sep = Some(c);
+            ng += 1;
+        }
+    }
+    let digits = &digits[..nd];
+    let groups = &groups[..ng];
+    let jcb15 = digits.len() == 15 && digits.starts_with(b"1800");
+    if !((13..=19).contains(&digits.len()) && ((b'2'..=b'6').contains(&digits[0]) || jcb15)) {
+        return None;
+    }
+    let grouping = groups.len() == 1
+        || (groups[..groups.len() - 1].iter().all(|&g| g == 4) && groups.last().is_some_and(|&g| (1..=4).contains(&g)))
+        || (groups.len() == 3 && groups[0] == 4 && groups[1] == 6 && (4..=5).contains(&groups[2]));
+    (uniform && grouping && luhn(digits)).then_some(e)
 }
 
 const IBAN_LEN: &[(&str, usize)] = &[
@@ -193,13 +219,40 @@ const IBAN_LEN: &[(&str, usize)] = &[
     ("TR", 26), ("UA", 29), ("VA", 22), ("VG", 24), ("XK", 20),
 ];
 
+/// `IBAN_LEN` as a table indexed by the two upper-case letters (0: none).
+const IBAN_TABLE: [u8; 26 * 26] = {
+    let mut t = [0u8; 26 * 26];
+    let mut k = 0;
+    while k < IBAN_LEN.len() {
+        let (cc, len) = IBAN_LEN[k];
+        let cc = cc.as_bytes();
+        t[(cc[0] - b'A') as usize * 26 + (cc[1] - b'A') as usize] = len as u8;
+        k += 1;
+    }
+    t
+};
+
+/// The IBAN length of the country `a b` (ASCII letters, either case).
+fn iban_len(a: u8, b: u8) -> Option<usize> {
+    let len = IBAN_TABLE[(a.to_ascii_uppercase() - b'A') as usize * 26 + (b.to_ascii_uppercase() - b'A') as usize];
+    (len != 0).then_some(usize::from(len))
+}
+
 /// IBANs: country code, 2 check digits, BBAN (either case); spaces
 /// allowed between characters; per-country length and mod-97 checked.
-pub(super) fn iban(text: &str, out: &mut Vec<Span>) {
+pub(super) fn iban(text: &str, starts: &Starts, out: &mut Vec<Span>) {
     let b = text.as_bytes();
     let n = b.len();
-    let mut i = 0;
-    while i + 15 <= n {
+    let mut resume = 0;
+    // A start `i` has its check digits at `i + 2`: the first digit of a run.
+    for d in starts.iter() {
+        if d < 2 {
+            continue;
+        }
+        let i = d - 2;
+        if i < resume || i + 15 > n {
+            continue;
+        }
         let start_ok = b[i].is_ascii_alphabetic()
             && b[i + 1].is_ascii_alphabetic()
             && b[i].is_ascii_uppercase() == b[i + 1].is_ascii_uppercase()
@@ -207,32 +260,29 @@ pub(super) fn iban(text: &str, out: &mut Vec<Span>) {
             && b[i + 3].is_ascii_digit()
             && (i == 0 || !is_word(b[i - 1]));
         if !start_ok {
-            i += 1;
             continue;
         }
-        let cc = &text[i..i + 2];
-        let Some(&(_, len)) = IBAN_LEN.iter().find(|(c, _)| c.eq_ignore_ascii_case(cc)) else {
-            i += 1;
+        let Some(len) = iban_len(b[i], b[i + 1]) else {
             continue;
         };
-        let mut chars = Vec::with_capacity(len);
+        let mut chars = [0u8; 40];
+        let mut nc = 0;
         let mut e = i;
-        while e < n && chars.len() < len {
+        while e < n && nc < len {
             let c = b[e];
             if c.is_ascii_alphanumeric() {
-                chars.push(c.to_ascii_uppercase());
+                chars[nc] = c.to_ascii_uppercase();
+                nc += 1;
                 e += 1;
-            } else if c == b' ' && e + 1 < n && b[e + 1].is_ascii_alphanumeric() && !chars.is_empty() {
+            } else if c == b' ' && e + 1 < n && b[e + 1].is_ascii_alphanumeric() && nc != 0 {
                 e += 1;
             } else {
                 break;
             }
         }
-        if chars.len() == len && (e == n || !is_word(b[e])) && mod97(&chars) {
+        if nc == len && (e == n || !is_word(b[e])) && mod97(&chars[..nc]) {
             push(out, i, e, Entity::IbanCode);
-            i = e;
-        } else {
-            i += 1;
+            resume = e;
         }
     }
 }
@@ -253,52 +303,63 @@ fn mod97(chars: &[u8]) -> bool {
 /// Phone numbers: E.164 (`+` then 8–15 digits with space, dash, dot or
 /// parenthesis separators) and North American national forms
 /// `(555) 123-4567`, `555-123-4567`, `555.123.4567`.
-pub(super) fn phone(text: &str, out: &mut Vec<Span>) {
+pub(super) fn phone(text: &str, starts: &Starts, out: &mut Vec<Span>) {
     let b = text.as_bytes();
     let n = b.len();
-    let mut i = 0;
-    while i < n {
-        let c = b[i];
-        if c == b'+' && b.get(i + 1).is_some_and(|d| (b'1'..=b'9').contains(d)) && (i == 0 || !is_word(b[i - 1])) {
-            let mut e = i + 1;
-            let mut digits = 0;
-            let mut last_digit = e;
-            let mut seps = 0;
-            while e < n {
-                let d = b[e];
-                if d.is_ascii_digit() {
-                    digits += 1;
-                    e += 1;
-                    last_digit = e;
-                    seps = 0;
-                } else if matches!(d, b' ' | b'-' | b'.' | b'(' | b')') && seps < 2 {
-                    seps += 1;
-                    e += 1;
-                } else {
-                    break;
-                }
-            }
-            let e = extension(b, last_digit);
-            let next_bad = b.get(e).is_some_and(|&d| is_word(d) || d == b':');
-            if (8..=15).contains(&digits) && !next_bad {
-                push(out, i, e, Entity::PhoneNumber);
-                i = e;
-                continue;
-            }
-            i += 1;
+    // Candidates, in order: every `+` and `(`, and the first digit of
+    // every digit run (a digit after a digit has a word character before
+    // it and is never tried).
+    let mut digits = starts.iter().peekable();
+    let mut puncts = memchr::memchr2_iter(b'+', b'(', b).peekable();
+    let mut resume = 0;
+    loop {
+        let i = match (digits.peek(), puncts.peek()) {
+            (Some(&d), Some(&p)) if d < p => digits.next(),
+            (Some(_), None) => digits.next(),
+            (_, Some(_)) => puncts.next(),
+            (None, None) => None,
+        };
+        let Some(i) = i else { break };
+        if i < resume {
             continue;
         }
-        if c == b'(' || c.is_ascii_digit() {
-            let word_before = i > 0 && (is_word(b[i - 1]) || matches!(b[i - 1], b'.' | b'-' | b'+' | b'/' | b':'));
-            if !word_before {
-                if let Some(e) = national(b, i) {
+        let c = b[i];
+        if c == b'+' {
+            if b.get(i + 1).is_some_and(|d| (b'1'..=b'9').contains(d)) && (i == 0 || !is_word(b[i - 1])) {
+                let mut e = i + 1;
+                let mut digits = 0;
+                let mut last_digit = e;
+                let mut seps = 0;
+                while e < n {
+                    let d = b[e];
+                    if d.is_ascii_digit() {
+                        digits += 1;
+                        e += 1;
+                        last_digit = e;
+                        seps = 0;
+                    } else if matches!(d, b' ' | b'-' | b'.' | b'(' | b')') && seps < 2 {
+                        seps += 1;
+                        e += 1;
+                    } else {
+                        break;
+                    }
+                }
+                let e = extension(b, last_digit);
+                let next_bad = b.get(e).is_some_and(|&d| is_word(d) || d == b':');
+                if (8..=15).contains(&digits) && !next_bad {
                     push(out, i, e, Entity::PhoneNumber);
-                    i = e;
-                    continue;
+                    resume = e;
                 }
             }
+            continue;
         }
-        i += 1;
+        let word_before = i > 0 && (is_word(b[i - 1]) || matches!(b[i - 1], b'.' | b'-' | b'+' | b'/' | b':'));
+        if !word_before {
+            if let Some(e) = national(b, i) {
+                push(out, i, e, Entity::PhoneNumber);
+                resume = e;
+            }
+        }
     }
 }
 
@@ -380,12 +441,24 @@ fn extension(b: &[u8], e: usize) -> usize {
 /// National forms at `i` (with an optional `1-`/`001-` prefix for North
 /// America), an optional extension, and a clean right boundary.
 fn national(b: &[u8], i: usize) -> Option<usize> {
-    let mut cands = vec![nanp_at(b, i)];
-    for p in [&b"1-"[..], b"1 ", b"1.", b"001-", b"001 "] {
-        if b[i..].starts_with(p) {
-            cands.push(nanp_at(b, i + p.len()));
+    if b[i] != b'(' && b[i] != b'0' {
+        // Without `(` or a trunk `0`, a match starts with a 3-digit area
+        // code or a `1` prefix: other digit runs cannot match.
+        let run = b[i..].iter().take(4).take_while(|c| c.is_ascii_digit()).count();
+        if run != 3 && !(run == 1 && b[i] == b'1') {
+            return None;
         }
     }
-    cands.push(trunk_at(b, i));
-    cands.into_iter().flatten().map(|e| extension(b, e)).find(|&e| right_ok(b, e))
+    let done = |e: Option<usize>| e.map(|e| extension(b, e)).filter(|&e| right_ok(b, e));
+    if let Some(e) = done(nanp_at(b, i)) {
+        return Some(e);
+    }
+    for p in [&b"1-"[..], b"1 ", b"1.", b"001-", b"001 "] {
+        if b[i..].starts_with(p) {
+            if let Some(e) = done(nanp_at(b, i + p.len())) {
+                return Some(e);
+            }
+        }
+    }
+    done(trunk_at(b, i))
 }

@@ -1,10 +1,12 @@
 //! User names in log contexts; the span covers the name only.
 
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
 
 use crate::{Entity, Span};
 
 use super::push;
+
 
 /// Words that follow `user` in logs and are not names.
 const STOP: &[&str] = &[
@@ -18,7 +20,27 @@ const STOP: &[&str] = &[
 #[derive(Debug, Clone)]
 pub(super) struct UserScanner {
     ctx: Regex,
+    /// The literal part of every context, lower case (see `may_have_context`).
+    pre: Option<AhoCorasick>,
 }
+
+/// Every match of the context regex contains one of these (ASCII
+/// case-insensitively).
+const CONTEXT_LITERALS: &[&str] = &[
+    "user ",
+    "user=",
+    "\\users\\",
+    "/home/",
+    "logname=",
+    "password for ",
+    "publickey for ",
+    "keyboard-interactive/pam for ",
+    "hostbased for ",
+];
+
+/// Texts up to this long are lower-cased on the stack for the prefilter;
+/// longer ones go to the regex directly.
+const STACK_LOWER: usize = 1024;
 
 fn is_name(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'$' | b'@')
@@ -36,12 +58,33 @@ impl UserScanner {
             r"(?i)(?:(?:\b(?:password|publickey|keyboard-interactive/pam|hostbased) for (?:invalid user |illegal user )?)|\b(?:(?:invalid|illegal) )?user[ =]|\b(?:ruser|logname)=|/home/|\\users\\)",
         )
         .unwrap_or_else(|_| never());
-        UserScanner { ctx }
+        // Without the automaton (it cannot fail to build for these few
+        // literals) every text goes to the regex: slower, same result.
+        let pre = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostFirst).build(CONTEXT_LITERALS).ok();
+        UserScanner { ctx, pre }
+    }
+
+    /// False only if the context regex cannot match: every match holds
+    /// one of `CONTEXT_LITERALS`, looked for in an ASCII-lower-cased copy.
+    /// The regex is Unicode case-insensitive (`ſ` matches `s`, `K` matches
+    /// `k`), so text with non-ASCII bytes always goes to the regex.
+    fn may_have_context(&self, b: &[u8]) -> bool {
+        let Some(pre) = &self.pre else { return true };
+        if b.len() > STACK_LOWER || !b.is_ascii() {
+            return true;
+        }
+        let mut buf = [0u8; STACK_LOWER];
+        let lower = &mut buf[..b.len()];
+        for (d, s) in lower.iter_mut().zip(b) {
+            *d = s.to_ascii_lowercase();
+        }
+        pre.is_match(&*lower)
     }
 
     pub(super) fn find(&self, text: &str, out: &mut Vec<Span>) {
         let b = text.as_bytes();
-        for m in self.ctx.find_iter(text) {
+        let contexts = if self.may_have_context(b) { Some(self.ctx.find_iter(text)) } else { None };
+        for m in contexts.into_iter().flatten() {
             let s = m.end();
             let mut e = s;
             while e < b.len() && is_name(b[e]) {

@@ -14,6 +14,30 @@ pub const BEARER: &str = "custos-bearer-token";
 pub const AWS_ACCESS_KEY_ID: &str = "custos-aws-access-key-id";
 /// Value of a `password=` / `passwd:` / `secret=` pair.
 pub const PASSWORD_KV: &str = "custos-password-value";
+/// AWS secret access key after `aws_secret_access_key =` (or
+/// `SecretAccessKey":`, as the AWS CLI prints it).
+pub const AWS_SECRET_ACCESS_KEY: &str = "custos-aws-secret-access-key";
+/// Google (GCP, Firebase, Maps) API key `AIza…`.
+pub const GCP_API_KEY: &str = "custos-gcp-api-key";
+/// GitHub tokens: `ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_`, `github_pat_`.
+pub const GITHUB_TOKEN: &str = "custos-github-token";
+/// Slack tokens `xoxb-`, `xoxa-`, `xoxp-`, `xoxr-`, `xoxs-` (also
+/// `xoxe-`, `xoxo-`): numeric team/user ids, then the random part.
+pub const SLACK_TOKEN: &str = "custos-slack-token";
+/// Azure storage account key / Service Bus key in a connection string
+/// (`AccountKey=…`, `SharedAccessKey=…`).
+pub const AZURE_KEY: &str = "custos-azure-account-key";
+/// High-entropy value of an `api_key=` / `token:` / `access_token=` /
+/// `client_secret=` / `private_key=` pair.
+pub const API_KEY_KV: &str = "custos-api-key-value";
+
+/// Google API keys embedded in Google's own SDKs, public by design.
+const GCP_PUBLIC_KEYS: &str = "^(?:AIzaSyabcdefghijklmnopqrstuvwxyz1234567|AIzaSyAnLA7NfeLquW1tJFpx_eQCxoX-oo6YyIs|\
+AIzaSyCkEhVjf3pduRDt6d1yKOMitrUEke8agEM|AIzaSyDMAScliyLx7F0NPDEJi1QmyCgHIAODrlU|AIzaSyD3asb-2pEZVqMkmL6M9N6nHZRR_znhrh0|\
+AIzayDNSXIbFmlXbIE6mCzDLQAqITYefhixbX4A|AIzaSyAdOS2zB6NCsk1pCdZ4-P6GBdi_UUPwX7c|AIzaSyASWm6HmTMdYWpgMnjRBjxcQ9CKctWmLd4|\
+AIzaSyANUvH9H9BsUccjsu2pCmEkOPjjaXeDQgY|AIzaSyA5_iVawFQ8ABuTZNUdcwERLJv_a_p4wtM|AIzaSyA4UrcGxgwQFTfaI3no3t7Lt1sjmdnP5sQ|\
+AIzaSyDSb51JiIcB6OJpwwMicseKRhhrOq1cS7g|AIzaSyBF2RrAIm4a0mO64EShQfqfd2AFnzAvvuU|AIzaSyBcE-OOIbhjyR83gm4r2MFCu4MJmprNXsw|\
+AIzaSyB8qGxt4ec15vitgn44duC5ucxaOi4FmqE|AIzaSyA8vmApnrHNFE0bApF4hoZ11srVL_n0nvY)$";
 
 fn rule(
     id: &str,
@@ -22,6 +46,18 @@ fn rule(
     keywords: &[&str],
     allow: &[&str],
     check: Option<super::Check>,
+) -> Rule {
+    rule_entropy(id, pattern, group, keywords, allow, check, None)
+}
+
+fn rule_entropy(
+    id: &str,
+    pattern: &str,
+    group: Option<usize>,
+    keywords: &[&str],
+    allow: &[&str],
+    check: Option<super::Check>,
+    entropy: Option<f64>,
 ) -> Rule {
     // Invariant: the patterns below are constants, covered by the tests in
     // `secrets::tests` (`builtin_*`), so they always compile.
@@ -45,7 +81,7 @@ fn rule(
         id: id.to_string(),
         regex,
         secret_group: group,
-        entropy: None,
+        entropy,
         keywords: keywords.iter().map(|k| k.to_string()).collect(),
         allowlists,
         check,
@@ -102,7 +138,87 @@ pub(super) fn rules() -> Vec<Rule> {
             ],
             None,
         ),
+        rule(
+            AWS_SECRET_ACCESS_KEY,
+            r#"(?i)(?:aws)?[_.-]?secret[_.-]?access[_.-]?key["']?[ \t]*(?:=|:|=>)[ \t]*["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)"#,
+            Some(1),
+            &["secret"],
+            &[r"EXAMPLE", r"(?i)x{6,}|^[a-z]+$|^[A-Z]+$"],
+            None,
+        ),
+        rule_entropy(
+            GCP_API_KEY,
+            r"(?-u:\b)(AIza[0-9A-Za-z_-]{35})(?:[^0-9A-Za-z_-]|$)",
+            Some(1),
+            &["aiza"],
+            // Keys Google publishes in its SDKs (gitleaks' allowlist).
+            &[r"(?i)x{6,}|EXAMPLE", GCP_PUBLIC_KEYS],
+            None,
+            Some(4.0),
+        ),
+        rule(
+            GITHUB_TOKEN,
+            r"(?-u:\b)((?:ghp|gho|ghu|ghs|ghr)_[0-9A-Za-z]{36}|github_pat_[0-9A-Za-z_]{82})(?-u:\b)",
+            Some(1),
+            &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+            &[r"(?i)x{6,}"],
+            None,
+        ),
+        rule(
+            SLACK_TOKEN,
+            r"(?-u:\b)(xox[abeoprs]-(?:[0-9]{6,13}-){1,3}[0-9A-Za-z]{10,128}|xoxe-1-[0-9A-Za-z]{100,300})(?-u:\b)",
+            Some(1),
+            &["xoxa-", "xoxb-", "xoxe-", "xoxo-", "xoxp-", "xoxr-", "xoxs-"],
+            &[r"(?i)x{6,}"],
+            Some(slack_ok),
+        ),
+        rule(
+            AZURE_KEY,
+            r"(?i)(?-u:\b)(?:AccountKey|SharedAccessKey)[ \t]*=[ \t]*([A-Za-z0-9+/]{40,100}={0,2})",
+            Some(1),
+            &["accountkey", "sharedaccesskey"],
+            &[r"(?i)x{6,}"],
+            None,
+        ),
+        rule_entropy(
+            API_KEY_KV,
+            r#"(?i)(?:^|[^A-Za-z0-9])(?:api[_.-]?key|api[_.-]?token|(?:access|auth|bearer|refresh|session|secret)[_.-]?token|token|client[_.-]?secret|private[_.-]?key)["']?[ \t]*(?:=|:|=>)[ \t]*["']?([A-Za-z0-9_+/=.~-]{16,256})"#,
+            Some(1),
+            &["apikey", "api_key", "api-key", "api.key", "api_token", "apitoken", "api-token", "api.token", "token", "client_secret", "clientsecret", "client-secret", "client.secret", "private_key", "privatekey", "private-key", "private.key"],
+            // Values of a known shape are left to their own rule (the JWT
+            // rule checks the header), which then names the finding.
+            &[r"(?i)x{6,}|\*{3,}|redacted|example|^[a-z._-]+$|^[0-9._-]+$", r"^(?:eyJ|xox[abeoprs]-|gh[pousr]_|github_pat_|AIza|AKIA|ASIA)"],
+            Some(mixed_chars),
+            Some(3.5),
+        )
+        // Anti-CSRF tokens are per-form nonces, not credentials.
+        .allow_line(r#"(?i)(?:csrf|xsrf)[_.-]?token["']?[ \t]*(?:=|:)"#),
     ]
+}
+
+/// The random part of a Slack token (after the numeric ids) has letters.
+fn slack_ok(token: &str) -> bool {
+    token.rsplit('-').next().is_some_and(|last| last.bytes().any(|c| c.is_ascii_alphabetic()))
+}
+
+/// Both a letter and a digit (random keys have both; words and numbers
+/// are not keys).
+fn mixed_chars(s: &str) -> bool {
+    s.bytes().any(|c| c.is_ascii_digit()) && s.bytes().any(|c| c.is_ascii_alphabetic())
+}
+
+impl Rule {
+    /// Adds an allowlist regex tested against the line of the match.
+    fn allow_line(mut self, pattern: &str) -> Rule {
+        self.allowlists.push(Allowlist {
+            and: false,
+            target: Target::Line,
+            regexes: vec![Regex::new(pattern).expect("built-in allowlist pattern compiles")],
+            stopwords: Vec::new(),
+            needs_path: false,
+        });
+        self
+    }
 }
 
 /// Decodes base64url (padding optional); `None` on bad input.

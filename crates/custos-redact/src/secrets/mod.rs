@@ -178,13 +178,56 @@ struct Rule {
 pub struct Rules {
     rules: Vec<Rule>,
     global: Vec<Allowlist>,
-    /// Keyword automaton; pattern i belongs to the rules in `kw_rules[i]`.
-    keywords: Option<AhoCorasick>,
+    /// Keyword automata; pattern i belongs to the rules in `kw_rules[i]`.
+    keywords: Option<Keywords>,
     kw_rules: Vec<Vec<usize>>,
     /// Rules without keywords.
     always: Vec<usize>,
     skipped: Vec<SecretsError>,
     path_only: Vec<String>,
+}
+
+/// The keyword prefilter: lower-cased keywords searched in an ASCII
+/// lower-cased copy of the text (the same matches as an ASCII
+/// case-insensitive search, but it lets aho-corasick use its SIMD
+/// prefilters, which case-insensitive automata mostly cannot).
+#[derive(Debug)]
+struct Keywords {
+    /// Leftmost-first: the first keyword occurrence, found fast; no
+    /// occurrence starts before it.
+    first: AhoCorasick,
+    /// Overlapping: every occurrence from there on.
+    all: AhoCorasick,
+}
+
+/// Texts up to this long are lower-cased on the stack.
+const STACK_LOWER: usize = 1024;
+
+impl Keywords {
+    fn new(patterns: &[String]) -> Option<Keywords> {
+        let build = |kind| AhoCorasickBuilder::new().match_kind(kind).build(patterns).ok();
+        Some(Keywords { first: build(MatchKind::LeftmostFirst)?, all: build(MatchKind::Standard)? })
+    }
+
+    /// Calls `f` with the pattern id of every keyword occurrence in `text`.
+    fn each(&self, text: &str, mut f: impl FnMut(usize)) {
+        let mut stack = [0u8; STACK_LOWER];
+        let mut heap = Vec::new();
+        let lower: &mut [u8] = if text.len() <= STACK_LOWER {
+            &mut stack[..text.len()]
+        } else {
+            heap.resize(text.len(), 0);
+            &mut heap
+        };
+        for (d, s) in lower.iter_mut().zip(text.as_bytes()) {
+            *d = s.to_ascii_lowercase();
+        }
+        let lower = &*lower;
+        let Some(m) = self.first.find(lower) else { return };
+        for m in self.all.find_overlapping_iter(&lower[m.start()..]) {
+            f(m.pattern().as_usize());
+        }
+    }
 }
 
 /// Shannon entropy (bits per symbol) of `s`, as gitleaks computes it.
@@ -293,7 +336,9 @@ fn compile_rule(def: &gitleaks::RuleDef, pattern: &str) -> Result<Rule, SecretsE
 
 impl Rules {
     /// The built-in detectors only: PEM private keys, JWTs, bearer tokens,
-    /// AWS access key ids, `password=`-style values.
+    /// AWS access key ids and secret access keys, GCP API keys, GitHub and
+    /// Slack tokens, Azure storage/Service Bus keys, `password=`-style
+    /// values and high-entropy `api_key=`/`token=`-style values.
     pub fn builtin() -> Rules {
         Rules::assemble(builtin::rules(), Vec::new(), Vec::new(), Vec::new())
     }
@@ -369,11 +414,7 @@ impl Rules {
         }
         // Building can only fail on size limits; without an automaton every
         // keyword rule then runs unconditionally (correct, just slower).
-        let keywords = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .build(&patterns)
-            .ok();
+        let keywords = Keywords::new(&patterns);
         if keywords.is_none() {
             always = (0..rules.len()).collect();
         }
@@ -415,34 +456,67 @@ impl Rules {
 
     /// Secrets in `text`, sorted by position, one span per distinct range.
     pub fn find(&self, text: &str) -> Vec<Span> {
-        self.find_filtered(text, |_| true)
+        let mut out = Vec::new();
+        self.find_filtered(text, |_| true, &mut out);
+        out
+    }
+
+    /// Like [`Rules::find`], but appends the findings to `out` (what `out`
+    /// already holds is left alone). Nothing is allocated for a text in
+    /// which no keyword occurs and no keyword-less rule matches.
+    pub fn find_into(&self, text: &str, out: &mut Vec<Span>) {
+        self.find_filtered(text, |_| true, out);
     }
 
     /// Like [`Rules::find`] but only runs the rule with id `rule_id`
     /// (keyword prefilter included).
     pub fn find_rule(&self, rule_id: &str, text: &str) -> Vec<Span> {
-        self.find_filtered(text, |r| r.id == rule_id)
+        let mut out = Vec::new();
+        self.find_filtered(text, |r| r.id == rule_id, &mut out);
+        out
     }
 
-    fn find_filtered(&self, text: &str, want: impl Fn(&Rule) -> bool) -> Vec<Span> {
-        let mut active = vec![false; self.rules.len()];
-        for &i in &self.always {
-            active[i] = true;
-        }
-        if let Some(ac) = &self.keywords {
-            for m in ac.find_overlapping_iter(text) {
-                for &i in &self.kw_rules[m.pattern().as_usize()] {
+    fn find_filtered(&self, text: &str, want: impl Fn(&Rule) -> bool, out: &mut Vec<Span>) {
+        let from = out.len();
+        let mut active: Vec<bool> = Vec::new();
+        if let Some(kw) = &self.keywords {
+            kw.each(text, |p| {
+                if active.is_empty() {
+                    active.resize(self.rules.len(), false);
+                }
+                for &i in &self.kw_rules[p] {
                     active[i] = true;
                 }
+            });
+        }
+        if active.is_empty() {
+            // No keyword: only the rules without keywords can run.
+            for &i in &self.always {
+                let rule = &self.rules[i];
+                if want(rule) {
+                    self.run_rule(rule, text, out);
+                }
+            }
+        } else {
+            for &i in &self.always {
+                active[i] = true;
+            }
+            for (rule, _) in self.rules.iter().zip(&active).filter(|(r, a)| **a && want(r)) {
+                self.run_rule(rule, text, out);
             }
         }
-        let mut spans = Vec::new();
-        for (rule, _) in self.rules.iter().zip(&active).filter(|(r, a)| **a && want(r)) {
-            self.run_rule(rule, text, &mut spans);
+        if out.len() - from > 1 {
+            let tail = &mut out[from..];
+            tail.sort();
+            let mut w = from + 1;
+            for r in from + 1..out.len() {
+                if (out[r].start, out[r].end) != (out[w - 1].start, out[w - 1].end) {
+                    out.swap(w, r);
+                    w += 1;
+                }
+            }
+            out.truncate(w);
         }
-        spans.sort();
-        spans.dedup_by(|b, a| a.start == b.start && a.end == b.end);
-        spans
     }
 
     fn run_rule(&self, rule: &Rule, text: &str, out: &mut Vec<Span>) {

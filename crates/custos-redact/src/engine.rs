@@ -1,0 +1,512 @@
+//! The redactor: detectors and a policy put together.
+//!
+//! [`Redactor`] is built once from a [`Policy`] (immutable, `Send + Sync`,
+//! shared behind an `Arc`); each thread or task redacts through its own
+//! [`Session`], which keeps a cache of pseudonyms, the counts of what was
+//! found, and the pseudonym-map entries not yet handed to the caller.
+//!
+//! For one piece of text:
+//!
+//! 1. every enabled detector runs (PII, secret rules, custom keywords and
+//!    regexes); detectors whose entity the policy keeps in every scope do
+//!    not run at all;
+//! 2. overlapping findings are resolved: the longest wins, ties go to the
+//!    entity listed first in [`Entity::BUILTIN`];
+//! 3. findings that already are our own output (a tag, a pseudonym, see
+//!    [`crate::pseudonym::is_pseudonym`]) are dropped, so redacting twice
+//!    changes nothing;
+//! 4. the operator of each finding is looked up for the event's table,
+//!    category and level; the strongest one decides for the field:
+//!    `drop_event` drops the event, `drop_field` the field; otherwise each
+//!    finding is rewritten in place.
+//!
+//! Text without findings is returned borrowed: no allocation, no copy.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use custos_model::{Category, Event, Level, Value};
+use serde::Serialize;
+
+use crate::pii::{Detector, HostNames, PII_ENTITIES};
+use crate::policy::{CustomMatcher, Operator, Policy};
+use crate::pseudonym::{is_pseudonym, PseudonymKey, Pseudonymizer};
+use crate::secrets::{Rules, SecretsError};
+use crate::{Entity, Span};
+
+/// Why a redactor could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RedactError {
+    /// The policy pseudonymizes but no key was given.
+    #[error("the redaction policy uses pseudonyms but no pseudonym key was given")]
+    NoKey,
+    /// The gitleaks rule file named by the policy is not usable.
+    #[error("gitleaks rules: {0}")]
+    Secrets(#[from] SecretsError),
+}
+
+/// Where a piece of text comes from; selects the policy's overrides.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// The destination table.
+    pub table: &'a str,
+    /// The event's category.
+    pub category: Category,
+    /// The event's consent level.
+    pub level: Level,
+}
+
+impl<'a> Context<'a> {
+    /// The context of an event.
+    pub fn of(event: &'a Event) -> Self {
+        Context { table: event.table.as_str(), category: event.category, level: event.level }
+    }
+}
+
+/// The result of redacting one field.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Redacted<'a> {
+    /// The (possibly rewritten) text.
+    Text(Cow<'a, str>),
+    /// The policy removes the whole field.
+    DropField,
+    /// The policy drops the whole event.
+    DropEvent,
+}
+
+/// What a session found and did, since it was last taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Findings that were not kept, by entity name.
+    pub redacted: BTreeMap<String, u64>,
+    /// Fields removed by `drop_field`.
+    pub fields_dropped: u64,
+    /// Events dropped by `drop_event`.
+    pub events_dropped: u64,
+    /// Pseudonym-map entries `(token, original)` made since the last take.
+    #[serde(skip)]
+    pub new_pseudonyms: Vec<(String, String)>,
+}
+
+impl Outcome {
+    /// Total findings not kept.
+    pub fn total(&self) -> u64 {
+        self.redacted.values().sum()
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: Outcome) {
+        for (k, v) in other.redacted {
+            *self.redacted.entry(k).or_default() += v;
+        }
+        self.fields_dropped += other.fields_dropped;
+        self.events_dropped += other.events_dropped;
+        self.new_pseudonyms.extend(other.new_pseudonyms);
+    }
+}
+
+#[derive(Debug)]
+enum Custom {
+    Regex(regex::Regex),
+    Keywords(AhoCorasick),
+}
+
+/// Detectors and policy, built once.
+#[derive(Debug)]
+pub struct Redactor {
+    policy: Policy,
+    pii: Detector,
+    pii_on: bool,
+    secrets: Option<Rules>,
+    custom: Vec<(String, Custom)>,
+    pseudo: Option<Pseudonymizer>,
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+impl Redactor {
+    /// Builds the detectors the policy needs. `gitleaks` is the text of
+    /// the policy's `gitleaks_rules` file, read by the caller; `key` is the
+    /// pseudonym key, needed when the policy pseudonymizes.
+    pub fn new(policy: Policy, gitleaks: Option<&str>, key: Option<&PseudonymKey>) -> Result<Redactor, RedactError> {
+        Self::build(policy, gitleaks, key, false)
+    }
+
+    /// Like [`Redactor::new`], but every detector runs whatever the
+    /// operators say (for `custos redact --spans` and measurements).
+    pub fn detect_all(policy: Policy, gitleaks: Option<&str>, key: Option<&PseudonymKey>) -> Result<Redactor, RedactError> {
+        Self::build(policy, gitleaks, key, true)
+    }
+
+    fn build(policy: Policy, gitleaks: Option<&str>, key: Option<&PseudonymKey>, all: bool) -> Result<Redactor, RedactError> {
+        let wanted = |e: Entity| all || !policy.always_kept(e.index());
+        let mut entities: Vec<Entity> = PII_ENTITIES.iter().copied().filter(|&e| wanted(e)).collect();
+        let hosts = HostNames {
+            domains: policy.domains.clone(),
+            hostnames: policy.hostnames.clone(),
+            any_fqdn: policy.any_fqdn,
+        };
+        let has_hosts = !hosts.domains.is_empty() || !hosts.hostnames.is_empty() || hosts.any_fqdn;
+        if has_hosts && wanted(Entity::DomainName) && !entities.contains(&Entity::DomainName) {
+            entities.push(Entity::DomainName);
+        }
+        let pii_on = !entities.is_empty();
+        let pii = Detector::with_config(&entities, &hosts);
+        let secrets = if wanted(Entity::Secret) {
+            match (policy.builtin_secrets, gitleaks) {
+                (true, Some(t)) => Some(Rules::from_gitleaks_toml(t)?),
+                (false, Some(t)) => Some(Rules::gitleaks_only(t)?),
+                (true, None) => Some(Rules::builtin()),
+                (false, None) => None,
+            }
+        } else {
+            None
+        };
+        let mut custom = Vec::new();
+        for (i, c) in policy.custom.iter().enumerate() {
+            if !all && policy.always_kept(Entity::BUILTIN.len() + i) {
+                continue;
+            }
+            let m = match &c.matcher {
+                CustomMatcher::Regex(r) => Custom::Regex(r.clone()),
+                CustomMatcher::Keywords(k) => Custom::Keywords(
+                    AhoCorasickBuilder::new()
+                        .ascii_case_insensitive(true)
+                        .match_kind(MatchKind::LeftmostLongest)
+                        .build(k)
+                        // Invariant: a few literal keywords (validated
+                        // non-empty) always fit the automaton's limits.
+                        .expect("keyword automaton builds"),
+                ),
+            };
+            custom.push((c.name.clone(), m));
+        }
+        let pseudo = match key {
+            Some(k) => Some(Pseudonymizer::new(k)),
+            // Detection alone never makes a pseudonym.
+            None if policy.uses_pseudonyms() && !all => return Err(RedactError::NoKey),
+            None => None,
+        };
+        Ok(Redactor { policy, pii, pii_on, secrets, custom, pseudo })
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Every finding in `text`, resolved (sorted, non-overlapping) and
+    /// without our own tags and pseudonyms.
+    pub fn find(&self, text: &str) -> Vec<Span> {
+        let mut spans = if self.pii_on { self.pii.find(text) } else { Vec::new() };
+        let before = spans.len();
+        if let Some(r) = &self.secrets {
+            spans.extend(r.find(text));
+        }
+        for (name, c) in &self.custom {
+            let mut push = |start, end| {
+                spans.push(Span { start, end, entity: Entity::Custom, rule: Some(name.clone()) })
+            };
+            match c {
+                Custom::Regex(r) => r.find_iter(text).filter(|m| !m.is_empty()).for_each(|m| push(m.start(), m.end())),
+                Custom::Keywords(ac) => {
+                    let b = text.as_bytes();
+                    for m in ac.find_iter(text) {
+                        let left = m.start() == 0 || !is_word(b[m.start() - 1]);
+                        let right = m.end() == b.len() || !is_word(b[m.end()]);
+                        if left && right {
+                            push(m.start(), m.end());
+                        }
+                    }
+                }
+            }
+        }
+        if spans.len() != before {
+            spans = resolve(spans);
+        }
+        spans.retain(|s| !is_pseudonym(s.entity, &text[s.start..s.end]));
+        spans
+    }
+}
+
+/// Keeps the longest of overlapping spans (ties: lower entity, then
+/// earlier start), sorted by start.
+fn resolve(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.retain(|s| s.start < s.end);
+    spans.sort_by(|a, b| {
+        (b.end - b.start).cmp(&(a.end - a.start)).then(a.entity.cmp(&b.entity)).then(a.start.cmp(&b.start))
+    });
+    let mut kept: BTreeMap<usize, Span> = BTreeMap::new();
+    for s in spans {
+        let before_ok = kept.range(..=s.start).next_back().is_none_or(|(_, k)| k.end <= s.start);
+        let after_ok = kept.range(s.start..).next().is_none_or(|(_, k)| s.end <= k.start);
+        if before_ok && after_ok {
+            kept.insert(s.start, s);
+        }
+    }
+    kept.into_values().collect()
+}
+
+/// Entries in the pseudonym cache before it is cleared.
+const CACHE_LIMIT: usize = 1 << 16;
+
+/// One thread's or task's redaction state.
+#[derive(Debug)]
+pub struct Session {
+    r: Arc<Redactor>,
+    counts: Vec<u64>,
+    outcome: Outcome,
+    cache: HashMap<(usize, String), String>,
+    scope: Option<(String, Category, Level, Vec<Operator>)>,
+}
+
+impl Session {
+    /// A session over a shared redactor.
+    pub fn new(r: Arc<Redactor>) -> Self {
+        let counts = vec![0; r.policy.slots()];
+        Session { r, counts, outcome: Outcome::default(), cache: HashMap::new(), scope: None }
+    }
+
+    /// The redactor.
+    pub fn redactor(&self) -> &Redactor {
+        &self.r
+    }
+
+    /// What was found and done since the last call; resets the counts.
+    pub fn take_outcome(&mut self) -> Outcome {
+        let mut o = std::mem::take(&mut self.outcome);
+        for (slot, n) in self.counts.iter_mut().enumerate() {
+            if *n > 0 {
+                *o.redacted.entry(self.r.policy.slot_name(slot).to_string()).or_default() += *n;
+                *n = 0;
+            }
+        }
+        o
+    }
+
+    fn ops(&mut self, ctx: &Context) -> &[Operator] {
+        let hit = matches!(&self.scope, Some((t, c, l, _)) if t == ctx.table && *c == ctx.category && *l == ctx.level);
+        if !hit {
+            let ops = self.r.policy.operators_for(ctx.table, ctx.category, ctx.level);
+            self.scope = Some((ctx.table.to_string(), ctx.category, ctx.level, ops));
+        }
+        match &self.scope {
+            Some((_, _, _, ops)) => ops,
+            None => &[],
+        }
+    }
+
+    /// Redacts one field's text.
+    pub fn redact_str<'a>(&mut self, text: &'a str, ctx: &Context) -> Redacted<'a> {
+        let spans = self.r.find(text);
+        if spans.is_empty() {
+            return Redacted::Text(Cow::Borrowed(text));
+        }
+        let ops: Vec<(Operator, usize)> = {
+            let policy_slots: Vec<Option<usize>> =
+                spans.iter().map(|s| self.r.policy.slot(s.entity, s.rule.as_deref())).collect();
+            let table = self.ops(ctx);
+            policy_slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Some(i) => (table[i], i),
+                    // A custom span whose entity is not in the policy cannot
+                    // occur (custom detectors come from the policy); redact
+                    // it as a secret to be safe.
+                    None => (Operator::Tag, Entity::Secret.index()),
+                })
+                .collect()
+        };
+        for &(op, slot) in &ops {
+            if op != Operator::Keep {
+                self.counts[slot] += 1;
+            }
+        }
+        let strongest = ops.iter().map(|(op, _)| *op).max_by_key(|op| op.strength()).unwrap_or(Operator::Keep);
+        match strongest {
+            Operator::DropEvent => return Redacted::DropEvent,
+            Operator::DropField => return Redacted::DropField,
+            Operator::Keep => return Redacted::Text(Cow::Borrowed(text)),
+            _ => {}
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (s, (op, slot)) in spans.iter().zip(ops) {
+            out.push_str(&text[at..s.start]);
+            let value = &text[s.start..s.end];
+            match op {
+                Operator::Keep => out.push_str(value),
+                Operator::Remove => {}
+                Operator::Tag => {
+                    out.push('<');
+                    out.push_str(s.entity_name());
+                    out.push('>');
+                }
+                Operator::Mask { keep } => {
+                    let n = value.chars().count();
+                    let kept = if n > keep { keep } else { 0 };
+                    out.extend(std::iter::repeat_n('*', n - kept));
+                    out.extend(value.chars().skip(n - kept));
+                }
+                Operator::Pseudonym => out.push_str(&self.pseudonym(slot, s, value)),
+                Operator::DropField | Operator::DropEvent => {}
+            }
+            at = s.end;
+        }
+        out.push_str(&text[at..]);
+        Redacted::Text(Cow::Owned(out))
+    }
+
+    fn pseudonym(&mut self, slot: usize, s: &Span, value: &str) -> String {
+        let key = (slot, value.to_string());
+        if let Some(t) = self.cache.get(&key) {
+            return t.clone();
+        }
+        let Some(p) = &self.r.pseudo else {
+            // Redactor::build refuses a pseudonymizing policy without a key.
+            return format!("<{}>", s.entity_name());
+        };
+        let made = p.pseudonym(s.entity, s.entity_name(), value);
+        if self.cache.len() >= CACHE_LIMIT {
+            self.cache.clear();
+        }
+        self.cache.insert(key, made.text.clone());
+        self.outcome.new_pseudonyms.extend(made.entries);
+        made.text
+    }
+
+    /// Redacts an event in place: the message, the host and every string
+    /// attribute (and integer attributes long enough to be a card or phone
+    /// number). Returns `false` when the policy drops the event.
+    pub fn redact_event(&mut self, ev: &mut Event) -> bool {
+        let (table, category, level) = (ev.table.as_str().to_string(), ev.category, ev.level);
+        let ctx = Context { table: &table, category, level };
+        match self.redact_str(&ev.message, &ctx) {
+            Redacted::Text(Cow::Borrowed(_)) => {}
+            Redacted::Text(Cow::Owned(s)) => ev.message = s,
+            Redacted::DropField => {
+                ev.message.clear();
+                self.outcome.fields_dropped += 1;
+            }
+            Redacted::DropEvent => return self.dropped(),
+        }
+        match self.redact_str(&ev.host, &ctx) {
+            Redacted::Text(Cow::Borrowed(_)) => {}
+            Redacted::Text(Cow::Owned(s)) => ev.host = s,
+            Redacted::DropField => {
+                ev.host = format!("<{}>", Entity::DomainName.name());
+                self.outcome.fields_dropped += 1;
+            }
+            Redacted::DropEvent => return self.dropped(),
+        }
+        let mut drop = Vec::new();
+        for (k, v) in ev.attrs.iter_mut() {
+            let owned;
+            let text: &str = match v {
+                Value::Str(s) => s,
+                Value::Int(i) if i.unsigned_abs() >= 100_000_000 => {
+                    owned = i.to_string();
+                    &owned
+                }
+                _ => continue,
+            };
+            match self.redact_str(text, &ctx) {
+                Redacted::Text(Cow::Borrowed(_)) => {}
+                Redacted::Text(Cow::Owned(s)) => *v = Value::Str(s),
+                Redacted::DropField => drop.push(k.clone()),
+                Redacted::DropEvent => return self.dropped(),
+            }
+        }
+        for k in drop {
+            ev.attrs.remove(&k);
+            self.outcome.fields_dropped += 1;
+        }
+        true
+    }
+
+    fn dropped(&mut self) -> bool {
+        self.outcome.events_dropped += 1;
+        false
+    }
+
+    /// Redacts every string (and long integer) in a JSON value; keys are
+    /// left alone. Returns `false` when the policy drops the event.
+    pub fn redact_json(&mut self, v: &mut serde_json::Value, ctx: &Context) -> bool {
+        match self.json(v, ctx) {
+            JsonVerdict::Keep => true,
+            JsonVerdict::DropField => {
+                // The whole value is one field.
+                *v = serde_json::Value::Null;
+                self.outcome.fields_dropped += 1;
+                true
+            }
+            JsonVerdict::DropEvent => self.dropped(),
+        }
+    }
+
+    fn json(&mut self, v: &mut serde_json::Value, ctx: &Context) -> JsonVerdict {
+        use serde_json::Value as J;
+        let redacted = match v {
+            J::String(s) => match self.redact_str(s, ctx) {
+                Redacted::Text(Cow::Borrowed(_)) => return JsonVerdict::Keep,
+                Redacted::Text(Cow::Owned(n)) => n,
+                Redacted::DropField => return JsonVerdict::DropField,
+                Redacted::DropEvent => return JsonVerdict::DropEvent,
+            },
+            J::Number(n) if n.as_i64().is_none_or(|i| i.unsigned_abs() >= 100_000_000) => {
+                let s = n.to_string();
+                match self.redact_str(&s, ctx) {
+                    Redacted::Text(Cow::Borrowed(_)) => return JsonVerdict::Keep,
+                    Redacted::Text(Cow::Owned(n)) => n,
+                    Redacted::DropField => return JsonVerdict::DropField,
+                    Redacted::DropEvent => return JsonVerdict::DropEvent,
+                }
+            }
+            J::Array(items) => {
+                let mut i = 0;
+                while i < items.len() {
+                    match self.json(&mut items[i], ctx) {
+                        JsonVerdict::Keep => i += 1,
+                        JsonVerdict::DropField => {
+                            items.remove(i);
+                            self.outcome.fields_dropped += 1;
+                        }
+                        JsonVerdict::DropEvent => return JsonVerdict::DropEvent,
+                    }
+                }
+                return JsonVerdict::Keep;
+            }
+            J::Object(map) => {
+                let mut gone = Vec::new();
+                for (k, item) in map.iter_mut() {
+                    match self.json(item, ctx) {
+                        JsonVerdict::Keep => {}
+                        JsonVerdict::DropField => gone.push(k.clone()),
+                        JsonVerdict::DropEvent => return JsonVerdict::DropEvent,
+                    }
+                }
+                for k in gone {
+                    map.remove(&k);
+                    self.outcome.fields_dropped += 1;
+                }
+                return JsonVerdict::Keep;
+            }
+            _ => return JsonVerdict::Keep,
+        };
+        *v = J::String(redacted);
+        JsonVerdict::Keep
+    }
+}
+
+enum JsonVerdict {
+    Keep,
+    DropField,
+    DropEvent,
+}
+
+#[cfg(test)]
+mod tests;
