@@ -17,12 +17,12 @@
 
 use crate::{
     AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError,
-    ColumnDef, EnrollmentKey, Principal, Refusal, Result, RoleBinding, Segment, Workspace,
-    WorkspacePolicy,
+    ColumnDef, EnrollmentKey, Principal, RedactionCount, RedactionKind, RedactionPolicy, Refusal,
+    Result, RoleBinding, Segment, Workspace, WorkspacePolicy,
 };
 use custos_model::api::RefusalReason;
 use custos_model::{
-    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, SegmentId,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, Secret, SegmentId,
     ServiceRole, TableName, TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
 };
 use std::collections::HashSet;
@@ -33,7 +33,7 @@ use std::sync::Arc;
 const T0: TimestampMicros = 1_704_067_200_000_000;
 
 /// How many checks [`run_all`] runs.
-pub const CHECKS: usize = 65;
+pub const CHECKS: usize = 71;
 
 /// Run every check against `cat`, which should start empty (but the checks
 /// do not rely on it). Returns the number of checks run ([`CHECKS`]).
@@ -62,6 +62,12 @@ pub async fn run_all(cat: Arc<dyn Catalog>) -> usize {
         refusals_need_an_existing_workspace_and_are_atomic(c);
         commit_ingest_counts_refusals_with_the_batch_all_or_nothing(c);
         refusals_of_zero_events_are_ignored(c);
+        redaction_policy_is_the_default_until_set_and_counts_revisions(c);
+        redaction_settings_of_an_unknown_workspace_are_workspace_not_found(c);
+        redaction_key_is_stored_once_and_never_changes(cat.clone());
+        redaction_counts_merge_per_table_kind_and_entity(c);
+        redaction_counts_commit_with_their_batch_all_or_nothing(c);
+        redaction_counts_never_cross_workspaces(c);
         enrollment_key_needs_existing_workspace(c);
         enrollment_key_is_single_use(c);
         expired_enrollment_key_is_refused(c);
@@ -1463,6 +1469,185 @@ pub async fn refusals_of_zero_events_are_ignored(cat: &dyn Catalog) {
     ok(cat.add_refusals(&[refusal(ws.id, AgentId::new(), RefusalReason::Schema, Category::Logs, 0, T0)]).await, "add");
     assert_eq!(ok(cat.list_refusals(ws.id).await, "list"), vec![]);
     ok(cat.add_refusals(&[]).await, "add(nothing)");
+}
+
+// ---------------------------------------------------------------- redaction
+
+fn redaction(ws: WorkspaceId, tbl: &str, kind: RedactionKind, entity: &str, count: u64, at: TimestampMicros) -> RedactionCount {
+    RedactionCount { workspace_id: ws, table: table(tbl), kind, entity: entity.into(), count, first_at: at, last_at: at }
+}
+
+/// A new workspace has the default redaction policy (no text, revision 0);
+/// each set stores the text (or `None`, back to the default) and increments
+/// the revision; other workspaces are untouched.
+pub async fn redaction_policy_is_the_default_until_set_and_counts_revisions(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "redaction-policy", T0).await;
+    let other = new_workspace(cat, "redaction-policy-other", T0).await;
+    assert_eq!(ok(cat.redaction_policy(ws.id).await, "redaction_policy"), RedactionPolicy::default());
+    let (alice, bob) = (PrincipalId::new(), PrincipalId::new());
+    let text = "[operators]\nCREDIT_CARD = \"drop_event\"\n";
+    let set = ok(cat.set_redaction_policy(ws.id, Some(text), alice, T0 + 1).await, "set");
+    let want = RedactionPolicy { toml: Some(text.into()), revision: 1, updated_at: Some(T0 + 1), updated_by: Some(alice) };
+    assert_eq!(set, want);
+    assert_eq!(ok(cat.redaction_policy(ws.id).await, "redaction_policy"), want);
+    let reset = ok(cat.set_redaction_policy(ws.id, None, bob, T0 + 2).await, "reset");
+    assert_eq!(reset, RedactionPolicy { toml: None, revision: 2, updated_at: Some(T0 + 2), updated_by: Some(bob) });
+    assert_eq!(ok(cat.redaction_policy(ws.id).await, "redaction_policy"), reset);
+    assert_eq!(ok(cat.redaction_policy(other.id).await, "other"), RedactionPolicy::default());
+    // Setting the key does not change the policy or its revision.
+    ok(cat.redaction_key(ws.id, Secret::new([1; 32])).await, "redaction_key");
+    assert_eq!(ok(cat.redaction_policy(ws.id).await, "redaction_policy"), reset);
+}
+
+/// Reading or setting the policy, the key or the counts of a workspace that
+/// does not exist is `WorkspaceNotFound` (listing counts is empty).
+pub async fn redaction_settings_of_an_unknown_workspace_are_workspace_not_found(cat: &dyn Catalog) {
+    let ghost = WorkspaceId::new();
+    match cat.redaction_policy(ghost).await {
+        Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("redaction_policy(ghost): expected WorkspaceNotFound, got {other:?}"),
+    }
+    match cat.set_redaction_policy(ghost, Some(""), PrincipalId::new(), T0).await {
+        Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("set_redaction_policy(ghost): expected WorkspaceNotFound, got {other:?}"),
+    }
+    match cat.redaction_key(ghost, Secret::new([2; 32])).await {
+        Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost),
+        Err(e) => panic!("redaction_key(ghost): expected WorkspaceNotFound, got {e:?}"),
+        Ok(_) => panic!("redaction_key(ghost): expected WorkspaceNotFound, got a key"),
+    }
+    assert_eq!(ok(cat.list_redactions(ghost).await, "list ghost"), vec![]);
+}
+
+/// The first caller's candidate becomes the workspace's key; later and
+/// concurrent callers all get that one; each workspace has its own.
+pub async fn redaction_key_is_stored_once_and_never_changes(cat: Arc<dyn Catalog>) {
+    const CALLERS: u8 = 16;
+    let ws = new_workspace(cat.as_ref(), "redaction-key", T0).await;
+    let other = new_workspace(cat.as_ref(), "redaction-key-other", T0).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(usize::from(CALLERS)));
+    let mut tasks = Vec::new();
+    for i in 0..CALLERS {
+        let (cat, barrier) = (cat.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            cat.redaction_key(ws.id, Secret::new([i + 1; 32])).await
+        }));
+    }
+    let mut keys = HashSet::new();
+    for t in tasks {
+        let k = ok(t.await.unwrap_or_else(|e| panic!("redaction_key task: {e}")), "redaction_key");
+        keys.insert(*k.expose());
+    }
+    assert_eq!(keys.len(), 1, "concurrent first callers got different keys");
+    let key = keys.into_iter().next().unwrap_or_default();
+    assert!((1..=CALLERS).any(|i| key == [i; 32]), "the key is not one of the candidates");
+    let again = ok(cat.redaction_key(ws.id, Secret::new([0xee; 32])).await, "redaction_key again");
+    assert_eq!(again.expose(), &key, "the key changed");
+    ok(cat.set_redaction_policy(ws.id, Some("version = 1"), PrincipalId::new(), T0).await, "set policy");
+    let after = ok(cat.redaction_key(ws.id, Secret::new([0xdd; 32])).await, "redaction_key after a policy change");
+    assert_eq!(after.expose(), &key, "a policy change replaced the key");
+    let theirs = ok(cat.redaction_key(other.id, Secret::new([0xcc; 32])).await, "other workspace");
+    assert_eq!(theirs.expose(), &[0xcc; 32]);
+}
+
+/// Counts of the same (table, kind, entity) are summed, keeping the earliest
+/// and latest times, within one call and across calls; counts of 0 are
+/// ignored; the list is ordered by table, kind and entity.
+pub async fn redaction_counts_merge_per_table_kind_and_entity(cat: &dyn Catalog) {
+    use RedactionKind::*;
+    let ws = new_workspace(cat, "redactions", T0).await;
+    assert_eq!(ok(cat.list_redactions(ws.id).await, "list"), vec![]);
+    ok(
+        cat.commit_ingest_with(
+            &[],
+            &[(ws.id, BatchId::new())],
+            &[],
+            &[
+                redaction(ws.id, "logs", Redacted, "EMAIL_ADDRESS", 3, T0 + 50),
+                redaction(ws.id, "logs", Redacted, "EMAIL_ADDRESS", 2, T0 + 20),
+                redaction(ws.id, "logs", Redacted, "CREDIT_CARD", 1, T0 + 50),
+                redaction(ws.id, "logs", EventDropped, "", 4, T0 + 50),
+                redaction(ws.id, "auth", Redacted, "EMAIL_ADDRESS", 1, T0 + 60),
+                redaction(ws.id, "auth", FieldDropped, "", 0, T0 + 60),
+            ],
+            T0 + 60,
+        )
+        .await,
+        "commit_ingest_with",
+    );
+    ok(
+        cat.commit_ingest_with(&[], &[(ws.id, BatchId::new())], &[], &[redaction(ws.id, "logs", Redacted, "EMAIL_ADDRESS", 5, T0 + 90)], T0 + 90)
+            .await,
+        "commit_ingest_with",
+    );
+    let got = ok(cat.list_redactions(ws.id).await, "list");
+    let want = vec![
+        redaction(ws.id, "auth", Redacted, "EMAIL_ADDRESS", 1, T0 + 60),
+        redaction(ws.id, "logs", Redacted, "CREDIT_CARD", 1, T0 + 50),
+        RedactionCount { first_at: T0 + 20, last_at: T0 + 90, ..redaction(ws.id, "logs", Redacted, "EMAIL_ADDRESS", 10, 0) },
+        redaction(ws.id, "logs", EventDropped, "", 4, T0 + 50),
+    ];
+    assert_eq!(got, want);
+    // Many distinct keys in one commit (more than one statement's worth).
+    let many: Vec<RedactionCount> =
+        (0..250).map(|i| redaction(ws.id, &format!("t{i:03}"), Redacted, "SECRET", 1, T0)).collect();
+    ok(cat.commit_ingest_with(&[], &[], &[], &many, T0).await, "commit many");
+    assert_eq!(ok(cat.list_redactions(ws.id).await, "list").len(), 4 + 250);
+}
+
+/// Redaction counts are committed with their batch ids and segments, all or
+/// nothing: a failed commit counts nothing; a workspace that does not exist
+/// is `WorkspaceNotFound`; an entity name not valid for its kind is refused.
+pub async fn redaction_counts_commit_with_their_batch_all_or_nothing(cat: &dyn Catalog) {
+    use RedactionKind::*;
+    let ws = new_workspace(cat, "redactions-atomic", T0).await;
+    let s1 = segment(ws.id, "logs", 0, 10);
+    let dup = Segment { path: "other.seg".into(), ..s1.clone() };
+    let batch = BatchId::new();
+    let r = redaction(ws.id, "logs", Redacted, "SECRET", 2, T0);
+    match cat.commit_ingest_with(&[s1.clone(), dup], &[(ws.id, batch)], &[], std::slice::from_ref(&r), T0).await {
+        Err(CatalogError::SegmentExists(id)) => assert_eq!(id, s1.id),
+        other => panic!("commit with a duplicate segment: expected SegmentExists, got {other:?}"),
+    }
+    assert_eq!(ok(cat.list_redactions(ws.id).await, "list"), vec![], "counts of a failed commit were added");
+    let ghost = WorkspaceId::new();
+    match cat.commit_ingest_with(&[], &[(ws.id, batch)], &[], &[r.clone(), redaction(ghost, "logs", Redacted, "SECRET", 1, T0)], T0).await {
+        Err(CatalogError::WorkspaceNotFound(id)) => assert_eq!(id, ghost),
+        other => panic!("counts of a ghost workspace: expected WorkspaceNotFound, got {other:?}"),
+    }
+    assert_eq!(ok(cat.list_redactions(ws.id).await, "list"), vec![], "counts of a failed commit were added");
+    assert_eq!(ok(cat.stored_batches(ws.id, &[batch]).await, "stored"), vec![]);
+    for bad in [
+        redaction(ws.id, "logs", Redacted, "", 1, T0),
+        redaction(ws.id, "logs", Redacted, &"X".repeat(65), 1, T0),
+        redaction(ws.id, "logs", EventDropped, "SECRET", 1, T0),
+    ] {
+        match cat.commit_ingest_with(&[], &[(ws.id, batch)], &[], std::slice::from_ref(&bad), T0).await {
+            Err(CatalogError::Database(m)) => assert!(m.contains("redaction count"), "{m}"),
+            other => panic!("bad redaction count {bad:?}: expected a Database error, got {other:?}"),
+        }
+    }
+    assert_eq!(ok(cat.stored_batches(ws.id, &[batch]).await, "stored"), vec![]);
+    ok(cat.commit_ingest_with(std::slice::from_ref(&s1), &[(ws.id, batch)], &[], std::slice::from_ref(&r), T0).await, "commit");
+    assert_eq!(ok(cat.list_redactions(ws.id).await, "list"), vec![r]);
+    assert_eq!(ok(cat.stored_batches(ws.id, &[batch]).await, "stored"), vec![batch]);
+    // commit_ingest is commit_ingest_with without counts.
+    ok(cat.commit_ingest(&[], &[(ws.id, BatchId::new())], &[], T0).await, "commit_ingest");
+    assert_eq!(ok(cat.list_redactions(ws.id).await, "list").len(), 1);
+}
+
+/// A workspace's counts are never listed for another workspace.
+pub async fn redaction_counts_never_cross_workspaces(cat: &dyn Catalog) {
+    use RedactionKind::*;
+    let a = new_workspace(cat, "redactions-a", T0).await;
+    let b = new_workspace(cat, "redactions-b", T0).await;
+    ok(cat.commit_ingest_with(&[], &[], &[], &[redaction(a.id, "logs", Redacted, "EMAIL_ADDRESS", 5, T0)], T0).await, "a");
+    assert_eq!(ok(cat.list_redactions(b.id).await, "list b"), vec![]);
+    ok(cat.commit_ingest_with(&[], &[], &[], &[redaction(b.id, "logs", Redacted, "EMAIL_ADDRESS", 2, T0)], T0).await, "b");
+    let (la, lb) = (ok(cat.list_redactions(a.id).await, "list a"), ok(cat.list_redactions(b.id).await, "list b"));
+    assert_eq!((la.len(), la[0].workspace_id, la[0].count), (1, a.id, 5));
+    assert_eq!((lb.len(), lb[0].workspace_id, lb[0].count), (1, b.id, 2));
 }
 
 // ---------------------------------------------------------------- principals

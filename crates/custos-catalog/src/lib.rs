@@ -2,7 +2,8 @@
 //! maximum level and allowed categories), enrollment keys, agents, segments
 //! and the batch ids already stored, counts of events refused at ingest;
 //! principals, their API tokens and workspace role bindings; support cases
-//! and lockbox access requests.
+//! and lockbox access requests; each workspace's server-side redaction
+//! policy, its pseudonym key and the counts of what redaction removed.
 //!
 //! One trait, [`Catalog`], with an embedded SQLite implementation
 //! ([`SqliteCatalog`]); PostgreSQL arrives behind the same trait. Every
@@ -14,8 +15,8 @@
 use async_trait::async_trait;
 use custos_model::api::RefusalReason;
 use custos_model::{
-    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, SegmentId, ServiceRole,
-    TableName, TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, Secret, SegmentId,
+    ServiceRole, TableName, TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -181,6 +182,50 @@ pub struct Refusal {
     /// When the first was refused.
     pub first_at: TimestampMicros,
     /// When the last was refused.
+    pub last_at: TimestampMicros,
+}
+
+/// A workspace's server-side redaction policy (the redaction backstop at
+/// ingest). The catalog stores the policy text as given; the server
+/// validates it (`custos_redact::Policy::from_toml`) before storing it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedactionPolicy {
+    /// The policy (TOML) as set; `None`: the default policy.
+    pub toml: Option<String>,
+    /// Incremented by every [`Catalog::set_redaction_policy`]; 0 while the
+    /// policy was never set. A server caching the redactor built from the
+    /// policy rebuilds it when the revision it sees changes.
+    pub revision: u64,
+    /// When it was last set.
+    pub updated_at: Option<TimestampMicros>,
+    /// Who last set it.
+    pub updated_by: Option<PrincipalId>,
+}
+
+pub use custos_model::api::RedactionKind;
+
+/// What the server's redaction backstop removed from one table of one
+/// workspace, for one entity (or one kind of drop).
+///
+/// As an addition ([`Catalog::commit_ingest_with`]) it is merged into the
+/// stored count of the same (workspace, table, kind, entity): `count`s are
+/// summed, `first_at` is the earliest and `last_at` the latest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedactionCount {
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The table the events were bound for.
+    pub table: TableName,
+    /// What is counted.
+    pub kind: RedactionKind,
+    /// For [`RedactionKind::Redacted`]: the entity name (`EMAIL_ADDRESS`, a
+    /// custom entity's name; 1-64 characters). Empty for the drops.
+    pub entity: String,
+    /// How many (entries of 0 are ignored).
+    pub count: u64,
+    /// When the first was counted.
+    pub first_at: TimestampMicros,
+    /// When the last was counted.
     pub last_at: TimestampMicros,
 }
 
@@ -487,11 +532,28 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// refusals are counted exactly when its id is recorded, so a replayed
     /// or retried batch is never counted twice. Batch ids already recorded
     /// are ignored (not an error); their refusals must not be passed again.
+    /// The same as [`Catalog::commit_ingest_with`] without redaction counts.
     async fn commit_ingest(
         &self,
         segments: &[Segment],
         batches: &[(WorkspaceId, BatchId)],
         refusals: &[Refusal],
+        now: TimestampMicros,
+    ) -> Result<()> {
+        self.commit_ingest_with(segments, batches, refusals, &[], now).await
+    }
+    /// [`Catalog::commit_ingest`], adding the redaction counts of the same
+    /// batches in the same transaction (merged per workspace, table, kind
+    /// and entity; see [`RedactionCount`]), so they too are counted exactly
+    /// once. Every workspace must exist; entries with a count of 0 are
+    /// ignored; an entity name that is not valid for its kind is refused
+    /// with [`CatalogError::Database`] (nothing is committed).
+    async fn commit_ingest_with(
+        &self,
+        segments: &[Segment],
+        batches: &[(WorkspaceId, BatchId)],
+        refusals: &[Refusal],
+        redactions: &[RedactionCount],
         now: TimestampMicros,
     ) -> Result<()>;
     /// Segments of one table of one workspace, optionally only those that
@@ -519,6 +581,27 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn add_refusals(&self, refusals: &[Refusal]) -> Result<()>;
     /// A workspace's refusal counts, ordered by agent, reason and category.
     async fn list_refusals(&self, ws: WorkspaceId) -> Result<Vec<Refusal>>;
+
+    /// A workspace's redaction policy ([`CatalogError::WorkspaceNotFound`]
+    /// if there is no such workspace); the default policy (`toml: None`,
+    /// revision 0) until one is set.
+    async fn redaction_policy(&self, ws: WorkspaceId) -> Result<RedactionPolicy>;
+    /// Replace a workspace's redaction policy (`None`: back to the default)
+    /// and increment its revision, atomically. Returns what is stored now.
+    async fn set_redaction_policy(
+        &self,
+        ws: WorkspaceId,
+        toml: Option<&str>,
+        by: PrincipalId,
+        now: TimestampMicros,
+    ) -> Result<RedactionPolicy>;
+    /// The workspace's pseudonym key for server-side redaction. The first
+    /// call stores `candidate` (the caller draws 32 random bytes); every
+    /// call, concurrent ones included, returns the one key stored. The key
+    /// never changes afterwards (pseudonyms stay stable).
+    async fn redaction_key(&self, ws: WorkspaceId, candidate: Secret<[u8; 32]>) -> Result<Secret<[u8; 32]>>;
+    /// A workspace's redaction counts, ordered by table, kind and entity.
+    async fn list_redactions(&self, ws: WorkspaceId) -> Result<Vec<RedactionCount>>;
 
     /// Create a principal; names are unique.
     async fn create_principal(&self, p: &Principal) -> Result<()>;

@@ -1,6 +1,6 @@
 //! The embedded catalog: one SQLite file in WAL mode.
 //!
-//! Layout (schema version 4):
+//! Layout (schema version 5):
 //!
 //! | table             | key                                       | notes                                   |
 //! |-------------------|-------------------------------------------|-----------------------------------------|
@@ -16,6 +16,8 @@
 //! | `cases`           | `id`                                      | → `workspaces`; index on (ws, opened_at); `closed_at` NULL while open (v2) |
 //! | `access_requests` | `id`                                      | → `cases` by (case, ws); `state` pending/approved/denied; indexes on ws, case, requester (v2) |
 //! | `refusals`        | (`workspace_id`, `agent_id`, `reason`, `category`) | events refused at ingest: `events` > 0, `first_at`, `last_at`; `reason` level/category/schema (v3) |
+//! | `redaction_policies` | `workspace_id`                         | → `workspaces`; `policy` TOML (NULL: the default policy), `revision` (+1 per change), `updated_at`, `updated_by`; `pseudonym_key` 32 bytes, set once (v5) |
+//! | `redactions`      | (`workspace_id`, `table_name`, `kind`, `entity`) | what the redaction backstop removed: `kind` redacted/field_dropped/event_dropped, `entity` (empty for drops), `count` > 0, `first_at`, `last_at` (v5) |
 //!
 //! Ids are UUID text (hyphenated), times are `INTEGER` microseconds, and every
 //! row that belongs to a workspace references `workspaces(id)` (foreign keys
@@ -27,13 +29,13 @@
 
 use crate::{
     AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError,
-    ColumnDef, EnrollmentKey, Principal, Refusal, Result, RoleBinding, Segment, Workspace,
-    WorkspacePolicy,
+    ColumnDef, EnrollmentKey, Principal, RedactionCount, RedactionKind, RedactionPolicy, Refusal,
+    Result, RoleBinding, Segment, Workspace, WorkspacePolicy,
 };
 use async_trait::async_trait;
 use custos_model::{
-    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, SegmentId, TableName,
-    TimestampMicros, TokenId, WorkspaceId, WorkspaceRole,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, Secret, SegmentId,
+    TableName, TimestampMicros, TokenId, WorkspaceId, WorkspaceRole,
 };
 use sqlx::error::ErrorKind;
 use sqlx::sqlite::{
@@ -204,6 +206,31 @@ CREATE TABLE refusals (
 ALTER TABLE agents ADD COLUMN prev_cert_sha256 TEXT;
 ALTER TABLE agents ADD COLUMN prev_cert_not_after INTEGER
     CHECK ((prev_cert_not_after IS NULL) = (prev_cert_sha256 IS NULL));
+"#,
+    // Version 5: the server's redaction backstop: each workspace's redaction
+    // policy and pseudonym key, and the counts of what redaction removed.
+    r#"
+CREATE TABLE redaction_policies (
+    workspace_id  TEXT    NOT NULL PRIMARY KEY REFERENCES workspaces(id),
+    -- NULL: the default policy.
+    policy        TEXT,
+    revision      INTEGER NOT NULL DEFAULT 0 CHECK (revision >= 0),
+    updated_at    INTEGER,
+    updated_by    TEXT,
+    -- Set once, on first use; never changed afterwards.
+    pseudonym_key BLOB    CHECK (pseudonym_key IS NULL OR length(pseudonym_key) = 32)
+) STRICT;
+
+CREATE TABLE redactions (
+    workspace_id TEXT    NOT NULL REFERENCES workspaces(id),
+    table_name   TEXT    NOT NULL,
+    kind         TEXT    NOT NULL CHECK (kind IN ('redacted', 'field_dropped', 'event_dropped')),
+    entity       TEXT    NOT NULL CHECK (length(entity) <= 64 AND ((kind = 'redacted') = (entity <> ''))),
+    count        INTEGER NOT NULL CHECK (count > 0),
+    first_at     INTEGER NOT NULL,
+    last_at      INTEGER NOT NULL CHECK (last_at >= first_at),
+    PRIMARY KEY (workspace_id, table_name, kind, entity)
+) STRICT, WITHOUT ROWID;
 "#,
 ];
 
@@ -491,6 +518,49 @@ fn refusal_from_row(row: &SqliteRow) -> Result<Refusal> {
 
 const REFUSAL_COLUMNS: &str = "workspace_id, agent_id, reason, category, events, first_at, last_at";
 
+fn redaction_from_row(row: &SqliteRow) -> Result<RedactionCount> {
+    let kind: String = get(row, "kind")?;
+    Ok(RedactionCount {
+        workspace_id: get_id(row, "workspace_id")?,
+        table: table_from_str(get(row, "table_name")?)?,
+        kind: kind.parse().map_err(|e| corrupt("kind", e))?,
+        entity: get(row, "entity")?,
+        count: get_u64(row, "count")?,
+        first_at: get(row, "first_at")?,
+        last_at: get(row, "last_at")?,
+    })
+}
+
+const REDACTION_COLUMNS: &str = "workspace_id, table_name, kind, entity, count, first_at, last_at";
+
+/// Rows of one multi-row redaction upsert (7 bound values each).
+const REDACTION_CHUNK: usize = 100;
+
+/// Why a redaction count cannot be stored, if it cannot.
+fn redaction_entity_error(r: &RedactionCount) -> Option<String> {
+    let e = &r.entity;
+    match r.kind {
+        RedactionKind::Redacted if e.is_empty() || e.chars().count() > 64 || e.chars().any(char::is_control) => Some(format!(
+            "redaction count: entity name {e:?} must be 1-64 printable characters"
+        )),
+        RedactionKind::FieldDropped | RedactionKind::EventDropped if !e.is_empty() => {
+            Some(format!("redaction count: a {} count names no entity (got {e:?})", r.kind))
+        }
+        _ => None,
+    }
+}
+
+fn redaction_policy_from_row(row: &SqliteRow) -> Result<RedactionPolicy> {
+    let revision: Option<i64> = get(row, "revision")?;
+    let revision = revision.unwrap_or(0);
+    Ok(RedactionPolicy {
+        toml: get(row, "policy")?,
+        revision: u64::try_from(revision).map_err(|_| CatalogError::Corrupt(format!("revision: negative value {revision}")))?,
+        updated_at: get(row, "updated_at")?,
+        updated_by: get_opt_id(row, "updated_by")?,
+    })
+}
+
 fn agent_from_row(row: &SqliteRow) -> Result<Agent> {
     Ok(Agent {
         id: get_id(row, "id")?,
@@ -658,11 +728,65 @@ async fn add_refusals_in_tx(
     Ok(())
 }
 
+/// Merge redaction counts inside a transaction (see [`RedactionCount`]):
+/// duplicates are summed first, then one multi-row upsert per
+/// [`REDACTION_CHUNK`] distinct keys.
+async fn add_redactions_in_tx(
+    tx: &mut sqlx::SqliteConnection,
+    redactions: &[RedactionCount],
+) -> std::result::Result<(), CommitFailure> {
+    use std::collections::BTreeMap;
+    type Key<'a> = (WorkspaceId, &'a str, RedactionKind, &'a str);
+    let mut merged: BTreeMap<Key<'_>, (u64, TimestampMicros, TimestampMicros)> = BTreeMap::new();
+    for r in redactions.iter().filter(|r| r.count > 0) {
+        if let Some(e) = redaction_entity_error(r) {
+            return Err(CommitFailure::Other(CatalogError::Database(e)));
+        }
+        let (first, last) = (r.first_at.min(r.last_at), r.last_at.max(r.first_at));
+        let e = merged.entry((r.workspace_id, r.table.as_str(), r.kind, r.entity.as_str())).or_insert((0, first, last));
+        e.0 = e.0.saturating_add(r.count);
+        e.1 = e.1.min(first);
+        e.2 = e.2.max(last);
+    }
+    let rows: Vec<_> = merged.into_iter().collect();
+    for chunk in rows.chunks(REDACTION_CHUNK) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        // Only placeholders are spliced in; every value is bound.
+        let sql = format!(
+            "INSERT INTO redactions ({REDACTION_COLUMNS}) VALUES {values} \
+             ON CONFLICT (workspace_id, table_name, kind, entity) DO UPDATE SET \
+             count = count + excluded.count, \
+             first_at = MIN(first_at, excluded.first_at), \
+             last_at = MAX(last_at, excluded.last_at)"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for ((ws, table, kind, entity), (count, first, last)) in chunk {
+            let count = to_i64("redaction count", *count).map_err(CommitFailure::Other)?;
+            q = q
+                .bind(ws.to_string())
+                .bind(table.to_string())
+                .bind(kind.as_str())
+                .bind(entity.to_string())
+                .bind(count)
+                .bind(*first)
+                .bind(*last);
+        }
+        match q.execute(&mut *tx).await.map_err(classify) {
+            Ok(_) => {}
+            Err(Failure::ForeignKey) => return Err(CommitFailure::MissingWorkspace),
+            Err(Failure::Unique(m)) => return Err(CommitFailure::Other(CatalogError::Database(m))),
+            Err(Failure::Other(e)) => return Err(CommitFailure::Other(e)),
+        }
+    }
+    Ok(())
+}
+
 async fn commit_in_tx(
     tx: &mut sqlx::SqliteConnection,
     segments: &[Segment],
     batches: &[(WorkspaceId, BatchId)],
     refusals: &[Refusal],
+    redactions: &[RedactionCount],
     now: TimestampMicros,
 ) -> std::result::Result<(), CommitFailure> {
     for seg in segments {
@@ -710,7 +834,8 @@ async fn commit_in_tx(
             Err(Failure::Other(e)) => return Err(CommitFailure::Other(e)),
         }
     }
-    add_refusals_in_tx(tx, refusals).await
+    add_refusals_in_tx(tx, refusals).await?;
+    add_redactions_in_tx(tx, redactions).await
 }
 
 #[async_trait]
@@ -960,20 +1085,25 @@ impl Catalog for SqliteCatalog {
             .collect())
     }
 
-    async fn commit_ingest(
+    async fn commit_ingest_with(
         &self,
         segments: &[Segment],
         batches: &[(WorkspaceId, BatchId)],
         refusals: &[Refusal],
+        redactions: &[RedactionCount],
         now: TimestampMicros,
     ) -> Result<()> {
-        if segments.is_empty() && batches.is_empty() && refusals.iter().all(|r| r.events == 0) {
+        if segments.is_empty()
+            && batches.is_empty()
+            && refusals.iter().all(|r| r.events == 0)
+            && redactions.iter().all(|r| r.count == 0)
+        {
             return Ok(());
         }
         // IMMEDIATE: take the write lock up front, so the busy timeout applies
         // instead of a mid-transaction SQLITE_BUSY.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        match commit_in_tx(&mut tx, segments, batches, refusals, now).await {
+        match commit_in_tx(&mut tx, segments, batches, refusals, redactions, now).await {
             Ok(()) => tx.commit().await.map_err(db),
             Err(failure) => {
                 tx.rollback().await.map_err(db)?;
@@ -989,6 +1119,9 @@ impl Catalog for SqliteCatalog {
                             ids.push(*ws);
                         }
                         for r in refusals {
+                            ids.push(r.workspace_id);
+                        }
+                        for r in redactions {
                             ids.push(r.workspace_id);
                         }
                         match self.missing_workspace(ids).await? {
@@ -1112,6 +1245,88 @@ impl Catalog for SqliteCatalog {
         let mut out = rows.iter().map(refusal_from_row).collect::<Result<Vec<_>>>()?;
         // The trait's order (agent, then the enums' order), whatever the collation.
         out.sort_by_key(|r| (r.agent_id, r.reason, r.category));
+        Ok(out)
+    }
+
+    async fn redaction_policy(&self, ws: WorkspaceId) -> Result<RedactionPolicy> {
+        let row = sqlx::query(
+            "SELECT r.policy, r.revision, r.updated_at, r.updated_by FROM workspaces w \
+             LEFT JOIN redaction_policies r ON r.workspace_id = w.id WHERE w.id = ?",
+        )
+        .bind(ws.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        match row {
+            Some(row) => redaction_policy_from_row(&row),
+            None => Err(CatalogError::WorkspaceNotFound(ws)),
+        }
+    }
+
+    async fn set_redaction_policy(
+        &self,
+        ws: WorkspaceId,
+        toml: Option<&str>,
+        by: PrincipalId,
+        now: TimestampMicros,
+    ) -> Result<RedactionPolicy> {
+        // One statement: concurrent setters each get their own revision.
+        let row = sqlx::query(
+            "INSERT INTO redaction_policies (workspace_id, policy, revision, updated_at, updated_by) \
+             VALUES (?, ?, 1, ?, ?) \
+             ON CONFLICT (workspace_id) DO UPDATE SET policy = excluded.policy, revision = revision + 1, \
+             updated_at = excluded.updated_at, updated_by = excluded.updated_by \
+             RETURNING policy, revision, updated_at, updated_by",
+        )
+        .bind(ws.to_string())
+        .bind(toml)
+        .bind(now)
+        .bind(by.to_string())
+        .fetch_one(&self.pool)
+        .await;
+        match row.map_err(classify) {
+            Ok(row) => redaction_policy_from_row(&row),
+            Err(Failure::ForeignKey) => Err(CatalogError::WorkspaceNotFound(ws)),
+            Err(Failure::Unique(m)) => Err(CatalogError::Database(m)),
+            Err(Failure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn redaction_key(&self, ws: WorkspaceId, candidate: Secret<[u8; 32]>) -> Result<Secret<[u8; 32]>> {
+        // One statement: of concurrent first callers, one key wins and all
+        // of them read it back.
+        let row = sqlx::query(
+            "INSERT INTO redaction_policies (workspace_id, pseudonym_key) VALUES (?, ?) \
+             ON CONFLICT (workspace_id) DO UPDATE SET pseudonym_key = COALESCE(pseudonym_key, excluded.pseudonym_key) \
+             RETURNING pseudonym_key",
+        )
+        .bind(ws.to_string())
+        .bind(&candidate.expose()[..])
+        .fetch_one(&self.pool)
+        .await;
+        match row.map_err(classify) {
+            Ok(row) => {
+                let bytes: Vec<u8> = get(&row, "pseudonym_key")?;
+                let key: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|b: Vec<u8>| CatalogError::Corrupt(format!("pseudonym_key: {} bytes, not 32", b.len())))?;
+                Ok(Secret::new(key))
+            }
+            Err(Failure::ForeignKey) => Err(CatalogError::WorkspaceNotFound(ws)),
+            Err(Failure::Unique(m)) => Err(CatalogError::Database(m)),
+            Err(Failure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn list_redactions(&self, ws: WorkspaceId) -> Result<Vec<RedactionCount>> {
+        let sql = format!("SELECT {REDACTION_COLUMNS} FROM redactions WHERE workspace_id = ?");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ws.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut out = rows.iter().map(redaction_from_row).collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| (&a.table, a.kind, &a.entity).cmp(&(&b.table, b.kind, &b.entity)));
         Ok(out)
     }
 
@@ -1850,8 +2065,8 @@ mod tests {
                 .fetch_all(&cat.pool)
                 .await
                 .unwrap();
-        assert_eq!(versions, vec![1, 2, 3, 4]);
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        const { assert!(SCHEMA_VERSION >= 4) };
         let a = cat.get_agent(agent_id).await.unwrap().unwrap();
         assert_eq!(
             (a.prev_cert_sha256.clone(), a.prev_cert_not_after),
@@ -1873,6 +2088,116 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("CHECK"), "{err}");
         cat.close().await;
+    }
+
+    #[tokio::test]
+    async fn version_4_catalog_migrates_to_5_with_the_default_redaction_policy_and_no_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        let old = ws("from-v4");
+        let (seg_batch, agent_id) = (BatchId::new(), AgentId::new());
+        {
+            let cat = SqliteCatalog::open_at_version(&path, 4).await.unwrap();
+            cat.create_workspace(&old).await.unwrap();
+            cat.add_refusals(&[Refusal {
+                workspace_id: old.id,
+                agent_id,
+                reason: custos_model::api::RefusalReason::Level,
+                category: Category::Logs,
+                events: 2,
+                first_at: 5,
+                last_at: 5,
+            }])
+            .await
+            .unwrap();
+            for table in ["redaction_policies", "redactions"] {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_schema WHERE name = ?")
+                    .bind(table)
+                    .fetch_one(&cat.pool)
+                    .await
+                    .unwrap();
+                assert_eq!(n, 0, "{table} exists at version 4");
+            }
+            cat.close().await;
+        }
+        let cat = SqliteCatalog::open(&path).await.unwrap();
+        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+            .fetch_all(&cat.pool)
+            .await
+            .unwrap();
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        const { assert!(SCHEMA_VERSION >= 5) };
+        // The old workspace: unchanged, the default redaction policy, no counts.
+        assert_eq!(cat.get_workspace(old.id).await.unwrap(), Some(old.clone()));
+        assert_eq!(cat.list_refusals(old.id).await.unwrap().len(), 1);
+        assert_eq!(cat.redaction_policy(old.id).await.unwrap(), RedactionPolicy::default());
+        assert_eq!(cat.list_redactions(old.id).await.unwrap(), vec![]);
+        // The new tables work with it.
+        let by = PrincipalId::new();
+        let set = cat.set_redaction_policy(old.id, Some("version = 1\n"), by, 9).await.unwrap();
+        assert_eq!((set.revision, set.updated_by, set.updated_at), (1, Some(by), Some(9)));
+        let key = cat.redaction_key(old.id, Secret::new([7; 32])).await.unwrap();
+        assert_eq!(key.expose(), &[7; 32]);
+        let r = RedactionCount {
+            workspace_id: old.id,
+            table: TableName::new("logs").unwrap(),
+            kind: RedactionKind::Redacted,
+            entity: "EMAIL_ADDRESS".into(),
+            count: 3,
+            first_at: 10,
+            last_at: 10,
+        };
+        cat.commit_ingest_with(&[], &[(old.id, seg_batch)], &[], std::slice::from_ref(&r), 10).await.unwrap();
+        assert_eq!(cat.list_redactions(old.id).await.unwrap(), vec![r]);
+        cat.close().await;
+    }
+
+    #[tokio::test]
+    async fn redaction_schema_checks_refuse_bad_rows() {
+        let (_dir, cat) = fresh().await;
+        let w = ws("redaction-checks");
+        cat.create_workspace(&w).await.unwrap();
+        let id = w.id.to_string();
+        let refused = [
+            ("INSERT INTO redactions VALUES (?, 'logs', 'other', 'X', 1, 1, 1)", "kind"),
+            ("INSERT INTO redactions VALUES (?, 'logs', 'redacted', '', 1, 1, 1)", "empty entity"),
+            ("INSERT INTO redactions VALUES (?, 'logs', 'event_dropped', 'X', 1, 1, 1)", "entity on a drop"),
+            ("INSERT INTO redactions VALUES (?, 'logs', 'redacted', 'X', 0, 1, 1)", "zero count"),
+            ("INSERT INTO redactions VALUES (?, 'logs', 'redacted', 'X', 1, 2, 1)", "last before first"),
+            ("INSERT INTO redaction_policies (workspace_id, pseudonym_key) VALUES (?, x'0102')", "short key"),
+        ];
+        for (sql, what) in refused {
+            let err = sqlx::query(sql).bind(&id).execute(&cat.pool).await.expect_err(what);
+            assert!(err.to_string().contains("CHECK"), "{what}: {err}");
+        }
+        // The same checks in the API, with a clear message and nothing committed.
+        let bad = RedactionCount {
+            workspace_id: w.id,
+            table: TableName::new("logs").unwrap(),
+            kind: RedactionKind::FieldDropped,
+            entity: "EMAIL_ADDRESS".into(),
+            count: 1,
+            first_at: 1,
+            last_at: 1,
+        };
+        let batch = BatchId::new();
+        let err = cat.commit_ingest_with(&[], &[(w.id, batch)], &[], &[bad], 1).await.unwrap_err();
+        assert!(err.to_string().contains("names no entity"), "{err}");
+        assert_eq!(cat.stored_batches(w.id, &[batch]).await.unwrap(), vec![]);
+        // A stored key of the wrong length (written around the checks) is an
+        // error, never a key.
+        sqlx::query("INSERT INTO redaction_policies (workspace_id) VALUES (?)").bind(&id).execute(&cat.pool).await.unwrap();
+        let mut conn = cat.pool.acquire().await.unwrap();
+        sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut *conn).await.unwrap();
+        sqlx::query("UPDATE redaction_policies SET pseudonym_key = x'01' WHERE workspace_id = ?")
+            .bind(&id)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA ignore_check_constraints = OFF").execute(&mut *conn).await.unwrap();
+        drop(conn);
+        let err = cat.redaction_key(w.id, Secret::new([1; 32])).await.unwrap_err();
+        assert!(matches!(err, CatalogError::Corrupt(_) | CatalogError::Database(_)), "{err}");
     }
 
     #[tokio::test]

@@ -129,6 +129,98 @@ pub struct RefusalInfo {
     pub last_refused_at: String,
 }
 
+/// `PUT /v1/workspaces/{id}/redaction-policy` (owners): the workspace's
+/// server-side redaction policy.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionPolicyRequest {
+    /// The policy (TOML in the format of `custos-redact`, see
+    /// docs/REDACTION.md); `null` (or absent): back to the default policy.
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+/// A workspace's redaction policy, as `GET`/`PUT
+/// /v1/workspaces/{id}/redaction-policy` answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RedactionPolicyInfo {
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// `default` (the engine's default policy) or `custom`.
+    pub source: String,
+    /// The policy text; `None` for the default policy.
+    pub policy: Option<String>,
+    /// Incremented at every change; 0 while never set.
+    pub revision: u64,
+    /// When it was last set, RFC 3339.
+    pub updated_at: Option<String>,
+    /// Who last set it.
+    pub updated_by: Option<PrincipalId>,
+}
+
+/// What a redaction count counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedactionKind {
+    /// Findings of one entity removed, tagged, masked or pseudonymised
+    /// (every finding the policy did not keep, including those in dropped
+    /// fields and events).
+    Redacted,
+    /// Fields removed by a `drop_field` operator.
+    FieldDropped,
+    /// Events dropped by a `drop_event` operator (never stored).
+    EventDropped,
+}
+
+impl RedactionKind {
+    /// Every kind, in order.
+    pub const ALL: [RedactionKind; 3] = [RedactionKind::Redacted, RedactionKind::FieldDropped, RedactionKind::EventDropped];
+
+    /// The name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedactionKind::Redacted => "redacted",
+            RedactionKind::FieldDropped => "field_dropped",
+            RedactionKind::EventDropped => "event_dropped",
+        }
+    }
+}
+
+impl std::fmt::Display for RedactionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RedactionKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RedactionKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown redaction kind {s:?} (expected redacted, field_dropped or event_dropped)"))
+    }
+}
+
+/// What the server's redaction backstop removed from one table, as
+/// `GET /v1/workspaces/{id}/redactions` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RedactionCountInfo {
+    /// The table the events were bound for.
+    pub table: String,
+    /// What is counted.
+    pub kind: RedactionKind,
+    /// The entity (`EMAIL_ADDRESS`, a custom entity's name) for `redacted`;
+    /// `None` for the drops.
+    pub entity: Option<String>,
+    /// How many.
+    pub count: u64,
+    /// When the first was counted, RFC 3339.
+    pub first_at: String,
+    /// When the last was counted, RFC 3339.
+    pub last_at: String,
+}
+
 /// Answer to `POST /v1/workspaces`: the workspace and its first enrollment
 /// key, shown only here (the server stores only its hash).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -195,7 +287,9 @@ pub struct IngestAck {
     /// True when this batch id had already been stored and was not stored again.
     pub duplicate: bool,
     /// Events refused by the workspace's policy or the telemetry registry:
-    /// not stored, counted per agent (`GET /v1/workspaces/{id}/refusals`).
+    /// not stored, counted per agent (`GET /v1/workspaces/{id}/refusals`);
+    /// and events the workspace's redaction policy drops (`drop_event`),
+    /// counted per table (`GET /v1/workspaces/{id}/redactions`).
     /// `accepted + refused` is the batch's event count. For a duplicate, what
     /// the current policy would refuse (nothing is stored or counted again).
     /// Absent from older servers' answers (then 0).

@@ -10,7 +10,7 @@
 //! [detect]
 //! domains = ["corp.example.com"]   # these and every sub-domain: DOMAIN_NAME
 //! hostnames = ["db01"]             # whole-token host names: DOMAIN_NAME
-//! any_fqdn = false                 # every name under a public TLD
+//! any_fqdn = true                  # every name under a public TLD (default)
 //! secrets = "builtin"              # "builtin" or "none"
 //! gitleaks_rules = "/etc/custos/gitleaks.toml"   # read by the caller
 //!
@@ -156,19 +156,36 @@ struct PolicyFile {
     overrides: Vec<OverrideFile>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DetectFile {
     #[serde(default)]
     domains: Vec<String>,
     #[serde(default)]
     hostnames: Vec<String>,
-    #[serde(default)]
+    #[serde(default = "yes")]
     any_fqdn: bool,
     secrets: Option<String>,
     gitleaks_rules: Option<String>,
     #[serde(default)]
     custom: Vec<CustomFile>,
+}
+
+impl Default for DetectFile {
+    fn default() -> Self {
+        DetectFile {
+            domains: Vec::new(),
+            hostnames: Vec::new(),
+            any_fqdn: true,
+            secrets: None,
+            gitleaks_rules: None,
+            custom: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,7 +291,7 @@ pub struct Policy {
     pub domains: Vec<String>,
     /// Host names matched as whole tokens.
     pub hostnames: Vec<String>,
-    /// Report every name under a public top-level domain.
+    /// Report every name under a public top-level domain (default true).
     pub any_fqdn: bool,
     /// Run the built-in secret rules.
     pub builtin_secrets: bool,
@@ -621,6 +638,16 @@ mod tests {
             let err = Policy::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn the_example_policy_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/redact-policy.toml");
+        let p = Policy::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(p.custom.len(), 2);
+        assert_eq!(op(&p, "auth_log", Category::Logs, Level::Full, Entity::UserName), Operator::Tag);
+        assert_eq!(op(&p, "syslog", Category::Logs, Level::Full, Entity::UserName), Operator::Pseudonym);
+        assert_eq!(op(&p, "crashes", Category::Crash, Level::Full, Entity::Secret), Operator::DropEvent);
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
         route!(PUT "/v1/workspaces/{ws}/lockbox", "workspace.lockbox", P(Perm::PolicyManage), W, set_lockbox),
         route!(PUT "/v1/workspaces/{ws}/policy", "workspace.policy", P(Perm::PolicyManage), W, set_policy),
         route!(GET "/v1/workspaces/{ws}/refusals", "workspace.refusals", P(Perm::AuditRead), R, list_refusals),
+        route!(GET "/v1/workspaces/{ws}/redaction-policy", "workspace.redaction_policy.show", P(Perm::AuditRead), R, show_redaction_policy),
+        route!(PUT "/v1/workspaces/{ws}/redaction-policy", "workspace.redaction_policy", P(Perm::PolicyManage), W, set_redaction_policy),
+        route!(GET "/v1/workspaces/{ws}/redactions", "workspace.redactions", P(Perm::AuditRead), R, list_redactions),
         route!(POST "/v1/workspaces/{ws}/enrollment-keys", "enrollment_key.create", P(Perm::AgentEnroll), W, new_enrollment_key),
         route!(GET "/v1/workspaces/{ws}/agents", "agent.list", P(Perm::AgentManage), R, list_agents),
         route!(POST "/v1/workspaces/{ws}/agents/{agent}/revoke", "agent.revoke", P(Perm::AgentManage), W, revoke_agent),
@@ -155,6 +158,7 @@ async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResp
          custos_ingest_overloaded_total{{reason=\"backlog\"}} {}\n\
          # TYPE custos_ingest_active_batches gauge\ncustos_ingest_active_batches {}\n\
          # TYPE custos_ingest_backlog_bytes gauge\ncustos_ingest_backlog_bytes {}\n\
+         {}\
          # TYPE custos_audit_next_seq gauge\ncustos_audit_next_seq {}\n\
          # TYPE custos_audit_records_total counter\ncustos_audit_records_total {}\n\
          # TYPE custos_audit_commits_total counter\ncustos_audit_commits_total {}\n\
@@ -171,6 +175,7 @@ async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResp
         st.overloaded_backlog.load(Relaxed),
         st.active.load(Relaxed),
         st.backlog_bytes.load(Relaxed),
+        redaction_metrics(st),
         s.audit.next_seq(),
         audit.records,
         audit.commits,
@@ -178,6 +183,31 @@ async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResp
         audit.checkpoints,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// The redaction backstop's counters: findings by entity (every built-in
+/// entity, 0 until seen, and `CUSTOM`), fields and events dropped.
+fn redaction_metrics(st: &crate::ingest::IngestStats) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let seen = st.redacted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut out = String::from(
+        "# HELP custos_redactions_total Findings the server's redaction backstop removed before storage, by entity.\n\
+         # TYPE custos_redactions_total counter\n",
+    );
+    for e in custos_redact::Entity::BUILTIN.iter().map(|e| e.name()).chain(["CUSTOM"]) {
+        let _ = writeln!(out, "custos_redactions_total{{entity=\"{e}\"}} {}", seen.get(e).copied().unwrap_or(0));
+    }
+    let _ = write!(
+        out,
+        "# HELP custos_redaction_fields_dropped_total Fields the redaction backstop removed (drop_field).\n\
+         # TYPE custos_redaction_fields_dropped_total counter\ncustos_redaction_fields_dropped_total {}\n\
+         # HELP custos_redaction_events_dropped_total Events the redaction backstop dropped (drop_event).\n\
+         # TYPE custos_redaction_events_dropped_total counter\ncustos_redaction_events_dropped_total {}\n",
+        st.redaction_fields_dropped.load(Relaxed),
+        st.redaction_events_dropped.load(Relaxed),
+    );
+    out
 }
 
 /// RFC 3339 text of a time in microseconds.
@@ -515,6 +545,74 @@ async fn list_refusals(auth: Authorized, State(s): State<Arc<AppState>>) -> Resu
             events: r.events,
             first_refused_at: rfc3339(r.first_at),
             last_refused_at: rfc3339(r.last_at),
+        })
+        .collect();
+    auth.note("rows", out.len());
+    Ok(Json(out))
+}
+
+fn redaction_policy_info(ws: WorkspaceId, p: &custos_catalog::RedactionPolicy) -> RedactionPolicyInfo {
+    RedactionPolicyInfo {
+        workspace_id: ws,
+        source: if p.toml.is_some() { "custom" } else { "default" }.into(),
+        policy: p.toml.clone(),
+        revision: p.revision,
+        updated_at: p.updated_at.map(rfc3339),
+        updated_by: p.updated_by,
+    }
+}
+
+/// The workspace's redaction policy (owners, auditors, service admins: a
+/// policy may name the customer's own keywords, so it is not shown to
+/// every reader).
+async fn show_redaction_policy(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<RedactionPolicyInfo>, ServerError> {
+    let ws = auth.workspace()?;
+    let p = s.catalog.redaction_policy(ws.id).await?;
+    auth.note("revision", p.revision);
+    Ok(Json(redaction_policy_info(ws.id, &p)))
+}
+
+/// Replace the workspace's redaction policy (owners). The text is validated
+/// by the engine first: a policy it refuses is answered 400 with its
+/// message and nothing changes. Applies to every batch received after the
+/// answer (see `redaction`).
+async fn set_redaction_policy(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<Json<RedactionPolicyInfo>, ServerError> {
+    let req: RedactionPolicyRequest = read_json(body, "redaction policy request").await?;
+    let ws = auth.workspace()?;
+    if let Some(text) = &req.policy {
+        crate::redaction::validate(text).map_err(ServerError::BadRequest)?;
+    }
+    let by = auth.principal()?.id;
+    let stored = s.catalog.set_redaction_policy(ws.id, req.policy.as_deref(), by, s.clock.now()).await?;
+    s.ingest.backstop().invalidate(ws.id);
+    // The text may hold the customer's own keywords: the audit record keeps
+    // its HMAC, which proves which policy was set without showing it.
+    auth.note("revision", stored.revision);
+    match &stored.toml {
+        Some(text) => auth.note_hmac("policy", text),
+        None => auth.note("policy", "default"),
+    }
+    tracing::info!(workspace = %ws.id, revision = stored.revision, custom = stored.toml.is_some(), "workspace redaction policy changed");
+    Ok(Json(redaction_policy_info(ws.id, &stored)))
+}
+
+/// What the redaction backstop removed, per table, kind and entity.
+async fn list_redactions(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<RedactionCountInfo>>, ServerError> {
+    let ws = auth.workspace()?;
+    // Counts are committed with their batches: make everything acknowledged visible.
+    s.ingest.flush().await?;
+    let out: Vec<RedactionCountInfo> = s
+        .catalog
+        .list_redactions(ws.id)
+        .await?
+        .into_iter()
+        .map(|r| RedactionCountInfo {
+            table: r.table.to_string(),
+            kind: r.kind,
+            entity: (!r.entity.is_empty()).then_some(r.entity),
+            count: r.count,
+            first_at: rfc3339(r.first_at),
+            last_at: rfc3339(r.last_at),
         })
         .collect();
     auth.note("rows", out.len());

@@ -47,7 +47,8 @@ pub enum Perm {
     AgentManage,
     /// List, grant and revoke workspace roles.
     RoleManage,
-    /// Change workspace policy (lockbox; maximum level and categories stored).
+    /// Change workspace policy (lockbox; maximum level and categories stored;
+    /// the server-side redaction policy).
     PolicyManage,
     /// Open a support case.
     CaseOpen,
@@ -61,7 +62,8 @@ pub enum Perm {
     AccessView,
     /// Approve or deny access requests.
     AccessDecide,
-    /// Read the workspace's audit records and the counts of events refused at ingest.
+    /// Read the workspace's audit records, the counts of events refused at
+    /// ingest, the redaction policy and the counts of what redaction removed.
     AuditRead,
 }
 

@@ -52,24 +52,45 @@
 //! written: it is neither stored nor acknowledged, and the agent sends the
 //! same batch id again later. The refusals are counted per measure.
 //!
-//! WAL record format, version 2 (written): `u8 version = 2`, 16-byte
+//! Redaction (the backstop, see `redaction`): after enforcement, and still
+//! before the append, every allowed event goes through the workspace's
+//! redactor ([`custos_redact::Session::redact_event`]); events its policy
+//! drops are dropped, and findings are rewritten in place. For the same
+//! three reasons as enforcement it happens here: a secret that arrives must
+//! never be fsynced to the server's disk; the outcome is decided once under
+//! the policy in force on arrival and replayed as recorded; and the counts
+//! of what was removed, per (table, entity) and per table for dropped
+//! fields and events, travel in the batch's record and are committed with
+//! its id in the same transaction (`commit_ingest_with`): exactly once, one
+//! upsert per distinct (table, kind, entity) of a flush, never one per event.
+//! Text without findings (agent-redacted data: our own tags and pseudonyms
+//! are recognised) is left alone, and a batch in which nothing was found
+//! keeps the frame as received.
+//!
+//! WAL record format, version 3 (written): `u8 version = 3`, 16-byte
 //! workspace UUID, 16-byte agent UUID, 16-byte batch UUID, `i64` LE receive
 //! time (µs), `u8` number of refusal entries `n`, then `n` entries of `u8`
 //! reason code (1 level, 2 category, 3 schema), `u8` category code (1
 //! security, 2 settings, 3 inventory, 4 health, 5 usage, 6 logs, 7
-//! performance, 8 crash) and `u64` LE event count; then the batch frame of
-//! the events to store (see `custos_model::wire`). Version 1 (read, for
-//! logs written before enforcement): `u8 version = 1`, the three UUIDs, then
-//! the frame exactly as received; no refusals.
+//! performance, 8 crash) and `u64` LE event count; then `u32` LE number of
+//! redaction entries `m` (at most 4096), then `m` entries of `u8` kind code
+//! (1 redacted, 2 field dropped, 3 event dropped), `u8` length and the bytes
+//! of the table name, `u8` length and the bytes of the entity name (empty
+//! for the drops; at most 64) and `u64` LE count; then the batch frame of
+//! the events to store (see `custos_model::wire`). Version 2 (read, for logs
+//! written before redaction) is version 3 without the redaction entries.
+//! Version 1 (read, for logs written before enforcement): `u8 version = 1`,
+//! the three UUIDs, then the frame exactly as received; no refusals.
 
+use crate::redaction::Backstop;
 use crate::{enforce, ServerError};
-use custos_catalog::{Catalog, ColumnDef, Refusal, Segment};
+use custos_catalog::{Catalog, ColumnDef, RedactionCount, RedactionKind, Refusal, Segment};
 use custos_model::api::RefusalReason;
 use custos_model::wire::{self, Limits};
 use custos_model::{AgentId, BatchId, Category, Event, Registry, SegmentId, TableName, WorkspaceId};
 use custos_store::{segment_path, SegmentBuilder, Storage};
 use custos_wal::{Lsn, Wal, WalOptions};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,14 +98,27 @@ use tokio::sync::{mpsc, oneshot};
 
 const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
+const RECORD_V3: u8 = 3;
 const RECORD_V1_HEADER: usize = 1 + 16 * 3;
-/// Fixed part of a v2 header (before the refusal entries).
+/// Fixed part of a v2 or v3 header (before the refusal entries).
 const RECORD_V2_FIXED: usize = 1 + 16 * 3 + 8 + 1;
 const REFUSAL_ENTRY: usize = 1 + 1 + 8;
 /// Most refusal entries: one per (reason, category).
 const MAX_REFUSAL_ENTRIES: usize = RefusalReason::ALL.len() * Category::ALL.len();
-/// Largest v2 header.
-const RECORD_HEADER_MAX: usize = RECORD_V2_FIXED + MAX_REFUSAL_ENTRIES * REFUSAL_ENTRY;
+/// Most redaction entries in one record. A batch with more distinct
+/// (table, kind, entity) counts (hundreds of tables with findings) keeps
+/// the first ones and folds the rest into [`OVERFLOW_TABLE`].
+const MAX_REDACTION_ENTRIES: usize = 4096;
+/// Largest redaction entry: kind, table (≤ 63 bytes), entity (≤ 64 bytes), count.
+const REDACTION_ENTRY_MAX: usize = 1 + 1 + 63 + 1 + 64 + 8;
+/// Longest entity name counted.
+const MAX_ENTITY_BYTES: usize = 64;
+/// The table that counts the redactions of a batch beyond
+/// [`MAX_REDACTION_ENTRIES`] distinct (table, kind, entity).
+pub const OVERFLOW_TABLE: &str = "_other_tables";
+/// Largest header (v3).
+const RECORD_HEADER_MAX: usize =
+    RECORD_V2_FIXED + MAX_REFUSAL_ENTRIES * REFUSAL_ENTRY + 4 + MAX_REDACTION_ENTRIES * REDACTION_ENTRY_MAX;
 
 fn reason_code(r: RefusalReason) -> u8 {
     match r {
@@ -118,11 +152,36 @@ fn category_from_code(c: u8) -> Option<Category> {
 /// Refused events of one batch: (reason, category, events).
 type Refused = Vec<(RefusalReason, Category, u64)>;
 
-/// Encode a (version 2) WAL record.
-fn encode_record(ws: WorkspaceId, agent: AgentId, batch: BatchId, received_at: i64, refused: &Refused, frame: &[u8]) -> Vec<u8> {
+/// What redaction removed from one batch: (table, kind, entity, count),
+/// distinct keys, at most [`MAX_REDACTION_ENTRIES`].
+type Redactions = Vec<(TableName, RedactionKind, String, u64)>;
+
+fn kind_code(k: RedactionKind) -> u8 {
+    match k {
+        RedactionKind::Redacted => 1,
+        RedactionKind::FieldDropped => 2,
+        RedactionKind::EventDropped => 3,
+    }
+}
+
+fn kind_from_code(c: u8) -> Option<RedactionKind> {
+    RedactionKind::ALL.into_iter().find(|k| kind_code(*k) == c)
+}
+
+/// Encode a (version 3) WAL record.
+fn encode_record(
+    ws: WorkspaceId,
+    agent: AgentId,
+    batch: BatchId,
+    received_at: i64,
+    refused: &Refused,
+    redactions: &Redactions,
+    frame: &[u8],
+) -> Vec<u8> {
     let n = refused.len().min(MAX_REFUSAL_ENTRIES);
-    let mut out = Vec::with_capacity(RECORD_V2_FIXED + n * REFUSAL_ENTRY + frame.len());
-    out.push(RECORD_V2);
+    let m = redactions.len().min(MAX_REDACTION_ENTRIES);
+    let mut out = Vec::with_capacity(RECORD_V2_FIXED + n * REFUSAL_ENTRY + 4 + m * REDACTION_ENTRY_MAX + frame.len());
+    out.push(RECORD_V3);
     out.extend_from_slice(ws.0.as_bytes());
     out.extend_from_slice(agent.0.as_bytes());
     out.extend_from_slice(batch.0.as_bytes());
@@ -133,6 +192,19 @@ fn encode_record(ws: WorkspaceId, agent: AgentId, batch: BatchId, received_at: i
         out.push(reason_code(*reason));
         out.push(category_code(*category));
         out.extend_from_slice(&events.to_le_bytes());
+    }
+    // At most MAX_REDACTION_ENTRIES, so m fits in a u32.
+    out.extend_from_slice(&(m as u32).to_le_bytes());
+    for (table, kind, entity, count) in redactions.iter().take(m) {
+        // Table names are at most 63 bytes (TableName); entity names are cut
+        // to MAX_ENTITY_BYTES when counted (see `entity_key`).
+        let entity = &entity.as_bytes()[..entity.len().min(MAX_ENTITY_BYTES)];
+        out.push(kind_code(*kind));
+        out.push(table.as_str().len() as u8);
+        out.extend_from_slice(table.as_str().as_bytes());
+        out.push(entity.len() as u8);
+        out.extend_from_slice(entity);
+        out.extend_from_slice(&count.to_le_bytes());
     }
     out.extend_from_slice(frame);
     out
@@ -145,6 +217,7 @@ struct Record<'a> {
     batch: BatchId,
     received_at: i64,
     refused: Refused,
+    redactions: Redactions,
     frame: &'a [u8],
 }
 
@@ -152,7 +225,7 @@ fn decode_record(bytes: &[u8]) -> Result<Record<'_>, String> {
     let version = *bytes.first().ok_or("empty ingest record")?;
     let header = match version {
         RECORD_V1 => RECORD_V1_HEADER,
-        RECORD_V2 => RECORD_V2_FIXED,
+        RECORD_V2 | RECORD_V3 => RECORD_V2_FIXED,
         other => return Err(format!("unknown ingest record version {other}")),
     };
     if bytes.len() < header {
@@ -165,7 +238,15 @@ fn decode_record(bytes: &[u8]) -> Result<Record<'_>, String> {
     };
     let (ws, agent, batch) = (WorkspaceId(uuid(0)), AgentId(uuid(1)), BatchId(uuid(2)));
     if version == RECORD_V1 {
-        return Ok(Record { ws, agent, batch, received_at: 0, refused: Vec::new(), frame: &bytes[RECORD_V1_HEADER..] });
+        return Ok(Record {
+            ws,
+            agent,
+            batch,
+            received_at: 0,
+            refused: Vec::new(),
+            redactions: Vec::new(),
+            frame: &bytes[RECORD_V1_HEADER..],
+        });
     }
     let mut at = [0u8; 8];
     at.copy_from_slice(&bytes[49..57]);
@@ -183,7 +264,42 @@ fn decode_record(bytes: &[u8]) -> Result<Record<'_>, String> {
         c.copy_from_slice(&e[2..10]);
         refused.push((reason, category, u64::from_le_bytes(c)));
     }
-    Ok(Record { ws, agent, batch, received_at, refused, frame: &bytes[end..] })
+    if version == RECORD_V2 {
+        return Ok(Record { ws, agent, batch, received_at, refused, redactions: Vec::new(), frame: &bytes[end..] });
+    }
+    let (redactions, end) = decode_redactions(bytes, end)?;
+    Ok(Record { ws, agent, batch, received_at, refused, redactions, frame: &bytes[end..] })
+}
+
+/// The redaction entries of a v3 record starting at `at`; returns them and
+/// where the frame starts.
+fn decode_redactions(bytes: &[u8], mut at: usize) -> Result<(Redactions, usize), String> {
+    let short = || format!("record of {} bytes is shorter than its redaction entries", bytes.len());
+    let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
+        let s = bytes.get(*at..*at + n).ok_or_else(short)?;
+        *at += n;
+        Ok(s)
+    };
+    let mut m = [0u8; 4];
+    m.copy_from_slice(take(&mut at, 4)?);
+    let m = u32::from_le_bytes(m) as usize;
+    if m > MAX_REDACTION_ENTRIES {
+        return Err(format!("record claims {m} redaction entries (at most {MAX_REDACTION_ENTRIES})"));
+    }
+    let mut out = Vec::with_capacity(m);
+    for _ in 0..m {
+        let code = take(&mut at, 1)?[0];
+        let kind = kind_from_code(code).ok_or_else(|| format!("unknown redaction kind code {code}"))?;
+        let len = usize::from(take(&mut at, 1)?[0]);
+        let table = std::str::from_utf8(take(&mut at, len)?).map_err(|e| format!("redaction entry table: {e}"))?;
+        let table = TableName::new(table).map_err(|e| format!("redaction entry: {e}"))?;
+        let len = usize::from(take(&mut at, 1)?[0]);
+        let entity = std::str::from_utf8(take(&mut at, len)?).map_err(|e| format!("redaction entry entity: {e}"))?;
+        let mut c = [0u8; 8];
+        c.copy_from_slice(take(&mut at, 8)?);
+        out.push((table, kind, entity.to_string(), u64::from_le_bytes(c)));
+    }
+    Ok((out, at))
 }
 
 /// The largest WAL record: a frame re-encoded after enforcement may be
@@ -223,6 +339,38 @@ pub struct IngestStats {
     /// Gauge: bytes acknowledged but not yet written into segments (the
     /// builder's buffers, approximate raw size).
     pub backlog_bytes: std::sync::atomic::AtomicU64,
+    /// Findings the redaction backstop removed, by metrics label (a built-in
+    /// entity name, or `CUSTOM` for every custom entity of any policy).
+    pub redacted: Mutex<BTreeMap<&'static str, u64>>,
+    /// Fields the redaction backstop removed (`drop_field`).
+    pub redaction_fields_dropped: std::sync::atomic::AtomicU64,
+    /// Events the redaction backstop dropped (`drop_event`), never stored.
+    pub redaction_events_dropped: std::sync::atomic::AtomicU64,
+}
+
+impl IngestStats {
+    /// The metrics label of an entity name: built-in names as they are,
+    /// every custom entity as `CUSTOM` (bounded label values, and no
+    /// workspace's vocabulary on the service's metrics).
+    pub fn entity_label(entity: &str) -> &'static str {
+        custos_redact::Entity::from_name(entity).map_or("CUSTOM", custos_redact::Entity::name)
+    }
+
+    fn count_redactions(&self, r: &Redactions) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut by = self.redacted.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, kind, entity, n) in r {
+            match kind {
+                RedactionKind::Redacted => *by.entry(Self::entity_label(entity)).or_default() += n,
+                RedactionKind::FieldDropped => {
+                    self.redaction_fields_dropped.fetch_add(*n, Relaxed);
+                }
+                RedactionKind::EventDropped => {
+                    self.redaction_events_dropped.fetch_add(*n, Relaxed);
+                }
+            }
+        }
+    }
 }
 
 /// The overload limits in force (from `[ingest]` of the server configuration).
@@ -334,17 +482,32 @@ enum WalCmd {
     ReadUnacked { reply: oneshot::Sender<Result<Unacked, String>> },
 }
 
-/// A decoded batch on its way to the builder: the events to store and the
-/// counts of those refused.
+/// A decoded batch on its way to the builder: the events to store, the
+/// counts of those refused and of what redaction removed.
 struct Decoded {
     ws: WorkspaceId,
     agent: AgentId,
     batch: BatchId,
     events: Vec<Event>,
     refusals: Vec<Refusal>,
+    redactions: Vec<RedactionCount>,
 }
 
 impl Decoded {
+    fn redactions(ws: WorkspaceId, received_at: i64, r: &Redactions) -> Vec<RedactionCount> {
+        r.iter()
+            .map(|(table, kind, entity, count)| RedactionCount {
+                workspace_id: ws,
+                table: table.clone(),
+                kind: *kind,
+                entity: entity.clone(),
+                count: *count,
+                first_at: received_at,
+                last_at: received_at,
+            })
+            .collect()
+    }
+
     fn refusals(ws: WorkspaceId, agent: AgentId, received_at: i64, refused: &Refused) -> Vec<Refusal> {
         refused
             .iter()
@@ -371,6 +534,7 @@ pub struct Ingest {
     wal_tx: mpsc::Sender<WalCmd>,
     builder_tx: mpsc::Sender<BuilderMsg>,
     catalog: Arc<dyn Catalog>,
+    backstop: Arc<Backstop>,
     inflight: Arc<Mutex<HashSet<(WorkspaceId, BatchId)>>>,
     limits: Limits,
     /// Counters.
@@ -439,9 +603,11 @@ impl Ingest {
             buffered_bytes: 0,
             batches: Vec::new(),
             refusals: Vec::new(),
+            redactions: Vec::new(),
             last_lsn: None,
         };
-        let ingest = Arc::new(Ingest { wal_tx, builder_tx, catalog, inflight, limits, stats });
+        let backstop = Arc::new(Backstop::new(catalog.clone()));
+        let ingest = Arc::new(Ingest { wal_tx, builder_tx, catalog, backstop, inflight, limits, stats });
         let mut builder = builder;
         // Replay before accepting anything: what a previous run acknowledged
         // but did not store yet.
@@ -454,6 +620,11 @@ impl Ingest {
     /// Decode limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The per-workspace redactors (the redaction backstop).
+    pub fn backstop(&self) -> &Arc<Backstop> {
+        &self.backstop
     }
 
     /// Admit one batch, or refuse it for overload (see the module
@@ -477,18 +648,23 @@ impl Ingest {
     ) -> Result<custos_model::api::IngestAck, ServerError> {
         use std::sync::atomic::Ordering::Relaxed;
         let policy = self.catalog.workspace_policy(ws).await?;
+        let redactor = self.backstop.redactor(ws).await?;
         let received_at = custos_model::now_micros();
         let limits = self.limits.clone();
         let frame_len = frame.len();
-        let judged = tokio::task::spawn_blocking(move || judge_frame(frame, &limits, &policy))
+        let judged = tokio::task::spawn_blocking(move || judge_frame(frame, &limits, &policy, &redactor))
             .await
             .map_err(|e| ServerError::Unavailable(format!("decode task: {e}")))?;
-        let Judged { batch, events, refused, frame } = judged.map_err(|e| match e {
+        let Judged { batch, events, refused, redactions, frame } = judged.map_err(|e| match e {
             wire::WireError::FrameTooLarge { .. } => ServerError::PayloadTooLarge(e.to_string()),
             other => ServerError::BadRequest(other.to_string()),
         })?;
         let accepted = events.len() as u64;
-        let refused_total: u64 = refused.iter().map(|r| r.2).sum();
+        // Events the redaction policy dropped are refused too, as far as the
+        // agent is concerned (`accepted + refused` is the batch's count).
+        let dropped: u64 =
+            redactions.iter().filter(|r| r.1 == RedactionKind::EventDropped).map(|r| r.3).sum();
+        let refused_total: u64 = refused.iter().map(|r| r.2).sum::<u64>() + dropped;
         let dup = |stats: &IngestStats| {
             stats.duplicates.fetch_add(1, Relaxed);
             Ok(custos_model::api::IngestAck {
@@ -508,9 +684,10 @@ impl Ingest {
         if !self.lock_inflight().insert((ws, batch)) {
             return dup(&self.stats);
         }
-        let record = encode_record(ws, agent, batch, received_at, &refused, &frame);
+        let record = encode_record(ws, agent, batch, received_at, &refused, &redactions, &frame);
         let refusals = Decoded::refusals(ws, agent, received_at, &refused);
-        let decoded = Arc::new(Decoded { ws, agent, batch, events, refusals });
+        let redaction_counts = Decoded::redactions(ws, received_at, &redactions);
+        let decoded = Arc::new(Decoded { ws, agent, batch, events, refusals, redactions: redaction_counts });
         let (reply, rx) = oneshot::channel();
         let sent = self.wal_tx.send(WalCmd::Append { record, batch: decoded, reply }).await;
         let result = match sent {
@@ -521,8 +698,9 @@ impl Ingest {
             Ok(lsn) => {
                 self.stats.batches.fetch_add(1, Relaxed);
                 self.stats.events.fetch_add(accepted, Relaxed);
-                self.stats.refused_events.fetch_add(refused_total, Relaxed);
+                self.stats.refused_events.fetch_add(refused_total - dropped, Relaxed);
                 self.stats.frame_bytes.fetch_add(frame_len as u64, Relaxed);
+                self.stats.count_redactions(&redactions);
                 Ok(custos_model::api::IngestAck {
                     batch_id: batch,
                     accepted,
@@ -558,30 +736,116 @@ impl Ingest {
     }
 }
 
-/// A decoded batch after enforcement: what to store and what was refused.
+/// A decoded batch after enforcement and redaction: what to store, what was
+/// refused, what redaction removed.
 struct Judged {
     batch: BatchId,
     events: Vec<Event>,
     refused: Refused,
-    /// The frame of `events`: the frame received when enforcement changed
-    /// nothing, else the allowed events re-encoded.
+    redactions: Redactions,
+    /// The frame of `events`: the frame received when enforcement and
+    /// redaction changed nothing, else the events to store re-encoded.
     frame: bytes::Bytes,
 }
 
-/// Decode a frame and apply the registry and the policy (CPU only: runs on
-/// a blocking thread).
-fn judge_frame(frame: bytes::Bytes, limits: &Limits, policy: &custos_catalog::WorkspacePolicy) -> Result<Judged, wire::WireError> {
+/// Decode a frame, apply the registry and the policy, then the workspace's
+/// redactor (CPU only: runs on a blocking thread).
+fn judge_frame(
+    frame: bytes::Bytes,
+    limits: &Limits,
+    policy: &custos_catalog::WorkspacePolicy,
+    redactor: &Arc<custos_redact::Redactor>,
+) -> Result<Judged, wire::WireError> {
     let payload = wire::decode(&frame, limits)?;
     let verdict = enforce::judge(Registry::builtin(), policy, payload.events);
     let refused: Refused = verdict.refused.iter().map(|(&(reason, category), &n)| (reason, category, n)).collect();
-    if !verdict.changed() {
-        return Ok(Judged { batch: payload.batch_id, events: verdict.allowed, refused, frame });
+    let changed = verdict.changed();
+    let (events, redactions) = redact_events(redactor, verdict.allowed);
+    if !changed && redactions.is_empty() {
+        return Ok(Judged { batch: payload.batch_id, events, refused, redactions, frame });
     }
-    // Refused events must not reach the WAL, and raised levels must be
-    // what is stored: re-encode what is left.
-    let stored = wire::BatchPayload { batch_id: payload.batch_id, created: payload.created, events: verdict.allowed };
+    // Refused events and what redaction removed must not reach the WAL, and
+    // raised levels must be what is stored: re-encode what is left.
+    let stored = wire::BatchPayload { batch_id: payload.batch_id, created: payload.created, events };
     let frame = bytes::Bytes::from(wire::encode(&stored, wire::Codec::Zstd));
-    Ok(Judged { batch: stored.batch_id, events: stored.events, refused, frame })
+    Ok(Judged { batch: stored.batch_id, events: stored.events, refused, redactions, frame })
+}
+
+/// Run every event through the redactor: the events to store (rewritten
+/// where something was found; those the policy drops left out) and the
+/// counts per (table, kind, entity). Nothing found: the events unchanged
+/// and no counts.
+fn redact_events(redactor: &Arc<custos_redact::Redactor>, events: Vec<Event>) -> (Vec<Event>, Redactions) {
+    let mut session = custos_redact::Session::new(redactor.clone());
+    let mut counts: BTreeMap<(TableName, RedactionKind, String), u64> = BTreeMap::new();
+    let mut add = |table: &TableName, o: custos_redact::Outcome| {
+        // The server keeps no pseudonym map: `o.new_pseudonyms` is dropped.
+        for (entity, n) in o.redacted {
+            let entity = entity_key(entity);
+            *counts.entry((table.clone(), RedactionKind::Redacted, entity)).or_default() += n;
+        }
+        for (kind, n) in [(RedactionKind::FieldDropped, o.fields_dropped), (RedactionKind::EventDropped, o.events_dropped)] {
+            if n > 0 {
+                *counts.entry((table.clone(), kind, String::new())).or_default() += n;
+            }
+        }
+    };
+    let mut kept = Vec::with_capacity(events.len());
+    let mut table: Option<TableName> = None;
+    for mut ev in events {
+        // Counts are taken at each change of table (batches come in runs).
+        if table.as_ref() != Some(&ev.table) {
+            if let Some(t) = table.take() {
+                add(&t, session.take_outcome());
+            }
+            table = Some(ev.table.clone());
+        }
+        if session.redact_event(&mut ev) {
+            kept.push(ev);
+        }
+    }
+    if let Some(t) = table {
+        add(&t, session.take_outcome());
+    }
+    (kept, cap_entries(counts))
+}
+
+/// An entity name as counted: at most [`MAX_ENTITY_BYTES`] (policy entity
+/// names are shorter; this only bounds the record).
+fn entity_key(mut entity: String) -> String {
+    if entity.len() > MAX_ENTITY_BYTES {
+        let mut end = MAX_ENTITY_BYTES;
+        while !entity.is_char_boundary(end) {
+            end -= 1;
+        }
+        entity.truncate(end);
+    }
+    entity
+}
+
+/// At most [`MAX_REDACTION_ENTRIES`] entries: beyond that, the rest are
+/// counted under [`OVERFLOW_TABLE`], custom entities as `CUSTOM`.
+fn cap_entries(counts: BTreeMap<(TableName, RedactionKind, String), u64>) -> Redactions {
+    if counts.len() <= MAX_REDACTION_ENTRIES {
+        return counts.into_iter().map(|((t, k, e), n)| (t, k, e, n)).collect();
+    }
+    // Room for the folded entries: one per kind and label.
+    const FOLDED_MAX: usize = 64;
+    let mut out: Redactions = Vec::with_capacity(MAX_REDACTION_ENTRIES);
+    let mut folded: BTreeMap<(RedactionKind, String), u64> = BTreeMap::new();
+    for (i, ((t, k, e), n)) in counts.into_iter().enumerate() {
+        if i < MAX_REDACTION_ENTRIES - FOLDED_MAX {
+            out.push((t, k, e, n));
+        } else {
+            let label = if e.is_empty() { String::new() } else { IngestStats::entity_label(&e).to_string() };
+            *folded.entry((k, label)).or_default() += n;
+        }
+    }
+    // Invariant: OVERFLOW_TABLE is a valid table name (tested).
+    if let Ok(overflow) = TableName::new(OVERFLOW_TABLE) {
+        out.extend(folded.into_iter().map(|((k, e), n)| (overflow.clone(), k, e, n)));
+    }
+    out
 }
 
 fn wal_thread(mut wal: Wal, mut rx: mpsc::Receiver<WalCmd>, builder: mpsc::Sender<BuilderMsg>) {
@@ -667,6 +931,9 @@ struct Builder {
     batches: Vec<(WorkspaceId, BatchId)>,
     /// Refusal counts of `batches`, committed with their ids.
     refusals: Vec<Refusal>,
+    /// Redaction counts of `batches`, committed with their ids (merged per
+    /// key by the catalog: one upsert per distinct key of a flush).
+    redactions: Vec<RedactionCount>,
     /// Highest LSN whose events are in the buffers (or already committed).
     last_lsn: Option<Lsn>,
 }
@@ -723,6 +990,7 @@ impl Builder {
         }
         self.batches.push((batch.ws, batch.batch));
         self.refusals.extend(batch.refusals.iter().cloned());
+        self.redactions.extend(batch.redactions.iter().cloned());
         self.last_lsn = Some(lsn);
         self.publish_backlog();
     }
@@ -748,6 +1016,7 @@ impl Builder {
                 self.buffers.clear();
                 self.batches.clear();
                 self.refusals.clear();
+                self.redactions.clear();
                 self.buffered_bytes = 0;
                 if let Err(re) = self.replay().await {
                     tracing::error!(error = %re, "ingest log replay failed");
@@ -799,7 +1068,8 @@ impl Builder {
                     // What the record holds was decided when the batch arrived:
                     // no enforcement again, so a replay stores and counts the same.
                     let refusals = Decoded::refusals(rec.ws, rec.agent, rec.received_at, &rec.refused);
-                    let d = Decoded { ws: rec.ws, agent: rec.agent, batch: rec.batch, events: p.events, refusals };
+                    let redactions = Decoded::redactions(rec.ws, rec.received_at, &rec.redactions);
+                    let d = Decoded { ws: rec.ws, agent: rec.agent, batch: rec.batch, events: p.events, refusals, redactions };
                     self.add(lsn, &d);
                     self.inflight.lock().unwrap_or_else(|p| p.into_inner()).insert((rec.ws, rec.batch));
                     replayed += 1;
@@ -826,6 +1096,7 @@ impl Builder {
         let buffers: Vec<_> = std::mem::take(&mut self.buffers).into_iter().collect();
         let batches = std::mem::take(&mut self.batches);
         let refusals = std::mem::take(&mut self.refusals);
+        let redactions = std::mem::take(&mut self.redactions);
         self.buffered_bytes = 0;
         let mut segments = Vec::with_capacity(buffers.len());
         for ((ws, table), builder) in buffers {
@@ -854,7 +1125,7 @@ impl Builder {
             });
         }
         self.catalog
-            .commit_ingest(&segments, &batches, &refusals, custos_model::now_micros())
+            .commit_ingest_with(&segments, &batches, &refusals, &redactions, custos_model::now_micros())
             .await
             .map_err(|e| e.to_string())?;
         self.stats.segments.fetch_add(segments.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -878,26 +1149,84 @@ impl Builder {
 mod tests {
     use super::*;
 
+    fn t(name: &str) -> TableName {
+        TableName::new(name).unwrap()
+    }
+
     #[test]
     fn records_round_trip() {
         let (ws, a, b) = (WorkspaceId::new(), AgentId::new(), BatchId::new());
         let refused = vec![(RefusalReason::Level, Category::Logs, 7), (RefusalReason::Schema, Category::Crash, u64::MAX)];
-        let bytes = encode_record(ws, a, b, -5, &refused, b"frame");
+        let redactions = vec![
+            (t("logs"), RedactionKind::Redacted, "EMAIL_ADDRESS".to_string(), 3),
+            (t("logs"), RedactionKind::EventDropped, String::new(), 1),
+            (t(&"x".repeat(63)), RedactionKind::Redacted, "E".repeat(64), u64::MAX),
+        ];
+        let bytes = encode_record(ws, a, b, -5, &refused, &redactions, b"frame");
         let r = decode_record(&bytes).unwrap();
         assert_eq!((r.ws, r.agent, r.batch, r.received_at, r.frame), (ws, a, b, -5, &b"frame"[..]));
         assert_eq!(r.refused, refused);
-        let none = encode_record(ws, a, b, 9, &Vec::new(), b"");
+        assert_eq!(r.redactions, redactions);
+        let none = encode_record(ws, a, b, 9, &Vec::new(), &Vec::new(), b"");
         let r = decode_record(&none).unwrap();
-        assert!(r.refused.is_empty() && r.frame.is_empty());
-        for cut in [0, 10, RECORD_V2_FIXED - 1, RECORD_V2_FIXED + 5] {
+        assert!(r.refused.is_empty() && r.redactions.is_empty() && r.frame.is_empty());
+        for cut in [0, 10, RECORD_V2_FIXED - 1, RECORD_V2_FIXED + 5, bytes.len() - 6 - 8] {
             assert!(decode_record(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         let mut bad = bytes.clone();
         bad[RECORD_V2_FIXED] = 9;
         assert!(decode_record(&bad).unwrap_err().contains("reason code 9"));
+        let redactions_at = RECORD_V2_FIXED + 2 * REFUSAL_ENTRY;
         let mut bad = bytes.clone();
-        bad[0] = 3;
-        assert!(decode_record(&bad).unwrap_err().contains("version 3"));
+        bad[redactions_at + 4] = 7;
+        assert!(decode_record(&bad).unwrap_err().contains("kind code 7"));
+        let mut bad = bytes.clone();
+        bad[redactions_at..redactions_at + 4].copy_from_slice(&(MAX_REDACTION_ENTRIES as u32 + 1).to_le_bytes());
+        assert!(decode_record(&bad).unwrap_err().contains("redaction entries"));
+        let mut bad = bytes.clone();
+        bad[redactions_at + 6] = b'A'; // not a table name
+        assert!(decode_record(&bad).unwrap_err().contains("table name"), "{:?}", decode_record(&bad));
+        let mut bad = bytes.clone();
+        bad[0] = 4;
+        assert!(decode_record(&bad).unwrap_err().contains("version 4"));
+        assert!(encode_record(ws, a, b, 0, &refused, &redactions, b"f").len() <= RECORD_HEADER_MAX + 1);
+    }
+
+    #[test]
+    fn version_2_records_still_replay_without_redactions() {
+        let (ws, a, b) = (WorkspaceId::new(), AgentId::new(), BatchId::new());
+        let mut v2 = vec![RECORD_V2];
+        v2.extend_from_slice(ws.0.as_bytes());
+        v2.extend_from_slice(a.0.as_bytes());
+        v2.extend_from_slice(b.0.as_bytes());
+        v2.extend_from_slice(&42i64.to_le_bytes());
+        v2.push(1);
+        v2.extend_from_slice(&[1, 6]);
+        v2.extend_from_slice(&3u64.to_le_bytes());
+        v2.extend_from_slice(b"frame");
+        let r = decode_record(&v2).unwrap();
+        assert_eq!((r.ws, r.agent, r.batch, r.received_at, r.frame), (ws, a, b, 42, &b"frame"[..]));
+        assert_eq!(r.refused, vec![(RefusalReason::Level, Category::Logs, 3)]);
+        assert!(r.redactions.is_empty());
+    }
+
+    #[test]
+    fn redaction_entries_are_capped_and_the_rest_counted_under_the_overflow_table() {
+        assert!(TableName::new(OVERFLOW_TABLE).is_ok());
+        let mut counts = BTreeMap::new();
+        for i in 0..MAX_REDACTION_ENTRIES + 500 {
+            counts.insert((t(&format!("t{i:05}")), RedactionKind::Redacted, "EMAIL_ADDRESS".to_string()), 1u64);
+            counts.insert((t(&format!("t{i:05}")), RedactionKind::Redacted, "PROJECT_CODE".to_string()), 2u64);
+        }
+        let total: u64 = counts.values().sum();
+        let capped = cap_entries(counts);
+        assert!(capped.len() <= MAX_REDACTION_ENTRIES, "{}", capped.len());
+        assert_eq!(capped.iter().map(|e| e.3).sum::<u64>(), total, "a count was lost");
+        let overflow: Vec<_> = capped.iter().filter(|e| e.0.as_str() == OVERFLOW_TABLE).collect();
+        let labels: Vec<&str> = overflow.iter().map(|e| e.2.as_str()).collect();
+        assert_eq!(labels, vec!["CUSTOM", "EMAIL_ADDRESS"]);
+        let record = encode_record(WorkspaceId::new(), AgentId::new(), BatchId::new(), 0, &Vec::new(), &capped, b"");
+        assert_eq!(decode_record(&record).unwrap().redactions, capped);
     }
 
     #[test]
@@ -927,6 +1256,63 @@ mod tests {
         assert!(max_record_bytes(&Limits::default()) >= Limits::default().max_frame_bytes + RECORD_HEADER_MAX);
     }
 
+    fn redactor(policy: &str) -> Arc<custos_redact::Redactor> {
+        let p = custos_redact::Policy::from_toml(policy).unwrap();
+        Arc::new(custos_redact::Redactor::new(p, None, Some(&custos_redact::PseudonymKey::new([3; 32]))).unwrap())
+    }
+
+    #[test]
+    fn redaction_rewrites_and_drops_events_counting_per_table_and_entity() {
+        use custos_model::{Level, Value};
+        let ev = |table: &str, message: &str| Event {
+            table: t(table),
+            time: 1,
+            level: Level::Enhanced,
+            category: Category::Logs,
+            host: "h".into(),
+            message: message.into(),
+            attrs: [("severity".to_string(), Value::from("error"))].into(),
+        };
+        let card = "4111 1111 1111 1111";
+        let events = vec![
+            ev("logs", "mail from alice@example.com"),
+            ev("logs", "nothing to see"),
+            ev("auth", &format!("paid with {card}")),
+            ev("logs", "bob@example.org wrote to carol@example.net"),
+        ];
+        let all = custos_catalog::WorkspacePolicy::default();
+        let payload = wire::BatchPayload { batch_id: BatchId::new(), created: 3, events: events.clone() };
+        let frame = bytes::Bytes::from(wire::encode(&payload, wire::Codec::Zstd));
+        let limits = Limits::default();
+        let j = judge_frame(frame.clone(), &limits, &all, &redactor("")).unwrap();
+        assert_eq!(j.events.len(), 4);
+        let stored = wire::decode(&j.frame, &limits).unwrap().events;
+        assert_eq!(stored, j.events, "the frame holds what is stored");
+        let text = format!("{stored:?}");
+        for raw in ["alice@example.com", "bob@example.org", card] {
+            assert!(!text.contains(raw), "{raw} stored: {text}");
+        }
+        assert!(text.contains("<CREDIT_CARD>"), "{text}");
+        assert_eq!(stored[1].message, "nothing to see");
+        assert_eq!(
+            j.redactions,
+            vec![
+                (t("auth"), RedactionKind::Redacted, "CREDIT_CARD".into(), 1),
+                (t("logs"), RedactionKind::Redacted, "EMAIL_ADDRESS".into(), 3),
+            ]
+        );
+        // Redacting what the server (or an agent) already redacted changes nothing.
+        let again = judge_frame(j.frame.clone(), &limits, &all, &redactor("")).unwrap();
+        assert!(again.redactions.is_empty(), "{:?}", again.redactions);
+        assert_eq!(again.frame, j.frame, "an unchanged batch keeps its frame");
+        // drop_event: the event is not stored and counted as dropped.
+        let j = judge_frame(frame, &limits, &all, &redactor("[operators]\nCREDIT_CARD = \"drop_event\"\n")).unwrap();
+        assert_eq!(j.events.len(), 3);
+        assert!(j.events.iter().all(|e| e.table.as_str() == "logs"));
+        assert!(j.redactions.contains(&(t("auth"), RedactionKind::EventDropped, String::new(), 1)), "{:?}", j.redactions);
+        assert!(j.redactions.contains(&(t("auth"), RedactionKind::Redacted, "CREDIT_CARD".into(), 1)), "{:?}", j.redactions);
+    }
+
     #[test]
     fn an_unchanged_batch_keeps_its_frame_and_a_filtered_one_is_re_encoded() {
         use custos_model::{Level, Value};
@@ -944,14 +1330,15 @@ mod tests {
         let limits = Limits::default();
         let all = custos_catalog::WorkspacePolicy { max_level: Level::Full, categories: None };
         // The info line is raised to level 3: the frame changes.
-        let j = judge_frame(frame.clone(), &limits, &all).unwrap();
+        let r = redactor("");
+        let j = judge_frame(frame.clone(), &limits, &all, &r).unwrap();
         assert_eq!(j.events.len(), 2);
         assert_eq!(j.events[1].level, Level::Full);
         assert_ne!(j.frame, frame);
         assert_eq!(wire::decode(&j.frame, &limits).unwrap().events, j.events);
         // At level 2 the info line is refused and is not in the stored frame.
         let enhanced = custos_catalog::WorkspacePolicy { max_level: Level::Enhanced, categories: None };
-        let j = judge_frame(frame.clone(), &limits, &enhanced).unwrap();
+        let j = judge_frame(frame.clone(), &limits, &enhanced, &r).unwrap();
         assert_eq!(j.refused, vec![(RefusalReason::Level, Category::Logs, 1)]);
         let stored = wire::decode(&j.frame, &limits).unwrap();
         assert_eq!(stored.batch_id, payload.batch_id);
@@ -959,9 +1346,164 @@ mod tests {
         // Nothing to change: the frame as received.
         let honest = wire::BatchPayload { events: vec![line("error")], ..payload };
         let frame = bytes::Bytes::from(wire::encode(&honest, wire::Codec::Zstd));
-        let j = judge_frame(frame.clone(), &limits, &enhanced).unwrap();
+        let j = judge_frame(frame.clone(), &limits, &enhanced, &r).unwrap();
         assert_eq!(j.frame, frame);
         assert!(j.refused.is_empty());
+    }
+
+    /// The redaction backstop's cost on the ingest path, on 100,000 loghub
+    /// lines (the nine `*_2k.log` files of `../shared/corpus`, repeated) in
+    /// batches of 10,000: decode + enforcement (+ redaction) + re-encode, and
+    /// the whole pipeline (`Ingest::accept` through the WAL, then the flush
+    /// into segments). Three runs: every detector off (a policy keeping every
+    /// entity: the cost without a backstop), the default policy on the raw
+    /// lines (findings in most lines), and the default policy on lines an
+    /// agent already redacted (no findings). Best of 5 (judge, engine) and
+    /// of 3 (pipeline). Prints the figures; asserts nothing about speed. Run with
+    /// `cargo test --release -p custos-server --lib -- --ignored --nocapture redaction_overhead`.
+    #[test]
+    #[ignore = "measurement; run in release with --ignored --nocapture"]
+    fn redaction_overhead() {
+        use custos_model::{Level, Value};
+        use std::time::Instant;
+        const LINES: usize = 100_000;
+        const BATCH: usize = 10_000;
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/loghub");
+        let mut lines: Vec<String> = Vec::new();
+        let mut dirs: Vec<_> = std::fs::read_dir(&corpus).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+        dirs.sort();
+        for d in dirs {
+            let name = d.file_name().unwrap().to_string_lossy().into_owned();
+            if let Ok(text) = std::fs::read_to_string(d.join(format!("{name}_2k.log"))) {
+                lines.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
+            }
+        }
+        assert!(lines.len() >= 18_000, "loghub corpus not found at {}", corpus.display());
+        let event = |m: &str| Event {
+            table: t("logs"),
+            time: 1_700_000_000_000_000,
+            level: Level::Full,
+            category: Category::Logs,
+            host: "h-0123456789abcdef".into(),
+            message: m.to_string(),
+            attrs: [
+                ("severity".to_string(), Value::from("info")),
+                ("source".to_string(), Value::from("file")),
+                ("file".to_string(), Value::from("/var/log/app.log")),
+            ]
+            .into(),
+        };
+        let raw: Vec<Event> = lines.iter().cycle().take(LINES).map(|l| event(l)).collect();
+        let raw_bytes: usize = raw.iter().map(|e| e.message.len()).sum();
+        // What an agent with the default policy (its own key) sends.
+        let agent = redactor("");
+        let mut session = custos_redact::Session::new(agent);
+        let mut pre: Vec<Event> = raw.clone();
+        pre.retain_mut(|e| session.redact_event(e));
+        let frames = |events: &[Event]| -> Vec<bytes::Bytes> {
+            events
+                .chunks(BATCH)
+                .map(|c| {
+                    let p = wire::BatchPayload { batch_id: BatchId::new(), created: 0, events: c.to_vec() };
+                    bytes::Bytes::from(wire::encode(&p, wire::Codec::Zstd))
+                })
+                .collect()
+        };
+        let keep_all: String = {
+            let mut p = String::from("[operators]\n");
+            for e in custos_redact::Entity::BUILTIN {
+                p.push_str(&format!("{} = \"keep\"\n", e.name()));
+            }
+            p
+        };
+        let policy = custos_catalog::WorkspacePolicy::default();
+        let limits = Limits::default();
+        let cases: [(&str, &str, Vec<bytes::Bytes>); 3] = [
+            ("no backstop (every detector off)", keep_all.as_str(), frames(&raw)),
+            ("default policy, raw loghub lines", "", frames(&raw)),
+            ("default policy, agent-redacted lines", "", frames(&pre)),
+        ];
+        println!("{LINES} lines, {:.1} MiB of messages, batches of {BATCH}", raw_bytes as f64 / 1048576.0);
+        let mut base_judge = 0.0;
+        let mut base_e2e = 0.0;
+        for (name, policy_text, frames) in &cases {
+            let r = redactor(policy_text);
+            // judge_frame: best of 5.
+            let mut best = f64::MAX;
+            let mut found = 0u64;
+            for _ in 0..5 {
+                let started = Instant::now();
+                found = 0;
+                for f in frames {
+                    let j = judge_frame(f.clone(), &limits, &policy, &r).unwrap();
+                    found += j.redactions.iter().filter(|e| e.1 == RedactionKind::Redacted).map(|e| e.3).sum::<u64>();
+                }
+                best = best.min(started.elapsed().as_secs_f64());
+            }
+            // The engine alone: redact_event over the decoded events (message,
+            // host and the three string attributes of every line).
+            let decoded: Vec<Vec<Event>> = frames.iter().map(|f| wire::decode(f, &limits).unwrap().events).collect();
+            let mut engine = f64::MAX;
+            for _ in 0..5 {
+                let mut copy = decoded.clone();
+                let started = Instant::now();
+                for events in &mut copy {
+                    let mut session = custos_redact::Session::new(r.clone());
+                    events.retain_mut(|e| session.redact_event(e));
+                }
+                engine = engine.min(started.elapsed().as_secs_f64());
+            }
+            // The whole pipeline: accept (through the WAL's fsync) and flush into segments.
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let e2e = (0..3).map(|_| rt.block_on(async {
+                let tmp = tempfile::tempdir().unwrap();
+                let cat: Arc<dyn Catalog> = Arc::new(custos_catalog::SqliteCatalog::open(&tmp.path().join("c.db")).await.unwrap());
+                let ws = WorkspaceId::new();
+                cat.create_workspace(&custos_catalog::Workspace {
+                    id: ws,
+                    name: "bench".into(),
+                    region: "local".into(),
+                    retention_days: 7,
+                    created_at: 0,
+                    lockbox: true,
+                    policy: Default::default(),
+                })
+                .await
+                .unwrap();
+                if !policy_text.is_empty() {
+                    cat.set_redaction_policy(ws, Some(policy_text), custos_model::PrincipalId::new(), 0).await.unwrap();
+                }
+                let storage = custos_store::storage_from_uri(tmp.path().join("seg").to_str().unwrap()).unwrap();
+                let limits = BuilderLimits { segment_rows: 1 << 20, buffer_bytes: 1 << 30, flush_interval: Duration::from_secs(3600) };
+                let ingest = Ingest::start(&tmp.path().join("wal"), 64 << 20, Limits::default(), limits, cat, storage).await.unwrap();
+                // Warm the redactor cache (built once per workspace and policy).
+                ingest.backstop().redactor(ws).await.unwrap();
+                let started = Instant::now();
+                for f in frames {
+                    // A fresh batch id per run, as the agent would send.
+                    let mut p = wire::decode(f, &Limits::default()).unwrap();
+                    p.batch_id = BatchId::new();
+                    let f = bytes::Bytes::from(wire::encode(&p, wire::Codec::Zstd));
+                    ingest.accept(ws, AgentId::new(), f).await.unwrap();
+                }
+                ingest.flush().await.unwrap();
+                started.elapsed().as_secs_f64()
+            }))
+            .fold(f64::MAX, f64::min);
+            if base_judge == 0.0 {
+                (base_judge, base_e2e) = (best, e2e);
+            }
+            println!(
+                "{name:<38} judge (decode+enforce+redact+re-encode): {:>6.1} ms ({:>5.1} MiB/s, {:>+6.1}%)  engine alone: {:>6.1} ms  \
+                 accept+flush: {:>7.1} ms ({:>+6.1}%)  findings: {found}",
+                best * 1e3,
+                raw_bytes as f64 / 1048576.0 / best,
+                (best / base_judge - 1.0) * 100.0,
+                engine * 1e3,
+                e2e * 1e3,
+                (e2e / base_e2e - 1.0) * 100.0,
+            );
+        }
     }
 
     fn limits(max_concurrent: u64, max_backlog: u64) -> OverloadLimits {

@@ -1,5 +1,6 @@
 //! The custos service: HTTPS API (rustls, TLS 1.2+), mutual-TLS ingest,
-//! the durable ingest log, the segment builder and SQL queries.
+//! the redaction backstop, the durable ingest log, the segment builder and
+//! SQL queries.
 //!
 //! [`Server::start`] initialises the data directory on first start (service
 //! CA, server certificate, admin token, catalog, storage), binds, writes
@@ -17,6 +18,7 @@ pub mod ingest;
 pub mod lockbox;
 pub mod pki;
 pub mod query;
+pub mod redaction;
 mod tls;
 
 pub use clock::{Clock, ManualClock, SystemClock};

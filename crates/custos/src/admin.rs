@@ -2,7 +2,8 @@
 //! cases, the lockbox, and the audit log (read over the API; verified and
 //! proven offline from the log files and the public key alone). Also the
 //! TLS lifecycle commands: server key rotation (offline, on the data dir),
-//! an agent's identity refresh, and listing and revoking agents.
+//! an agent's identity refresh, and listing and revoking agents; and a
+//! workspace's server-side redaction policy and counts.
 
 use crate::client::{Client, ConnArgs};
 use crate::output::Output;
@@ -150,6 +151,32 @@ pub enum AccessCmd {
     Deny {
         /// Request id.
         id: String,
+    },
+}
+
+/// `custos workspace redaction-policy ...`
+#[derive(Subcommand, Debug)]
+pub enum RedactionPolicyCmd {
+    /// Show the workspace's server-side redaction policy (owners, auditors,
+    /// service admins). As a table: the policy's TOML, with what it is in
+    /// comments (so the output can be edited and set again).
+    Show {
+        /// Workspace id.
+        id: String,
+    },
+    /// Replace it (workspace owners): the TOML from --file (or standard
+    /// input), checked by the server with the redaction engine; a policy it
+    /// refuses is not stored and the engine's message is printed. Applies to
+    /// every batch received afterwards. Prints the new policy's record.
+    Set {
+        /// Workspace id.
+        id: String,
+        /// Policy file (TOML, see docs/REDACTION.md); `-` or absent: standard input.
+        #[arg(long, conflicts_with = "default")]
+        file: Option<PathBuf>,
+        /// Go back to the default policy.
+        #[arg(long)]
+        default: bool,
     },
 }
 
@@ -460,6 +487,70 @@ pub async fn lockbox(conn: &ConnArgs, out: Output, workspace: &str, state: &str)
     print_value(out, &r)
 }
 
+/// What the default redaction policy does (the engine's own summary).
+const DEFAULT_POLICY_SUMMARY: &str = "# The default policy: no card number, password, secret or e-mail address is stored.\n\
+# Card numbers, IBANs, SSNs, phone numbers, secrets and URLs with credentials become tags\n\
+# (<CREDIT_CARD>); e-mail, IP and MAC addresses, host names and user names become keyed\n\
+# pseudonyms. Set a policy to change it (docs/REDACTION.md).\n";
+
+/// The policy as a people-readable text: comments, then the TOML.
+fn redaction_policy_text(p: &RedactionPolicyInfo) -> String {
+    let mut out = match (&p.updated_at, &p.updated_by) {
+        (Some(at), Some(by)) => format!(
+            "# workspace {}: {} redaction policy, revision {}, set {at} by {by}\n",
+            p.workspace_id, p.source, p.revision
+        ),
+        _ => format!("# workspace {}: {} redaction policy, revision {}\n", p.workspace_id, p.source, p.revision),
+    };
+    match &p.policy {
+        Some(text) => {
+            out.push_str(text);
+            if !text.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        None => out.push_str(DEFAULT_POLICY_SUMMARY),
+    }
+    out
+}
+
+pub async fn redaction_policy(conn: &ConnArgs, out: Output, cmd: RedactionPolicyCmd) -> Result<()> {
+    let r: RedactionPolicyInfo = match cmd {
+        RedactionPolicyCmd::Show { id } => client(conn)?.get(&format!("/v1/workspaces/{}/redaction-policy", enc(&id))).await?,
+        RedactionPolicyCmd::Set { id, file, default } => {
+            let policy = if default {
+                None
+            } else {
+                Some(match file.as_deref() {
+                    Some(f) if f != std::path::Path::new("-") => {
+                        std::fs::read_to_string(f).with_context(|| format!("cannot read policy file {}", f.display()))?
+                    }
+                    _ => {
+                        use std::io::Read;
+                        let mut text = String::new();
+                        std::io::stdin().read_to_string(&mut text).context("cannot read the policy from standard input")?;
+                        text
+                    }
+                })
+            };
+            let req = RedactionPolicyRequest { policy };
+            client(conn)?.put(&format!("/v1/workspaces/{}/redaction-policy", enc(&id)), &req).await?
+        }
+    };
+    match out {
+        Output::Table => {
+            print!("{}", redaction_policy_text(&r));
+            Ok(())
+        }
+        _ => print_value(out, &r),
+    }
+}
+
+pub async fn redactions(conn: &ConnArgs, out: Output, workspace: &str) -> Result<()> {
+    let r: Vec<RedactionCountInfo> = client(conn)?.get(&format!("/v1/workspaces/{}/redactions", enc(workspace))).await?;
+    print_value(out, &r)
+}
+
 pub async fn audit(conn: &ConnArgs, out: Output, cmd: AuditCmd) -> Result<()> {
     match cmd {
         AuditCmd::Log { workspace, since, limit } => {
@@ -545,5 +636,35 @@ mod tests {
         assert_eq!(parse_duration_secs("30m"), Ok(1800));
         assert!(parse_duration_secs("0h").is_err());
         assert!(parse_duration_secs("soon").unwrap_err().contains("soon"));
+    }
+
+    #[test]
+    fn a_shown_redaction_policy_is_valid_toml_that_says_what_it_is() {
+        let ws = custos_model::WorkspaceId::new();
+        let default = RedactionPolicyInfo {
+            workspace_id: ws,
+            source: "default".into(),
+            policy: None,
+            revision: 0,
+            updated_at: None,
+            updated_by: None,
+        };
+        let text = redaction_policy_text(&default);
+        assert!(text.starts_with(&format!("# workspace {ws}: default redaction policy, revision 0\n")), "{text}");
+        assert!(text.lines().all(|l| l.starts_with('#')), "{text}");
+        let by = custos_model::PrincipalId::new();
+        let custom = RedactionPolicyInfo {
+            source: "custom".into(),
+            policy: Some("[operators]\nCREDIT_CARD = \"drop_event\"".into()),
+            revision: 3,
+            updated_at: Some("2026-11-30T09:00:00Z".into()),
+            updated_by: Some(by),
+            ..default
+        };
+        let text = redaction_policy_text(&custom);
+        assert!(text.contains(&format!("revision 3, set 2026-11-30T09:00:00Z by {by}")), "{text}");
+        assert!(text.ends_with("CREDIT_CARD = \"drop_event\"\n"), "{text}");
+        custos_redact::Policy::from_toml(&text).unwrap();
+        custos_redact::Policy::from_toml(&redaction_policy_text(&RedactionPolicyInfo { policy: None, ..custom })).unwrap();
     }
 }

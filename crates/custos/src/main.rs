@@ -7,6 +7,7 @@ mod client;
 mod deadletters;
 mod output;
 mod quickstart;
+mod redact;
 mod telemetry;
 
 use anyhow::{Context, Result};
@@ -75,6 +76,9 @@ enum Cmd {
     /// This host's usage (billing) reporting, independent of telemetry.
     #[command(subcommand)]
     Usage(telemetry::UsageCmd),
+    /// Redact personal data and secrets from standard input (text or JSON
+    /// lines), print findings (--spans), or look up a pseudonym.
+    Redact(redact::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -156,6 +160,16 @@ enum WorkspaceCmd {
     },
     /// Events the server refused, per agent, reason and category (owners and auditors).
     Refusals {
+        /// Workspace id.
+        id: String,
+    },
+    /// The workspace's server-side redaction policy: show (owners, auditors,
+    /// service admins) or set (owners). See docs/REDACTION.md.
+    #[command(subcommand)]
+    RedactionPolicy(admin::RedactionPolicyCmd),
+    /// What the server's redaction backstop removed before storage, per
+    /// table, kind and entity (owners, auditors, service admins).
+    Redactions {
         /// Workspace id.
         id: String,
     },
@@ -372,6 +386,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     let r: Vec<RefusalInfo> = c.get(&format!("/v1/workspaces/{}/refusals", enc(&id))).await?;
                     print_value(out, &r)
                 }
+                WorkspaceCmd::RedactionPolicy(cmd) => admin::redaction_policy(&cli.conn, out, cmd).await,
+                WorkspaceCmd::Redactions { id } => admin::redactions(&cli.conn, out, &id).await,
             }
         }
         Cmd::Query { workspace, sql } => {
@@ -412,6 +428,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Usage(c) => {
             init_logging("warn");
             telemetry::usage(out, c).await
+        }
+        Cmd::Redact(a) => {
+            init_logging("warn");
+            tokio::task::spawn_blocking(move || redact::run(out, a)).await?
         }
         Cmd::Whoami => {
             init_logging("warn");

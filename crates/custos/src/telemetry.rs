@@ -274,6 +274,8 @@ fn print_status(out: Output, t: &Target, s: &Status, running: bool, change: Opti
                     ("dead letters", format!("{} (oldest removed when full: {})", rt.dead_letters, rt.dead_letters_evicted)),
                     ("failed attempts", rt.delivery_failures.to_string()),
                     ("queue write failures", rt.queue_write_failures.to_string()),
+                    ("redacted on host", by_cat(&rt.redacted_by_entity)),
+                    ("redaction drops", format!("{} fields, {} events", rt.redaction_fields_dropped, rt.redaction_events_dropped)),
                     ("events read", rt.events_read.to_string()),
                     ("events uploaded", rt.events_uploaded.to_string()),
                     ("events not collected", rt.events_not_collected.to_string()),

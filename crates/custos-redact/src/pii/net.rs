@@ -4,7 +4,6 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::Entity;
 
-
 use super::{is_word, push};
 use crate::Span;
 
@@ -17,73 +16,89 @@ fn is_hex(b: u8) -> bool {
 /// zeros (std parsing), and any address in `0.0.0.0/8` (the wildcard, and
 /// versions like `0.0.0.6`).
 pub(super) fn ipv4(text: &str, out: &mut Vec<Span>) {
-    let b = text.as_bytes();
-    let mut i = 0;
-    for dot in memchr::memchr_iter(b'.', b) {
-        if dot < i {
-            continue;
+    let mut next = 0;
+    for dot in memchr::memchr_iter(b'.', text.as_bytes()) {
+        if dot >= next {
+            next = ipv4_at(text, dot, out);
         }
-        // Walk back to the start of the digit run before this dot.
-        let mut s = dot;
-        while s > 0 && b[s - 1].is_ascii_digit() {
-            s -= 1;
-        }
-        if s == dot || dot - s > 3 {
-            i = dot + 1;
-            continue;
-        }
-        // Parse four dotted digit groups from s.
-        let mut p = s;
-        let mut parts = 0;
-        let mut ok = true;
-        loop {
-            let g = p;
-            while p < b.len() && b[p].is_ascii_digit() && p - g < 4 {
-                p += 1;
-            }
-            let len = p - g;
-            if len == 0 || len > 3 {
-                ok = false;
-                break;
-            }
-            parts += 1;
-            if parts == 4 {
-                break;
-            }
-            if p < b.len() && b[p] == b'.' {
-                p += 1;
-            } else {
-                ok = false;
-                break;
-            }
-        }
-        if !ok {
-            i = dot + 1;
-            continue;
-        }
-        let e = p;
-        let prev_bad = s > 0 && {
-            let c = b[s - 1];
-            is_word(c) || matches!(c, b'~' | b'-' | b'.')
-        };
-        let next_bad = e < b.len() && {
-            let c = b[e];
-            is_word(c) || (c == b'.' && e + 1 < b.len() && b[e + 1].is_ascii_digit())
-        };
-        if !prev_bad && !next_bad {
-            if let Ok(addr) = text[s..e].parse::<Ipv4Addr>() {
-                if addr.octets()[0] != 0 {
-                    push(out, s, e, Entity::IpAddress);
-                }
-            }
-        }
-        // Skip the whole dotted run so its inner parts are not re-tried.
-        let mut q = e;
-        while q < b.len() && (b[q].is_ascii_digit() || b[q] == b'.') {
-            q += 1;
-        }
-        i = q.max(dot + 1);
     }
+}
+
+/// [`ipv4`] and [`mac_other`] in one pass over the `.` and `-` (both look
+/// at every dot).
+pub(super) fn ipv4_and_mac(text: &str, out: &mut Vec<Span>) {
+    let b = text.as_bytes();
+    let mut next = 0;
+    for p in memchr::memchr2_iter(b'-', b'.', b) {
+        if b[p] == b'.' && p >= next {
+            next = ipv4_at(text, p, out);
+        }
+        mac_at(b, p, out);
+    }
+}
+
+/// The dotted quad around the dot at `dot`, if any; returns the first
+/// position from which the next dot is worth trying.
+fn ipv4_at(text: &str, dot: usize, out: &mut Vec<Span>) -> usize {
+    let b = text.as_bytes();
+    // Walk back to the start of the digit run before this dot.
+    let mut s = dot;
+    while s > 0 && b[s - 1].is_ascii_digit() {
+        s -= 1;
+    }
+    if s == dot || dot - s > 3 {
+        return dot + 1;
+    }
+    // Parse four dotted digit groups from s.
+    let mut p = s;
+    let mut parts = 0;
+    let mut ok = true;
+    loop {
+        let g = p;
+        while p < b.len() && b[p].is_ascii_digit() && p - g < 4 {
+            p += 1;
+        }
+        let len = p - g;
+        if len == 0 || len > 3 {
+            ok = false;
+            break;
+        }
+        parts += 1;
+        if parts == 4 {
+            break;
+        }
+        if p < b.len() && b[p] == b'.' {
+            p += 1;
+        } else {
+            ok = false;
+            break;
+        }
+    }
+    if !ok {
+        return dot + 1;
+    }
+    let e = p;
+    let prev_bad = s > 0 && {
+        let c = b[s - 1];
+        is_word(c) || matches!(c, b'~' | b'-' | b'.')
+    };
+    let next_bad = e < b.len() && {
+        let c = b[e];
+        is_word(c) || (c == b'.' && e + 1 < b.len() && b[e + 1].is_ascii_digit())
+    };
+    if !prev_bad && !next_bad {
+        if let Ok(addr) = text[s..e].parse::<Ipv4Addr>() {
+            if addr.octets()[0] != 0 {
+                push(out, s, e, Entity::IpAddress);
+            }
+        }
+    }
+    // Skip the whole dotted run so its inner parts are not re-tried.
+    let mut q = e;
+    while q < b.len() && (b[q].is_ascii_digit() || b[q] == b'.') {
+        q += 1;
+    }
+    q.max(dot + 1)
 }
 
 /// Runs of `[0-9A-Fa-f:.]` containing colons: IPv6 (all textual forms,
@@ -191,36 +206,40 @@ fn is_mac_colon(cand: &str) -> bool {
 /// Dash-separated (`aa-bb-cc-dd-ee-ff`) and Cisco (`aabb.ccdd.eeff`) MACs.
 pub(super) fn mac_other(text: &str, out: &mut Vec<Span>) {
     let b = text.as_bytes();
-    let n = b.len();
-    // A dash MAC has a `-` at start + 2, a Cisco one a `.` at start + 4.
-    // Candidates are independent: a start inside (or right after) a MAC
-    // has a hex digit, `-` or `.` before it and is rejected, so they can
-    // be tried in any order.
     for p in memchr::memchr2_iter(b'-', b'.', b) {
-        let i = match b[p] {
-            b'-' if p >= 2 => p - 2,
-            b'.' if p >= 4 => p - 4,
-            _ => continue,
-        };
-        if !is_hex(b[i]) || (i > 0 && (is_word(b[i - 1]) || b[i - 1] == b'-' || b[i - 1] == b'.')) {
-            continue;
+        mac_at(b, p, out);
+    }
+}
+
+/// A dash MAC has a `-` at start + 2, a Cisco one a `.` at start + 4: the
+/// MAC, if any, for which the byte at `p` is that one. Candidates are
+/// independent: a start inside (or right after) a MAC has a hex digit,
+/// `-` or `.` before it and is rejected, so they can be tried in any
+/// order.
+fn mac_at(b: &[u8], p: usize, out: &mut Vec<Span>) {
+    let n = b.len();
+    let i = match b[p] {
+        b'-' if p >= 2 => p - 2,
+        b'.' if p >= 4 => p - 4,
+        _ => return,
+    };
+    if !is_hex(b[i]) || (i > 0 && (is_word(b[i - 1]) || b[i - 1] == b'-' || b[i - 1] == b'.')) {
+        return;
+    }
+    // Dash form: 17 bytes.
+    if i + 17 <= n && b[i + 2] == b'-' {
+        let ok = (0..6).all(|k| is_hex(b[i + 3 * k]) && is_hex(b[i + 3 * k + 1])) && (0..5).all(|k| b[i + 3 * k + 2] == b'-');
+        if ok && boundary_after(b, i + 17) {
+            push(out, i, i + 17, Entity::MacAddress);
+            return;
         }
-        // Dash form: 17 bytes.
-        if i + 17 <= n && b[i + 2] == b'-' {
-            let ok = (0..6).all(|k| is_hex(b[i + 3 * k]) && is_hex(b[i + 3 * k + 1]))
-                && (0..5).all(|k| b[i + 3 * k + 2] == b'-');
-            if ok && boundary_after(b, i + 17) {
-                push(out, i, i + 17, Entity::MacAddress);
-                continue;
-            }
-        }
-        // Cisco form: 14 bytes.
-        if i + 14 <= n && b[i + 4] == b'.' {
-            let ok = (0..3).all(|k| (0..4).all(|j| is_hex(b[i + 5 * k + j]))) && b[i + 9] == b'.';
-            let has_digit_and_letter = b[i..i + 14].iter().any(u8::is_ascii_digit);
-            if ok && has_digit_and_letter && boundary_after(b, i + 14) {
-                push(out, i, i + 14, Entity::MacAddress);
-            }
+    }
+    // Cisco form: 14 bytes.
+    if i + 14 <= n && b[i + 4] == b'.' {
+        let ok = (0..3).all(|k| (0..4).all(|j| is_hex(b[i + 5 * k + j]))) && b[i + 9] == b'.';
+        let has_digit_and_letter = b[i..i + 14].iter().any(u8::is_ascii_digit);
+        if ok && has_digit_and_letter && boundary_after(b, i + 14) {
+            push(out, i, i + 14, Entity::MacAddress);
         }
     }
 }

@@ -15,8 +15,28 @@ fn digits(x: u64) -> u64 {
     ge30 & !ge3a & !x & HI
 }
 
+/// Calls `f` with an ASCII-lower-cased copy of `b` (on the stack unless
+/// `b` is long; sized in two steps, as most lines are short and zeroing
+/// the buffer is part of the cost).
+pub(crate) fn with_ascii_lower<R>(b: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    fn lower<'a>(buf: &'a mut [u8], b: &[u8]) -> &'a [u8] {
+        let buf = &mut buf[..b.len()];
+        for (d, s) in buf.iter_mut().zip(b) {
+            *d = s.to_ascii_lowercase();
+        }
+        buf
+    }
+    if b.len() <= 256 {
+        f(lower(&mut [0u8; 256], b))
+    } else if b.len() <= 2048 {
+        f(lower(&mut [0u8; 2048], b))
+    } else {
+        f(&b.to_ascii_lowercase())
+    }
+}
+
 /// Up to this many digit-run starts are kept on the stack.
-const INLINE: usize = 96;
+const INLINE: usize = 64;
 
 /// The first byte of every maximal run of ASCII digits in a line,
 /// ascending: computed once and shared by the card/SSN, IBAN and phone
@@ -29,9 +49,23 @@ pub(super) struct Starts {
 }
 
 impl Starts {
-    #[inline]
+    /// The starts of `b`.
+    #[cfg(test)]
     pub(super) fn new(b: &[u8]) -> Starts {
-        let mut s = Starts { inline: [0; INLINE], len: 0, heap: Vec::new() };
+        let mut s = Starts::empty();
+        s.fill(b);
+        s
+    }
+
+    /// No starts yet (filled in place by [`Starts::fill`]: the struct is
+    /// a few hundred bytes, not worth moving).
+    #[inline(always)]
+    pub(super) fn empty() -> Starts {
+        Starts { inline: [0; INLINE], len: 0, heap: Vec::new() }
+    }
+
+    /// Finds the starts of `b` (after `empty`).
+    pub(super) fn fill(&mut self, b: &[u8]) {
         let huge = b.len() > u32::MAX as usize;
         // High bit set if the byte before the current word is a digit.
         let mut carry = 0u64;
@@ -40,16 +74,15 @@ impl Starts {
         for w in &mut chunks {
             let mut a = [0u8; 8];
             a.copy_from_slice(w);
-            carry = s.word(u64::from_le_bytes(a), base, carry, huge);
+            carry = self.word(u64::from_le_bytes(a), base, carry, huge);
             base += 8;
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
             let mut a = [0u8; 8];
             a[..rest.len()].copy_from_slice(rest);
-            s.word(u64::from_le_bytes(a), base, carry, huge);
+            self.word(u64::from_le_bytes(a), base, carry, huge);
         }
-        s
     }
 
     /// Adds the run starts of the word `x` at `base`; returns the carry.

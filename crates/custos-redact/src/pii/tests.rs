@@ -136,22 +136,136 @@ fn sos_cleaner_line_cases() {
     let cases: serde_json::Value = serde_json::from_str(&read("pii/sos-cleaner/parser_line_cases.json")).unwrap();
     let cases = cases.as_array().unwrap();
     assert_eq!(cases.len(), 28);
-    let d = Detector::new();
+    // What sos' tests configure: the domain example.com (`--domains`, and
+    // the realm the sssd.conf prepper reads) and the host names of the
+    // host parser and the /etc/hosts prepper.
+    let d = Detector::with_config(PII_ENTITIES, &hosts(&["example.com"], &["myhost", "shortonly"], false));
     let mut checked = 0;
     for c in cases {
         let parser = c["parser"].as_str().unwrap();
         let input = c["input"].as_str().unwrap();
         let want = c["expect_changed"].as_bool().unwrap();
-        // Host names and keywords need configuration (known hosts,
-        // keyword lists) and are not PII detectors: skipped.
-        if matches!(parser, "host_parser" | "kw_parser" | "kw_parser_none" | "parser") {
+        // Keywords are the policy's custom keywords, not a PII detector.
+        if matches!(parser, "kw_parser" | "kw_parser_none") {
             continue;
         }
         let got = !d.find(input).is_empty();
         assert_eq!(got, want, "{}: {input:?} -> {:?}", c["test"], d.find(input));
         checked += 1;
     }
-    assert_eq!(checked, 20);
+    assert_eq!(checked, 25);
+    // Unconfigured, the host-name cases find nothing.
+    let plain = Detector::new();
+    for c in cases.iter().filter(|c| matches!(c["parser"].as_str(), Some("host_parser" | "parser"))) {
+        assert!(plain.find(c["input"].as_str().unwrap()).is_empty(), "{}", c["test"]);
+    }
+}
+
+#[test]
+fn sos_cleaner_clean_config_domain() {
+    // sos' clean_config test: `domains = sosexample.com`.
+    let text = read("pii/sos-cleaner/clean_config_test.txt");
+    let d = Detector::with_config(&[Entity::DomainName], &hosts(&["sosexample.com"], &[], false));
+    let got: Vec<&str> = text.lines().flat_map(|l| d.find(l).into_iter().map(move |s| &l[s.start..s.end])).collect();
+    assert_eq!(got, ["sosexample.com", "foobar.sosexample.com"]);
+}
+
+fn hosts(domains: &[&str], hostnames: &[&str], any_fqdn: bool) -> HostNames {
+    HostNames {
+        domains: domains.iter().map(|s| s.to_string()).collect(),
+        hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
+        any_fqdn,
+    }
+}
+
+fn found_with<'a>(d: &Detector, text: &'a str) -> Vec<(Entity, &'a str)> {
+    d.find(text).into_iter().map(|s| (s.entity, &text[s.start..s.end])).collect()
+}
+
+#[test]
+fn configured_domains() {
+    let d = Detector::with_config(PII_ENTITIES, &hosts(&["example.com", ".Corp.Local."], &[], false));
+    let dom = |t: &str| -> Vec<String> {
+        found_with(&d, t).into_iter().filter(|(e, _)| *e == Entity::DomainName).map(|(_, v)| v.to_string()).collect()
+    };
+    for (line, want) in [
+        ("connect to db01.prod.example.com:5432 failed", vec!["db01.prod.example.com"]),
+        ("krb5_realm = EXAMPLE.COM", vec!["EXAMPLE.COM"]),
+        ("GET https://api.example.com/v1?x=1 200", vec!["api.example.com"]),
+        ("resolved host.example.com. to 10.1.2.3", vec!["host.example.com"]),
+        ("(ldap://_ldap._tcp.example.com)", vec!["_ldap._tcp.example.com"]),
+        ("dc1.corp.local and corp.local and CORP.LOCAL", vec!["dc1.corp.local", "corp.local", "CORP.LOCAL"]),
+        ("server-example.com notexample.com example.com.au example.community x.example.com_bak", vec![]),
+        ("example.org and examplexcom", vec![]),
+    ] {
+        assert_eq!(dom(line), want, "{line}");
+    }
+    // The e-mail address is longer and wins; the URL with credentials too.
+    assert_eq!(found_with(&d, "mail from bob@mail.example.com ok"), [(Entity::EmailAddress, "bob@mail.example.com")]);
+    let url = "https://bob:pw@db.example.com/x";
+    assert_eq!(found_with(&d, url), [(Entity::Url, url)]);
+    // Nothing configured: nothing found, whatever the entity list says.
+    assert!(Detector::new().find("db01.prod.example.com").is_empty());
+    assert!(Detector::with_config(&[Entity::IpAddress], &hosts(&["example.com"], &["myhost"], true)).find("myhost.example.com").is_empty());
+}
+
+#[test]
+fn configured_hostnames() {
+    let d = Detector::with_config(&[Entity::DomainName], &hosts(&[], &["web01", "DB-2", "mail.example.org"], false));
+    let dom = |t: &str| -> Vec<String> { found_with(&d, t).into_iter().map(|(_, v)| v.to_string()).collect() };
+    assert_eq!(dom("Jan  1 00:00:01 web01 sshd[42]: Connection closed"), ["web01"]);
+    assert_eq!(dom("ping WEB01.lab.local, db-2 and mail"), ["WEB01.lab.local", "db-2", "mail"]);
+    assert_eq!(dom("/var/log/web01/messages"), ["web01"]);
+    assert_eq!(dom("relay mail.example.org:25"), ["mail.example.org"]);
+    assert!(dom("web011 web01-backup xweb01 web01_old db-20 email").is_empty());
+    // Thunderbird: every whole-word occurrence of the node name.
+    let tb = read("loghub/Thunderbird/Thunderbird_2k.log");
+    let d = Detector::with_config(&[Entity::DomainName], &hosts(&[], &["dn228"], false));
+    for line in tb.lines().filter(|l| l.contains("dn228")) {
+        let words = line.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))).filter(|w| *w == "dn228").count();
+        let spans = d.find(line);
+        assert_eq!(spans.len(), words, "{line}");
+        assert!(spans.iter().all(|s| &line[s.start..s.end] == "dn228"), "{line}");
+    }
+}
+
+#[test]
+fn any_fqdn_on_loghub() {
+    // Every dotted name with a public TLD in the nine logs is a real host
+    // name; the file names, Java classes, versions and Android packages
+    // (`workers2.properties`, `java.net`, `com.tencent.mm`,
+    // `ganglia-3.0.1`, `xinetd.d`, `meta_data.json`) are not reported.
+    let d = Detector::with_config(&[Entity::DomainName], &hosts(&[], &[], true));
+    let mut seen = std::collections::BTreeMap::new();
+    for sys in ["Android", "Apache", "HDFS", "Hadoop", "OpenSSH", "OpenStack", "Thunderbird", "Windows", "Zookeeper"] {
+        let text = read(&format!("loghub/{sys}/{sys}_2k.log"));
+        for line in text.lines() {
+            for s in d.find(line) {
+                *seen.entry(line[s.start..s.end].to_string()).or_insert(0usize) += 1;
+            }
+        }
+    }
+    let want = [
+        ("04DN8IQ.fareast.corp.microsoft.com", 4),
+        ("191-210-223-172.user.vivozap.com.br", 1),
+        ("195-154-37-122.rev.poneytelecom.eu", 2),
+        ("5.36.59.76.dynamic-dsl-ip.omantel.net.om", 2),
+        ("MININT-FNANLI5.fareast.corp.microsoft.com", 13),
+        ("MSRA-SA-39.fareast.corp.microsoft.com", 21),
+        ("MSRA-SA-41.fareast.corp.microsoft.com", 29),
+        ("cp-1.slowvm1.tcloud-pg0.utah.cloudlab.us", 69),
+        ("customer-187-141-143-180-sta.uninet-ide.com.mx", 80),
+        ("ec2-52-80-34-196.cn-north-1.compute.amazonaws.com.cn", 5),
+        ("ns.marryaldkfaczcz.com", 2),
+        ("wiki.apache.org", 6),
+    ];
+    let want: std::collections::BTreeMap<String, usize> = want.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_eq!(seen, want);
+    // The same names, configured as domains instead.
+    let d = Detector::with_config(&[Entity::DomainName], &hosts(&["fareast.corp.microsoft.com", "utah.cloudlab.us"], &[], false));
+    let hadoop = read("loghub/Hadoop/Hadoop_2k.log");
+    let n: usize = hadoop.lines().map(|l| d.find(l).len()).sum();
+    assert_eq!(n, 4 + 13 + 21 + 29);
 }
 
 #[test]
@@ -289,7 +403,9 @@ fn dump_values() {
 /// asserts only a floor well below what was measured.
 #[test]
 fn presidio_recall() {
-    let d = Detector::new();
+    // DOMAIN_NAME needs configuration; `any_fqdn` is the one that applies
+    // to free text.
+    let d = Detector::with_config(PII_ENTITIES, &hosts(&[], &[], true));
     let data: serde_json::Value = serde_json::from_str(&read("pii/presidio-research/synth_dataset_v2.dev.json")).unwrap();
     let mut stats: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     let mut misses = Vec::new();
@@ -349,3 +465,4 @@ fn many_findings_stay_fast() {
     assert_eq!(Detector::new().find(&line).len(), 20_000);
     assert!(t.elapsed().as_secs() < 20);
 }
+

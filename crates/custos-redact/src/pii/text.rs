@@ -130,46 +130,58 @@ fn right_ok(b: &[u8], e: usize) -> bool {
     }
 }
 
-/// Digit runs (`[0-9]` with single space/dash separators): payment cards
-/// (Luhn, 13–19 digits, IIN starting 2–6, 4-digit grouping or Amex
-/// 4-6-5) and US SSNs (`ddd-dd-dddd`, valid ranges).
-pub(super) fn numbers(text: &str, starts: &Starts, card: bool, ssn: bool, out: &mut Vec<Span>) {
-    let b = text.as_bytes();
-    // Only the first digit of a digit run can start a finding (a digit
-    // after a digit fails `left_ok`); `resume` skips what a finding covered.
-    let mut resume = 0;
-    for i in starts.iter() {
-        if i < resume || !left_ok(b, i) {
-            continue;
-        }
-        if ssn && i + 11 <= b.len() && b[i + 3] == b'-' && right_ok(b, i + 11) {
-            let w = &b[i..i + 11];
-            let shape = w[3] == b'-'
-                && w[6] == b'-'
-                && w.iter().enumerate().all(|(k, c)| k == 3 || k == 6 || c.is_ascii_digit());
-            let valid = shape && &w[0..3] != b"000" && &w[0..3] != b"666" && w[0] != b'9' && &w[4..6] != b"00" && &w[7..11] != b"0000";
-            if valid {
-                push(out, i, i + 11, Entity::UsSsn);
-                resume = i + 11;
-                continue;
-            }
-        }
-        // A card's first digit is 2–6, or 1 for JCB `1800…`.
-        if !card || !(b'1'..=b'6').contains(&b[i]) {
-            continue;
-        }
-        let e = digit_sep_run(b, i, b" -");
-        if e - i < 13 {
-            continue;
-        }
-        if !right_ok(b, e) {
-            continue;
-        }
-        if let Some(e) = card_at(b, i, e) {
-            push(out, i, e, Entity::CreditCard);
-            resume = e;
+/// A payment card (Luhn, 13–19 digits, IIN starting 2–6, 4-digit
+/// grouping or Amex 4-6-5, no or uniform space/dash separators) or a US
+/// SSN (`ddd-dd-dddd`, valid ranges) at the digit-run start `i` (with
+/// `left_ok`), whose first run of digits is `run` long.
+fn number_at(b: &[u8], i: usize, run: usize, card: bool, ssn: bool) -> Option<(usize, Entity)> {
+    if ssn && run == 3 && i + 11 <= b.len() && b[i + 3] == b'-' && right_ok(b, i + 11) {
+        let w = &b[i..i + 11];
+        let shape = w[3] == b'-'
+            && w[6] == b'-'
+            && w.iter().enumerate().all(|(k, c)| k == 3 || k == 6 || c.is_ascii_digit());
+        let valid = shape && &w[0..3] != b"000" && &w[0..3] != b"666" && w[0] != b'9' && &w[4..6] != b"00" && &w[7..11] != b"0000";
+        if valid {
+            return Some((i + 11, Entity::UsSsn));
         }
     }
+    // A card's first digit is 2–6, or 1 for JCB `1800…`; its first
+    // group has 4 digits (then the second 4 or 6) or it is one group
+    // of 13–19.
+    if !card || !(b'1'..=b'6').contains(&b[i]) || !card_shape(b, i, run) {
+        return None;
+    }
+    let e = digit_sep_run(b, i, b" -");
+    if e - i < 13 {
+        return None;
+    }
+    if right_ok(b, e) {
+        if let Some(e) = card_at(b, i, e) {
+            return Some((e, Entity::CreditCard));
+        }
+    }
+    // The run may go on into the next number (`4111111111111111 078-05-1120`):
+    // try it cut at each separator, longest first.
+    (i + 13..e)
+        .rev()
+        .filter(|&k| matches!(b[k], b' ' | b'-') && b[k - 1].is_ascii_digit())
+        .find_map(|k| card_at(b, i, k))
+        .map(|e| (e, Entity::CreditCard))
+}
+
+/// Cheap necessary condition for [`card_at`]: the first group of digits
+/// at `i` is 4 long and followed by a separator and a group of 4 or 6,
+/// or it is at least 13 long.
+fn card_shape(b: &[u8], i: usize, run: usize) -> bool {
+    match run {
+        4 => matches!(b.get(i + 4), Some(b' ' | b'-')) && matches!(digit_run(b, i + 5, 7), 4 | 6),
+        l => l >= 13,
+    }
+}
+
+/// Length of the run of ASCII digits at `i`, counted up to `max`.
+fn digit_run(b: &[u8], i: usize, max: usize) -> usize {
+    b.get(i..).map_or(0, |r| r.iter().take(max).take_while(|c| c.is_ascii_digit()).count())
 }
 
 /// The digit run `b[i..e]` (digits with single separators, at most 24
@@ -238,53 +250,38 @@ fn iban_len(a: u8, b: u8) -> Option<usize> {
     (len != 0).then_some(usize::from(len))
 }
 
-/// IBANs: country code, 2 check digits, BBAN (either case); spaces
-/// allowed between characters; per-country length and mod-97 checked.
-pub(super) fn iban(text: &str, starts: &Starts, out: &mut Vec<Span>) {
-    let b = text.as_bytes();
+/// An IBAN at `i`, whose check digits start a digit run at `i + 2`:
+/// country code, 2 check digits, BBAN (either case); spaces allowed
+/// between characters; per-country length and mod-97 checked.
+fn iban_at(b: &[u8], i: usize) -> Option<usize> {
     let n = b.len();
-    let mut resume = 0;
-    // A start `i` has its check digits at `i + 2`: the first digit of a run.
-    for d in starts.iter() {
-        if d < 2 {
-            continue;
-        }
-        let i = d - 2;
-        if i < resume || i + 15 > n {
-            continue;
-        }
-        let start_ok = b[i].is_ascii_alphabetic()
-            && b[i + 1].is_ascii_alphabetic()
-            && b[i].is_ascii_uppercase() == b[i + 1].is_ascii_uppercase()
-            && b[i + 2].is_ascii_digit()
-            && b[i + 3].is_ascii_digit()
-            && (i == 0 || !is_word(b[i - 1]));
-        if !start_ok {
-            continue;
-        }
-        let Some(len) = iban_len(b[i], b[i + 1]) else {
-            continue;
-        };
-        let mut chars = [0u8; 40];
-        let mut nc = 0;
-        let mut e = i;
-        while e < n && nc < len {
-            let c = b[e];
-            if c.is_ascii_alphanumeric() {
-                chars[nc] = c.to_ascii_uppercase();
-                nc += 1;
-                e += 1;
-            } else if c == b' ' && e + 1 < n && b[e + 1].is_ascii_alphanumeric() && nc != 0 {
-                e += 1;
-            } else {
-                break;
-            }
-        }
-        if nc == len && (e == n || !is_word(b[e])) && mod97(&chars[..nc]) {
-            push(out, i, e, Entity::IbanCode);
-            resume = e;
+    let start_ok = i + 15 <= n
+        && b[i].is_ascii_alphabetic()
+        && b[i + 1].is_ascii_alphabetic()
+        && b[i].is_ascii_uppercase() == b[i + 1].is_ascii_uppercase()
+        && b[i + 2].is_ascii_digit()
+        && b[i + 3].is_ascii_digit()
+        && (i == 0 || !is_word(b[i - 1]));
+    if !start_ok {
+        return None;
+    }
+    let len = iban_len(b[i], b[i + 1])?;
+    let mut chars = [0u8; 40];
+    let mut nc = 0;
+    let mut e = i;
+    while e < n && nc < len {
+        let c = b[e];
+        if c.is_ascii_alphanumeric() {
+            chars[nc] = c.to_ascii_uppercase();
+            nc += 1;
+            e += 1;
+        } else if c == b' ' && e + 1 < n && b[e + 1].is_ascii_alphanumeric() && nc != 0 {
+            e += 1;
+        } else {
+            break;
         }
     }
+    (nc == len && (e == n || !is_word(b[e])) && mod97(&chars[..nc])).then_some(e)
 }
 
 fn mod97(chars: &[u8]) -> bool {
@@ -300,67 +297,112 @@ fn mod97(chars: &[u8]) -> bool {
     r == 1
 }
 
-/// Phone numbers: E.164 (`+` then 8–15 digits with space, dash, dot or
-/// parenthesis separators) and North American national forms
-/// `(555) 123-4567`, `555-123-4567`, `555.123.4567`.
-pub(super) fn phone(text: &str, starts: &Starts, out: &mut Vec<Span>) {
+/// Which of the digit-run scanners run.
+#[derive(Clone, Copy)]
+pub(super) struct Numeric {
+    pub card: bool,
+    pub ssn: bool,
+    pub iban: bool,
+    pub phone: bool,
+}
+
+/// Everything found from digit runs, in one pass over their starts:
+///
+/// * payment cards and US SSNs ([`number_at`]),
+/// * IBANs ([`iban_at`]: two letters, then the check digits),
+/// * phone numbers: E.164 (`+` then 8–15 digits with space, dash, dot or
+///   parenthesis separators; [`e164_at`]) and the national forms of
+///   [`national`] (North American `(555) 123-4567`, `555-123-4567`,
+///   `555.123.4567`, trunk-prefixed `0490 75 40 81`).
+///
+/// Each kind keeps its own resume point (a finding is not searched
+/// again inside itself), as a separate scan per kind would.
+pub(super) fn numeric(text: &str, starts: &Starts, want: Numeric, out: &mut Vec<Span>) {
     let b = text.as_bytes();
-    let n = b.len();
-    // Candidates, in order: every `+` and `(`, and the first digit of
-    // every digit run (a digit after a digit has a word character before
-    // it and is never tried).
-    let mut digits = starts.iter().peekable();
-    let mut puncts = memchr::memchr2_iter(b'+', b'(', b).peekable();
-    let mut resume = 0;
-    loop {
-        let i = match (digits.peek(), puncts.peek()) {
-            (Some(&d), Some(&p)) if d < p => digits.next(),
-            (Some(_), None) => digits.next(),
-            (_, Some(_)) => puncts.next(),
-            (None, None) => None,
-        };
-        let Some(i) = i else { break };
-        if i < resume {
-            continue;
+    let (mut r_num, mut r_iban, mut r_phone) = (0, 0, 0);
+    // Phone candidates besides digit-run starts: every `+` and `(`,
+    // taken in position order with the starts.
+    let mut puncts = want.phone.then(|| memchr::memchr2_iter(b'+', b'(', b));
+    let mut next_punct = puncts.as_mut().and_then(Iterator::next);
+    let punct = |p: usize, r_phone: &mut usize, out: &mut Vec<Span>| {
+        if p < *r_phone {
+            return;
         }
-        let c = b[i];
-        if c == b'+' {
-            if b.get(i + 1).is_some_and(|d| (b'1'..=b'9').contains(d)) && (i == 0 || !is_word(b[i - 1])) {
-                let mut e = i + 1;
-                let mut digits = 0;
-                let mut last_digit = e;
-                let mut seps = 0;
-                while e < n {
-                    let d = b[e];
-                    if d.is_ascii_digit() {
-                        digits += 1;
-                        e += 1;
-                        last_digit = e;
-                        seps = 0;
-                    } else if matches!(d, b' ' | b'-' | b'.' | b'(' | b')') && seps < 2 {
-                        seps += 1;
-                        e += 1;
-                    } else {
-                        break;
-                    }
-                }
-                let e = extension(b, last_digit);
-                let next_bad = b.get(e).is_some_and(|&d| is_word(d) || d == b':');
-                if (8..=15).contains(&digits) && !next_bad {
-                    push(out, i, e, Entity::PhoneNumber);
-                    resume = e;
+        let found = if b[p] == b'+' { e164_at(b, p) } else if left_ok(b, p) { national(b, p, 0) } else { None };
+        if let Some(e) = found {
+            push(out, p, e, Entity::PhoneNumber);
+            *r_phone = e;
+        }
+    };
+    for i in starts.iter() {
+        while let Some(p) = next_punct.filter(|&p| p < i) {
+            punct(p, &mut r_phone, out);
+            next_punct = puncts.as_mut().and_then(Iterator::next);
+        }
+        if i > 0 && b[i - 1].is_ascii_alphabetic() {
+            // Only an IBAN's check digits follow a letter.
+            if want.iban && i >= 2 && i - 2 >= r_iban {
+                if let Some(e) = iban_at(b, i - 2) {
+                    push(out, i - 2, e, Entity::IbanCode);
+                    r_iban = e;
                 }
             }
             continue;
         }
-        let word_before = i > 0 && (is_word(b[i - 1]) || matches!(b[i - 1], b'.' | b'-' | b'+' | b'/' | b':'));
-        if !word_before {
-            if let Some(e) = national(b, i) {
+        // Cards, SSNs and national phone numbers need the same clean left
+        // boundary.
+        if !left_ok(b, i) {
+            continue;
+        }
+        let run = digit_run(b, i, 13);
+        if (want.card || want.ssn) && i >= r_num {
+            if let Some((e, entity)) = number_at(b, i, run, want.card, want.ssn) {
+                push(out, i, e, entity);
+                r_num = e;
+            }
+        }
+        if want.phone && i >= r_phone {
+            if let Some(e) = national(b, i, run) {
                 push(out, i, e, Entity::PhoneNumber);
-                resume = e;
+                r_phone = e;
             }
         }
     }
+    while let Some(p) = next_punct {
+        punct(p, &mut r_phone, out);
+        next_punct = puncts.as_mut().and_then(Iterator::next);
+    }
+}
+
+/// An E.164 number at the `+` at `i`: 8–15 digits, at most two
+/// separators (` -.()`) in a row, an optional extension, not followed by
+/// a word character or `:` (`+2016-09-28 04:30` is a time).
+fn e164_at(b: &[u8], i: usize) -> Option<usize> {
+    let n = b.len();
+    if !(b.get(i + 1).is_some_and(|d| (b'1'..=b'9').contains(d)) && (i == 0 || !is_word(b[i - 1]))) {
+        return None;
+    }
+    let mut e = i + 1;
+    let mut digits = 0;
+    let mut last_digit = e;
+    let mut seps = 0;
+    while e < n {
+        let d = b[e];
+        if d.is_ascii_digit() {
+            digits += 1;
+            e += 1;
+            last_digit = e;
+            seps = 0;
+        } else if matches!(d, b' ' | b'-' | b'.' | b'(' | b')') && seps < 2 {
+            seps += 1;
+            e += 1;
+        } else {
+            break;
+        }
+    }
+    let e = extension(b, last_digit);
+    let next_bad = b.get(e).is_some_and(|&d| is_word(d) || d == b':');
+    ((8..=15).contains(&digits) && !next_bad).then_some(e)
 }
 
 /// A North American number at `j`: `(ddd) ddd-dddd`, `(ddd)ddd-dddd`,
@@ -439,26 +481,41 @@ fn extension(b: &[u8], e: usize) -> usize {
 }
 
 /// National forms at `i` (with an optional `1-`/`001-` prefix for North
-/// America), an optional extension, and a clean right boundary.
-fn national(b: &[u8], i: usize) -> Option<usize> {
-    if b[i] != b'(' && b[i] != b'0' {
-        // Without `(` or a trunk `0`, a match starts with a 3-digit area
-        // code or a `1` prefix: other digit runs cannot match.
-        let run = b[i..].iter().take(4).take_while(|c| c.is_ascii_digit()).count();
-        if run != 3 && !(run == 1 && b[i] == b'1') {
-            return None;
-        }
-    }
+/// America), an optional extension, and a clean right boundary. `i` is a
+/// `(` or the start of a digit run `run` long.
+fn national(b: &[u8], i: usize, run: usize) -> Option<usize> {
     let done = |e: Option<usize>| e.map(|e| extension(b, e)).filter(|&e| right_ok(b, e));
-    if let Some(e) = done(nanp_at(b, i)) {
-        return Some(e);
-    }
-    for p in [&b"1-"[..], b"1 ", b"1.", b"001-", b"001 "] {
-        if b[i..].starts_with(p) {
-            if let Some(e) = done(nanp_at(b, i + p.len())) {
-                return Some(e);
+    // The forms, tried in this order: `nanp_at(i)`, the prefixes `1-`,
+    // `1 `, `1.`, `001-`, `001 ` before a North American number, a trunk
+    // number. Which can match follows from the first byte (and the length
+    // of the digit run there): a North American area code is 2–9 (or
+    // `(`), a trunk number starts with `0`.
+    match b[i] {
+        b'(' => done(nanp_at(b, i)),
+        b'0' => {
+            for p in [&b"001-"[..], b"001 "] {
+                if b[i..].starts_with(p) {
+                    if let Some(e) = done(nanp_at(b, i + p.len())) {
+                        return Some(e);
+                    }
+                }
+            }
+            done(trunk_at(b, i))
+        }
+        c => {
+            // `run`: the digit run at `i` (counted up to at least 4).
+            if run == 3 && c != b'1' {
+                done(nanp_at(b, i))
+            } else if run == 1 && c == b'1' {
+                let p = b.get(i + 1).copied();
+                if matches!(p, Some(b'-' | b' ' | b'.')) {
+                    done(nanp_at(b, i + 2))
+                } else {
+                    None
+                }
+            } else {
+                None
             }
         }
     }
-    done(trunk_at(b, i))
 }

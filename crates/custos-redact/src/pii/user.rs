@@ -6,6 +6,7 @@ use regex::Regex;
 use crate::{Entity, Span};
 
 use super::push;
+use super::scan::with_ascii_lower;
 
 
 /// Words that follow `user` in logs and are not names.
@@ -36,11 +37,12 @@ const CONTEXT_LITERALS: &[&str] = &[
     "publickey for ",
     "keyboard-interactive/pam for ",
     "hostbased for ",
+    "failures for ",
+    "failure for ",
+    "ctladdr=",
 ];
 
-/// Texts up to this long are lower-cased on the stack for the prefilter;
-/// longer ones go to the regex directly.
-const STACK_LOWER: usize = 1024;
+
 
 fn is_name(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'$' | b'@')
@@ -55,7 +57,7 @@ impl UserScanner {
         // The pattern is a constant known to compile (checked by the tests);
         // falling back to a never-matching regex keeps `new` infallible.
         let ctx = Regex::new(
-            r"(?i)(?:(?:\b(?:password|publickey|keyboard-interactive/pam|hostbased) for (?:invalid user |illegal user )?)|\b(?:(?:invalid|illegal) )?user[ =]|\b(?:ruser|logname)=|/home/|\\users\\)",
+            r"(?i)(?:(?:\b(?:password|publickey|keyboard-interactive/pam|hostbased|failures?) for (?:invalid user |illegal user )?)|\b(?:(?:invalid|illegal) )?user[ =]|\b(?:ruser|logname|ctladdr)=|/home/|\\users\\)",
         )
         .unwrap_or_else(|_| never());
         // Without the automaton (it cannot fail to build for these few
@@ -70,22 +72,27 @@ impl UserScanner {
     /// `k`), so text with non-ASCII bytes always goes to the regex.
     fn may_have_context(&self, b: &[u8]) -> bool {
         let Some(pre) = &self.pre else { return true };
-        if b.len() > STACK_LOWER || !b.is_ascii() {
+        if !b.is_ascii() {
             return true;
         }
-        let mut buf = [0u8; STACK_LOWER];
-        let lower = &mut buf[..b.len()];
-        for (d, s) in lower.iter_mut().zip(b) {
-            *d = s.to_ascii_lowercase();
-        }
-        pre.is_match(&*lower)
+        with_ascii_lower(b, |lower| pre.is_match(lower))
     }
 
     pub(super) fn find(&self, text: &str, out: &mut Vec<Span>) {
         let b = text.as_bytes();
         let contexts = if self.may_have_context(b) { Some(self.ctx.find_iter(text)) } else { None };
         for m in contexts.into_iter().flatten() {
-            let s = m.end();
+            // Only the plain `user X` is weak enough to need the stop list
+            // (`user unknown`); after `invalid user`, `password for`,
+            // `user=` … the next word is the name, whatever it is.
+            let weak = m.as_str().eq_ignore_ascii_case("user ");
+            let mut s = m.end();
+            if m.as_str().ends_with(' ') {
+                // `Invalid user  0101`: an empty-looking name padded by a space.
+                while s < b.len() && b[s] == b' ' && s < m.end() + 2 {
+                    s += 1;
+                }
+            }
             let mut e = s;
             while e < b.len() && is_name(b[e]) {
                 e += 1;
@@ -96,12 +103,25 @@ impl UserScanner {
             if e == s || !(b[s].is_ascii_alphanumeric() || b[s] == b'_') {
                 continue;
             }
-            if is_stop(&text[s..e]) {
+            if (weak && is_stop(&text[s..e])) || matches!(&text[s..e], "-") || text[s..e].eq_ignore_ascii_case("unknown") {
                 continue;
             }
             push(out, s, e, Entity::UserName);
         }
+        cron_user(text, out);
         domain_user(text, out);
+    }
+}
+
+/// cron's `(root) CMD (...)`: the name in the parentheses.
+fn cron_user(text: &str, out: &mut Vec<Span>) {
+    let b = text.as_bytes();
+    for at in memchr::memmem::find_iter(b, b") CMD ") {
+        let Some(open) = b[..at].iter().rposition(|&c| c == b'(') else { continue };
+        let (s, e) = (open + 1, at);
+        if e > s && b[s..e].iter().all(|&c| is_name(c)) && (b[s].is_ascii_alphanumeric() || b[s] == b'_') {
+            push(out, s, e, Entity::UserName);
+        }
     }
 }
 

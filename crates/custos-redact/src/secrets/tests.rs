@@ -37,7 +37,7 @@ fn loads_real_gitleaks_toml() {
         eprintln!("skipped: {e}");
     }
     eprintln!(
-        "active rules: {} (incl. 5 built-in), skipped: {}, path-only ignored: {:?}",
+        "active rules: {} (incl. 11 built-in), skipped: {}, path-only ignored: {:?}",
         rules.len(),
         rules.skipped().len(),
         rules.path_only()

@@ -1,0 +1,231 @@
+//! `custos redact`: the host's redaction engine as a stream filter, and
+//! `custos redact lookup TOKEN` to resolve a pseudonym support mentions.
+//!
+//! Reads lines from standard input and writes each one redacted (or, with
+//! `--spans`, what was found in it) to standard output. Lines that are JSON
+//! objects have their string values redacted and keys kept (`--format
+//! json`, or `auto`, the default, for lines starting with `{`); other lines
+//! are text. Input that is not UTF-8 is read lossily (invalid bytes become
+//! U+FFFD). The pseudonym key and map are those of the agent's state
+//! directory, so the agent and this command agree on every pseudonym.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
+use custos_agent::pseudomap::{self, PseudonymMap};
+use custos_agent::redaction;
+use custos_model::{Category, Level};
+use custos_redact::{Context as Scope, Redacted, Redactor, Session};
+use serde_json::json;
+
+use crate::output::Output;
+use crate::telemetry::DEFAULT_STATE_DIR;
+
+/// How input lines are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// JSON objects when a line starts with `{` and parses, text otherwise.
+    Auto,
+    /// Every line is text.
+    Text,
+    /// Every line is a JSON value (a line that does not parse is an error).
+    Json,
+}
+
+/// `custos redact`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Redaction policy (TOML); default: the built-in default policy.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Print the findings of each line as JSON instead of redacting:
+    /// {"line": N, "spans": [{"start": S, "end": E, "entity": "..."}]}
+    /// (byte offsets into the line; every detector runs).
+    #[arg(long)]
+    pub spans: bool,
+    /// Input format.
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+    /// Agent state directory: holds the pseudonym key and map.
+    #[arg(long, default_value = DEFAULT_STATE_DIR, global = true)]
+    pub state_dir: PathBuf,
+    /// Table the input belongs to (selects the policy's overrides).
+    #[arg(long, default_value = "stdin")]
+    pub table: String,
+    /// Category of the input (selects the policy's overrides).
+    #[arg(long, default_value = "logs")]
+    pub category: String,
+    /// Consent level of the input (selects the policy's overrides).
+    #[arg(long, default_value = "full")]
+    pub level: String,
+    /// At the end, print what was found and done to standard error.
+    #[arg(long)]
+    pub stats: bool,
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+}
+
+/// `custos redact` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Show what a pseudonym stands for, from this host's encrypted map.
+    Lookup {
+        /// The pseudonym, as support quoted it (`u0c1d2e3f4a`,
+        /// `243.18.200.7`, `<CREDIT_CARD-7d0c4e1a92>`, …).
+        token: String,
+    },
+}
+
+/// Lines between pseudonym-map writes.
+const MAP_EVERY: usize = 65_536;
+
+pub fn run(out: Output, args: Args) -> Result<()> {
+    if let Some(Cmd::Lookup { token }) = &args.cmd {
+        return lookup(out, &args.state_dir, token);
+    }
+    let category = Category::ALL
+        .into_iter()
+        .find(|c| c.name() == args.category)
+        .with_context(|| format!("unknown category {:?}", args.category))?;
+    let level = Level::ALL.into_iter().find(|l| l.name() == args.level).with_context(|| format!("unknown level {:?}", args.level))?;
+    let scope = Scope { table: &args.table, category, level };
+    let loaded = redaction::load_policy(args.policy.as_deref())?;
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let stdout = std::io::stdout();
+    let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut n = 0usize;
+    if args.spans {
+        let r = Redactor::detect_all(loaded.policy, loaded.gitleaks.as_deref(), None)?;
+        while read_line(&mut input, &mut buf)? {
+            n += 1;
+            let line = String::from_utf8_lossy(&buf);
+            let spans: Vec<serde_json::Value> = r
+                .find(&line)
+                .iter()
+                .map(|s| {
+                    let mut o = json!({"start": s.start, "end": s.end, "entity": s.entity_name()});
+                    if let (custos_redact::Entity::Secret, Some(rule)) = (s.entity, &s.rule) {
+                        o["rule"] = json!(rule);
+                    }
+                    o
+                })
+                .collect();
+            serde_json::to_writer(&mut w, &json!({"line": n, "spans": spans}))?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+        return Ok(());
+    }
+    let uses_map = loaded.policy.uses_pseudonyms();
+    let redactor = redaction::build(&args.state_dir, loaded).with_context(|| {
+        format!("pseudonyms need the key in {} (pass --state-dir, or a policy without pseudonyms)", args.state_dir.display())
+    })?;
+    let mut map = if uses_map {
+        Some(PseudonymMap::open(&args.state_dir).with_context(|| format!("pseudonym map in {}", args.state_dir.display()))?)
+    } else {
+        None
+    };
+    let mut session = Session::new(Arc::new(redactor));
+    let mut pending: Vec<(String, String)> = Vec::new();
+    let (mut dropped_lines, mut totals) = (0u64, custos_redact::Outcome::default());
+    let mut flush_map = |session: &mut Session, pending: &mut Vec<(String, String)>, totals: &mut custos_redact::Outcome| -> Result<()> {
+        let mut o = session.take_outcome();
+        pending.append(&mut o.new_pseudonyms);
+        totals.merge(o);
+        if let Some(m) = map.as_mut() {
+            m.record(pending).context("recording pseudonyms")?;
+        }
+        pending.clear();
+        Ok(())
+    };
+    while read_line(&mut input, &mut buf)? {
+        n += 1;
+        let line = String::from_utf8_lossy(&buf);
+        let json_line = match args.format {
+            Format::Text => false,
+            Format::Json => true,
+            Format::Auto => line.trim_start().starts_with('{'),
+        };
+        let mut done = false;
+        if json_line {
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(mut v) => {
+                    if session.redact_json(&mut v, &scope) {
+                        serde_json::to_writer(&mut w, &v)?;
+                        w.write_all(b"\n")?;
+                    } else {
+                        dropped_lines += 1;
+                    }
+                    done = true;
+                }
+                Err(e) if args.format == Format::Json => bail!("line {n}: not JSON: {e}"),
+                Err(_) => {}
+            }
+        }
+        if !done {
+            match session.redact_str(&line, &scope) {
+                Redacted::Text(t) => {
+                    w.write_all(t.as_bytes())?;
+                    w.write_all(b"\n")?;
+                }
+                // The line is the field: it stays, empty, so line numbers hold.
+                Redacted::DropField => w.write_all(b"\n")?,
+                Redacted::DropEvent => dropped_lines += 1,
+            }
+        }
+        if n.is_multiple_of(MAP_EVERY) {
+            flush_map(&mut session, &mut pending, &mut totals)?;
+        }
+    }
+    flush_map(&mut session, &mut pending, &mut totals)?;
+    w.flush()?;
+    if args.stats {
+        let summary = json!({
+            "lines": n,
+            "lines_dropped": dropped_lines,
+            "redacted": totals.redacted,
+            "fields_dropped": totals.fields_dropped,
+            "events_dropped": totals.events_dropped,
+        });
+        if out == Output::Json {
+            eprintln!("{summary}");
+        } else {
+            let by: Vec<String> = totals.redacted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            eprintln!("{n} lines, {} findings redacted ({}), {dropped_lines} lines dropped", totals.total(), by.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// Reads one line without its `\n` into `buf`; false at the end.
+fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>) -> Result<bool> {
+    buf.clear();
+    if input.read_until(b'\n', buf).context("reading standard input")? == 0 {
+        return Ok(false);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    Ok(true)
+}
+
+fn lookup(out: Output, state_dir: &std::path::Path, token: &str) -> Result<()> {
+    let values = pseudomap::lookup(state_dir, token).with_context(|| format!("pseudonym map in {}", state_dir.display()))?;
+    if values.is_empty() {
+        bail!("no pseudonym {token:?} in the map of {}", state_dir.display());
+    }
+    match out {
+        Output::Json => println!("{}", json!({"token": token, "values": values})),
+        _ => {
+            for v in values {
+                println!("{v}");
+            }
+        }
+    }
+    Ok(())
+}
