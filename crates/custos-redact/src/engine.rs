@@ -226,29 +226,11 @@ impl Redactor {
             }
         }
         if spans.len() != before {
-            spans = resolve(spans);
+            spans = crate::pii::resolve(spans);
         }
         spans.retain(|s| !is_pseudonym(s.entity, &text[s.start..s.end]));
         spans
     }
-}
-
-/// Keeps the longest of overlapping spans (ties: lower entity, then
-/// earlier start), sorted by start.
-fn resolve(mut spans: Vec<Span>) -> Vec<Span> {
-    spans.retain(|s| s.start < s.end);
-    spans.sort_by(|a, b| {
-        (b.end - b.start).cmp(&(a.end - a.start)).then(a.entity.cmp(&b.entity)).then(a.start.cmp(&b.start))
-    });
-    let mut kept: BTreeMap<usize, Span> = BTreeMap::new();
-    for s in spans {
-        let before_ok = kept.range(..=s.start).next_back().is_none_or(|(_, k)| k.end <= s.start);
-        let after_ok = kept.range(s.start..).next().is_none_or(|(_, k)| s.end <= k.start);
-        if before_ok && after_ok {
-            kept.insert(s.start, s);
-        }
-    }
-    kept.into_values().collect()
 }
 
 /// Entries in the pseudonym cache before it is cleared.

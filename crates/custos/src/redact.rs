@@ -93,8 +93,9 @@ pub fn run(out: Output, args: Args) -> Result<()> {
     let level = Level::ALL.into_iter().find(|l| l.name() == args.level).with_context(|| format!("unknown level {:?}", args.level))?;
     let scope = Scope { table: &args.table, category, level };
     let loaded = redaction::load_policy(args.policy.as_deref())?;
-    let stdin = std::io::stdin();
-    let mut input = stdin.lock();
+    // A large buffer: with the standard 8 KiB one, copying input out of
+    // the kernel cost a fifth of the run (perf, 200 MB of loghub).
+    let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
     let stdout = std::io::stdout();
     let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut buf = Vec::with_capacity(1 << 16);

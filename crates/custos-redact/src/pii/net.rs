@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::Entity;
 
+use super::host::HostMatcher;
 use super::{is_word, push};
 use crate::Span;
 
@@ -11,34 +12,43 @@ fn is_hex(b: u8) -> bool {
     b.is_ascii_hexdigit()
 }
 
-/// IPv4 dotted quads. Rejects version strings (more than four dotted
-/// parts, a quad touching `.digit`), components > 255 or with leading
-/// zeros (std parsing), and any address in `0.0.0.0/8` (the wildcard, and
-/// versions like `0.0.0.6`).
-pub(super) fn ipv4(text: &str, out: &mut Vec<Span>) {
-    let mut next = 0;
-    for dot in memchr::memchr_iter(b'.', text.as_bytes()) {
-        if dot >= next {
-            next = ipv4_at(text, dot, out);
-        }
-    }
-}
-
-/// [`ipv4`] and [`mac_other`] in one pass over the `.` and `-` (both look
-/// at every dot).
-pub(super) fn ipv4_and_mac(text: &str, out: &mut Vec<Span>) {
+/// Everything found from the dots (and dashes), in one pass: IPv4 dotted
+/// quads ([`ipv4_at`]) when `ip`, dash and Cisco MACs ([`mac_at`]) when
+/// `mac`, and the dotted names of `hosts` ([`HostMatcher::dot`]). Each
+/// keeps its own resume point, as a separate pass would.
+pub(super) fn dots(text: &str, ip: bool, mac: bool, hosts: Option<&HostMatcher>, out: &mut Vec<Span>) {
     let b = text.as_bytes();
-    let mut next = 0;
-    for p in memchr::memchr2_iter(b'-', b'.', b) {
-        if b[p] == b'.' && p >= next {
-            next = ipv4_at(text, p, out);
+    let (mut next_ip, mut next_host) = (0, 0);
+    let mut at_dot = |p: usize, out: &mut Vec<Span>| {
+        if ip && p >= next_ip {
+            next_ip = ipv4_at(text, p, out);
         }
-        mac_at(b, p, out);
+        if let Some(h) = hosts {
+            if p >= next_host {
+                next_host = h.dot(b, p, out);
+            }
+        }
+    };
+    if mac {
+        for p in memchr::memchr2_iter(b'-', b'.', b) {
+            if b[p] == b'.' {
+                at_dot(p, out);
+            }
+            mac_at(b, p, out);
+        }
+    } else {
+        for p in memchr::memchr_iter(b'.', b) {
+            at_dot(p, out);
+        }
     }
 }
 
-/// The dotted quad around the dot at `dot`, if any; returns the first
-/// position from which the next dot is worth trying.
+/// The IPv4 dotted quad around the dot at `dot`, if any; returns the
+/// first position from which the next dot is worth trying. Rejects
+/// version strings (more than four dotted parts, a quad touching
+/// `.digit`), components > 255 or with leading zeros (std parsing), and
+/// any address in `0.0.0.0/8` (the wildcard, and versions like
+/// `0.0.0.6`).
 fn ipv4_at(text: &str, dot: usize, out: &mut Vec<Span>) -> usize {
     let b = text.as_bytes();
     // Walk back to the start of the digit run before this dot.
@@ -203,15 +213,8 @@ fn is_mac_colon(cand: &str) -> bool {
     mac && b.iter().any(|&c| c != b'0' && c != b':')
 }
 
-/// Dash-separated (`aa-bb-cc-dd-ee-ff`) and Cisco (`aabb.ccdd.eeff`) MACs.
-pub(super) fn mac_other(text: &str, out: &mut Vec<Span>) {
-    let b = text.as_bytes();
-    for p in memchr::memchr2_iter(b'-', b'.', b) {
-        mac_at(b, p, out);
-    }
-}
-
-/// A dash MAC has a `-` at start + 2, a Cisco one a `.` at start + 4: the
+/// Dash-separated (`aa-bb-cc-dd-ee-ff`) and Cisco (`aabb.ccdd.eeff`) MACs:
+/// a dash MAC has a `-` at start + 2, a Cisco one a `.` at start + 4: the
 /// MAC, if any, for which the byte at `p` is that one. Candidates are
 /// independent: a start inside (or right after) a MAC has a hex digit,
 /// `-` or `.` before it and is rejected, so they can be tried in any

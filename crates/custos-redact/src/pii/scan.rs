@@ -61,7 +61,11 @@ impl Starts {
     /// a few hundred bytes, not worth moving).
     #[inline(always)]
     pub(super) fn empty() -> Starts {
-        Starts { inline: [0; INLINE], len: 0, heap: Vec::new() }
+        Starts {
+            inline: [0; INLINE],
+            len: 0,
+            heap: Vec::new(),
+        }
     }
 
     /// Finds the starts of `b` (after `empty`).
@@ -100,7 +104,8 @@ impl Starts {
                 self.len += 1;
             } else {
                 if self.heap.is_empty() {
-                    self.heap.extend(self.inline[..self.len].iter().map(|&q| q as usize));
+                    self.heap
+                        .extend(self.inline[..self.len].iter().map(|&q| q as usize));
                 }
                 self.heap.push(p);
             }
@@ -110,8 +115,15 @@ impl Starts {
 
     /// The starts, ascending.
     pub(super) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        let inline = if self.heap.is_empty() { &self.inline[..self.len] } else { &[][..] };
-        inline.iter().map(|&p| p as usize).chain(self.heap.iter().copied())
+        let inline = if self.heap.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &[][..]
+        };
+        inline
+            .iter()
+            .map(|&p| p as usize)
+            .chain(self.heap.iter().copied())
     }
 }
 
@@ -122,10 +134,20 @@ mod tests {
     #[test]
     fn digit_run_starts() {
         let naive = |b: &[u8]| -> Vec<usize> {
-            (0..b.len()).filter(|&i| b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_digit())).collect()
+            (0..b.len())
+                .filter(|&i| b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_digit()))
+                .collect()
         };
         let mut texts: Vec<Vec<u8>> = vec![b"".to_vec(), b"1".to_vec(), b"a1b22c333".to_vec()];
-        let long: Vec<u8> = (0..300u32).map(|i| if (i * 7 + i / 5) % 3 == 0 { b'a' } else { b'0' + (i % 10) as u8 }).collect();
+        let long: Vec<u8> = (0..300u32)
+            .map(|i| {
+                if (i * 7 + i / 5) % 3 == 0 {
+                    b'a'
+                } else {
+                    b'0' + (i % 10) as u8
+                }
+            })
+            .collect();
         texts.push(long);
         texts.push(vec![b'7'; 200]);
         texts.push(b"1 ".repeat(150)); // more starts than fit inline
@@ -135,7 +157,12 @@ mod tests {
         texts.push(b"1234567\xb0\xb9\xff8".to_vec());
         texts.push(b"abcdefg12345678x9".to_vec());
         for t in texts {
-            assert_eq!(Starts::new(&t).iter().collect::<Vec<_>>(), naive(&t), "{:?}", String::from_utf8_lossy(&t));
+            assert_eq!(
+                Starts::new(&t).iter().collect::<Vec<_>>(),
+                naive(&t),
+                "{:?}",
+                String::from_utf8_lossy(&t)
+            );
         }
     }
 }

@@ -8,7 +8,6 @@ use crate::{Entity, Span};
 use super::push;
 use super::scan::with_ascii_lower;
 
-
 /// Words that follow `user` in logs and are not names.
 const STOP: &[&str] = &[
     "unknown", "from", "by", "for", "name", "names", "id", "is", "not", "the", "a", "an", "to", "in", "with", "and",
@@ -23,6 +22,9 @@ pub(super) struct UserScanner {
     ctx: Regex,
     /// The literal part of every context, lower case (see `may_have_context`).
     pre: Option<AhoCorasick>,
+    /// `) CMD ` (cron), built once: a searcher built per line costs more
+    /// than the search.
+    cron: memchr::memmem::Finder<'static>,
 }
 
 /// Every match of the context regex contains one of these (ASCII
@@ -41,8 +43,6 @@ const CONTEXT_LITERALS: &[&str] = &[
     "failure for ",
     "ctladdr=",
 ];
-
-
 
 fn is_name(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'$' | b'@')
@@ -63,7 +63,7 @@ impl UserScanner {
         // Without the automaton (it cannot fail to build for these few
         // literals) every text goes to the regex: slower, same result.
         let pre = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostFirst).build(CONTEXT_LITERALS).ok();
-        UserScanner { ctx, pre }
+        UserScanner { ctx, pre, cron: memchr::memmem::Finder::new(b") CMD ").into_owned() }
     }
 
     /// False only if the context regex cannot match: every match holds
@@ -108,15 +108,15 @@ impl UserScanner {
             }
             push(out, s, e, Entity::UserName);
         }
-        cron_user(text, out);
+        cron_user(&self.cron, text, out);
         domain_user(text, out);
     }
 }
 
 /// cron's `(root) CMD (...)`: the name in the parentheses.
-fn cron_user(text: &str, out: &mut Vec<Span>) {
+fn cron_user(cmd: &memchr::memmem::Finder<'_>, text: &str, out: &mut Vec<Span>) {
     let b = text.as_bytes();
-    for at in memchr::memmem::find_iter(b, b") CMD ") {
+    for at in cmd.find_iter(b) {
         let Some(open) = b[..at].iter().rposition(|&c| c == b'(') else { continue };
         let (s, e) = (open + 1, at);
         if e > s && b[s..e].iter().all(|&c| is_name(c)) && (b[s].is_ascii_alphanumeric() || b[s] == b'_') {
