@@ -953,7 +953,14 @@ async fn ship_loop(
                         ctx.queue.call(move |q| { q.finish(lsn, DoneReason::DeadLetter); Ok(()) }).await?;
                     }
                     Delivery::Retry(err, ra) => {
-                        retry.push_back(t);
+                        // The settings may have changed while it was on the
+                        // wire (a purge skips in-flight records): gate it
+                        // now, not only at its next attempt.
+                        let mut t = t;
+                        let st = gate_state(&settings.borrow());
+                        if regate(&ctx, &mut t, &st).await? {
+                            retry.push_back(t);
+                        }
                         ctx.stats.update(|c| c.delivery_failures += 1);
                         let now = clock.now();
                         let o = outage.get_or_insert(Outage { failures: 0, since: now, next: now });
