@@ -170,8 +170,14 @@ fn scan_file(path: &Path, seal: &SealKey) -> Result<Scan, PseudonymMapError> {
 /// Every value recorded for `token` (several if pseudonyms collided),
 /// read-only.
 pub fn lookup(state_dir: &Path, token: &str) -> Result<Vec<String>, PseudonymMapError> {
+    let path = state_dir.join(DIR).join(MAP_FILE);
+    if !path.exists() {
+        // Nothing recorded here; a lookup must not create keys in a
+        // directory that is not (yet) a state directory.
+        return Ok(Vec::new());
+    }
     let seal = SealKey::load_or_create(state_dir)?;
-    let scan = scan_file(&state_dir.join(DIR).join(MAP_FILE), &seal)?;
+    let scan = scan_file(&path, &seal)?;
     let mut out: Vec<String> = Vec::new();
     for (t, v) in scan.entries {
         if t == token && !out.contains(&v) {
