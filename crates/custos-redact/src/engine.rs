@@ -32,6 +32,7 @@ use serde::Serialize;
 
 use crate::pii::{Detector, HostNames, PII_ENTITIES};
 use crate::policy::{CustomMatcher, Operator, Policy};
+use crate::prefilter::LineHints;
 use crate::pseudonym::{is_pseudonym, PseudonymKey, Pseudonymizer};
 use crate::secrets::{Rules, SecretsError};
 use crate::{Entity, Span};
@@ -202,10 +203,28 @@ impl Redactor {
     /// Every finding in `text`, resolved (sorted, non-overlapping) and
     /// without our own tags and pseudonyms.
     pub fn find(&self, text: &str) -> Vec<Span> {
-        let mut spans = if self.pii_on { self.pii.find(text) } else { Vec::new() };
+        let mut spans = Vec::new();
+        self.find_into(text, &mut spans);
+        spans
+    }
+
+    /// Like [`Redactor::find`], into `spans` (cleared first): a caller
+    /// that reuses one `Vec` across texts allocates nothing for a text
+    /// without findings.
+    pub fn find_into(&self, text: &str, spans: &mut Vec<Span>) {
+        self.find_hinted(text, LineHints::UNKNOWN, spans);
+    }
+
+    /// Like [`Redactor::find_into`], with what a block prefilter learned
+    /// about `text` ([`crate::LinePrefilter`]).
+    pub fn find_hinted(&self, text: &str, hints: LineHints, spans: &mut Vec<Span>) {
+        spans.clear();
+        if self.pii_on {
+            self.pii.find_hinted(text, hints, spans);
+        }
         let before = spans.len();
         if let Some(r) = &self.secrets {
-            spans.extend(r.find(text));
+            r.find_hinted(text, hints.may(LineHints::SECRET), spans);
         }
         for (name, c) in &self.custom {
             let mut push = |start, end| {
@@ -226,10 +245,39 @@ impl Redactor {
             }
         }
         if spans.len() != before {
-            spans = crate::pii::resolve(spans);
+            crate::pii::resolve_tail(spans, 0);
         }
         spans.retain(|s| !is_pseudonym(s.entity, &text[s.start..s.end]));
-        spans
+    }
+}
+
+impl Redactor {
+    /// Marks, through `mark(bit, positions)`, the occurrences in `block`
+    /// of the triggers that need a lower-cased copy (made in `lower`) or
+    /// belong to an enabled detector: secret keywords, user-name contexts,
+    /// cron's `) CMD ` (see [`crate::LinePrefilter::scan`]).
+    pub(crate) fn block_triggers(
+        &self,
+        block: &[u8],
+        lower: &mut Vec<u8>,
+        mark: &mut dyn FnMut(u8, &mut dyn Iterator<Item = usize>),
+    ) {
+        let secrets = self.secrets.as_ref().filter(|r| r.has_keywords());
+        let users = self.pii_on && self.pii.users_on();
+        if users {
+            mark(LineHints::CRON, &mut self.pii.cron_starts(block));
+        }
+        if secrets.is_none() && !users {
+            return;
+        }
+        lower.clear();
+        lower.extend(block.iter().map(u8::to_ascii_lowercase));
+        if let Some(r) = secrets {
+            mark(LineHints::SECRET, &mut r.keyword_starts(lower));
+        }
+        if users {
+            mark(LineHints::USER, &mut self.pii.user_context_starts(lower));
+        }
     }
 }
 
@@ -242,15 +290,43 @@ pub struct Session {
     r: Arc<Redactor>,
     counts: Vec<u64>,
     outcome: Outcome,
-    cache: HashMap<(usize, String), String>,
+    /// Pseudonyms made, per policy slot (original → pseudonym).
+    cache: Vec<HashMap<String, String>>,
+    cached: usize,
     scope: Option<(String, Category, Level, Vec<Operator>)>,
+    /// Scratch: the findings of the text being redacted.
+    spans: Vec<Span>,
+    /// Scratch: each finding's operator and policy slot.
+    ops_buf: Vec<(Operator, usize)>,
+}
+
+/// What [`Session::redact_to`] decided for one text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to change: the text stays as it is (nothing was written).
+    Unchanged,
+    /// The rewritten text was appended to the output.
+    Rewritten,
+    /// The policy removes the whole field.
+    DropField,
+    /// The policy drops the whole event.
+    DropEvent,
 }
 
 impl Session {
     /// A session over a shared redactor.
     pub fn new(r: Arc<Redactor>) -> Self {
         let counts = vec![0; r.policy.slots()];
-        Session { r, counts, outcome: Outcome::default(), cache: HashMap::new(), scope: None }
+        Session {
+            r,
+            counts,
+            outcome: Outcome::default(),
+            cache: Vec::new(),
+            cached: 0,
+            scope: None,
+            spans: Vec::new(),
+            ops_buf: Vec::new(),
+        }
     }
 
     /// The redactor.
@@ -284,81 +360,117 @@ impl Session {
 
     /// Redacts one field's text.
     pub fn redact_str<'a>(&mut self, text: &'a str, ctx: &Context) -> Redacted<'a> {
-        let spans = self.r.find(text);
-        if spans.is_empty() {
-            return Redacted::Text(Cow::Borrowed(text));
+        let mut out = String::new();
+        match self.redact_to(text, ctx, &mut out) {
+            Verdict::Unchanged => Redacted::Text(Cow::Borrowed(text)),
+            Verdict::Rewritten => Redacted::Text(Cow::Owned(out)),
+            Verdict::DropField => Redacted::DropField,
+            Verdict::DropEvent => Redacted::DropEvent,
         }
-        let ops: Vec<(Operator, usize)> = {
-            let policy_slots: Vec<Option<usize>> =
-                spans.iter().map(|s| self.r.policy.slot(s.entity, s.rule.as_deref())).collect();
+    }
+
+    /// Redacts one field's text, appending the rewritten text to `out`
+    /// when (and only when) the verdict is [`Verdict::Rewritten`]: a
+    /// caller that reuses `out` allocates nothing per text, and one whose
+    /// text is unchanged can keep (or write) the original as it is.
+    pub fn redact_to(&mut self, text: &str, ctx: &Context, out: &mut String) -> Verdict {
+        self.redact_hinted(text, LineHints::UNKNOWN, ctx, out)
+    }
+
+    /// Like [`Session::redact_to`], with what a block prefilter learned
+    /// about `text` ([`crate::LinePrefilter`]): the same result, less work.
+    pub fn redact_hinted(&mut self, text: &str, hints: LineHints, ctx: &Context, out: &mut String) -> Verdict {
+        let mut spans = std::mem::take(&mut self.spans);
+        self.r.find_hinted(text, hints, &mut spans);
+        let verdict = self.apply(text, ctx, &spans, out);
+        self.spans = spans;
+        verdict
+    }
+
+    fn apply(&mut self, text: &str, ctx: &Context, spans: &[Span], out: &mut String) -> Verdict {
+        if spans.is_empty() {
+            return Verdict::Unchanged;
+        }
+        let mut ops = std::mem::take(&mut self.ops_buf);
+        ops.clear();
+        {
+            let r = Arc::clone(&self.r);
             let table = self.ops(ctx);
-            policy_slots
-                .into_iter()
-                .map(|slot| match slot {
-                    Some(i) => (table[i], i),
-                    // A custom span whose entity is not in the policy cannot
-                    // occur (custom detectors come from the policy); redact
-                    // it as a secret to be safe.
-                    None => (Operator::Tag, Entity::Secret.index()),
-                })
-                .collect()
-        };
+            ops.extend(spans.iter().map(|s| match r.policy.slot(s.entity, s.rule.as_deref()) {
+                Some(i) => (table[i], i),
+                // A custom span whose entity is not in the policy cannot
+                // occur (custom detectors come from the policy); redact it
+                // as a secret to be safe.
+                None => (Operator::Tag, Entity::Secret.index()),
+            }));
+        }
         for &(op, slot) in &ops {
             if op != Operator::Keep {
                 self.counts[slot] += 1;
             }
         }
         let strongest = ops.iter().map(|(op, _)| *op).max_by_key(|op| op.strength()).unwrap_or(Operator::Keep);
-        match strongest {
-            Operator::DropEvent => return Redacted::DropEvent,
-            Operator::DropField => return Redacted::DropField,
-            Operator::Keep => return Redacted::Text(Cow::Borrowed(text)),
-            _ => {}
-        }
-        let mut out = String::with_capacity(text.len());
-        let mut at = 0;
-        for (s, (op, slot)) in spans.iter().zip(ops) {
-            out.push_str(&text[at..s.start]);
-            let value = &text[s.start..s.end];
-            match op {
-                Operator::Keep => out.push_str(value),
-                Operator::Remove => {}
-                Operator::Tag => {
-                    out.push('<');
-                    out.push_str(s.entity_name());
-                    out.push('>');
+        let verdict = match strongest {
+            Operator::DropEvent => Verdict::DropEvent,
+            Operator::DropField => Verdict::DropField,
+            Operator::Keep => Verdict::Unchanged,
+            _ => Verdict::Rewritten,
+        };
+        if verdict == Verdict::Rewritten {
+            out.reserve(text.len());
+            let mut at = 0;
+            for (s, &(op, slot)) in spans.iter().zip(&ops) {
+                out.push_str(&text[at..s.start]);
+                let value = &text[s.start..s.end];
+                match op {
+                    Operator::Keep => out.push_str(value),
+                    Operator::Remove => {}
+                    Operator::Tag => {
+                        out.push('<');
+                        out.push_str(s.entity_name());
+                        out.push('>');
+                    }
+                    Operator::Mask { keep } => {
+                        let n = value.chars().count();
+                        let kept = if n > keep { keep } else { 0 };
+                        out.extend(std::iter::repeat_n('*', n - kept));
+                        out.extend(value.chars().skip(n - kept));
+                    }
+                    Operator::Pseudonym => self.pseudonym_into(slot, s, value, out),
+                    Operator::DropField | Operator::DropEvent => {}
                 }
-                Operator::Mask { keep } => {
-                    let n = value.chars().count();
-                    let kept = if n > keep { keep } else { 0 };
-                    out.extend(std::iter::repeat_n('*', n - kept));
-                    out.extend(value.chars().skip(n - kept));
-                }
-                Operator::Pseudonym => out.push_str(&self.pseudonym(slot, s, value)),
-                Operator::DropField | Operator::DropEvent => {}
+                at = s.end;
             }
-            at = s.end;
+            out.push_str(&text[at..]);
         }
-        out.push_str(&text[at..]);
-        Redacted::Text(Cow::Owned(out))
+        self.ops_buf = ops;
+        verdict
     }
 
-    fn pseudonym(&mut self, slot: usize, s: &Span, value: &str) -> String {
-        let key = (slot, value.to_string());
-        if let Some(t) = self.cache.get(&key) {
-            return t.clone();
+    fn pseudonym_into(&mut self, slot: usize, s: &Span, value: &str, out: &mut String) {
+        if let Some(t) = self.cache.get(slot).and_then(|m| m.get(value)) {
+            out.push_str(t);
+            return;
         }
         let Some(p) = &self.r.pseudo else {
             // Redactor::build refuses a pseudonymizing policy without a key.
-            return format!("<{}>", s.entity_name());
+            out.push('<');
+            out.push_str(s.entity_name());
+            out.push('>');
+            return;
         };
         let made = p.pseudonym(s.entity, s.entity_name(), value);
-        if self.cache.len() >= CACHE_LIMIT {
-            self.cache.clear();
+        if self.cached >= CACHE_LIMIT {
+            self.cache.iter_mut().for_each(HashMap::clear);
+            self.cached = 0;
         }
-        self.cache.insert(key, made.text.clone());
+        out.push_str(&made.text);
+        if self.cache.len() <= slot {
+            self.cache.resize_with(slot + 1, HashMap::new);
+        }
+        self.cache[slot].insert(value.to_string(), made.text);
+        self.cached += 1;
         self.outcome.new_pseudonyms.extend(made.entries);
-        made.text
     }
 
     /// Redacts an event in place: the message, the host and every string

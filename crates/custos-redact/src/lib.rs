@@ -11,17 +11,21 @@
 //!   (TOML, validated into typed structs);
 //! - [`pseudonym`]: the keyed, format-preserving pseudonyms;
 //! - [`engine`]: the [`Redactor`] that puts them together and rewrites
-//!   text, JSON values and events.
+//!   text, JSON values and events;
+//! - [`prefilter`]: the detectors' cheap triggers searched once over a
+//!   block of many lines instead of line by line.
 #![forbid(unsafe_code)]
 
 pub mod engine;
 pub mod pii;
 pub mod policy;
+pub mod prefilter;
 pub mod pseudonym;
 pub mod secrets;
 
-pub use engine::{Context, Outcome, Redacted, Redactor, Session};
+pub use engine::{Context, Outcome, Redacted, Redactor, Session, Verdict};
 pub use policy::{Operator, Policy, PolicyError};
+pub use prefilter::{LineHints, LinePrefilter};
 pub use pseudonym::{Pseudonymizer, PseudonymKey};
 
 pub use pii::Detector as PiiDetector;

@@ -265,3 +265,92 @@ proptest! {
     }
 }
 
+
+/// The findings of every line of `block`, once line by line and once
+/// with the hints of one block scan; both must agree.
+fn hinted_and_unhinted(r: &Redactor, block: &str) -> (Vec<Vec<Span>>, Vec<Vec<Span>>) {
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    for l in block.split('\n') {
+        ranges.push(at..at + l.len());
+        at += l.len() + 1;
+    }
+    let mut pre = crate::LinePrefilter::new();
+    pre.scan(r, block.as_bytes(), &ranges);
+    let (mut plain, mut hinted) = (Vec::new(), Vec::new());
+    for (i, rg) in ranges.iter().enumerate() {
+        let line = &block[rg.clone()];
+        plain.push(r.find(line));
+        let mut spans = Vec::new();
+        r.find_hinted(line, pre.hints(i), &mut spans);
+        hinted.push(spans);
+    }
+    (plain, hinted)
+}
+
+fn detect_all(policy: &str) -> Redactor {
+    Redactor::detect_all(Policy::from_toml(policy).unwrap(), None, None).unwrap()
+}
+
+#[test]
+fn hinted_equals_unhinted_on_the_loghub_corpus() {
+    let r = detect_all("[detect]\nany_fqdn = true");
+    let lines = loghub_lines();
+    assert!(lines.len() > 10_000, "corpus present: {}", lines.len());
+    // Blocks of a few hundred lines, as `custos redact` reads them.
+    let mut found = 0;
+    for chunk in lines.chunks(300) {
+        let block = chunk.join("\n");
+        let (plain, hinted) = hinted_and_unhinted(&r, &block);
+        for ((p, h), l) in plain.iter().zip(&hinted).zip(chunk) {
+            assert_eq!(p, h, "line: {l}");
+            found += p.len();
+        }
+    }
+    assert!(found > 5_000, "{found}");
+}
+
+#[test]
+fn hints_follow_each_trigger_to_its_own_line() {
+    let r = detect_all("");
+    let block = "no triggers here\nmail bob@example.com now\nplain\nInvalid user admin from 10.0.0.1\n\
+                 plain again\n(root) CMD (run-parts /etc/cron.hourly)\nlogon CORP\\jdoe ok\n\
+                 api_key=Zk3q9XvT2mLp8RwY4nBc7HdJ\nnothing\nfe80::1 and 00:1a:2b:3c:4d:5e\n\
+                 ünïcode USER=elise\nlast";
+    let (plain, hinted) = hinted_and_unhinted(&r, block);
+    assert_eq!(plain, hinted);
+    let lines: Vec<&str> = block.split('\n').collect();
+    for (i, l) in lines.iter().enumerate() {
+        let want = matches!(i, 1 | 3 | 5 | 6 | 7 | 9 | 10);
+        assert_eq!(!plain[i].is_empty(), want, "line {i}: {l}: {:?}", plain[i]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn hinted_equals_unhinted(parts in proptest::collection::vec(prop_oneof![
+        values(),
+        "[ -~]{0,40}",
+        Just("\n".to_string()),
+        Just("user=".to_string()),
+        Just("Invalid user ".to_string()),
+        Just("password for ".to_string()),
+        Just(") CMD (".to_string()),
+        Just("CORP\\".to_string()),
+        Just("token=".to_string()),
+        Just("AKIA".to_string()),
+        Just("ghp_".to_string()),
+        Just("é".to_string()),
+        Just("@".to_string()),
+        Just(":".to_string()),
+    ], 0..40)) {
+        let block: String = parts.concat();
+        for policy in ["", "[detect]\nany_fqdn = true\nhostnames = ['db01']\ndomains = ['example.com']"] {
+            let r = detect_all(policy);
+            let (plain, hinted) = hinted_and_unhinted(&r, &block);
+            prop_assert_eq!(plain, hinted, "{:?}", block);
+        }
+    }
+}

@@ -88,6 +88,7 @@ mod user;
 #[cfg(test)]
 mod tests;
 
+use crate::prefilter::LineHints;
 use crate::{Entity, Span};
 
 pub use host::HostNames;
@@ -175,12 +176,33 @@ impl Detector {
     /// avoids an allocation per line; nothing is allocated for a line
     /// without findings.
     pub fn find_into(&self, text: &str, out: &mut Vec<Span>) {
+        self.find_hinted(text, LineHints::UNKNOWN, out);
+    }
+
+    /// Whether the user-name scanner runs.
+    pub(crate) fn users_on(&self) -> bool {
+        self.on(Entity::UserName)
+    }
+
+    /// See `UserScanner::context_starts`.
+    pub(crate) fn user_context_starts<'a>(&'a self, lower: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+        self.users.context_starts(lower)
+    }
+
+    /// See `UserScanner::cron_starts`.
+    pub(crate) fn cron_starts<'a>(&'a self, b: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+        self.users.cron_starts(b)
+    }
+
+    /// [`Detector::find_into`] with what a block prefilter learned about
+    /// `text` (see [`crate::prefilter`]).
+    pub(crate) fn find_hinted(&self, text: &str, hints: LineHints, out: &mut Vec<Span>) {
         let from = out.len();
         let b = text.as_bytes();
         // Which characters occur decides which scanners can match at all.
-        let has = |c: u8| memchr::memchr(c, b).is_some();
-        let has_colon = has(b':');
-        let has_at = has(b'@');
+        let has = |bit: u8, c: u8| hints.may(bit) && (hints.exact() || memchr::memchr(c, b).is_some());
+        let has_colon = has(LineHints::COLON, b':');
+        let has_at = has(LineHints::AT, b'@');
         if self.on(Entity::Url) && has_colon && has_at {
             text::cred_url(text, out);
         }
@@ -212,15 +234,15 @@ impl Detector {
             h.find(text, out);
         }
         if self.on(Entity::UserName) {
-            self.users.find(text, out);
+            self.users.find(text, hints, out);
         }
         resolve_tail(out, from);
     }
 }
 
 /// Keeps the longest of overlapping spans (ties: lower `Entity`, then
-/// earlier start), returns them sorted by start. Also used by the engine
-/// to merge PII, secret and custom findings.
+/// earlier start), returns them sorted by start.
+#[cfg(test)]
 pub(crate) fn resolve(mut spans: Vec<Span>) -> Vec<Span> {
     resolve_tail(&mut spans, 0);
     spans
@@ -231,8 +253,10 @@ fn priority(a: &Span, b: &Span) -> std::cmp::Ordering {
     (b.end - b.start).cmp(&(a.end - a.start)).then(a.entity.cmp(&b.entity)).then(a.start.cmp(&b.start))
 }
 
-/// [`resolve`] applied to `spans[from..]` in place.
-fn resolve_tail(spans: &mut Vec<Span>, from: usize) {
+/// Keeps the longest of overlapping spans in `spans[from..]` (ties: lower
+/// `Entity`, then earlier start), sorted by start, in place. Also used by
+/// the engine to merge PII, secret and custom findings.
+pub(crate) fn resolve_tail(spans: &mut Vec<Span>, from: usize) {
     let mut k = from;
     while k < spans.len() {
         if spans[k].start < spans[k].end {

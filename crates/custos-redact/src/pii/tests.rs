@@ -19,7 +19,7 @@ fn read(rel: &str) -> String {
 fn user_regex_compiles() {
     let d = user::UserScanner::new();
     let mut out = Vec::new();
-    d.find("Failed password for root from 1.2.3.4", &mut out);
+    d.find("Failed password for root from 1.2.3.4", crate::LineHints::UNKNOWN, &mut out);
     assert_eq!(out.len(), 1);
 }
 

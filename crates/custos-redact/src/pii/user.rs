@@ -3,6 +3,7 @@
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
 
+use crate::prefilter::LineHints;
 use crate::{Entity, Span};
 
 use super::push;
@@ -78,9 +79,27 @@ impl UserScanner {
         with_ascii_lower(b, |lower| pre.is_match(lower))
     }
 
-    pub(super) fn find(&self, text: &str, out: &mut Vec<Span>) {
+    /// Starts of context literals in `lower` (an ASCII-lower-cased text),
+    /// leftmost-first: every line of a multi-line `lower` holding one gets
+    /// one. Without the automaton, every position.
+    pub(super) fn context_starts<'a>(&'a self, lower: &'a [u8]) -> Box<dyn Iterator<Item = usize> + 'a> {
+        match &self.pre {
+            Some(pre) => Box::new(pre.find_iter(lower).map(|m| m.start())),
+            None => Box::new(0..lower.len()),
+        }
+    }
+
+    /// Starts of cron's `) CMD ` in `b`.
+    pub(super) fn cron_starts<'a>(&'a self, b: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+        self.cron.find_iter(b)
+    }
+
+    /// The user names in `text`; `hints` may say which contexts cannot
+    /// occur (see [`LineHints`]).
+    pub(super) fn find(&self, text: &str, hints: LineHints, out: &mut Vec<Span>) {
         let b = text.as_bytes();
-        let contexts = if self.may_have_context(b) { Some(self.ctx.find_iter(text)) } else { None };
+        let may = if hints.exact() { hints.may(LineHints::USER) } else { self.may_have_context(b) };
+        let contexts = if may { Some(self.ctx.find_iter(text)) } else { None };
         for m in contexts.into_iter().flatten() {
             // Only the plain `user X` is weak enough to need the stop list
             // (`user unknown`); after `invalid user`, `password for`,
@@ -108,8 +127,12 @@ impl UserScanner {
             }
             push(out, s, e, Entity::UserName);
         }
-        cron_user(&self.cron, text, out);
-        domain_user(text, out);
+        if hints.may(LineHints::CRON) {
+            cron_user(&self.cron, text, out);
+        }
+        if hints.may(LineHints::BACKSLASH) {
+            domain_user(text, out);
+        }
     }
 }
 

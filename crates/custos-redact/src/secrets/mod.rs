@@ -469,7 +469,7 @@ impl Rules {
     /// Secrets in `text`, sorted by position, one span per distinct range.
     pub fn find(&self, text: &str) -> Vec<Span> {
         let mut out = Vec::new();
-        self.find_filtered(text, |_| true, &mut out);
+        self.find_filtered(text, true, |_| true, &mut out);
         out
     }
 
@@ -477,21 +477,41 @@ impl Rules {
     /// already holds is left alone). Nothing is allocated for a text in
     /// which no keyword occurs and no keyword-less rule matches.
     pub fn find_into(&self, text: &str, out: &mut Vec<Span>) {
-        self.find_filtered(text, |_| true, out);
+        self.find_filtered(text, true, |_| true, out);
+    }
+
+    /// Like [`Rules::find_into`]; `keyword` false says no keyword occurs
+    /// in `text` (a block prefilter found none), so only the rules without
+    /// keywords run.
+    pub(crate) fn find_hinted(&self, text: &str, keyword: bool, out: &mut Vec<Span>) {
+        self.find_filtered(text, keyword, |_| true, out);
+    }
+
+    /// Whether any rule has keywords (else the keyword prefilter is moot).
+    pub(crate) fn has_keywords(&self) -> bool {
+        self.keywords.is_some()
+    }
+
+    /// Calls `f` with the start of keyword occurrences in `lower` (an
+    /// ASCII-lower-cased text): the first occurrence, and after each one
+    /// the next that starts at or after its end (leftmost-first). Every
+    /// line of a multi-line `lower` that holds a keyword gets one.
+    pub(crate) fn keyword_starts<'a>(&'a self, lower: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+        self.keywords.iter().flat_map(move |kw| kw.first.find_iter(lower).map(|m| m.start()))
     }
 
     /// Like [`Rules::find`] but only runs the rule with id `rule_id`
     /// (keyword prefilter included).
     pub fn find_rule(&self, rule_id: &str, text: &str) -> Vec<Span> {
         let mut out = Vec::new();
-        self.find_filtered(text, |r| r.id == rule_id, &mut out);
+        self.find_filtered(text, true, |r| r.id == rule_id, &mut out);
         out
     }
 
-    fn find_filtered(&self, text: &str, want: impl Fn(&Rule) -> bool, out: &mut Vec<Span>) {
+    fn find_filtered(&self, text: &str, keyword: bool, want: impl Fn(&Rule) -> bool, out: &mut Vec<Span>) {
         let from = out.len();
         let mut active: Vec<bool> = Vec::new();
-        if let Some(kw) = &self.keywords {
+        if let Some(kw) = self.keywords.as_ref().filter(|_| keyword) {
             kw.each(text, |p| {
                 if active.is_empty() {
                     active.resize(self.rules.len(), false);
