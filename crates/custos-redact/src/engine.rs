@@ -30,7 +30,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use custos_model::{Category, Event, Level, Value};
 use serde::Serialize;
 
-use crate::pii::{Detector, HostNames, PII_ENTITIES};
+use crate::pii::{Detector, HostNames, Masks, PII_ENTITIES};
 use crate::policy::{CustomMatcher, Operator, Policy};
 use crate::prefilter::LineHints;
 use crate::pseudonym::{is_pseudonym, PseudonymKey, Pseudonymizer};
@@ -218,9 +218,13 @@ impl Redactor {
     /// Like [`Redactor::find_into`], with what a block prefilter learned
     /// about `text` ([`crate::LinePrefilter`]).
     pub fn find_hinted(&self, text: &str, hints: LineHints, spans: &mut Vec<Span>) {
+        Masks::with_local(|masks| self.find_with(text, hints, spans, masks));
+    }
+
+    fn find_with(&self, text: &str, hints: LineHints, spans: &mut Vec<Span>, masks: &mut Masks) {
         spans.clear();
         if self.pii_on {
-            self.pii.find_hinted(text, hints, spans);
+            self.pii.find_hinted(text, hints, spans, masks);
         }
         let before = spans.len();
         if let Some(r) = &self.secrets {
@@ -252,20 +256,21 @@ impl Redactor {
 }
 
 impl Redactor {
-    /// Marks, through `mark(bit, positions)`, the occurrences in `block`
-    /// of the triggers that need a lower-cased copy (made in `lower`) or
-    /// belong to an enabled detector: secret keywords, user-name contexts,
-    /// cron's `) CMD ` (see [`crate::LinePrefilter::scan`]).
+    /// Hands `mark(bit, find)` a search for each trigger of an enabled
+    /// detector that needs more than a byte search: secret keywords and
+    /// user-name contexts (in `lower`, a lower-cased copy of `block` made
+    /// here), cron's `) CMD ` (see [`crate::LinePrefilter::scan`]). `find(from)`
+    /// is the first occurrence at or after `from`.
     pub(crate) fn block_triggers(
         &self,
         block: &[u8],
         lower: &mut Vec<u8>,
-        mark: &mut dyn FnMut(u8, &mut dyn Iterator<Item = usize>),
+        mark: &mut dyn FnMut(u8, &mut dyn FnMut(usize) -> Option<usize>),
     ) {
         let secrets = self.secrets.as_ref().filter(|r| r.has_keywords());
         let users = self.pii_on && self.pii.users_on();
         if users {
-            mark(LineHints::CRON, &mut self.pii.cron_starts(block));
+            mark(LineHints::CRON, &mut |from| self.pii.cron_find(block, from));
         }
         if secrets.is_none() && !users {
             return;
@@ -273,10 +278,10 @@ impl Redactor {
         lower.clear();
         lower.extend(block.iter().map(u8::to_ascii_lowercase));
         if let Some(r) = secrets {
-            mark(LineHints::SECRET, &mut r.keyword_starts(lower));
+            mark(LineHints::SECRET, &mut |from| r.keyword_find(lower, from));
         }
         if users {
-            mark(LineHints::USER, &mut self.pii.user_context_starts(lower));
+            mark(LineHints::USER, &mut |from| self.pii.user_context_find(lower, from));
         }
     }
 }
@@ -298,6 +303,8 @@ pub struct Session {
     spans: Vec<Span>,
     /// Scratch: each finding's operator and policy slot.
     ops_buf: Vec<(Operator, usize)>,
+    /// Scratch: the PII scanners' start positions.
+    masks: Masks,
 }
 
 /// What [`Session::redact_to`] decided for one text.
@@ -326,6 +333,7 @@ impl Session {
             scope: None,
             spans: Vec::new(),
             ops_buf: Vec::new(),
+            masks: Masks::default(),
         }
     }
 
@@ -381,7 +389,7 @@ impl Session {
     /// about `text` ([`crate::LinePrefilter`]): the same result, less work.
     pub fn redact_hinted(&mut self, text: &str, hints: LineHints, ctx: &Context, out: &mut String) -> Verdict {
         let mut spans = std::mem::take(&mut self.spans);
-        self.r.find_hinted(text, hints, &mut spans);
+        self.r.find_with(text, hints, &mut spans, &mut self.masks);
         let verdict = self.apply(text, ctx, &spans, out);
         self.spans = spans;
         verdict

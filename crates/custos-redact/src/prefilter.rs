@@ -1,7 +1,7 @@
 //! Line prefilters computed over a whole block of lines at once.
 //!
-//! Most detectors need a rare trigger before they can match anything: an
-//! `@` (e-mail, credential URL), a `:` (IPv6, colon MACs), one of the
+//! Many detectors need a rare trigger before they can match anything: an
+//! `@` (e-mail, credential URL), one of the
 //! secret rules' keywords, one of the user-name contexts' literals, cron's
 //! `) CMD `, a `\` (`DOMAIN\user`). Checked line by line, each check is a
 //! short search with a fixed cost per call, and over short log lines those
@@ -31,7 +31,6 @@ pub struct LineHints(u8);
 
 impl LineHints {
     pub(crate) const AT: u8 = 1;
-    pub(crate) const COLON: u8 = 1 << 1;
     /// A keyword of a secret rule (or the line was not checked for one).
     pub(crate) const SECRET: u8 = 1 << 2;
     /// A literal of a user-name context, or a non-ASCII byte (the context
@@ -70,19 +69,27 @@ pub struct LinePrefilter {
     lower: Vec<u8>,
 }
 
-/// Calls `mark(line)` for the line holding each position of `hits`
-/// (ascending). Positions outside every line (a `\n`) mark nothing.
-fn each_line(lines: &[Range<usize>], hits: impl Iterator<Item = usize>, mut mark: impl FnMut(usize)) {
-    let mut k = 0;
-    for p in hits {
+/// Marks the lines of `block` in which `find(block, from)` (the first
+/// occurrence of a trigger at or after `from`) finds one. After a hit the
+/// search resumes at the next line, so a trigger that is dense (`:` in
+/// timestamps, a keyword repeated) costs one search per line, not one per
+/// occurrence.
+fn mark_lines(lines: &[Range<usize>], len: usize, mut find: impl FnMut(usize) -> Option<usize>, mut mark: impl FnMut(usize)) {
+    let (mut from, mut k) = (0, 0);
+    while from < len {
+        let Some(p) = find(from) else { break };
         while k < lines.len() && lines[k].end <= p {
             k += 1;
         }
-        if k == lines.len() {
-            break;
-        }
-        if lines[k].start <= p {
+        let Some(line) = lines.get(k) else { break };
+        if line.start <= p {
             mark(k);
+            // Past this line's end: its `\n` (or the block's end).
+            from = line.end + 1;
+            k += 1;
+        } else {
+            // Between lines (a `\n`): go on from the next line.
+            from = line.start;
         }
     }
 }
@@ -99,10 +106,13 @@ impl LinePrefilter {
         let LinePrefilter { hints, lower } = self;
         hints.clear();
         hints.resize(lines.len(), LineHints(LineHints::EXACT));
-        let mut mark = |bit: u8, hits: &mut dyn Iterator<Item = usize>| each_line(lines, hits, |k| hints[k].set(bit));
-        mark(LineHints::AT, &mut memchr::memchr_iter(b'@', block));
-        mark(LineHints::COLON, &mut memchr::memchr_iter(b':', block));
-        mark(LineHints::BACKSLASH, &mut memchr::memchr_iter(b'\\', block));
+        let len = block.len();
+        let mut mark = |bit: u8, find: &mut dyn FnMut(usize) -> Option<usize>| {
+            mark_lines(lines, len, find, |k| hints[k].set(bit));
+        };
+        for (bit, c) in [(LineHints::AT, b'@'), (LineHints::BACKSLASH, b'\\')] {
+            mark(bit, &mut |from| memchr::memchr(c, &block[from..]).map(|i| from + i));
+        }
         r.block_triggers(block, lower, &mut mark);
         if !block.is_ascii() {
             for (h, l) in hints.iter_mut().zip(lines) {

@@ -89,6 +89,7 @@ mod user;
 mod tests;
 
 use crate::prefilter::LineHints;
+pub(crate) use scan::Masks;
 use crate::{Entity, Span};
 
 pub use host::HostNames;
@@ -176,7 +177,7 @@ impl Detector {
     /// avoids an allocation per line; nothing is allocated for a line
     /// without findings.
     pub fn find_into(&self, text: &str, out: &mut Vec<Span>) {
-        self.find_hinted(text, LineHints::UNKNOWN, out);
+        Masks::with_local(|masks| self.find_hinted(text, LineHints::UNKNOWN, out, masks));
     }
 
     /// Whether the user-name scanner runs.
@@ -184,26 +185,26 @@ impl Detector {
         self.on(Entity::UserName)
     }
 
-    /// See `UserScanner::context_starts`.
-    pub(crate) fn user_context_starts<'a>(&'a self, lower: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-        self.users.context_starts(lower)
+    /// See `UserScanner::context_find`.
+    pub(crate) fn user_context_find(&self, lower: &[u8], from: usize) -> Option<usize> {
+        self.users.context_find(lower, from)
     }
 
-    /// See `UserScanner::cron_starts`.
-    pub(crate) fn cron_starts<'a>(&'a self, b: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-        self.users.cron_starts(b)
+    /// See `UserScanner::cron_find`.
+    pub(crate) fn cron_find(&self, b: &[u8], from: usize) -> Option<usize> {
+        self.users.cron_find(b, from)
     }
 
     /// [`Detector::find_into`] with what a block prefilter learned about
     /// `text` (see [`crate::prefilter`]).
-    pub(crate) fn find_hinted(&self, text: &str, hints: LineHints, out: &mut Vec<Span>) {
+    /// `masks` is scratch space (kept by the caller to reuse its memory).
+    pub(crate) fn find_hinted(&self, text: &str, hints: LineHints, out: &mut Vec<Span>, masks: &mut Masks) {
         let from = out.len();
         let b = text.as_bytes();
         // Which characters occur decides which scanners can match at all.
-        let has = |bit: u8, c: u8| hints.may(bit) && (hints.exact() || memchr::memchr(c, b).is_some());
-        let has_colon = has(LineHints::COLON, b':');
-        let has_at = has(LineHints::AT, b'@');
-        if self.on(Entity::Url) && has_colon && has_at {
+        let has = |c: u8| memchr::memchr(c, b).is_some();
+        let has_at = hints.may(LineHints::AT) && (hints.exact() || has(b'@'));
+        if self.on(Entity::Url) && has_at && has(b':') {
             text::cred_url(text, out);
         }
         if self.on(Entity::EmailAddress) && has_at {
@@ -212,23 +213,27 @@ impl Detector {
         let (ip, mac) = (self.on(Entity::IpAddress), self.on(Entity::MacAddress));
         // Dotted host names ride on the same pass over the dots.
         let dot_hosts = self.hosts.as_ref().filter(|h| h.dots_only());
-        if ip || mac || dot_hosts.is_some() {
-            net::dots(text, ip, mac, dot_hosts, out);
-        }
-        if has_colon && (ip || mac) {
-            net::colon_runs(text, ip, mac, out);
-        }
         let want = text::Numeric {
             card: self.on(Entity::CreditCard),
             ssn: self.on(Entity::UsSsn),
             iban: self.on(Entity::IbanCode),
             phone: self.on(Entity::PhoneNumber),
         };
-        if want.card || want.ssn || want.iban || want.phone {
-            // Every one of these starts at (or just before) a digit run.
-            let mut starts = scan::Starts::empty();
-            starts.fill(b);
-            text::numeric(text, &starts, want, out);
+        let numeric = want.card || want.ssn || want.iban || want.phone;
+        if ip || mac || dot_hosts.is_some() || numeric {
+            // One pass finds where each of these scanners starts.
+            masks.fill(b);
+        }
+        if ip || mac || dot_hosts.is_some() {
+            net::dots(text, masks.dots_dashes(), ip, mac, dot_hosts, out);
+        }
+        if ip || mac {
+            net::colon_runs(text, masks.colons(), ip, mac, out);
+        }
+        if numeric {
+            // Every one of these starts at (or just before) a digit run,
+            // a `+` or a `(`.
+            text::numeric(text, masks.starts(), masks.plus_paren(), want, out);
         }
         if let Some(h) = self.hosts.as_ref().filter(|h| !h.dots_only()) {
             h.find(text, out);

@@ -16,7 +16,14 @@ fn is_hex(b: u8) -> bool {
 /// quads ([`ipv4_at`]) when `ip`, dash and Cisco MACs ([`mac_at`]) when
 /// `mac`, and the dotted names of `hosts` ([`HostMatcher::dot`]). Each
 /// keeps its own resume point, as a separate pass would.
-pub(super) fn dots(text: &str, ip: bool, mac: bool, hosts: Option<&HostMatcher>, out: &mut Vec<Span>) {
+pub(super) fn dots(
+    text: &str,
+    dots_dashes: impl Iterator<Item = usize>,
+    ip: bool,
+    mac: bool,
+    hosts: Option<&HostMatcher>,
+    out: &mut Vec<Span>,
+) {
     let b = text.as_bytes();
     let (mut next_ip, mut next_host) = (0, 0);
     let mut at_dot = |p: usize, out: &mut Vec<Span>| {
@@ -29,16 +36,12 @@ pub(super) fn dots(text: &str, ip: bool, mac: bool, hosts: Option<&HostMatcher>,
             }
         }
     };
-    if mac {
-        for p in memchr::memchr2_iter(b'-', b'.', b) {
-            if b[p] == b'.' {
-                at_dot(p, out);
-            }
-            mac_at(b, p, out);
-        }
-    } else {
-        for p in memchr::memchr_iter(b'.', b) {
+    for p in dots_dashes {
+        if b[p] == b'.' {
             at_dot(p, out);
+        }
+        if mac {
+            mac_at(b, p, out);
         }
     }
 }
@@ -114,10 +117,10 @@ fn ipv4_at(text: &str, dot: usize, out: &mut Vec<Span>) -> usize {
 /// Runs of `[0-9A-Fa-f:.]` containing colons: IPv6 (all textual forms,
 /// optional `%zone`, optional trailing `:port`) and colon-separated MACs
 /// (6 or 8 two-digit groups, or the `AABB:CCDD:EEFF:0011` quad form).
-pub(super) fn colon_runs(text: &str, want_ip: bool, want_mac: bool, out: &mut Vec<Span>) {
+pub(super) fn colon_runs(text: &str, colons: impl Iterator<Item = usize>, want_ip: bool, want_mac: bool, out: &mut Vec<Span>) {
     let b = text.as_bytes();
     let mut i = 0;
-    for colon in memchr::memchr_iter(b':', b) {
+    for colon in colons {
         if colon < i {
             continue;
         }

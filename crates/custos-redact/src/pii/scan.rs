@@ -1,5 +1,6 @@
-//! Digit-run starts, found eight bytes at a time (SWAR: the crate
-//! forbids `unsafe`, so no explicit SIMD) instead of a branch per byte.
+//! The scanners' start positions, found eight bytes at a time (SWAR: the
+//! crate forbids `unsafe`, so no explicit SIMD) instead of a branch per
+//! byte.
 
 const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 const HI: u64 = 0x8080_8080_8080_8080;
@@ -35,101 +36,141 @@ pub(crate) fn with_ascii_lower<R>(b: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
     }
 }
 
-/// Up to this many digit-run starts are kept on the stack.
-const INLINE: usize = 64;
-
-/// The first byte of every maximal run of ASCII digits in a line,
-/// ascending: computed once and shared by the card/SSN, IBAN and phone
-/// scanners, which can only match from (or just before) such a byte.
-pub(super) struct Starts {
-    inline: [u32; INLINE],
-    len: usize,
-    /// All of them, when there are more than `INLINE` (or a huge text).
-    heap: Vec<usize>,
+/// The high bit of each byte of `x` that equals `c` (exact: no carry
+/// crosses a byte).
+#[inline(always)]
+fn eq(x: u64, c: u8) -> u64 {
+    let y = x ^ (u64::from(c) * 0x0101_0101_0101_0101);
+    !(((y & LO7).wrapping_add(LO7)) | y | LO7)
 }
 
-impl Starts {
-    /// The starts of `b`.
-    #[cfg(test)]
-    pub(super) fn new(b: &[u8]) -> Starts {
-        let mut s = Starts::empty();
-        s.fill(b);
-        s
+/// Where the scanners of one line start, found in a single pass eight
+/// bytes at a time: per 8-byte word, a mask (high bit of each byte) of
+/// the digit-run starts (the first digit of each maximal run), the `.`
+/// and `-` bytes (IPv4, dash and Cisco MACs, dotted names), the `:`
+/// bytes (IPv6, colon MACs) and the `+` and `(` bytes (phone numbers).
+/// One pass replaces a search per byte class, each of which had a fixed
+/// cost per call that dominated on short lines. Kept in the caller's
+/// session and refilled per line, so it allocates only when a line is
+/// longer than any before.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Masks {
+    words: Vec<[u64; 4]>,
+}
+
+const STARTS: usize = 0;
+const DOT_DASH: usize = 1;
+const COLON: usize = 2;
+const PLUS_PAREN: usize = 3;
+
+/// The masks of the word `x`; `carry` has its high bit set if the byte
+/// before `x` is a digit, and is updated for the next word.
+#[inline(always)]
+fn word(x: u64, carry: &mut u64) -> [u64; 4] {
+    let d = digits(x);
+    // A start is a digit whose previous byte (8 bits lower, or the
+    // previous word's last byte) is not one.
+    let starts = d & !((d << 8) | (*carry >> 56));
+    *carry = d & (0x80 << 56);
+    [starts, eq(x, b'.') | eq(x, b'-'), eq(x, b':'), eq(x, b'+') | eq(x, b'(')]
+}
+
+thread_local! {
+    /// Scratch masks for callers without a session of their own.
+    static LOCAL: std::cell::RefCell<Masks> = std::cell::RefCell::new(Masks::default());
+}
+
+impl Masks {
+    /// Calls `f` with this thread's scratch masks (fresh ones if they are
+    /// in use further up the stack).
+    pub(crate) fn with_local<R>(f: impl FnOnce(&mut Masks) -> R) -> R {
+        LOCAL.with(|m| match m.try_borrow_mut() {
+            Ok(mut m) => f(&mut m),
+            Err(_) => f(&mut Masks::default()),
+        })
     }
 
-    /// No starts yet (filled in place by [`Starts::fill`]: the struct is
-    /// a few hundred bytes, not worth moving).
-    #[inline(always)]
-    pub(super) fn empty() -> Starts {
-        Starts {
-            inline: [0; INLINE],
-            len: 0,
-            heap: Vec::new(),
-        }
-    }
-
-    /// Finds the starts of `b` (after `empty`).
-    pub(super) fn fill(&mut self, b: &[u8]) {
-        let huge = b.len() > u32::MAX as usize;
+    /// Computes the masks of `b`.
+    pub(crate) fn fill(&mut self, b: &[u8]) {
+        self.words.clear();
         // High bit set if the byte before the current word is a digit.
         let mut carry = 0u64;
-        let mut base = 0;
-        let mut chunks = b.chunks_exact(8);
-        for w in &mut chunks {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(w);
-            carry = self.word(u64::from_le_bytes(a), base, carry, huge);
-            base += 8;
-        }
+        let chunks = b.chunks_exact(8);
         let rest = chunks.remainder();
+        // One `extend` over an exact-size iterator: no capacity check
+        // per word.
+        self.words.extend(chunks.map(|c| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            word(u64::from_le_bytes(a), &mut carry)
+        }));
         if !rest.is_empty() {
+            // Zero padding: neither a digit nor any of the bytes looked for.
             let mut a = [0u8; 8];
             a[..rest.len()].copy_from_slice(rest);
-            self.word(u64::from_le_bytes(a), base, carry, huge);
+            self.words.push(word(u64::from_le_bytes(a), &mut carry));
         }
     }
 
-    /// Adds the run starts of the word `x` at `base`; returns the carry.
-    #[inline(always)]
-    fn word(&mut self, x: u64, base: usize, carry: u64, huge: bool) -> u64 {
-        let d = digits(x);
-        // A start is a digit whose previous byte (8 bits lower, or the
-        // previous word's last byte) is not one.
-        let mut m = d & !((d << 8) | (carry >> 56));
-        while m != 0 {
-            let p = base + (m.trailing_zeros() / 8) as usize;
-            m &= m - 1;
-            if self.len < INLINE && !huge {
-                self.inline[self.len] = p as u32;
-                self.len += 1;
-            } else {
-                if self.heap.is_empty() {
-                    self.heap
-                        .extend(self.inline[..self.len].iter().map(|&q| q as usize));
-                }
-                self.heap.push(p);
-            }
-        }
-        d & (0x80 << 56)
+    fn bits(&self, class: usize) -> Bits<'_> {
+        Bits { words: &self.words, class, k: 0, cur: self.words.first().map_or(0, |w| w[class]) }
     }
 
-    /// The starts, ascending.
-    pub(super) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        let inline = if self.heap.is_empty() {
-            &self.inline[..self.len]
-        } else {
-            &[][..]
-        };
-        inline
-            .iter()
-            .map(|&p| p as usize)
-            .chain(self.heap.iter().copied())
+    /// The first byte of every maximal run of ASCII digits, ascending:
+    /// shared by the card/SSN, IBAN and phone scanners, which can only
+    /// match from (or just before) such a byte.
+    pub(crate) fn starts(&self) -> Bits<'_> {
+        self.bits(STARTS)
+    }
+
+    /// Every `.` and `-`, ascending.
+    pub(crate) fn dots_dashes(&self) -> Bits<'_> {
+        self.bits(DOT_DASH)
+    }
+
+    /// Every `:`, ascending.
+    pub(crate) fn colons(&self) -> Bits<'_> {
+        self.bits(COLON)
+    }
+
+    /// Every `+` and `(`, ascending.
+    pub(crate) fn plus_paren(&self) -> Bits<'_> {
+        self.bits(PLUS_PAREN)
+    }
+}
+
+/// The positions of one class of [`Masks`], ascending.
+pub(crate) struct Bits<'a> {
+    words: &'a [[u64; 4]],
+    class: usize,
+    k: usize,
+    cur: u64,
+}
+
+impl Iterator for Bits<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.cur == 0 {
+            self.k += 1;
+            self.cur = self.words.get(self.k)?[self.class];
+        }
+        let p = self.k * 8 + (self.cur.trailing_zeros() / 8) as usize;
+        self.cur &= self.cur - 1;
+        Some(p)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Starts;
+    use super::Masks;
+
+    fn masks(b: &[u8]) -> Masks {
+        let mut m = Masks::default();
+        m.fill(b);
+        m
+    }
 
     #[test]
     fn digit_run_starts() {
@@ -156,13 +197,15 @@ mod tests {
         texts.push(edge);
         texts.push(b"1234567\xb0\xb9\xff8".to_vec());
         texts.push(b"abcdefg12345678x9".to_vec());
+        texts.push(b"10.0.0.1:22 fe80::1 +1 (555) 2015-10-18 \xae\xba\xab\xa8-.:+(".to_vec());
+        texts.push((0u8..=255).collect());
         for t in texts {
-            assert_eq!(
-                Starts::new(&t).iter().collect::<Vec<_>>(),
-                naive(&t),
-                "{:?}",
-                String::from_utf8_lossy(&t)
-            );
+            let m = masks(&t);
+            assert_eq!(m.starts().collect::<Vec<_>>(), naive(&t), "{:?}", String::from_utf8_lossy(&t));
+            let all = |f: &dyn Fn(u8) -> bool| (0..t.len()).filter(|&i| f(t[i])).collect::<Vec<_>>();
+            assert_eq!(m.dots_dashes().collect::<Vec<_>>(), all(&|c| c == b'.' || c == b'-'));
+            assert_eq!(m.colons().collect::<Vec<_>>(), all(&|c| c == b':'));
+            assert_eq!(m.plus_paren().collect::<Vec<_>>(), all(&|c| c == b'+' || c == b'('));
         }
     }
 }

@@ -2,7 +2,6 @@
 
 use crate::{Entity, Span};
 
-use super::scan::Starts;
 use super::{is_word, push};
 
 fn is_local(c: u8) -> bool {
@@ -317,12 +316,18 @@ pub(super) struct Numeric {
 ///
 /// Each kind keeps its own resume point (a finding is not searched
 /// again inside itself), as a separate scan per kind would.
-pub(super) fn numeric(text: &str, starts: &Starts, want: Numeric, out: &mut Vec<Span>) {
+pub(super) fn numeric(
+    text: &str,
+    starts: impl Iterator<Item = usize>,
+    plus_paren: impl Iterator<Item = usize>,
+    want: Numeric,
+    out: &mut Vec<Span>,
+) {
     let b = text.as_bytes();
     let (mut r_num, mut r_iban, mut r_phone) = (0, 0, 0);
     // Phone candidates besides digit-run starts: every `+` and `(`,
     // taken in position order with the starts.
-    let mut puncts = want.phone.then(|| memchr::memchr2_iter(b'+', b'(', b));
+    let mut puncts = want.phone.then_some(plus_paren);
     let mut next_punct = puncts.as_mut().and_then(Iterator::next);
     let punct = |p: usize, r_phone: &mut usize, out: &mut Vec<Span>| {
         if p < *r_phone {
@@ -334,7 +339,7 @@ pub(super) fn numeric(text: &str, starts: &Starts, want: Numeric, out: &mut Vec<
             *r_phone = e;
         }
     };
-    for i in starts.iter() {
+    for i in starts {
         while let Some(p) = next_punct.filter(|&p| p < i) {
             punct(p, &mut r_phone, out);
             next_punct = puncts.as_mut().and_then(Iterator::next);

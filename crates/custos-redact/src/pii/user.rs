@@ -79,19 +79,18 @@ impl UserScanner {
         with_ascii_lower(b, |lower| pre.is_match(lower))
     }
 
-    /// Starts of context literals in `lower` (an ASCII-lower-cased text),
-    /// leftmost-first: every line of a multi-line `lower` holding one gets
-    /// one. Without the automaton, every position.
-    pub(super) fn context_starts<'a>(&'a self, lower: &'a [u8]) -> Box<dyn Iterator<Item = usize> + 'a> {
+    /// The first context literal at or after `from` in `lower` (an
+    /// ASCII-lower-cased text); without the automaton, `from` itself.
+    pub(super) fn context_find(&self, lower: &[u8], from: usize) -> Option<usize> {
         match &self.pre {
-            Some(pre) => Box::new(pre.find_iter(lower).map(|m| m.start())),
-            None => Box::new(0..lower.len()),
+            Some(pre) => pre.find(aho_corasick::Input::new(lower).range(from..)).map(|m| m.start()),
+            None => (from < lower.len()).then_some(from),
         }
     }
 
-    /// Starts of cron's `) CMD ` in `b`.
-    pub(super) fn cron_starts<'a>(&'a self, b: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-        self.cron.find_iter(b)
+    /// The first cron `) CMD ` at or after `from` in `b`.
+    pub(super) fn cron_find(&self, b: &[u8], from: usize) -> Option<usize> {
+        self.cron.find(&b[from..]).map(|i| from + i)
     }
 
     /// The user names in `text`; `hints` may say which contexts cannot

@@ -492,12 +492,11 @@ impl Rules {
         self.keywords.is_some()
     }
 
-    /// Calls `f` with the start of keyword occurrences in `lower` (an
-    /// ASCII-lower-cased text): the first occurrence, and after each one
-    /// the next that starts at or after its end (leftmost-first). Every
-    /// line of a multi-line `lower` that holds a keyword gets one.
-    pub(crate) fn keyword_starts<'a>(&'a self, lower: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-        self.keywords.iter().flat_map(move |kw| kw.first.find_iter(lower).map(|m| m.start()))
+    /// The start of the first keyword occurrence at or after `from` in
+    /// `lower` (an ASCII-lower-cased text).
+    pub(crate) fn keyword_find(&self, lower: &[u8], from: usize) -> Option<usize> {
+        let kw = self.keywords.as_ref()?;
+        kw.first.find(aho_corasick::Input::new(lower).range(from..)).map(|m| m.start())
     }
 
     /// Like [`Rules::find`] but only runs the rule with id `rule_id`
