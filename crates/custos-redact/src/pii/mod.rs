@@ -24,29 +24,33 @@
 //! | `USER_NAME` | the name only, after `user=`, `ruser=`, `logname=`, `user X`, `for user X`, `for invalid user X`, `password/publickey for X`, `/home/X`, `C:\Users\X`, and a whole-token `DOMAIN\X` |
 //!
 //! How it stays fast (see `benches/detect.rs`): which scanners run on a
-//! line follows from cheap checks (no `@`: no e-mail or credential URL;
-//! no `:`: no IPv6 or colon MAC); the first byte of every digit run is
-//! found once per line, eight bytes at a time, and one pass over those
-//! starts serves cards, SSNs, IBANs and national phone numbers (each
-//! candidate first rejected on its run length and neighbours); one
-//! `memchr2` pass over `.` and `-` serves IPv4, the dash/Cisco MACs and
-//! dotted host names (a token is first judged on its last label);
-//! the user-name regex runs only on lines holding one of its literals
-//! (Aho-Corasick over a lower-cased copy); `std::net` parsing and Luhn /
-//! mod-97 only run on candidates of the right shape.
+//! line follows from cheap checks (no `@`: no e-mail or credential URL);
+//! one SWAR pass over the line, eight bytes at a time (`scan::Masks`,
+//! private), finds the first byte of every digit run, every `.`/`-`, every
+//! `:` and every `+`/`(` at once, instead of one `memchr` per byte class
+//! (whose fixed cost per call dominated on short lines); the digit-run
+//! starts serve cards, SSNs, IBANs and national phone numbers (each
+//! candidate first rejected on its run length and neighbours), the dots and
+//! dashes serve IPv4, the dash/Cisco MACs and dotted host names (a token is
+//! first judged on its last label), the colons IPv6 and colon MACs; the
+//! user-name regex runs only on lines holding one of its literals
+//! (Aho-Corasick over a lower-cased copy, or once per block of lines with
+//! [`crate::LinePrefilter`]); Luhn / mod-97 and address parsing only run
+//! on candidates of the right shape.
 //!
 //! Speed, `cargo bench -p custos-redact --bench detect` (every loghub
-//! `*.log` repeated to 203 MB, one line at a time, one thread, release
-//! build, fastest of 5 passes with `CUSTOS_BENCH_REPS=5`, on the
-//! development machine: 2 cores shared with other builds, so figures move
-//! by 15–20 % between runs; the best run of the final code is given, the
-//! slowest was about 20 % lower): `Detector::new()` about 310 MB/s
-//! (83–90 MB/s before these scanners were reworked);
-//! `secrets::Rules::builtin()` about 1,500 MB/s (355–455 before); both
-//! on each line about 250 MB/s (69–74 before); with `any_fqdn` on as the
-//! default policy has it, the PII detectors about 280 MB/s and PII plus
-//! built-in secrets — the default policy's detection work — about
-//! 235 MB/s (195 in the slowest run).
+//! `*.log` repeated, one line at a time, one thread, release build,
+//! fastest of the passes; 2 cores shared with other work, so figures move
+//! by 10–20 % between runs). 2026-11-30, 100 MB, after the `Masks` pass:
+//! `Detector::new()` about 330 MB/s; `secrets::Rules::builtin()` about
+//! 1,500 MB/s; with `any_fqdn` on as the default policy has it, the PII
+//! detectors about 320 MB/s and PII plus built-in secrets — the default
+//! policy's detection work, line by line without block hints — about
+//! 270 MB/s (250 before the `Masks` pass; 83–90 MB/s for the PII detectors
+//! before the scanners were first reworked). Alone, each scanner family
+//! runs at 940–1,150 MB/s (IP, MAC, card, IBAN, SSN, phone, user names;
+//! most of that is the shared `Masks` pass) and e-mail, URL and domain
+//! names at 3,100–4,200 MB/s (`CUSTOS_BENCH_EACH=1`).
 //!
 //! Measured quality: on presidio-research's `synth_dataset_v2.dev.json`
 //! (`tests::presidio_recall`, matched by value, `any_fqdn` on) recall is

@@ -1,6 +1,6 @@
 //! IP (v4, v6) and MAC address scanners.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use crate::Entity;
 
@@ -99,12 +99,8 @@ fn ipv4_at(text: &str, dot: usize, out: &mut Vec<Span>) -> usize {
         let c = b[e];
         is_word(c) || (c == b'.' && e + 1 < b.len() && b[e + 1].is_ascii_digit())
     };
-    if !prev_bad && !next_bad {
-        if let Ok(addr) = text[s..e].parse::<Ipv4Addr>() {
-            if addr.octets()[0] != 0 {
-                push(out, s, e, Entity::IpAddress);
-            }
-        }
+    if !prev_bad && !next_bad && quad_ok(&b[s..e]) {
+        push(out, s, e, Entity::IpAddress);
     }
     // Skip the whole dotted run so its inner parts are not re-tried.
     let mut q = e;
@@ -112,6 +108,24 @@ fn ipv4_at(text: &str, dot: usize, out: &mut Vec<Span>) -> usize {
         q += 1;
     }
     q.max(dot + 1)
+}
+
+/// Whether `q`, four dot-separated groups of 1–3 ASCII digits, is an
+/// address as `std::net::Ipv4Addr` parses it (each part at most 255, no
+/// leading zero) outside `0.0.0.0/8`.
+fn quad_ok(q: &[u8]) -> bool {
+    let mut first = true;
+    for part in q.split(|&c| c == b'.') {
+        if part.len() > 1 && part[0] == b'0' {
+            return false;
+        }
+        let v = part.iter().fold(0u32, |v, &d| v * 10 + u32::from(d - b'0'));
+        if v > 255 || (first && v == 0) {
+            return false;
+        }
+        first = false;
+    }
+    true
 }
 
 /// Runs of `[0-9A-Fa-f:.]` containing colons: IPv6 (all textual forms,
@@ -254,5 +268,20 @@ fn boundary_after(b: &[u8], e: usize) -> bool {
     match b.get(e) {
         None => true,
         Some(&c) => !(is_word(c) || ((c == b'-' || c == b'.' || c == b':') && b.get(e + 1).is_some_and(|d| is_hex(*d)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quad_ok;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn quad_ok_agrees_with_std(parts in proptest::collection::vec("[0-9]{1,3}", 4)) {
+            let q = parts.join(".");
+            let std = q.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.octets()[0] != 0);
+            prop_assert_eq!(quad_ok(q.as_bytes()), std, "{}", q);
+        }
     }
 }

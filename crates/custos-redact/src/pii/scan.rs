@@ -46,7 +46,8 @@ fn eq(x: u64, c: u8) -> u64 {
 
 /// Where the scanners of one line start, found in a single pass eight
 /// bytes at a time: per 8-byte word, a mask (high bit of each byte) of
-/// the digit-run starts (the first digit of each maximal run), the `.`
+/// the digit-run starts (the first digit of each maximal run, unless a
+/// `.`, `-` or `:` precedes it), the `.`
 /// and `-` bytes (IPv4, dash and Cisco MACs, dotted names), the `:`
 /// bytes (IPv6, colon MACs) and the `+` and `(` bytes (phone numbers).
 /// One pass replaces a search per byte class, each of which had a fixed
@@ -68,11 +69,14 @@ const PLUS_PAREN: usize = 3;
 #[inline(always)]
 fn word(x: u64, carry: &mut u64) -> [u64; 4] {
     let d = digits(x);
+    let (dot_dash, colon) = (eq(x, b'.') | eq(x, b'-'), eq(x, b':'));
     // A start is a digit whose previous byte (8 bits lower, or the
-    // previous word's last byte) is not one.
-    let starts = d & !((d << 8) | (*carry >> 56));
-    *carry = d & (0x80 << 56);
-    [starts, eq(x, b'.') | eq(x, b'-'), eq(x, b':'), eq(x, b'+') | eq(x, b'(')]
+    // previous word's last byte) is not a digit, nor a `.`, `-` or `:`
+    // (after which no numeric scanner may start: `left_ok` in text.rs).
+    let before = d | dot_dash | colon;
+    let starts = d & !((before << 8) | (*carry >> 56));
+    *carry = before & (0x80 << 56);
+    [starts, dot_dash, colon, eq(x, b'+') | eq(x, b'(')]
 }
 
 thread_local! {
@@ -116,9 +120,10 @@ impl Masks {
         Bits { words: &self.words, class, k: 0, cur: self.words.first().map_or(0, |w| w[class]) }
     }
 
-    /// The first byte of every maximal run of ASCII digits, ascending:
-    /// shared by the card/SSN, IBAN and phone scanners, which can only
-    /// match from (or just before) such a byte.
+    /// The first byte of every maximal run of ASCII digits that does not
+    /// follow a `.`, `-` or `:`, ascending: shared by the card/SSN, IBAN
+    /// and phone scanners, which can only match from (or just before) such
+    /// a byte (a run after one of those three is never a clean start).
     pub(crate) fn starts(&self) -> Bits<'_> {
         self.bits(STARTS)
     }
@@ -176,7 +181,7 @@ mod tests {
     fn digit_run_starts() {
         let naive = |b: &[u8]| -> Vec<usize> {
             (0..b.len())
-                .filter(|&i| b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_digit()))
+                .filter(|&i| b[i].is_ascii_digit() && (i == 0 || !(b[i - 1].is_ascii_digit() || b":.-".contains(&b[i - 1]))))
                 .collect()
         };
         let mut texts: Vec<Vec<u8>> = vec![b"".to_vec(), b"1".to_vec(), b"a1b22c333".to_vec()];
