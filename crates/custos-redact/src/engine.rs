@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::pii::{Detector, HostNames, Masks, PII_ENTITIES};
 use crate::policy::{CustomMatcher, Operator, Policy};
-use crate::prefilter::LineHints;
+use crate::prefilter::{LineHints, Mark};
 use crate::pseudonym::{is_pseudonym, PseudonymKey, Pseudonymizer};
 use crate::secrets::{Rules, SecretsError};
 use crate::{Entity, Span};
@@ -265,7 +265,7 @@ impl Redactor {
         &self,
         block: &[u8],
         lower: &mut Vec<u8>,
-        mark: &mut dyn FnMut(u8, &mut dyn FnMut(usize) -> Option<usize>),
+        mark: &mut Mark<'_>,
     ) {
         let secrets = self.secrets.as_ref().filter(|r| r.has_keywords());
         let users = self.pii_on && self.pii.users_on();

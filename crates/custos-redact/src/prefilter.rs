@@ -61,6 +61,13 @@ impl LineHints {
     }
 }
 
+/// A search for one trigger: `find(from)` is its first occurrence at or
+/// after `from`.
+pub(crate) type Find<'a> = dyn FnMut(usize) -> Option<usize> + 'a;
+
+/// Marks the lines holding a trigger (its hint bit, its search).
+pub(crate) type Mark<'a> = dyn FnMut(u8, &mut Find<'_>) + 'a;
+
 /// The hints of every line of a block, and the scratch space to compute
 /// them; reused from block to block.
 #[derive(Debug, Default)]
@@ -107,7 +114,7 @@ impl LinePrefilter {
         hints.clear();
         hints.resize(lines.len(), LineHints(LineHints::EXACT));
         let len = block.len();
-        let mut mark = |bit: u8, find: &mut dyn FnMut(usize) -> Option<usize>| {
+        let mut mark = |bit: u8, find: &mut Find<'_>| {
             mark_lines(lines, len, find, |k| hints[k].set(bit));
         };
         for (bit, c) in [(LineHints::AT, b'@'), (LineHints::BACKSLASH, b'\\')] {
