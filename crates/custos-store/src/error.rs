@@ -79,6 +79,36 @@ pub enum StoreError {
     /// Segment bytes that are damaged, truncated or inconsistent.
     #[error("corrupt segment: {0}")]
     CorruptSegment(String),
+
+    /// A sealed segment failed authentication: a byte changed (with its
+    /// checksum forged), it was moved from another workspace, or its data
+    /// key does not unwrap. Never silently wrong rows: the segment is not
+    /// read.
+    #[error("segment {segment} fails authentication ({reason}): it was tampered with, truncated or sealed under another key")]
+    Tampered {
+        /// The segment id.
+        segment: String,
+        /// Which check failed.
+        reason: String,
+    },
+
+    /// A sealed segment was read without a key provider.
+    #[error("segment {segment} is sealed (format version 2) and no key provider was given")]
+    Sealed {
+        /// The segment id.
+        segment: String,
+    },
+
+    /// The key provider refused the key a segment needs (revoked, unknown,
+    /// or the provider failed).
+    #[error("segment {segment}: {source}")]
+    Key {
+        /// The segment id.
+        segment: String,
+        /// Why.
+        #[source]
+        source: crate::keys::KeyError,
+    },
     /// A segment written in a format version this build cannot read.
     #[error("unsupported segment format version {version} (this build reads version {supported})")]
     UnsupportedSegmentVersion {

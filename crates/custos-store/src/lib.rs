@@ -3,23 +3,27 @@
 //! a (workspace, table)'s events ([`SegmentBuilder`], [`decode_segment`],
 //! the layout documented in [`segment`]).
 //!
-//! Encoding and decoding are pure functions over bytes, so encryption at rest
-//! can wrap them without touching either side.
+//! Encoding and decoding are pure functions over bytes. Encryption at rest
+//! seals a segment's body under its own data key, wrapped by the
+//! workspace's key from a [`KeyProvider`] ([`keys`]; segment format
+//! version 2 in [`segment`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod error;
+pub mod keys;
 mod local;
 pub mod segment;
 mod storage;
 
 pub use error::StoreError;
+pub use keys::{DataKey, KeyError, KeyFileProvider, KeyProvider, KeyRef, KeyState, ServiceKeystore};
 pub use local::LocalStorage;
 pub use segment::{
-    adapt_batch, arrow_type, decode_segment, decode_segment_columns, envelope_fields, segment_path, table_prefix, table_schema,
-    DecodedSegment, EncodedSegment, SegmentBuilder, SegmentHeader, ENVELOPE_COLUMNS, MAX_BATCH_ROWS,
-    SEGMENT_EXTENSION, SEGMENT_FORMAT_VERSION, SEGMENT_MAGIC,
+    adapt_batch, arrow_type, decode_segment, decode_segment_columns, decode_segment_with, envelope_fields, segment_path, table_prefix, table_schema,
+    DecodedSegment, EncodedSegment, SealInfo, SegmentBuilder, SegmentHeader, ENVELOPE_COLUMNS, FLAG_SEALED,
+    MAX_BATCH_ROWS, SEALED_FORMAT_VERSION, SEAL_ALG, SEGMENT_EXTENSION, SEGMENT_FORMAT_VERSION, SEGMENT_MAGIC,
 };
 pub use storage::{storage_from_uri, validate_object_path, validate_prefix, ObjectMeta, Storage, SUPPORTED_SCHEMES};

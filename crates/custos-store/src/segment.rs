@@ -24,6 +24,25 @@
 //! therefore verifies the framing and checksum first, then refuses versions
 //! (and flags) it does not know with a clear error.
 //!
+//! # Format version 2: sealed
+//!
+//! The same framing with version 2 and flags `1` (sealed). The header JSON
+//! is version 1's plus a `seal` object:
+//!
+//! ```json
+//! "seal":{"alg":"AES-256-GCM","key":{"key_id":"service","version":3},
+//!         "wrapped_key":"<base64>","nonce":"<24 hex digits>"}
+//! ```
+//!
+//! The body is version 1's Arrow IPC file encrypted with AES-256-GCM under
+//! the segment's own random data key, followed by the 16-byte GCM tag; the
+//! associated data is everything before the body (preamble and header), so
+//! the header's key reference, row count and time range are authenticated
+//! too. The data key is stored only wrapped by the workspace key the header
+//! names (see [`crate::keys`]). The CRC-32C still covers the whole file and
+//! catches accidental damage first; authentication catches the rest: a
+//! sealed segment decodes to exactly what was written or not at all.
+//!
 //! The header JSON looks like:
 //!
 //! ```json
@@ -45,7 +64,11 @@
 //! equal times keep arrival order) and split into record batches of at most
 //! [`MAX_BATCH_ROWS`] rows.
 
+use crate::keys::{DataKey, KeyError, KeyProvider, KeyRef};
 use crate::StoreError;
+use base64::Engine as _;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
 use arrow::array::{
     new_null_array, Array, ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
     RecordBatchOptions, StringBuilder, TimestampMicrosecondArray, UInt64Array, UInt8Array,
@@ -63,8 +86,14 @@ use std::sync::Arc;
 
 /// The segment file magic, at the start and at the very end.
 pub const SEGMENT_MAGIC: &[u8; 4] = b"CSEG";
-/// The only segment format version this build writes and reads.
+/// The unsealed segment format version (written when no key provider is
+/// given; still read).
 pub const SEGMENT_FORMAT_VERSION: u16 = 1;
+/// The sealed segment format version (the body encrypted, see the module
+/// docs).
+pub const SEALED_FORMAT_VERSION: u16 = 2;
+/// Preamble flag of format version 2: the body is sealed.
+pub const FLAG_SEALED: u16 = 1;
 /// File name extension of segment objects.
 pub const SEGMENT_EXTENSION: &str = "cseg";
 /// Most rows in one record batch of a segment.
@@ -99,7 +128,27 @@ pub struct SegmentHeader {
     pub columns: Vec<(String, ValueType)>,
     /// When the segment was encoded (µs since the epoch).
     pub created_at: TimestampMicros,
+    /// How the body is sealed (format version 2); absent in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<SealInfo>,
 }
+
+/// How a sealed segment's body is encrypted (format version 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealInfo {
+    /// The cipher: `AES-256-GCM`.
+    pub alg: String,
+    /// The workspace key (and version) that wraps the data key.
+    pub key: KeyRef,
+    /// The segment's data key, wrapped by the provider (base64).
+    pub wrapped_key: String,
+    /// The 96-bit GCM nonce (hex).
+    pub nonce: String,
+}
+
+/// The cipher of sealed segments.
+pub const SEAL_ALG: &str = "AES-256-GCM";
 
 /// An encoded segment, ready to store, with the facts a catalog records.
 #[derive(Clone)]
@@ -380,10 +429,21 @@ impl SegmentBuilder {
         self.approx_bytes
     }
 
-    /// Sort the rows by time and encode them as segment `id`.
+    /// Sort the rows by time and encode them as segment `id`, unsealed
+    /// (format version 1).
     ///
     /// Fails with [`StoreError::EmptySegment`] when no row was pushed.
     pub fn finish(self, id: SegmentId) -> Result<EncodedSegment, StoreError> {
+        self.finish_with(id, None)
+    }
+
+    /// Like [`SegmentBuilder::finish`], sealed (format version 2) under a
+    /// fresh data key wrapped by the workspace's current key in `keys`.
+    pub fn finish_sealed(self, id: SegmentId, keys: &dyn KeyProvider) -> Result<EncodedSegment, StoreError> {
+        self.finish_with(id, Some(keys))
+    }
+
+    fn finish_with(self, id: SegmentId, keys: Option<&dyn KeyProvider>) -> Result<EncodedSegment, StoreError> {
         let rows = self.times.len();
         let encode_err = |e: arrow::error::ArrowError| StoreError::Encode { segment: id.to_string(), reason: e.to_string() };
         let (Some(&min_time), Some(&max_time)) = (self.times.iter().min(), self.times.iter().max()) else {
@@ -421,7 +481,7 @@ impl SegmentBuilder {
         }
         let schema = table_schema([columns_meta.as_slice()]);
 
-        let header = SegmentHeader {
+        let mut header = SegmentHeader {
             format_version: SEGMENT_FORMAT_VERSION,
             segment_id: id,
             workspace_id: self.workspace,
@@ -431,23 +491,14 @@ impl SegmentBuilder {
             max_time,
             columns: columns_meta.clone(),
             created_at: custos_model::now_micros(),
+            seal: None,
         };
-        let header_json = serde_json::to_vec(&header)
-            .map_err(|e| StoreError::Encode { segment: id.to_string(), reason: format!("header json: {e}") })?;
-        let header_len = u32::try_from(header_json.len())
-            .map_err(|_| StoreError::Encode { segment: id.to_string(), reason: "header longer than 4 GiB".into() })?;
 
-        let mut out = Vec::with_capacity(PREAMBLE_LEN + header_json.len() + rows * 32 + TRAILER_LEN);
-        out.extend_from_slice(SEGMENT_MAGIC);
-        out.extend_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&header_len.to_le_bytes());
-        out.extend_from_slice(&header_json);
-
+        let mut body = Vec::with_capacity(rows * 32);
         let options = IpcWriteOptions::default()
             .try_with_compression(Some(CompressionType::ZSTD))
             .map_err(encode_err)?;
-        let mut writer = FileWriter::try_new_with_options(&mut out, &schema, options).map_err(encode_err)?;
+        let mut writer = FileWriter::try_new_with_options(&mut body, &schema, options).map_err(encode_err)?;
         let mut start = 0;
         while start < rows {
             let len = MAX_BATCH_ROWS.min(rows - start);
@@ -465,6 +516,45 @@ impl SegmentBuilder {
         writer.finish().map_err(encode_err)?;
         drop(writer);
 
+        let mut sealing = None;
+        if let Some(keys) = keys {
+            let key_err = |source| StoreError::Key { segment: id.to_string(), source };
+            let key = keys.current(header.workspace_id).map_err(key_err)?;
+            let dek = DataKey::generate().map_err(key_err)?;
+            let wrapped = keys.wrap(header.workspace_id, &key, &dek).map_err(key_err)?;
+            let mut nonce = [0u8; NONCE_LEN];
+            SystemRandom::new().fill(&mut nonce).map_err(|_| key_err(KeyError::Random))?;
+            header.format_version = SEALED_FORMAT_VERSION;
+            header.seal = Some(SealInfo {
+                alg: SEAL_ALG.to_string(),
+                key,
+                wrapped_key: base64::engine::general_purpose::STANDARD.encode(wrapped),
+                nonce: hex::encode(nonce),
+            });
+            sealing = Some((dek, nonce));
+        }
+        let header_json = serde_json::to_vec(&header)
+            .map_err(|e| StoreError::Encode { segment: id.to_string(), reason: format!("header json: {e}") })?;
+        let header_len = u32::try_from(header_json.len())
+            .map_err(|_| StoreError::Encode { segment: id.to_string(), reason: "header longer than 4 GiB".into() })?;
+
+        let mut out = Vec::with_capacity(PREAMBLE_LEN + header_json.len() + body.len() + 16 + TRAILER_LEN);
+        out.extend_from_slice(SEGMENT_MAGIC);
+        out.extend_from_slice(&header.format_version.to_le_bytes());
+        let flags = if sealing.is_some() { FLAG_SEALED } else { 0 };
+        out.extend_from_slice(&flags.to_le_bytes());
+        out.extend_from_slice(&header_len.to_le_bytes());
+        out.extend_from_slice(&header_json);
+        if let Some((dek, nonce)) = sealing {
+            // The preamble and header are the associated data: neither the
+            // key reference nor the row count or time range can change.
+            let aad = out.clone();
+            aead(&dek)
+                .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
+                .map_err(|_| StoreError::Encode { segment: id.to_string(), reason: "sealing failed".into() })?;
+        }
+        out.extend_from_slice(&body);
+
         let total = out.len() as u64;
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&total.to_le_bytes());
@@ -472,6 +562,12 @@ impl SegmentBuilder {
         out.extend_from_slice(SEGMENT_MAGIC);
         Ok(EncodedSegment { bytes: Bytes::from(out), rows: rows as u64, min_time, max_time, columns: columns_meta })
     }
+}
+
+fn aead(key: &DataKey) -> LessSafeKey {
+    // Invariant: a `DataKey` is 32 bytes, a valid AES-256 key.
+    #[allow(clippy::expect_used)]
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.expose()).expect("a 32-byte AES-256 key"))
 }
 
 fn corrupt(msg: impl Into<String>) -> StoreError {
@@ -501,6 +597,22 @@ pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, StoreError> {
 /// returned schema and batches hold only the decoded columns, in segment
 /// order.
 pub fn decode_segment_columns(bytes: &[u8], columns: Option<&[String]>) -> Result<DecodedSegment, StoreError> {
+    decode_segment_with(bytes, columns, None)
+}
+
+/// Like [`decode_segment_columns`], opening sealed segments (format
+/// version 2) with `keys`: the data key is unwrapped by the provider and the
+/// body authenticated (with the preamble and header) before anything in it
+/// is read. A sealed segment without `keys` gives [`StoreError::Sealed`];
+/// one that fails authentication (a changed byte whose checksum was forged,
+/// another workspace's segment, a wrong key) gives [`StoreError::Tampered`]
+/// naming it; a key the provider refuses (revoked, unknown) gives
+/// [`StoreError::Key`].
+pub fn decode_segment_with(
+    bytes: &[u8],
+    columns: Option<&[String]>,
+    keys: Option<&dyn KeyProvider>,
+) -> Result<DecodedSegment, StoreError> {
     let len = bytes.len();
     if len < PREAMBLE_LEN + TRAILER_LEN {
         return Err(corrupt(format!(
@@ -528,7 +640,7 @@ pub fn decode_segment_columns(bytes: &[u8], columns: Option<&[String]>) -> Resul
     let actual_crc = crc32c::crc32c(&bytes[..body_end]);
     let version = le_u16(bytes, 4);
     if expected_crc != actual_crc {
-        let note = if version == SEGMENT_FORMAT_VERSION {
+        let note = if version == SEGMENT_FORMAT_VERSION || version == SEALED_FORMAT_VERSION {
             String::new()
         } else {
             format!(" (the preamble declares format version {version})")
@@ -537,12 +649,11 @@ pub fn decode_segment_columns(bytes: &[u8], columns: Option<&[String]>) -> Resul
             "checksum mismatch: the trailer says crc32c {expected_crc:#010x}, the bytes give {actual_crc:#010x}{note}"
         )));
     }
-    if version != SEGMENT_FORMAT_VERSION {
-        return Err(StoreError::UnsupportedSegmentVersion { version, supported: SEGMENT_FORMAT_VERSION });
-    }
     let flags = le_u16(bytes, 6);
-    if flags != 0 {
-        return Err(StoreError::UnsupportedSegmentFlags { flags });
+    match (version, flags) {
+        (SEGMENT_FORMAT_VERSION, 0) | (SEALED_FORMAT_VERSION, FLAG_SEALED) => {}
+        (SEGMENT_FORMAT_VERSION | SEALED_FORMAT_VERSION, _) => return Err(StoreError::UnsupportedSegmentFlags { flags }),
+        _ => return Err(StoreError::UnsupportedSegmentVersion { version, supported: SEALED_FORMAT_VERSION }),
     }
     let header_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
     if header_len > body_end - PREAMBLE_LEN {
@@ -566,7 +677,20 @@ pub fn decode_segment_columns(bytes: &[u8], columns: Option<&[String]>) -> Resul
     }
 
     let expected = table_schema([header.columns.as_slice()]);
-    let ipc = &bytes[header_end..body_end];
+    let opened;
+    let ipc = match (&header.seal, version) {
+        (None, SEGMENT_FORMAT_VERSION) => &bytes[header_end..body_end],
+        (Some(seal), SEALED_FORMAT_VERSION) => {
+            let Some(keys) = keys else { return Err(StoreError::Sealed { segment: seg.to_string() }) };
+            opened = open_body(bytes, header_end, body_end, &header, seal, keys)?;
+            &opened[..]
+        }
+        _ => {
+            return Err(corrupt(format!(
+                "segment {seg}: format version {version} and the header's seal disagree"
+            )))
+        }
+    };
     // Arrow's reader trusts sizes inside the IPC file; `read_ipc` bounds them
     // first, and any panic left in Arrow on crafted input becomes an error.
     let projection: Option<Vec<usize>> = columns.map(|cols| {
@@ -607,6 +731,40 @@ pub fn decode_segment_columns(bytes: &[u8], columns: Option<&[String]>) -> Resul
         None => expected,
     };
     Ok(DecodedSegment { header, schema, batches })
+}
+
+/// Unwraps the data key of a sealed segment and opens its body.
+fn open_body(
+    bytes: &[u8],
+    header_end: usize,
+    body_end: usize,
+    header: &SegmentHeader,
+    seal: &SealInfo,
+    keys: &dyn KeyProvider,
+) -> Result<Vec<u8>, StoreError> {
+    let seg = header.segment_id.to_string();
+    let tampered = |reason: &str| StoreError::Tampered { segment: seg.clone(), reason: reason.to_string() };
+    if seal.alg != SEAL_ALG {
+        return Err(corrupt(format!("segment {seg}: unknown cipher {:?}", seal.alg)));
+    }
+    let nonce: [u8; NONCE_LEN] = hex::decode(&seal.nonce)
+        .ok()
+        .and_then(|n| n.try_into().ok())
+        .ok_or_else(|| corrupt(format!("segment {seg}: bad nonce")))?;
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(&seal.wrapped_key)
+        .map_err(|_| corrupt(format!("segment {seg}: bad wrapped key")))?;
+    let dek = keys.unwrap(header.workspace_id, &seal.key, &wrapped).map_err(|source| match source {
+        KeyError::Unwrap { .. } => tampered("its data key does not unwrap under the key its header names"),
+        source => StoreError::Key { segment: seg.clone(), source },
+    })?;
+    let mut body = bytes[header_end..body_end].to_vec();
+    let plain_len = aead(&dek)
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&bytes[..header_end]), &mut body)
+        .map_err(|_| tampered("the body fails authentication"))?
+        .len();
+    body.truncate(plain_len);
+    Ok(body)
 }
 
 /// Largest decompressed size accepted for one Arrow buffer (1 GiB); larger
