@@ -655,6 +655,7 @@ async fn query(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::bod
     let resp = crate::query::run(
         s.catalog.as_ref(),
         s.storage.clone(),
+        s.keys.clone(),
         ws.id,
         &req.sql,
         s.config.query.max_rows,

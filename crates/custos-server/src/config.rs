@@ -47,6 +47,42 @@ pub struct ServerConfig {
     pub query: QueryConfig,
     /// Audit log settings.
     pub audit: AuditConfig,
+    /// Encryption at rest: who holds the workspace keys.
+    pub encryption: EncryptionConfig,
+}
+
+/// Which key provider holds the workspace keys that wrap every segment's
+/// data key (docs/ENCRYPTION.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyProviderKind {
+    /// Service-managed: a keystore in the data dir, every workspace key
+    /// sealed under a master key (`master_key_file` or the
+    /// `CUSTOS_MASTER_KEY` environment variable).
+    #[default]
+    Service,
+    /// Customer-managed key files: `<key_dir>/<workspace id>.key`, 32 bytes
+    /// as hex or base64, read on every use (remove the file to revoke).
+    KeyFiles,
+}
+
+/// Encryption at rest settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// The key provider. Default `service`.
+    pub provider: KeyProviderKind,
+    /// Service provider: the master key file (64 hex digits or base64 of
+    /// 32 bytes). Default `<data_dir>/keys/master.key`, created (0600) at
+    /// first start when missing. `CUSTOS_MASTER_KEY`, when set, is used
+    /// instead. Keep it off the data disk in production: a copy of the data
+    /// dir together with its master key reads everything.
+    pub master_key_file: Option<PathBuf>,
+    /// Service provider: the keystore. Default `<data_dir>/keys/keystore.json`.
+    pub keystore: Option<PathBuf>,
+    /// Key-files provider: the directory of `<workspace id>.key` files
+    /// (required with `provider = "key_files"`).
+    pub key_dir: Option<PathBuf>,
 }
 
 /// Audit log settings. The log lives in `<data_dir>/audit/`, separate from
@@ -119,6 +155,31 @@ pub struct QueryConfig {
     pub timeout_secs: u64,
 }
 
+impl ServerConfig {
+    /// The key provider the configuration names, opened (the service
+    /// keystore checks every stored key against the master key now).
+    pub fn key_provider(&self) -> Result<std::sync::Arc<dyn custos_store::KeyProvider>, ServerError> {
+        let e = &self.encryption;
+        let err = |x: custos_store::KeyError| ServerError::Config(format!("encryption: {x}"));
+        Ok(match e.provider {
+            KeyProviderKind::Service => {
+                let keys = self.data_dir.join("keys");
+                let (master_file, create) = match &e.master_key_file {
+                    Some(f) => (f.clone(), false),
+                    None => (keys.join("master.key"), true),
+                };
+                let master = custos_store::ServiceKeystore::master_key(&master_file, create).map_err(err)?;
+                let store = e.keystore.clone().unwrap_or_else(|| keys.join("keystore.json"));
+                std::sync::Arc::new(custos_store::ServiceKeystore::open(&store, master).map_err(err)?)
+            }
+            KeyProviderKind::KeyFiles => {
+                let dir = e.key_dir.clone().ok_or_else(|| ServerError::Config("encryption.key_dir is required".into()))?;
+                std::sync::Arc::new(custos_store::KeyFileProvider::new(&dir))
+            }
+        })
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -135,6 +196,7 @@ impl Default for ServerConfig {
             ingest: IngestConfig::default(),
             query: QueryConfig::default(),
             audit: AuditConfig::default(),
+            encryption: EncryptionConfig::default(),
         }
     }
 }
@@ -187,6 +249,9 @@ impl ServerConfig {
         }
         if self.default_retention_days == 0 {
             return Err(ServerError::Config("default_retention_days must be at least 1".into()));
+        }
+        if self.encryption.provider == KeyProviderKind::KeyFiles && self.encryption.key_dir.is_none() {
+            return Err(ServerError::Config("encryption.key_dir is required with encryption.provider = \"key_files\"".into()));
         }
         if self.agent_cert_days == 0 || self.enrollment_key_ttl_hours == 0 {
             return Err(ServerError::Config("agent_cert_days and enrollment_key_ttl_hours must be at least 1".into()));

@@ -89,7 +89,7 @@ use custos_catalog::{Catalog, ColumnDef, RedactionCount, RedactionKind, Refusal,
 use custos_model::api::RefusalReason;
 use custos_model::wire::{self, Limits};
 use custos_model::{AgentId, BatchId, Category, Event, Registry, SegmentId, TableName, WorkspaceId};
-use custos_store::{segment_path, SegmentBuilder, Storage};
+use custos_store::{segment_path, KeyProvider, SegmentBuilder, Storage};
 use custos_wal::{Lsn, Wal, WalOptions};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -569,6 +569,7 @@ impl Ingest {
         builder_limits: BuilderLimits,
         catalog: Arc<dyn Catalog>,
         storage: Arc<dyn Storage>,
+        keys: Arc<dyn KeyProvider>,
     ) -> Result<Arc<Ingest>, ServerError> {
         let mut opts = WalOptions::new(dir);
         opts.segment_bytes = wal_segment_bytes;
@@ -596,6 +597,7 @@ impl Ingest {
             wal_tx: wal_tx.clone(),
             catalog: catalog.clone(),
             storage,
+            keys,
             limits: builder_limits,
             decode_limits: limits.clone(),
             inflight: inflight.clone(),
@@ -923,6 +925,8 @@ struct Builder {
     wal_tx: mpsc::Sender<WalCmd>,
     catalog: Arc<dyn Catalog>,
     storage: Arc<dyn Storage>,
+    /// Seals every segment (encryption at rest).
+    keys: Arc<dyn KeyProvider>,
     limits: BuilderLimits,
     decode_limits: Limits,
     inflight: Arc<Mutex<HashSet<(WorkspaceId, BatchId)>>>,
@@ -1105,7 +1109,11 @@ impl Builder {
                 continue;
             }
             let id = SegmentId::new();
-            let encoded = tokio::task::spawn_blocking(move || builder.finish(id))
+            let keys = self.keys.clone();
+            // Sealed under a fresh data key wrapped by the workspace's
+            // current key (a provider call may block: an HSM, a keystore
+            // write when the workspace's first key is made).
+            let encoded = tokio::task::spawn_blocking(move || builder.finish_sealed(id, keys.as_ref()))
                 .await
                 .map_err(|e| format!("segment encode task: {e}"))?
                 .map_err(|e| e.to_string())?;
@@ -1488,7 +1496,7 @@ mod tests {
                 }
                 let storage = custos_store::storage_from_uri(tmp.path().join("seg").to_str().unwrap()).unwrap();
                 let limits = BuilderLimits { segment_rows: 1 << 20, buffer_bytes: 1 << 30, flush_interval: Duration::from_secs(3600) };
-                let ingest = Ingest::start(&tmp.path().join("wal"), 64 << 20, Limits::default(), limits, cat, storage).await.unwrap();
+                let ingest = Ingest::start(&tmp.path().join("wal"), 64 << 20, Limits::default(), limits, cat, storage, std::sync::Arc::new(custos_store::ServiceKeystore::open(&tmp.path().join("keystore.json"), custos_store::DataKey::generate().unwrap()).unwrap())).await.unwrap();
                 // Warm the redactor cache (built once per workspace and policy).
                 ingest.backstop().redactor(ws).await.unwrap();
                 // A fresh batch id per run, as the agent would send.

@@ -42,6 +42,8 @@ pub struct AppState {
     pub catalog: Arc<dyn Catalog>,
     /// Segment storage.
     pub storage: Arc<dyn Storage>,
+    /// The workspace keys that seal every segment (encryption at rest).
+    pub keys: Arc<dyn custos_store::KeyProvider>,
     /// The ingest pipeline.
     pub ingest: Arc<ingest::Ingest>,
     /// The service CA (signs agent certificates).
@@ -130,6 +132,7 @@ impl Server {
         tracing::info!(dir = %audit_dir.display(), recovery = ?recovery, "audit log open");
         let audit = Arc::new(audit);
         let storage = custos_store::storage_from_uri(&config.storage_uri())?;
+        let keys = config.key_provider()?;
         let limits = custos_model::wire::Limits {
             max_frame_bytes: config.ingest.max_batch_bytes,
             max_payload_bytes: config.ingest.max_payload_bytes,
@@ -147,6 +150,7 @@ impl Server {
             },
             catalog.clone(),
             storage.clone(),
+            keys.clone(),
         )
         .await?;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -157,6 +161,7 @@ impl Server {
             config: config.clone(),
             catalog,
             storage,
+            keys,
             ingest,
             ca: Arc::new(material.ca),
             pins: Arc::new(pki::ServerPins::new(material.pin.clone(), &dir)),

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use custos_catalog::{Catalog, Segment};
 use custos_model::api::QueryResponse;
 use custos_model::{TableName, WorkspaceId};
-use custos_store::Storage;
+use custos_store::{KeyProvider, Storage};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
@@ -40,18 +40,20 @@ pub struct SegmentTable {
     segments: Vec<Segment>,
     schema: SchemaRef,
     storage: Arc<dyn Storage>,
+    /// Opens the sealed segments.
+    keys: Arc<dyn KeyProvider>,
     partitions: usize,
 }
 
 impl SegmentTable {
     /// Build the provider from the catalog's segment list.
-    pub fn new(segments: Vec<Segment>, storage: Arc<dyn Storage>, partitions: usize) -> Self {
+    pub fn new(segments: Vec<Segment>, storage: Arc<dyn Storage>, keys: Arc<dyn KeyProvider>, partitions: usize) -> Self {
         let cols: Vec<Vec<(String, custos_model::ValueType)>> = segments
             .iter()
             .map(|s| s.columns.iter().map(|c| (c.name.clone(), c.ty)).collect())
             .collect();
         let schema = custos_store::table_schema(cols.iter().map(|c| c.as_slice()));
-        Self { segments, schema, storage, partitions: partitions.max(1) }
+        Self { segments, schema, storage, keys, partitions: partitions.max(1) }
     }
 }
 
@@ -82,12 +84,13 @@ impl TableProvider for SegmentTable {
         let decoded: Vec<Vec<RecordBatch>> = futures::stream::iter(self.segments.iter().cloned())
             .map(|seg| {
                 let storage = self.storage.clone();
+                let keys = self.keys.clone();
                 let target = target.clone();
                 let wanted = wanted.clone();
                 async move {
                     let bytes = storage.get(&seg.path).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
                     tokio::task::spawn_blocking(move || {
-                        let d = custos_store::decode_segment_columns(&bytes, Some(&wanted)).map_err(|e| {
+                        let d = custos_store::decode_segment_with(&bytes, Some(&wanted), Some(keys.as_ref())).map_err(|e| {
                             DataFusionError::Execution(format!("segment {} ({}): {e}", seg.id, seg.path))
                         })?;
                         d.batches.iter().map(|b| project_to(b, &target)).collect::<DfResult<Vec<_>>>()
@@ -132,6 +135,7 @@ fn project_to(batch: &RecordBatch, target: &SchemaRef) -> DfResult<RecordBatch> 
 pub async fn run(
     catalog: &dyn Catalog,
     storage: Arc<dyn Storage>,
+    keys: Arc<dyn KeyProvider>,
     ws: WorkspaceId,
     sql: &str,
     max_rows: usize,
@@ -151,7 +155,7 @@ pub async fn run(
     }
     for table in tables {
         let segments = catalog.list_segments(ws, &table, None).await?;
-        let provider = SegmentTable::new(segments, storage.clone(), partitions);
+        let provider = SegmentTable::new(segments, storage.clone(), keys.clone(), partitions);
         ctx.register_table(table.as_str(), Arc::new(provider))
             .map_err(|e| ServerError::Query(e.to_string()))?;
     }

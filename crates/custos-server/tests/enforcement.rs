@@ -342,6 +342,11 @@ fn a_replayed_batch_is_stored_and_counted_as_decided_when_it_arrived() {
     let cat_uri = format!("sqlite://{}", tmp.path().join("catalog.db").display());
     let seg_dir = tmp.path().join("segments");
     let wal_dir = tmp.path().join("wal");
+    // One keystore (and master key) across the crash, as a server has.
+    let ks_path = tmp.path().join("keystore.json");
+    let keys = || -> std::sync::Arc<dyn custos_store::KeyProvider> {
+        std::sync::Arc::new(custos_store::ServiceKeystore::open(&ks_path, custos_store::DataKey::from_bytes([9; 32])).unwrap())
+    };
     let (ws, agent) = (WorkspaceId::new(), AgentId::new());
     let never = BuilderLimits { segment_rows: 1 << 30, buffer_bytes: 1 << 40, flush_interval: std::time::Duration::from_secs(3600) };
     let rt = || tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -368,7 +373,7 @@ fn a_replayed_batch_is_stored_and_counted_as_decided_when_it_arrived() {
         .await
         .unwrap();
         let storage = custos_store::storage_from_uri(seg_dir.to_str().unwrap()).unwrap();
-        let ingest = Ingest::start(&wal_dir, 1 << 20, Default::default(), never.clone(), cat.clone(), storage).await.unwrap();
+        let ingest = Ingest::start(&wal_dir, 1 << 20, Default::default(), never.clone(), cat.clone(), storage, keys()).await.unwrap();
         let ack = ingest.accept(ws, agent, batch.clone().into()).await.unwrap();
         assert_eq!((ack.accepted, ack.refused), (2, 2));
         // Acknowledged, but nothing committed yet.
@@ -386,7 +391,7 @@ fn a_replayed_batch_is_stored_and_counted_as_decided_when_it_arrived() {
         // The old WAL thread releases its lock once it notices the crash.
         let mut tries = 0;
         let ingest = loop {
-            match Ingest::start(&wal_dir, 1 << 20, Default::default(), never.clone(), cat.clone(), storage.clone()).await {
+            match Ingest::start(&wal_dir, 1 << 20, Default::default(), never.clone(), cat.clone(), storage.clone(), keys()).await {
                 Ok(i) => break i,
                 Err(e) if tries < 100 => {
                     tries += 1;
@@ -397,7 +402,7 @@ fn a_replayed_batch_is_stored_and_counted_as_decided_when_it_arrived() {
             }
         };
         // The replay stored the two allowed lines, as decided on arrival.
-        let resp = custos_server::query::run(cat.as_ref(), storage.clone(), ws, "SELECT message FROM logs ORDER BY message", 100, std::time::Duration::from_secs(30))
+        let resp = custos_server::query::run(cat.as_ref(), storage.clone(), keys(), ws, "SELECT message FROM logs ORDER BY message", 100, std::time::Duration::from_secs(30))
             .await
             .unwrap();
         assert_eq!(resp.rows, vec![vec![json!("kept 1")], vec![json!("kept 2")]]);

@@ -60,7 +60,11 @@ async fn setup() -> (tempfile::TempDir, Arc<dyn Catalog>, Arc<dyn Storage>, Work
 }
 
 async fn q(cat: &Arc<dyn Catalog>, st: &Arc<dyn Storage>, ws: WorkspaceId, sql: &str) -> Result<custos_model::api::QueryResponse, String> {
-    query::run(cat.as_ref(), st.clone(), ws, sql, 1000, Duration::from_secs(30)).await.map_err(|e| e.to_string())
+    // Segments here are written unsealed (format 1), which the query path
+    // still reads; the keystore is never asked for a key.
+    let d = tempfile::tempdir().unwrap();
+    let keys = Arc::new(custos_store::ServiceKeystore::open(&d.path().join("ks.json"), custos_store::DataKey::generate().unwrap()).unwrap());
+    query::run(cat.as_ref(), st.clone(), keys, ws, sql, 1000, Duration::from_secs(30)).await.map_err(|e| e.to_string())
 }
 
 #[tokio::test]
