@@ -140,6 +140,36 @@ pub struct RedactionPolicyRequest {
     pub policy: Option<String>,
 }
 
+/// One version of a workspace key, as `custos key status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyVersionView {
+    /// The provider's key id.
+    pub key_id: String,
+    /// The version.
+    pub version: u32,
+    /// `active` (new data), `retired` (older data) or `revoked`.
+    pub state: String,
+    /// When it was made, RFC 3339 (absent when the provider does not say).
+    pub created_at: Option<String>,
+}
+
+/// A workspace's keys (`GET /v1/workspaces/{id}/keys` and the answers of
+/// rotate, revoke and restore).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// The key provider (`service keystore …`, `key files in …`).
+    pub provider: String,
+    /// Its key versions, oldest first.
+    pub versions: Vec<KeyVersionView>,
+    /// Segments whose data key is not yet wrapped by the active version
+    /// (rewrapped in the background after a rotation).
+    pub segments_pending_rewrap: u64,
+    /// Segments in all.
+    pub segments: u64,
+}
+
 /// A workspace's redaction policy, as `GET`/`PUT
 /// /v1/workspaces/{id}/redaction-policy` answer.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -70,6 +70,10 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
         route!(GET "/v1/workspaces/{ws}/redaction-policy", "workspace.redaction_policy.show", P(Perm::AuditRead), R, show_redaction_policy),
         route!(PUT "/v1/workspaces/{ws}/redaction-policy", "workspace.redaction_policy", P(Perm::PolicyManage), W, set_redaction_policy),
         route!(GET "/v1/workspaces/{ws}/redactions", "workspace.redactions", P(Perm::AuditRead), R, list_redactions),
+        route!(GET "/v1/workspaces/{ws}/keys", "workspace.keys.show", P(Perm::AuditRead), R, show_keys),
+        route!(POST "/v1/workspaces/{ws}/keys/rotate", "workspace.keys.rotate", P(Perm::PolicyManage), W, rotate_keys),
+        route!(POST "/v1/workspaces/{ws}/keys/revoke", "workspace.keys.revoke", P(Perm::PolicyManage), W, revoke_keys),
+        route!(POST "/v1/workspaces/{ws}/keys/restore", "workspace.keys.restore", P(Perm::PolicyManage), W, restore_keys),
         route!(POST "/v1/workspaces/{ws}/enrollment-keys", "enrollment_key.create", P(Perm::AgentEnroll), W, new_enrollment_key),
         route!(GET "/v1/workspaces/{ws}/agents", "agent.list", P(Perm::AgentManage), R, list_agents),
         route!(POST "/v1/workspaces/{ws}/agents/{agent}/revoke", "agent.revoke", P(Perm::AgentManage), W, revoke_agent),
@@ -596,6 +600,33 @@ async fn set_redaction_policy(auth: Authorized, State(s): State<Arc<AppState>>, 
     Ok(Json(redaction_policy_info(ws.id, &stored)))
 }
 
+/// The workspace's keys: versions, states, segments awaiting a rewrap.
+async fn show_keys(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<KeyStatus>, ServerError> {
+    let ws = auth.workspace()?;
+    Ok(Json(crate::keys::status(&s, ws.id).await?))
+}
+
+/// Rotate the workspace key (owners): new data at once, older segments
+/// rewrapped in the background.
+async fn rotate_keys(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<KeyStatus>, ServerError> {
+    let ws = auth.workspace()?;
+    let st = crate::keys::rotate(&s, ws.id).await?;
+    auth.note("version", st.versions.last().map_or(0, |v| v.version));
+    Ok(Json(st))
+}
+
+/// Revoke the workspace's keys (owners): its data is unreadable at once.
+async fn revoke_keys(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<KeyStatus>, ServerError> {
+    let ws = auth.workspace()?;
+    Ok(Json(crate::keys::set_revoked(&s, ws.id, true).await?))
+}
+
+/// Restore revoked keys (owners).
+async fn restore_keys(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<KeyStatus>, ServerError> {
+    let ws = auth.workspace()?;
+    Ok(Json(crate::keys::set_revoked(&s, ws.id, false).await?))
+}
+
 /// What the redaction backstop removed, per table, kind and entity.
 async fn list_redactions(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<RedactionCountInfo>>, ServerError> {
     let ws = auth.workspace()?;
@@ -1050,6 +1081,7 @@ async fn revoke_agent(auth: Authorized, State(s): State<Arc<AppState>>, Path((_,
 /// decoded or stored; otherwise acknowledged once durable.
 async fn ingest(auth: Authorized, State(s): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Body) -> Result<axum::response::Response, ServerError> {
     let (agent, workspace) = auth.agent()?;
+    crate::keys::check_writable(&s, workspace)?;
     let limit = s.ingest.limits().max_frame_bytes;
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
         if len > limit {

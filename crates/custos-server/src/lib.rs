@@ -15,6 +15,7 @@ pub mod enforce;
 mod error;
 pub mod guard;
 pub mod ingest;
+pub mod keys;
 pub mod lockbox;
 pub mod pki;
 pub mod query;

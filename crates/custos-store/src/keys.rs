@@ -184,6 +184,34 @@ pub trait KeyProvider: Send + Sync + std::fmt::Debug {
 
     /// Unwraps a data key wrapped under `key`.
     fn unwrap(&self, workspace: WorkspaceId, key: &KeyRef, wrapped: &[u8]) -> Result<DataKey, KeyError>;
+
+    /// Makes a new key version current for `workspace` (older versions stay
+    /// usable for unwrapping). Providers whose keys the customer replaces
+    /// themselves refuse.
+    fn rotate(&self, workspace: WorkspaceId) -> Result<KeyRef, KeyError> {
+        let _ = workspace;
+        Err(KeyError::Provider { provider: self.name(), reason: "keys are rotated by the customer, not by custos".into() })
+    }
+
+    /// Revokes (`true`) or restores (`false`) every key version of
+    /// `workspace`. Providers the customer controls directly refuse.
+    fn set_revoked(&self, workspace: WorkspaceId, revoked: bool) -> Result<(), KeyError> {
+        let _ = (workspace, revoked);
+        Err(KeyError::Provider {
+            provider: self.name(),
+            reason: "revocation is done at the key's source (remove or restore the customer's key)".into(),
+        })
+    }
+
+    /// The key versions of `workspace`, oldest first (as far as the
+    /// provider knows them).
+    fn versions(&self, workspace: WorkspaceId) -> Result<Vec<KeyVersionInfo>, KeyError> {
+        match self.current(workspace) {
+            Ok(key) => Ok(vec![KeyVersionInfo { key, state: KeyState::Active, created_at: 0 }]),
+            Err(KeyError::Revoked { key, .. }) => Ok(vec![KeyVersionInfo { key, state: KeyState::Revoked, created_at: 0 }]),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn wrap_aad(workspace: WorkspaceId, key: &KeyRef) -> Vec<u8> {
@@ -525,6 +553,18 @@ impl KeyProvider for ServiceKeystore {
 
     fn unwrap(&self, workspace: WorkspaceId, key: &KeyRef, wrapped: &[u8]) -> Result<DataKey, KeyError> {
         unwrap_with(&self.kek(workspace, key)?, workspace, key, wrapped)
+    }
+
+    fn rotate(&self, workspace: WorkspaceId) -> Result<KeyRef, KeyError> {
+        ServiceKeystore::rotate(self, workspace)
+    }
+
+    fn set_revoked(&self, workspace: WorkspaceId, revoked: bool) -> Result<(), KeyError> {
+        ServiceKeystore::set_revoked(self, workspace, revoked)
+    }
+
+    fn versions(&self, workspace: WorkspaceId) -> Result<Vec<KeyVersionInfo>, KeyError> {
+        Ok(ServiceKeystore::versions(self, workspace))
     }
 }
 

@@ -19,10 +19,10 @@ pub mod segment;
 mod storage;
 
 pub use error::StoreError;
-pub use keys::{DataKey, KeyError, KeyFileProvider, KeyProvider, KeyRef, KeyState, ServiceKeystore};
+pub use keys::{DataKey, KeyError, KeyFileProvider, KeyProvider, KeyRef, KeyState, KeyVersionInfo, ServiceKeystore};
 pub use local::LocalStorage;
 pub use segment::{
-    adapt_batch, arrow_type, decode_segment, decode_segment_columns, decode_segment_with, envelope_fields, segment_path, table_prefix, table_schema,
+    adapt_batch, arrow_type, decode_segment, decode_segment_columns, decode_segment_with, envelope_fields, rewrap_segment, segment_path, table_prefix, table_schema,
     DecodedSegment, EncodedSegment, SealInfo, SegmentBuilder, SegmentHeader, ENVELOPE_COLUMNS, FLAG_SEALED,
     MAX_BATCH_ROWS, SEALED_FORMAT_VERSION, SEAL_ALG, SEGMENT_EXTENSION, SEGMENT_FORMAT_VERSION, SEGMENT_MAGIC,
 };

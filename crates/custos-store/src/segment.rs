@@ -36,9 +36,11 @@
 //!
 //! The body is version 1's Arrow IPC file encrypted with AES-256-GCM under
 //! the segment's own random data key, followed by the 16-byte GCM tag; the
-//! associated data is everything before the body (preamble and header), so
-//! the header's key reference, row count and time range are authenticated
-//! too. The data key is stored only wrapped by the workspace key the header
+//! associated data is `custos-segment-v2\0` and the header as JSON with the
+//! data key's wrapping (`seal.key`, `seal.wrapped_key`) blanked, so the row
+//! count, time range, ids and nonce are authenticated too, and a rotation
+//! can rewrap the data key by rewriting the header alone
+//! ([`rewrap_segment`]). The data key is stored only wrapped by the workspace key the header
 //! names (see [`crate::keys`]). The CRC-32C still covers the whole file and
 //! catches accidental damage first; authentication catches the rest: a
 //! sealed segment decodes to exactly what was written or not at all.
@@ -546,9 +548,10 @@ impl SegmentBuilder {
         out.extend_from_slice(&header_len.to_le_bytes());
         out.extend_from_slice(&header_json);
         if let Some((dek, nonce)) = sealing {
-            // The preamble and header are the associated data: neither the
-            // key reference nor the row count or time range can change.
-            let aad = out.clone();
+            // The header (but for the wrapping of the data key) is the
+            // associated data: the row count, time range, ids and nonce
+            // cannot change.
+            let aad = seal_aad(&header)?;
             aead(&dek)
                 .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
                 .map_err(|_| StoreError::Encode { segment: id.to_string(), reason: "sealing failed".into() })?;
@@ -562,6 +565,62 @@ impl SegmentBuilder {
         out.extend_from_slice(SEGMENT_MAGIC);
         Ok(EncodedSegment { bytes: Bytes::from(out), rows: rows as u64, min_time, max_time, columns: columns_meta })
     }
+}
+
+/// The associated data of a sealed body: a label, then the header as JSON
+/// with the data key's wrapping blanked (`seal.key` and `seal.wrapped_key`),
+/// so a rotation can rewrap the data key ([`rewrap_segment`]) without
+/// touching the body. The wrapping needs no binding here: a wrapped key is
+/// authenticated under the workspace key, and any other data key fails to
+/// open the body.
+fn seal_aad(header: &SegmentHeader) -> Result<Vec<u8>, StoreError> {
+    let mut h = header.clone();
+    if let Some(seal) = h.seal.as_mut() {
+        seal.key = KeyRef { key_id: String::new(), version: 0 };
+        seal.wrapped_key = String::new();
+    }
+    let mut aad = b"custos-segment-v2\0".to_vec();
+    serde_json::to_writer(&mut aad, &h).map_err(|e| corrupt(format!("segment {}: header json: {e}", header.segment_id)))?;
+    Ok(aad)
+}
+
+/// Rewraps a sealed segment's data key under the workspace's current key
+/// in `keys` (after a rotation): the header is rewritten, the sealed body
+/// is copied unchanged (never decrypted). Returns `None` when the segment
+/// already uses the current key. The whole segment is verified first: a
+/// damaged one is reported, never rewrapped.
+pub fn rewrap_segment(bytes: &[u8], keys: &dyn KeyProvider) -> Result<Option<Bytes>, StoreError> {
+    let decoded = decode_segment_with(bytes, Some(&[]), Some(keys))?;
+    let mut header = decoded.header;
+    let seg = header.segment_id.to_string();
+    let key_err = |source| StoreError::Key { segment: seg.clone(), source };
+    let Some(seal) = header.seal.as_mut() else { return Ok(None) };
+    let current = keys.current(header.workspace_id).map_err(key_err)?;
+    if seal.key == current {
+        return Ok(None);
+    }
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(&seal.wrapped_key)
+        .map_err(|_| corrupt(format!("segment {seg}: bad wrapped key")))?;
+    let dek = keys.unwrap(header.workspace_id, &seal.key, &wrapped).map_err(key_err)?;
+    let rewrapped = keys.wrap(header.workspace_id, &current, &dek).map_err(key_err)?;
+    seal.key = current;
+    seal.wrapped_key = base64::engine::general_purpose::STANDARD.encode(rewrapped);
+    let header_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+    let body = &bytes[PREAMBLE_LEN + header_len..bytes.len() - TRAILER_LEN];
+    let header_json = serde_json::to_vec(&header).map_err(|e| corrupt(format!("segment {seg}: header json: {e}")))?;
+    let new_len = u32::try_from(header_json.len()).map_err(|_| corrupt(format!("segment {seg}: header too long")))?;
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    out.extend_from_slice(&bytes[..8]);
+    out.extend_from_slice(&new_len.to_le_bytes());
+    out.extend_from_slice(&header_json);
+    out.extend_from_slice(body);
+    let total = out.len() as u64;
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&total.to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(SEGMENT_MAGIC);
+    Ok(Some(Bytes::from(out)))
 }
 
 fn aead(key: &DataKey) -> LessSafeKey {
@@ -760,7 +819,7 @@ fn open_body(
     })?;
     let mut body = bytes[header_end..body_end].to_vec();
     let plain_len = aead(&dek)
-        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&bytes[..header_end]), &mut body)
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(seal_aad(header)?), &mut body)
         .map_err(|_| tampered("the body fails authentication"))?
         .len();
     body.truncate(plain_len);

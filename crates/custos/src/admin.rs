@@ -180,6 +180,58 @@ pub enum RedactionPolicyCmd {
     },
 }
 
+/// `custos key ...`
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// The workspace's key versions and the segments still to rewrap.
+    Status {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Make a new key version current (owners); older segments are
+    /// rewrapped in the background, old versions kept until then.
+    Rotate {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Revoke the workspace's keys (owners): its data is unreadable and
+    /// ingest refused at once, until `restore`.
+    Revoke {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Restore revoked keys (owners).
+    Restore {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+    },
+}
+
+pub async fn key(conn: &ConnArgs, out: Output, cmd: KeyCmd) -> Result<()> {
+    let c = client(conn)?;
+    let r: KeyStatus = match cmd {
+        KeyCmd::Status { workspace } => c.get(&format!("/v1/workspaces/{}/keys", enc(&workspace))).await?,
+        KeyCmd::Rotate { workspace } => c.post(&format!("/v1/workspaces/{}/keys/rotate", enc(&workspace)), &serde_json::json!({})).await?,
+        KeyCmd::Revoke { workspace } => c.post(&format!("/v1/workspaces/{}/keys/revoke", enc(&workspace)), &serde_json::json!({})).await?,
+        KeyCmd::Restore { workspace } => c.post(&format!("/v1/workspaces/{}/keys/restore", enc(&workspace)), &serde_json::json!({})).await?,
+    };
+    match out {
+        Output::Json => print_value(out, &r),
+        _ => {
+            println!("workspace {}: {}", r.workspace_id, r.provider);
+            for v in &r.versions {
+                println!("  {} v{}  {:<8} {}", v.key_id, v.version, v.state, v.created_at.as_deref().unwrap_or("-"));
+            }
+            println!("  segments: {}, waiting for a rewrap under the active key: {}", r.segments, r.segments_pending_rewrap);
+            Ok(())
+        }
+    }
+}
+
 /// `custos audit ...`
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {

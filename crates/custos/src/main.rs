@@ -68,6 +68,9 @@ enum Cmd {
     /// The audit log: read, verify, prove.
     #[command(subcommand)]
     Audit(admin::AuditCmd),
+    /// A workspace's encryption keys: status, rotate, revoke, restore.
+    #[command(subcommand)]
+    Key(admin::KeyCmd),
     /// Who the token belongs to, and its roles.
     Whoami,
     /// This host's telemetry consent: status, level, enable, disable.
@@ -420,6 +423,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Audit(c) => {
             init_logging("warn");
             admin::audit(&cli.conn, out, c).await
+        }
+        Cmd::Key(c) => {
+            init_logging("warn");
+            admin::key(&cli.conn, out, c).await
         }
         Cmd::Telemetry(c) => {
             init_logging("warn");

@@ -92,3 +92,57 @@ fn every_stored_segment_is_sealed_and_stays_readable_only_with_its_keys() {
     let id = victim.file_stem().unwrap().to_str().unwrap();
     assert!(stderr(&out).contains(id), "the error names segment {id}: {}", stderr(&out));
 }
+
+#[test]
+fn rotation_keeps_old_data_readable_and_revocation_cuts_access_until_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = ServerProc::start(&data);
+    let (ws, key) = server.create_workspace("rotating");
+    let (state, logs, cfg) = file_agent(&server, &key, tmp.path(), "", "table = \"logs\"\n");
+    let write = |from: usize, to: usize| {
+        let text: String = (from..to).map(|i| format!("payroll line {i}\n")).collect();
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(logs.join("app.log")).unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    };
+    write(0, 100);
+    assert!(agent_once(&state, &cfg).status.success());
+    assert_eq!(server.count(&ws, "logs"), 100);
+    let st = server.cli_json(&["key", "status", "--workspace", &ws]);
+    assert_eq!(st["versions"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(st["versions"][0]["state"], "active");
+    assert_eq!(st["segments_pending_rewrap"], 0, "{st}");
+
+    // Rotate: a new active version; older segments rewrapped in the background.
+    let st = server.cli_json(&["key", "rotate", "--workspace", &ws]);
+    let states: Vec<&str> = st["versions"].as_array().unwrap().iter().map(|v| v["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["retired", "active"], "{st}");
+    wait_secs("rewrap", 30, || server.cli_json(&["key", "status", "--workspace", &ws])["segments_pending_rewrap"] == 0);
+    let versions: Vec<u64> = segments(&data.join("segments"))
+        .iter()
+        .filter(|p| p.to_string_lossy().contains(&ws))
+        .map(|p| {
+            let b = std::fs::read(p).unwrap();
+            let h = u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize;
+            let header: serde_json::Value = serde_json::from_slice(&b[12..12 + h]).unwrap();
+            header["seal"]["key"]["version"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(!versions.is_empty());
+    assert!(versions.iter().all(|&v| v == 2), "every segment rewrapped under v2: {versions:?}");
+    assert_eq!(server.count(&ws, "logs"), 100, "old data readable after the rotation");
+    write(100, 150);
+    assert!(agent_once(&state, &cfg).status.success());
+    assert_eq!(server.count(&ws, "logs"), 150);
+
+    // Revoke: unreadable at once, with an error that says why.
+    server.cli_json(&["key", "revoke", "--workspace", &ws]);
+    let out = server.cli(&["query", "--workspace", &ws, "SELECT message FROM logs"]);
+    assert!(!out.status.success(), "a revoked workspace must not give rows");
+    assert!(stderr(&out).contains("revoked"), "{}", stderr(&out));
+    let rotate = server.cli(&["key", "rotate", "--workspace", &ws]);
+    assert!(!rotate.status.success() && stderr(&rotate).contains("revoked"), "{}", stderr(&rotate));
+    // Restore: readable again, nothing lost.
+    server.cli_json(&["key", "restore", "--workspace", &ws]);
+    assert_eq!(server.count(&ws, "logs"), 150);
+}

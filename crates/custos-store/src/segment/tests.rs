@@ -610,3 +610,36 @@ fn old_data_stays_readable_after_rotation_and_new_data_uses_the_new_version() {
     assert_eq!(d_old.header.seal.unwrap().key.version, 1);
     assert_eq!(d_new.header.seal.unwrap().key.version, 2);
 }
+
+#[test]
+fn a_rotation_rewraps_the_data_key_without_touching_the_sealed_body() {
+    let (_d, ks) = keystore();
+    let ws = WorkspaceId::new();
+    let (_, enc) = sealed_sample(&ks, ws);
+    assert!(rewrap_segment(&enc.bytes, &ks).unwrap().is_none(), "already under the current key");
+    ks.rotate(ws).unwrap();
+    let new = rewrap_segment(&enc.bytes, &ks).unwrap().expect("rewrapped");
+    let before = decode_segment_with(&enc.bytes, None, Some(&ks)).unwrap();
+    let after = decode_segment_with(&new, None, Some(&ks)).unwrap();
+    assert_eq!(after.header.seal.as_ref().unwrap().key.version, 2);
+    assert_eq!(before.batches, after.batches, "same rows");
+    // The sealed body (and its tag) are the same bytes.
+    let body = |b: &[u8]| {
+        let h = u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize;
+        b[PREAMBLE_LEN + h..b.len() - TRAILER_LEN].to_vec()
+    };
+    assert_eq!(body(&enc.bytes), body(&new));
+    assert!(rewrap_segment(&new, &ks).unwrap().is_none());
+    // Swapping in another segment's wrapped key fails authentication.
+    let (_, other) = sealed_sample(&ks, ws);
+    let other_hdr = decode_segment_with(&other.bytes, Some(&[]), Some(&ks)).unwrap().header;
+    let text = new.to_vec();
+    let mine = after.header.seal.as_ref().unwrap().wrapped_key.clone();
+    let theirs = other_hdr.seal.as_ref().unwrap().wrapped_key.clone();
+    assert_eq!(mine.len(), theirs.len());
+    let at = text.windows(mine.len()).position(|w| w == mine.as_bytes()).unwrap();
+    let mut swapped = text.clone();
+    swapped[at..at + mine.len()].copy_from_slice(theirs.as_bytes());
+    reseal(&mut swapped);
+    assert!(matches!(decode_segment_with(&swapped, None, Some(&ks)), Err(StoreError::Tampered { .. })));
+}

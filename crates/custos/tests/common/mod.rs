@@ -116,10 +116,11 @@ impl ServerProc {
     }
 
     /// Run a CLI command against this server as given: reading workspace
-    /// data (`query`, `workspace tables`, `audit log`) as `tester`,
-    /// everything else as the service admin.
+    /// data (`query`, `workspace tables`, `audit log`) and managing its keys
+    /// (`key`, an owner's action) as `tester`, everything else as the
+    /// service admin.
     pub fn cli_raw(&self, args: &[&str]) -> Output {
-        let reads_data = matches!(args, ["query", ..] | ["workspace", "tables", ..] | ["audit", "log", ..]);
+        let reads_data = matches!(args, ["query", ..] | ["workspace", "tables", ..] | ["audit", "log", ..] | ["key", ..]);
         let token = if reads_data {
             self.tester_token_file().display().to_string()
         } else {

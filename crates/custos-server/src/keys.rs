@@ -1,0 +1,148 @@
+//! Workspace keys over the API: status, rotation (with the background
+//! rewrap of every segment's data key), revocation and restore.
+//!
+//! A rotation makes a new key version current at once (every segment
+//! sealed from then on uses it) and then rewraps the data key of each older
+//! segment under it, one segment at a time: the header is rewritten, the
+//! sealed body copied unchanged ([`custos_store::rewrap_segment`]), the
+//! object replaced atomically. Older versions stay in the keystore (retired)
+//! so a segment not yet rewrapped stays readable meanwhile.
+
+use std::sync::Arc;
+
+use custos_model::api::{KeyStatus, KeyVersionView};
+use custos_model::WorkspaceId;
+use custos_store::{KeyError, KeyState};
+
+use crate::{AppState, ServerError};
+
+fn key_error(e: KeyError) -> ServerError {
+    match e {
+        KeyError::Revoked { .. } => ServerError::Conflict(e.to_string()),
+        KeyError::Provider { .. } | KeyError::Unknown { .. } => ServerError::BadRequest(e.to_string()),
+        e => ServerError::Internal(e.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, KeyError> + Send + 'static) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServerError::Internal(format!("key provider task: {e}")))?
+        .map_err(key_error)
+}
+
+/// The first bytes of a segment: enough for its header.
+async fn header_of(s: &AppState, path: &str) -> Result<Option<custos_store::SealInfo>, ServerError> {
+    let bytes = s.storage.get(path).await?;
+    let len = bytes.len();
+    if len < 12 {
+        return Ok(None);
+    }
+    let h = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+    let Some(json) = bytes.get(12..12 + h) else { return Ok(None) };
+    Ok(serde_json::from_slice::<custos_store::SegmentHeader>(json).ok().and_then(|h| h.seal))
+}
+
+/// The workspace's key versions and how many segments still wait for a
+/// rewrap under the active one (reads every segment's header: O(segments)).
+pub async fn status(s: &Arc<AppState>, ws: WorkspaceId) -> Result<KeyStatus, ServerError> {
+    let keys = s.keys.clone();
+    let versions = blocking(move || keys.versions(ws)).await?;
+    let active = versions.iter().rev().find(|v| v.state == KeyState::Active).map(|v| v.key.clone());
+    let (mut segments, mut pending) = (0u64, 0u64);
+    for table in s.catalog.list_tables(ws).await? {
+        for seg in s.catalog.list_segments(ws, &table, None).await? {
+            segments += 1;
+            let seal = header_of(s, &seg.path).await?;
+            if seal.map(|x| x.key) != active {
+                pending += 1;
+            }
+        }
+    }
+    Ok(KeyStatus {
+        workspace_id: ws,
+        provider: s.keys.name(),
+        versions: versions
+            .into_iter()
+            .map(|v| KeyVersionView {
+                key_id: v.key.key_id,
+                version: v.key.version,
+                state: match v.state {
+                    KeyState::Active => "active",
+                    KeyState::Retired => "retired",
+                    KeyState::Revoked => "revoked",
+                }
+                .into(),
+                created_at: (v.created_at > 0).then(|| crate::api::rfc3339(v.created_at)),
+            })
+            .collect(),
+        segments_pending_rewrap: pending,
+        segments,
+    })
+}
+
+/// Rewraps every segment of `ws` not yet under the current key; returns
+/// how many were rewritten. A segment that fails (damaged, key refused) is
+/// logged and skipped: it stays readable under its old version.
+pub async fn rewrap_all(s: &Arc<AppState>, ws: WorkspaceId) -> Result<u64, ServerError> {
+    let mut done = 0;
+    for table in s.catalog.list_tables(ws).await? {
+        for seg in s.catalog.list_segments(ws, &table, None).await? {
+            let bytes = s.storage.get(&seg.path).await?;
+            let keys = s.keys.clone();
+            let res = tokio::task::spawn_blocking(move || custos_store::rewrap_segment(&bytes, keys.as_ref()))
+                .await
+                .map_err(|e| ServerError::Internal(format!("rewrap task: {e}")))?;
+            match res {
+                Ok(Some(new)) => {
+                    s.storage.put(&seg.path, new).await?;
+                    done += 1;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(workspace = %ws, segment = %seg.id, error = %e, "segment not rewrapped"),
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Makes a new key version current and starts rewrapping older segments
+/// in the background.
+pub async fn rotate(s: &Arc<AppState>, ws: WorkspaceId) -> Result<KeyStatus, ServerError> {
+    let keys = s.keys.clone();
+    let key = blocking(move || keys.rotate(ws)).await?;
+    tracing::info!(workspace = %ws, key = %key, "workspace key rotated; rewrapping older segments");
+    let st = s.clone();
+    tokio::spawn(async move {
+        match rewrap_all(&st, ws).await {
+            Ok(n) => tracing::info!(workspace = %ws, segments = n, "rewrap finished"),
+            Err(e) => tracing::warn!(workspace = %ws, error = %e, "rewrap stopped"),
+        }
+    });
+    status(s, ws).await
+}
+
+/// Revokes (or restores) the workspace's keys. Before a revocation the
+/// ingest buffers are flushed, so everything acknowledged is sealed under
+/// the key first; from then on queries fail naming the revoked key and
+/// ingest refuses the workspace's batches (503: agents keep them).
+pub async fn set_revoked(s: &Arc<AppState>, ws: WorkspaceId, revoked: bool) -> Result<KeyStatus, ServerError> {
+    if revoked {
+        s.ingest.flush().await?;
+    }
+    let keys = s.keys.clone();
+    blocking(move || keys.set_revoked(ws, revoked)).await?;
+    tracing::warn!(workspace = %ws, revoked, "workspace keys {}", if revoked { "revoked" } else { "restored" });
+    status(s, ws).await
+}
+
+/// Refuses a batch for a workspace whose key is revoked (the agent keeps
+/// it and retries).
+pub fn check_writable(s: &AppState, ws: WorkspaceId) -> Result<(), ServerError> {
+    match s.keys.versions(ws) {
+        Ok(v) if v.last().is_some_and(|v| v.state == KeyState::Revoked) => Err(ServerError::Unavailable(format!(
+            "the keys of workspace {ws} are revoked: nothing can be stored until they are restored"
+        ))),
+        _ => Ok(()),
+    }
+}
