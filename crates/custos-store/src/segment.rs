@@ -736,13 +736,13 @@ pub fn decode_segment_with(
     }
 
     let expected = table_schema([header.columns.as_slice()]);
-    let opened;
-    let ipc = match (&header.seal, version) {
-        (None, SEGMENT_FORMAT_VERSION) => &bytes[header_end..body_end],
+    // The body as one owned buffer Arrow decodes from (a sealed body is
+    // decrypted into it, with no further copy).
+    let ipc: Vec<u8> = match (&header.seal, version) {
+        (None, SEGMENT_FORMAT_VERSION) => bytes[header_end..body_end].to_vec(),
         (Some(seal), SEALED_FORMAT_VERSION) => {
             let Some(keys) = keys else { return Err(StoreError::Sealed { segment: seg.to_string() }) };
-            opened = open_body(bytes, header_end, body_end, &header, seal, keys)?;
-            &opened[..]
+            open_body(bytes, header_end, body_end, &header, seal, keys)?
         }
         _ => {
             return Err(corrupt(format!(
@@ -838,14 +838,16 @@ const MAX_DECODED_BUFFER_BYTES: i64 = 1 << 30;
 /// the block lies inside the file, it is a record batch of at most
 /// [`MAX_BATCH_ROWS`] rows, every buffer lies inside the body, and every
 /// compressed buffer declares at most [`MAX_DECODED_BUFFER_BYTES`].
-fn read_ipc(ipc: &[u8], schema: &SchemaRef, projection: Option<Vec<usize>>) -> Result<Vec<RecordBatch>, String> {
+fn read_ipc(owned: Vec<u8>, schema: &SchemaRef, projection: Option<Vec<usize>>) -> Result<Vec<RecordBatch>, String> {
     use arrow::ipc::reader::{read_footer_length, FileDecoder};
     const ARROW_TRAILER: usize = 10; // i32 footer length + "ARROW1"
-    let len = ipc.len();
+    let len = owned.len();
     if len < 8 + ARROW_TRAILER {
         return Err(format!("{len} bytes is too short for an arrow ipc file"));
     }
-    let buffer = arrow::buffer::Buffer::from(ipc.to_vec());
+    let buffer = arrow::buffer::Buffer::from_vec(owned);
+    let ipc: &[u8] = buffer.as_slice();
+    let len = ipc.len();
     let trailer_start = len - ARROW_TRAILER;
     let mut tail = [0u8; ARROW_TRAILER];
     tail.copy_from_slice(&ipc[trailer_start..]);

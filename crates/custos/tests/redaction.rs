@@ -11,16 +11,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 fn redact(args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(bin())
-        .arg("redact")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    redact_bytes(args, input.as_bytes().to_vec())
 }
 
 fn redact_bytes(args: &[&str], input: Vec<u8>) -> Output {
