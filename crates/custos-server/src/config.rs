@@ -67,7 +67,7 @@ pub enum KeyProviderKind {
 }
 
 /// Encryption at rest settings.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EncryptionConfig {
     /// The key provider. Default `service`.
@@ -83,6 +83,16 @@ pub struct EncryptionConfig {
     /// Key-files provider: the directory of `<workspace id>.key` files
     /// (required with `provider = "key_files"`).
     pub key_dir: Option<PathBuf>,
+    /// Rotate a workspace's key automatically once its active version is
+    /// this many days old (service provider; older segments are rewrapped
+    /// in the background). 0 turns automatic rotation off. Default 90.
+    pub rotate_after_days: u32,
+}
+
+impl Default for EncryptionConfig {
+    fn default() -> Self {
+        Self { provider: KeyProviderKind::Service, master_key_file: None, keystore: None, key_dir: None, rotate_after_days: 90 }
+    }
 }
 
 /// Audit log settings. The log lives in `<data_dir>/audit/`, separate from

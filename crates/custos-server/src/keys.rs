@@ -136,6 +136,35 @@ pub async fn set_revoked(s: &Arc<AppState>, ws: WorkspaceId, revoked: bool) -> R
     status(s, ws).await
 }
 
+/// Rotates the key of every workspace whose active version is at least
+/// `encryption.rotate_after_days` old on the server's clock (and starts
+/// their rewraps); returns those workspaces. Run hourly by the server;
+/// providers that do not rotate (customer key files) are skipped.
+pub async fn rotate_due(s: &Arc<AppState>) -> Result<Vec<WorkspaceId>, ServerError> {
+    let days = s.config.encryption.rotate_after_days;
+    if days == 0 {
+        return Ok(Vec::new());
+    }
+    let max_age = i64::from(days) * 86_400 * 1_000_000;
+    let now = s.clock.now();
+    let mut rotated = Vec::new();
+    for ws in s.catalog.list_workspaces().await? {
+        let keys = s.keys.clone();
+        let id = ws.id;
+        let versions = blocking(move || keys.versions(id)).await?;
+        let due = versions
+            .last()
+            .is_some_and(|v| v.state == KeyState::Active && v.created_at > 0 && now - v.created_at >= max_age);
+        if due {
+            match rotate(s, id).await {
+                Ok(_) => rotated.push(id),
+                Err(e) => tracing::warn!(workspace = %id, error = %e, "automatic key rotation failed"),
+            }
+        }
+    }
+    Ok(rotated)
+}
+
 /// Refuses a batch for a workspace whose key is revoked (the agent keeps
 /// it and retries).
 pub fn check_writable(s: &AppState, ws: WorkspaceId) -> Result<(), ServerError> {

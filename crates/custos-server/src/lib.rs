@@ -171,7 +171,13 @@ impl Server {
             hmac: Arc::new(hmac),
             audit_dir,
         });
-        let janitor = tokio::spawn(audit_janitor(audit.clone(), clock.clone()));
+        let janitor = {
+            let (audit, clock, st) = (audit.clone(), clock.clone(), state.clone());
+            // One task: aborting it at shutdown stops both loops.
+            tokio::spawn(async move {
+                tokio::join!(audit_janitor(audit, clock), key_janitor(st));
+            })
+        };
         let host = match bound.ip() {
             ip if ip.is_unspecified() => "127.0.0.1".to_string(),
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
@@ -267,6 +273,19 @@ async fn audit_janitor(audit: Arc<custos_audit::AuditLog>, clock: Arc<dyn Clock>
             Ok(Ok(report)) => tracing::debug!(?report, "audit retention pass"),
             Ok(Err(e)) => tracing::warn!(error = %e, "audit retention pass failed"),
             Err(e) => tracing::warn!(error = %e, "audit retention task failed"),
+        }
+    }
+}
+
+/// Hourly: rotates workspace keys that reached `encryption.rotate_after_days`.
+async fn key_janitor(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match keys::rotate_due(&state).await {
+            Ok(ws) if !ws.is_empty() => tracing::info!(workspaces = ws.len(), "workspace keys rotated on schedule"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "key rotation pass failed"),
         }
     }
 }
