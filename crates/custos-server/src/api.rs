@@ -211,6 +211,12 @@ fn redaction_metrics(st: &crate::ingest::IngestStats) -> String {
         st.redaction_fields_dropped.load(Relaxed),
         st.redaction_events_dropped.load(Relaxed),
     );
+    let _ = write!(
+        out,
+        "# HELP custos_segment_integrity_failures_total Stored segments that failed their integrity checks when read (data-loss incidents).\n\
+         # TYPE custos_segment_integrity_failures_total counter\ncustos_segment_integrity_failures_total {}\n",
+        st.integrity_failures.load(Relaxed),
+    );
     out
 }
 
@@ -600,6 +606,35 @@ async fn set_redaction_policy(auth: Authorized, State(s): State<Arc<AppState>>, 
     Ok(Json(redaction_policy_info(ws.id, &stored)))
 }
 
+/// A stored segment failed its integrity checks: a data-loss incident for
+/// the workspace, in its audit log (owners and auditors see it with
+/// `custos audit log`), in the server log and in
+/// `custos_segment_integrity_failures_total`.
+async fn record_data_loss(s: &AppState, ws: WorkspaceId, i: &crate::query::Incident) {
+    tracing::error!(workspace = %ws, segment = %i.segment, path = %i.path, reason = %i.reason, "data-loss incident: a stored segment failed its integrity checks");
+    s.ingest.stats.integrity_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut details = std::collections::BTreeMap::new();
+    details.insert("segment".to_string(), i.segment.to_string());
+    details.insert("reason".to_string(), i.reason.chars().take(300).collect());
+    let rec = custos_audit::AuditRecord {
+        time: s.clock.now(),
+        principal: None,
+        role: "system".into(),
+        action: "data_loss.incident".into(),
+        target: i.path.clone(),
+        workspace: Some(ws.to_string()),
+        outcome: "error".into(),
+        status: 0,
+        request_id: String::new(),
+        client: String::new(),
+        grant: None,
+        details,
+    };
+    if let Err(e) = s.audit.append(rec).await {
+        tracing::error!(error = %e, workspace = %ws, "the data-loss incident could not be written to the audit log");
+    }
+}
+
 /// The workspace's keys: versions, states, segments awaiting a rewrap.
 async fn show_keys(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<KeyStatus>, ServerError> {
     let ws = auth.workspace()?;
@@ -683,7 +718,8 @@ async fn query(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::bod
     auth.note_hmac("sql", &req.sql);
     // Read-your-writes: everything acknowledged so far becomes queryable.
     s.ingest.flush().await?;
-    let resp = crate::query::run(
+    let incidents = crate::query::Incidents::default();
+    let resp = crate::query::run_with_incidents(
         s.catalog.as_ref(),
         s.storage.clone(),
         s.keys.clone(),
@@ -691,8 +727,14 @@ async fn query(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::bod
         &req.sql,
         s.config.query.max_rows,
         std::time::Duration::from_secs(s.config.query.timeout_secs),
+        &incidents,
     )
-    .await?;
+    .await;
+    let found: Vec<crate::query::Incident> = incidents.lock().map(|v| v.clone()).unwrap_or_default();
+    for i in found {
+        record_data_loss(&s, ws.id, &i).await;
+    }
+    let resp = resp?;
     auth.note("rows", resp.rows.len());
     tracing::info!(workspace = %ws.id, rows = resp.rows.len(), elapsed_ms = resp.elapsed_ms, role = auth.role(), "query");
     Ok(Json(resp))

@@ -347,6 +347,9 @@ pub struct IngestStats {
     pub redaction_fields_dropped: std::sync::atomic::AtomicU64,
     /// Events the redaction backstop dropped (`drop_event`), never stored.
     pub redaction_events_dropped: std::sync::atomic::AtomicU64,
+    /// Stored segments that failed their integrity checks when read
+    /// (damaged, or failing authentication): data-loss incidents.
+    pub integrity_failures: std::sync::atomic::AtomicU64,
 }
 
 impl IngestStats {

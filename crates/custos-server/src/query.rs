@@ -43,7 +43,24 @@ pub struct SegmentTable {
     /// Opens the sealed segments.
     keys: Arc<dyn KeyProvider>,
     partitions: usize,
+    /// Segments found damaged or failing authentication while scanning.
+    incidents: Incidents,
 }
+
+/// A stored segment that failed its integrity checks during a query: the
+/// caller records it (a data-loss incident for the workspace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incident {
+    /// The segment.
+    pub segment: custos_model::SegmentId,
+    /// Its object path.
+    pub path: String,
+    /// The check that failed.
+    pub reason: String,
+}
+
+/// Incidents gathered by the tables of one query.
+pub type Incidents = Arc<std::sync::Mutex<Vec<Incident>>>;
 
 impl SegmentTable {
     /// Build the provider from the catalog's segment list.
@@ -53,7 +70,13 @@ impl SegmentTable {
             .map(|s| s.columns.iter().map(|c| (c.name.clone(), c.ty)).collect())
             .collect();
         let schema = custos_store::table_schema(cols.iter().map(|c| c.as_slice()));
-        Self { segments, schema, storage, keys, partitions: partitions.max(1) }
+        Self { segments, schema, storage, keys, partitions: partitions.max(1), incidents: Incidents::default() }
+    }
+
+    /// Reports integrity failures into `incidents`.
+    pub fn with_incidents(mut self, incidents: Incidents) -> Self {
+        self.incidents = incidents;
+        self
     }
 }
 
@@ -85,12 +108,18 @@ impl TableProvider for SegmentTable {
             .map(|seg| {
                 let storage = self.storage.clone();
                 let keys = self.keys.clone();
+                let incidents = self.incidents.clone();
                 let target = target.clone();
                 let wanted = wanted.clone();
                 async move {
                     let bytes = storage.get(&seg.path).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
                     tokio::task::spawn_blocking(move || {
                         let d = custos_store::decode_segment_with(&bytes, Some(&wanted), Some(keys.as_ref())).map_err(|e| {
+                            if matches!(e, custos_store::StoreError::Tampered { .. } | custos_store::StoreError::CorruptSegment(_)) {
+                                if let Ok(mut v) = incidents.lock() {
+                                    v.push(Incident { segment: seg.id, path: seg.path.clone(), reason: e.to_string() });
+                                }
+                            }
                             DataFusionError::Execution(format!("segment {} ({}): {e}", seg.id, seg.path))
                         })?;
                         d.batches.iter().map(|b| project_to(b, &target)).collect::<DfResult<Vec<_>>>()
@@ -141,6 +170,22 @@ pub async fn run(
     max_rows: usize,
     timeout: Duration,
 ) -> Result<QueryResponse, ServerError> {
+    run_with_incidents(catalog, storage, keys, ws, sql, max_rows, timeout, &Incidents::default()).await
+}
+
+/// [`run`], reporting every segment that fails its integrity checks into
+/// `incidents` (whether or not the query fails because of it).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_with_incidents(
+    catalog: &dyn Catalog,
+    storage: Arc<dyn Storage>,
+    keys: Arc<dyn KeyProvider>,
+    ws: WorkspaceId,
+    sql: &str,
+    max_rows: usize,
+    timeout: Duration,
+    incidents: &Incidents,
+) -> Result<QueryResponse, ServerError> {
     let started = Instant::now();
     let partitions = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let config = SessionConfig::new()
@@ -155,7 +200,7 @@ pub async fn run(
     }
     for table in tables {
         let segments = catalog.list_segments(ws, &table, None).await?;
-        let provider = SegmentTable::new(segments, storage.clone(), keys.clone(), partitions);
+        let provider = SegmentTable::new(segments, storage.clone(), keys.clone(), partitions).with_incidents(incidents.clone());
         ctx.register_table(table.as_str(), Arc::new(provider))
             .map_err(|e| ServerError::Query(e.to_string()))?;
     }

@@ -91,6 +91,11 @@ fn every_stored_segment_is_sealed_and_stays_readable_only_with_its_keys() {
     assert!(!out.status.success(), "a damaged segment must not give rows");
     let id = victim.file_stem().unwrap().to_str().unwrap();
     assert!(stderr(&out).contains(id), "the error names segment {id}: {}", stderr(&out));
+    // …and it is a data-loss incident in the workspace's audit log.
+    let log = server.cli(&["audit", "log", "--workspace", &ws]);
+    assert!(log.status.success(), "{}", stderr(&log));
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(log.contains("data_loss.incident") && log.contains(id), "incident recorded: {log}");
 }
 
 #[test]
