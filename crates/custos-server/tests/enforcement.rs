@@ -4,144 +4,23 @@
 //! workspace's owners and auditors only, and a replay after a crash stores
 //! and counts what was decided when the batch arrived.
 
-use custos_model::api::{IngestAck, RefusalReason};
-use custos_model::wire::{self, BatchPayload, Codec};
+use custos_model::api::RefusalReason;
+use custos_model::wire;
 use custos_model::{AgentId, BatchId, Category, Event, Level, TableName, Value, WorkspaceId};
-use custos_server::{ManualClock, Server, ServerConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value as Json};
-use std::sync::Arc;
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    _server: Server,
-    http: reqwest::Client,
-    url: String,
-    ca_pem: String,
-    admin: String,
-}
+mod common;
+use common::{frame, Env};
 
 impl Env {
-    async fn start() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut cfg = ServerConfig { data_dir: tmp.path().join("data"), listen: "127.0.0.1:0".into(), ..Default::default() };
-        cfg.ingest.flush_interval_ms = 50;
-        let clock = Arc::new(ManualClock::new(custos_model::now_micros()));
-        let server = Server::start_with_clock(cfg, clock).await.unwrap();
-        let info = server.info().clone();
-        let ca_pem = std::fs::read_to_string(&info.ca).unwrap();
-        let http = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
-            .build()
-            .unwrap();
-        let admin = std::fs::read_to_string(&info.admin_token_file).unwrap().trim().to_string();
-        Env { _tmp: tmp, _server: server, http, url: info.url, ca_pem, admin }
-    }
-
-    async fn call(&self, token: Option<&str>, method: Method, path: &str, body: Option<Json>) -> (StatusCode, Json) {
-        let mut rb = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(t) = token {
-            rb = rb.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let resp = rb.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Json::String(text)))
-    }
-
-    async fn ok(&self, token: &str, method: Method, path: &str, body: Option<Json>) -> Json {
-        let (s, v) = self.call(Some(token), method.clone(), path, body).await;
-        assert!(s.is_success(), "{method} {path}: {s} {v}");
-        v
-    }
-
-    async fn principal(&self, name: &str) -> String {
-        let v = self.ok(&self.admin, Method::POST, "/v1/principals", Some(json!({"name": name}))).await;
-        v["token"].as_str().unwrap().to_string()
-    }
-
-    /// A workspace and a principal holding `role` in it; (workspace id, token).
-    async fn workspace_with(&self, name: &str, role: &str) -> (String, String) {
-        let v = self.ok(&self.admin, Method::POST, "/v1/workspaces", Some(json!({"name": name, "region": "local"}))).await;
-        let ws = v["id"].as_str().unwrap().to_string();
-        let who = format!("{name}-{role}");
-        let token = self.principal(&who).await;
-        self.grant(&ws, &who, role).await;
-        (ws, token)
-    }
-
-    async fn grant(&self, ws: &str, principal: &str, role: &str) {
-        self.ok(&self.admin, Method::POST, &format!("/v1/workspaces/{ws}/roles"), Some(json!({"principal": principal, "role": role}))).await;
-    }
-
-    /// Enroll an agent into `ws` the way the agent does (key pair, CSR,
-    /// enrollment key) and return a client presenting its certificate.
-    async fn agent(&self, ws: &str, hostname: &str) -> Agent {
-        let k = self.ok(&self.admin, Method::POST, &format!("/v1/workspaces/{ws}/enrollment-keys"), None).await;
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "custos-agent");
-        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-        let (s, v) = self
-            .call(
-                None,
-                Method::POST,
-                "/v1/enroll",
-                Some(json!({"enrollment_key": k["enrollment_key"], "csr_pem": csr, "hostname": hostname})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let pem = format!("{}\n{}", v["certificate_pem"].as_str().unwrap(), key.serialize_pem());
-        let http = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
-            .identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap())
-            .build()
-            .unwrap();
-        Agent { http, url: self.url.clone(), id: v["agent_id"].as_str().unwrap().to_string() }
-    }
-
     async fn set_policy(&self, token: &str, ws: &str, body: Json) -> Json {
         self.ok(token, Method::PUT, &format!("/v1/workspaces/{ws}/policy"), Some(body)).await
-    }
-
-    async fn rows(&self, token: &str, ws: &str, sql: &str) -> Vec<Vec<Json>> {
-        let v = self.ok(token, Method::POST, &format!("/v1/workspaces/{ws}/query"), Some(json!({"sql": sql}))).await;
-        serde_json::from_value(v["rows"].clone()).unwrap()
     }
 
     async fn refusals(&self, token: &str, ws: &str) -> Vec<Json> {
         let v = self.ok(token, Method::GET, &format!("/v1/workspaces/{ws}/refusals"), None).await;
         v.as_array().unwrap().clone()
     }
-}
-
-struct Agent {
-    http: reqwest::Client,
-    url: String,
-    id: String,
-}
-
-impl Agent {
-    async fn send(&self, frame: Vec<u8>) -> IngestAck {
-        let resp = self.http.post(format!("{}/v1/ingest", self.url)).body(frame).send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert_eq!(status, StatusCode::OK, "{text}");
-        serde_json::from_str(&text).unwrap()
-    }
-
-    async fn ship(&self, events: Vec<Event>) -> IngestAck {
-        self.send(frame(events)).await
-    }
-}
-
-fn frame(events: Vec<Event>) -> Vec<u8> {
-    wire::encode(&BatchPayload { batch_id: BatchId::new(), created: 0, events }, Codec::Zstd)
 }
 
 fn event(table: &str, category: Category, level: Level, message: &str, attrs: &[(&str, Value)]) -> Event {

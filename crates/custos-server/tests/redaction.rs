@@ -6,108 +6,21 @@
 //! the engine's message, text an agent already redacted passes unchanged,
 //! and a replay after a crash stores and counts what was decided on arrival.
 
-use custos_model::api::IngestAck;
-use custos_model::wire::{self, BatchPayload, Codec};
-use custos_model::{AgentId, BatchId, Category, Event, Level, TableName, Value, WorkspaceId};
-use custos_server::{ManualClock, Server, ServerConfig};
+use custos_model::{AgentId, Category, Event, Level, TableName, Value, WorkspaceId};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value as Json};
-use std::sync::Arc;
+mod common;
+use common::{frame, Env};
 
 const EMAIL: &str = "jane.doe@example.com";
 const CARD: &str = "4111 1111 1111 1111";
 const AWS_KEY: &str = "AKIAQWERTYUIOPASDFGH";
 const PASSWORD: &str = "Hunter2SuperSecret";
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    server: Server,
-    http: reqwest::Client,
-    url: String,
-    ca_pem: String,
-    admin: String,
-}
-
 impl Env {
-    async fn start() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut cfg = ServerConfig { data_dir: tmp.path().join("data"), listen: "127.0.0.1:0".into(), ..Default::default() };
-        cfg.ingest.flush_interval_ms = 50;
-        let clock = Arc::new(ManualClock::new(custos_model::now_micros()));
-        let server = Server::start_with_clock(cfg, clock).await.unwrap();
-        let info = server.info().clone();
-        let ca_pem = std::fs::read_to_string(&info.ca).unwrap();
-        let http = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
-            .build()
-            .unwrap();
-        let admin = std::fs::read_to_string(&info.admin_token_file).unwrap().trim().to_string();
-        Env { _tmp: tmp, server, http, url: info.url, ca_pem, admin }
-    }
-
-    async fn call(&self, token: Option<&str>, method: Method, path: &str, body: Option<Json>) -> (StatusCode, Json) {
-        let mut rb = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(t) = token {
-            rb = rb.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let resp = rb.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Json::String(text)))
-    }
-
-    async fn ok(&self, token: &str, method: Method, path: &str, body: Option<Json>) -> Json {
-        let (s, v) = self.call(Some(token), method.clone(), path, body).await;
-        assert!(s.is_success(), "{method} {path}: {s} {v}");
-        v
-    }
-
-    async fn principal(&self, name: &str) -> String {
-        let v = self.ok(&self.admin, Method::POST, "/v1/principals", Some(json!({"name": name}))).await;
-        v["token"].as_str().unwrap().to_string()
-    }
-
     /// A workspace and its owner; (workspace id, owner token).
     async fn workspace(&self, name: &str) -> (String, String) {
-        let v = self.ok(&self.admin, Method::POST, "/v1/workspaces", Some(json!({"name": name, "region": "local"}))).await;
-        let ws = v["id"].as_str().unwrap().to_string();
-        let who = format!("{name}-owner");
-        let token = self.principal(&who).await;
-        self.grant(&ws, &who, "owner").await;
-        (ws, token)
-    }
-
-    async fn grant(&self, ws: &str, principal: &str, role: &str) {
-        self.ok(&self.admin, Method::POST, &format!("/v1/workspaces/{ws}/roles"), Some(json!({"principal": principal, "role": role}))).await;
-    }
-
-    async fn agent(&self, ws: &str) -> Agent {
-        let k = self.ok(&self.admin, Method::POST, &format!("/v1/workspaces/{ws}/enrollment-keys"), None).await;
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "custos-agent");
-        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-        let (s, v) = self
-            .call(None, Method::POST, "/v1/enroll", Some(json!({"enrollment_key": k["enrollment_key"], "csr_pem": csr, "hostname": "web-1"})))
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let pem = format!("{}\n{}", v["certificate_pem"].as_str().unwrap(), key.serialize_pem());
-        let http = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
-            .identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap())
-            .build()
-            .unwrap();
-        Agent { http, url: self.url.clone() }
-    }
-
-    async fn rows(&self, token: &str, ws: &str, sql: &str) -> Vec<Vec<Json>> {
-        let v = self.ok(token, Method::POST, &format!("/v1/workspaces/{ws}/query"), Some(json!({"sql": sql}))).await;
-        serde_json::from_value(v["rows"].clone()).unwrap()
+        self.workspace_with(name, "owner").await
     }
 
     /// (table, kind, entity or "", count), sorted.
@@ -139,29 +52,6 @@ impl Env {
         assert!(resp.status().is_success());
         resp.text().await.unwrap()
     }
-}
-
-struct Agent {
-    http: reqwest::Client,
-    url: String,
-}
-
-impl Agent {
-    async fn post(&self, frame: Vec<u8>) -> (StatusCode, String) {
-        let resp = self.http.post(format!("{}/v1/ingest", self.url)).body(frame).send().await.unwrap();
-        let status = resp.status();
-        (status, resp.text().await.unwrap())
-    }
-
-    async fn ship(&self, events: Vec<Event>) -> IngestAck {
-        let (status, text) = self.post(frame(events)).await;
-        assert_eq!(status, StatusCode::OK, "{text}");
-        serde_json::from_str(&text).unwrap()
-    }
-}
-
-fn frame(events: Vec<Event>) -> Vec<u8> {
-    wire::encode(&BatchPayload { batch_id: BatchId::new(), created: 0, events }, Codec::Zstd)
 }
 
 fn line(table: &str, message: &str) -> Event {
@@ -202,7 +92,7 @@ async fn the_default_policy_removes_findings_before_storage_and_counts_them_for_
     env.grant(&ws, "auditor", "auditor").await;
     let reader = env.principal("reader").await;
     env.grant(&ws, "reader", "reader").await;
-    let agent = env.agent(&ws).await;
+    let agent = env.agent(&ws, "web-1").await;
 
     let ack = agent.ship(leaky_lines()).await;
     assert_eq!((ack.accepted, ack.refused), (4, 0));
@@ -253,7 +143,7 @@ async fn the_default_policy_removes_findings_before_storage_and_counts_them_for_
 async fn text_an_agent_already_redacted_passes_unchanged_and_uncounted() {
     let env = Env::start().await;
     let (ws, owner) = env.workspace("pre-redacted").await;
-    let agent = env.agent(&ws).await;
+    let agent = env.agent(&ws, "web-1").await;
     let lines = [
         "payment declined for card <CREDIT_CARD>",
         "login by u5f1c0a9e2b from 243.18.200.7",
@@ -275,7 +165,7 @@ async fn owners_set_a_policy_that_drops_card_events_and_a_bad_policy_is_refused_
     let (_ws_b, owner_b) = env.workspace("not-mine").await;
     let reader = env.principal("reader").await;
     env.grant(&ws, "reader", "reader").await;
-    let agent = env.agent(&ws).await;
+    let agent = env.agent(&ws, "web-1").await;
     let policy = "version = 1\n\n[operators]\nCREDIT_CARD = \"drop_event\"\n";
 
     // Only the owner sets it: not a reader, not a service admin, not a stranger.
@@ -339,7 +229,7 @@ async fn owners_set_a_policy_that_drops_card_events_and_a_bad_policy_is_refused_
 async fn a_stored_policy_this_server_cannot_use_refuses_batches_instead_of_storing_them() {
     let env = Env::start().await;
     let (ws, owner) = env.workspace("fail-closed").await;
-    let agent = env.agent(&ws).await;
+    let agent = env.agent(&ws, "web-1").await;
     let id: WorkspaceId = ws.parse().unwrap();
     // What an older build might have accepted, written behind the API's back.
     let catalog = env.server.state().catalog.clone();
