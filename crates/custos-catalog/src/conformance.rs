@@ -16,13 +16,13 @@
 //! Only compiled for this crate's tests and with the `conformance` feature.
 
 use crate::{
-    AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError,
-    ColumnDef, EnrollmentKey, Principal, RedactionCount, RedactionKind, RedactionPolicy, Refusal,
-    Result, RoleBinding, Segment, Workspace, WorkspacePolicy,
+    AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError, ChangeState,
+    ColumnDef, DeletionReason, EnrollmentKey, Principal, RedactionCount, RedactionKind, RedactionPolicy, Refusal,
+    Result, RetentionChange, RoleBinding, Segment, Workspace, WorkspaceLock, WorkspacePolicy,
 };
 use custos_model::api::RefusalReason;
 use custos_model::{
-    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, Secret, SegmentId,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, ChangeId, Level, PrincipalId, Secret, SegmentId,
     ServiceRole, TableName, TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
 };
 use std::collections::HashSet;
@@ -33,7 +33,7 @@ use std::sync::Arc;
 const T0: TimestampMicros = 1_704_067_200_000_000;
 
 /// How many checks [`run_all`] runs.
-pub const CHECKS: usize = 71;
+pub const CHECKS: usize = 79;
 
 /// Run every check against `cat`, which should start empty (but the checks
 /// do not rely on it). Returns the number of checks run ([`CHECKS`]).
@@ -120,6 +120,14 @@ pub async fn run_all(cat: Arc<dyn Catalog>) -> usize {
         concurrent_deciders_decide_once(cat.clone());
         list_access_requests_filters_by_each_field(c);
         list_access_requests_is_newest_first(c);
+        locks_round_trip_and_unlock_returns_the_lock(c);
+        plan_and_lock_are_stored_with_the_workspace(c);
+        retention_increase_applies_at_once_and_replaces_a_pending_reduction(c);
+        pending_reduction_applies_at_its_effective_time(c);
+        locked_workspace_refuses_reductions_and_defers_pending_ones(c);
+        cancelling_without_a_pending_change_is_no_pending_change(c);
+        deleting_segments_records_each_and_leaves_other_workspaces_alone(c);
+        locked_workspace_refuses_segment_deletion(c);
     }
     assert_eq!(ran, CHECKS, "CHECKS is out of date");
     ran
@@ -155,6 +163,8 @@ async fn new_workspace(cat: &dyn Catalog, tag: &str, created_at: TimestampMicros
         created_at,
         lockbox: true,
         policy: WorkspacePolicy::default(),
+        plan: "paid".into(),
+        lock: None,
     };
     ok(cat.create_workspace(&ws).await, "create_workspace");
     ws
@@ -241,6 +251,8 @@ pub async fn workspaces_round_trip(cat: &dyn Catalog) {
             created_at: T0 + 123,
             lockbox,
             policy,
+            plan: "paid".into(),
+            lock: None,
         };
         ok(cat.create_workspace(&ws).await, "create_workspace");
         assert_eq!(
@@ -2858,4 +2870,206 @@ pub async fn list_access_requests_is_newest_first(cat: &dyn Catalog) {
             .all(|w| w[0].requested_at >= w[1].requested_at),
         "not newest first"
     );
+}
+
+// ------------------------------------------------- locks, retention, deletion
+
+const DAY: TimestampMicros = 86_400_000_000;
+
+fn lock(reason: &str) -> WorkspaceLock {
+    WorkspaceLock { reason: reason.into(), locked_at: T0 + 5, locked_by: Some(PrincipalId::new()) }
+}
+
+fn change(ws: WorkspaceId, tbl: Option<&str>, from: u32, to: u32, state: ChangeState, effective_at: TimestampMicros) -> RetentionChange {
+    RetentionChange {
+        id: ChangeId::new(),
+        workspace_id: ws,
+        table: tbl.map(table),
+        from_days: from,
+        to_days: to,
+        requested_at: T0,
+        effective_at,
+        requested_by: Some(PrincipalId::new()),
+        state,
+        decided_at: None,
+    }
+}
+
+/// A lock is stored with the workspace; unlocking returns it and clears it;
+/// locking an unknown workspace is WorkspaceNotFound.
+pub async fn locks_round_trip_and_unlock_returns_the_lock(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "lock", T0).await;
+    let l = lock("litigation hold 2024-17");
+    ok(cat.lock_workspace(ws.id, &l).await, "lock_workspace");
+    assert_eq!(ok(cat.get_workspace(ws.id).await, "get_workspace").map(|w| w.lock), Some(Some(l.clone())));
+    assert_eq!(ok(cat.unlock_workspace(ws.id).await, "unlock_workspace"), Some(l));
+    assert_eq!(ok(cat.unlock_workspace(ws.id).await, "second unlock"), None);
+    assert_eq!(ok(cat.get_workspace(ws.id).await, "get_workspace").map(|w| w.lock), Some(None));
+    let missing = WorkspaceId::new();
+    assert!(matches!(cat.lock_workspace(missing, &lock("x")).await, Err(CatalogError::WorkspaceNotFound(id)) if id == missing));
+    assert!(matches!(cat.unlock_workspace(missing).await, Err(CatalogError::WorkspaceNotFound(_))));
+}
+
+/// The plan and a lock given at creation are stored and listed.
+pub async fn plan_and_lock_are_stored_with_the_workspace(cat: &dyn Catalog) {
+    let ws = Workspace {
+        id: WorkspaceId::new(),
+        name: unique("plan"),
+        region: "eu-central".into(),
+        retention_days: 7,
+        created_at: T0,
+        lockbox: true,
+        policy: WorkspacePolicy::default(),
+        plan: "free".into(),
+        lock: Some(lock("created locked")),
+    };
+    ok(cat.create_workspace(&ws).await, "create_workspace");
+    assert_eq!(ok(cat.get_workspace(ws.id).await, "get_workspace"), Some(ws.clone()));
+    assert!(ok(cat.list_workspaces().await, "list_workspaces").contains(&ws));
+}
+
+/// An applied change sets the period at once and cancels a pending change
+/// of the same scope; other scopes keep theirs.
+pub async fn retention_increase_applies_at_once_and_replaces_a_pending_reduction(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "ret-inc", T0).await;
+    let reduce = change(ws.id, None, 14, 7, ChangeState::Pending, T0 + 30 * DAY);
+    ok(cat.change_retention(&reduce).await, "pending reduction");
+    let reduce_t = change(ws.id, Some("logs"), 14, 3, ChangeState::Pending, T0 + 30 * DAY);
+    ok(cat.change_retention(&reduce_t).await, "pending table reduction");
+    let r = ok(cat.retention(ws.id).await, "retention");
+    assert_eq!(r.default_days, 14, "a pending reduction changes nothing yet");
+    assert_eq!(r.pending.len(), 2);
+    let inc = change(ws.id, None, 14, 60, ChangeState::Applied, T0);
+    ok(cat.change_retention(&inc).await, "applied increase");
+    let r = ok(cat.retention(ws.id).await, "retention");
+    assert_eq!(r.default_days, 60);
+    assert_eq!(r.pending, vec![reduce_t.clone()], "the default's pending reduction was replaced; the table's stays");
+    let over = change(ws.id, Some("metrics"), 60, 400, ChangeState::Applied, T0);
+    ok(cat.change_retention(&over).await, "table override");
+    let r = ok(cat.retention(ws.id).await, "retention");
+    assert_eq!(r.tables.get(&table("metrics")), Some(&400));
+    assert_eq!(r.tables.get(&table("logs")), None);
+    assert!(matches!(
+        cat.change_retention(&change(WorkspaceId::new(), None, 1, 2, ChangeState::Applied, T0)).await,
+        Err(CatalogError::WorkspaceNotFound(_))
+    ));
+    assert!(matches!(cat.retention(WorkspaceId::new()).await, Err(CatalogError::WorkspaceNotFound(_))));
+}
+
+/// A pending reduction applies when its effective time has come, not before.
+pub async fn pending_reduction_applies_at_its_effective_time(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "ret-due", T0).await;
+    // Far in the future so other checks' sweeps at their own times never see it due.
+    let at = T0 + 10_000 * DAY;
+    let c = change(ws.id, Some("logs"), 14, 2, ChangeState::Pending, at);
+    ok(cat.change_retention(&c).await, "pending reduction");
+    let early = ok(cat.apply_due_retention_changes(at - 1).await, "apply early");
+    assert!(early.iter().all(|x| x.id != c.id), "applied before its time");
+    let applied = ok(cat.apply_due_retention_changes(at).await, "apply due");
+    let mine: Vec<_> = applied.iter().filter(|x| x.id == c.id).collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].state, ChangeState::Applied);
+    assert_eq!(mine[0].decided_at, Some(at));
+    let r = ok(cat.retention(ws.id).await, "retention");
+    assert_eq!(r.tables.get(&table("logs")), Some(&2));
+    assert!(r.pending.is_empty());
+    let again = ok(cat.apply_due_retention_changes(at + DAY).await, "apply again");
+    assert!(again.iter().all(|x| x.id != c.id), "applied twice");
+}
+
+/// A locked workspace refuses reductions (naming the lock), accepts
+/// increases, and keeps an earlier pending reduction waiting until unlocked.
+pub async fn locked_workspace_refuses_reductions_and_defers_pending_ones(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "ret-lock", T0).await;
+    let at = T0 + 20_000 * DAY;
+    let pending = change(ws.id, None, 14, 7, ChangeState::Pending, at);
+    ok(cat.change_retention(&pending).await, "pending reduction");
+    ok(cat.lock_workspace(ws.id, &lock("audit 7")).await, "lock");
+    for c in [
+        change(ws.id, None, 14, 7, ChangeState::Applied, T0),
+        change(ws.id, Some("logs"), 14, 1, ChangeState::Pending, at),
+    ] {
+        match cat.change_retention(&c).await {
+            Err(CatalogError::WorkspaceLocked { id, reason }) => {
+                assert_eq!(id, ws.id);
+                assert_eq!(reason, "audit 7");
+            }
+            other => panic!("reduction of a locked workspace: expected WorkspaceLocked, got {other:?}"),
+        }
+    }
+    ok(cat.change_retention(&change(ws.id, Some("logs"), 14, 90, ChangeState::Applied, T0)).await, "increase while locked");
+    let applied = ok(cat.apply_due_retention_changes(at).await, "apply while locked");
+    assert!(applied.iter().all(|x| x.workspace_id != ws.id), "a locked workspace's reduction took effect");
+    assert_eq!(ok(cat.retention(ws.id).await, "retention").default_days, 14);
+    ok(cat.unlock_workspace(ws.id).await, "unlock");
+    let applied = ok(cat.apply_due_retention_changes(at).await, "apply after unlock");
+    assert!(applied.iter().any(|x| x.id == pending.id));
+    assert_eq!(ok(cat.retention(ws.id).await, "retention").default_days, 7);
+}
+
+/// Cancelling returns the cancelled change; with nothing pending it is
+/// NoPendingChange naming the scope.
+pub async fn cancelling_without_a_pending_change_is_no_pending_change(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "ret-cancel", T0).await;
+    let c = change(ws.id, Some("logs"), 14, 7, ChangeState::Pending, T0 + 30 * DAY);
+    ok(cat.change_retention(&c).await, "pending reduction");
+    assert!(matches!(cat.cancel_retention_change(ws.id, None, T0 + 1).await, Err(CatalogError::NoPendingChange { .. })));
+    let cancelled = ok(cat.cancel_retention_change(ws.id, Some(&table("logs")), T0 + 2).await, "cancel");
+    assert_eq!(cancelled.id, c.id);
+    assert_eq!(cancelled.state, ChangeState::Cancelled);
+    assert_eq!(cancelled.decided_at, Some(T0 + 2));
+    match cat.cancel_retention_change(ws.id, Some(&table("logs")), T0 + 3).await {
+        Err(e @ CatalogError::NoPendingChange { .. }) => assert!(e.to_string().contains("table logs"), "{e}"),
+        other => panic!("second cancel: expected NoPendingChange, got {other:?}"),
+    }
+    assert!(ok(cat.retention(ws.id).await, "retention").pending.is_empty());
+    assert!(matches!(
+        cat.cancel_retention_change(WorkspaceId::new(), None, T0).await,
+        Err(CatalogError::WorkspaceNotFound(_))
+    ));
+}
+
+/// Deleting segments removes them from listings, records each deletion with
+/// its counts, skips ids of other workspaces, and tracks object removal.
+pub async fn deleting_segments_records_each_and_leaves_other_workspaces_alone(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "del", T0).await;
+    let other = new_workspace(cat, "del-other", T0).await;
+    let (a, b) = (segment(ws.id, "logs", 1, 2), segment(ws.id, "logs", 3, 4));
+    let o = segment(other.id, "logs", 1, 2);
+    ok(cat.commit_segments(&[a.clone(), b.clone(), o.clone()], &[], T0).await, "commit");
+    let dels = ok(cat.delete_segments(ws.id, &[a.id, o.id, SegmentId::new()], DeletionReason::Retention, T0 + 9).await, "delete");
+    assert_eq!(dels.len(), 1, "only the workspace's own, existing segment is deleted");
+    let d = &dels[0];
+    assert_eq!((d.segment_id, d.workspace_id, d.rows, d.bytes, d.min_time, d.max_time), (a.id, ws.id, a.rows, a.bytes, 1, 2));
+    assert_eq!((d.reason, d.deleted_at, d.object_deleted_at, d.path.as_str()), (DeletionReason::Retention, T0 + 9, None, a.path.as_str()));
+    assert_eq!(ok(cat.list_segments(ws.id, &table("logs"), None).await, "list"), vec![b.clone()]);
+    assert_eq!(ok(cat.list_segments(other.id, &table("logs"), None).await, "list other"), vec![o]);
+    assert_eq!(ok(cat.list_deletions(ws.id, 10).await, "list_deletions"), dels);
+    assert!(ok(cat.list_deletions(other.id, 10).await, "list other deletions").is_empty());
+    let pending = ok(cat.pending_object_deletions(100_000).await, "pending objects");
+    assert!(pending.iter().any(|p| p.seq == d.seq));
+    ok(cat.mark_objects_deleted(&[d.seq], T0 + 10).await, "mark");
+    let pending = ok(cat.pending_object_deletions(100_000).await, "pending objects");
+    assert!(pending.iter().all(|p| p.seq != d.seq));
+    assert_eq!(ok(cat.list_deletions(ws.id, 10).await, "list_deletions")[0].object_deleted_at, Some(T0 + 10));
+    let d2 = ok(cat.delete_segments(ws.id, &[b.id], DeletionReason::Purge, T0 + 11).await, "delete b");
+    let listed = ok(cat.list_deletions(ws.id, 10).await, "list_deletions");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].seq, d2[0].seq, "newest first");
+    assert!(listed[0].seq > listed[1].seq);
+    assert_eq!(ok(cat.list_deletions(ws.id, 1).await, "limit").len(), 1);
+}
+
+/// A locked workspace's segments cannot be deleted; nothing is removed.
+pub async fn locked_workspace_refuses_segment_deletion(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "del-lock", T0).await;
+    let a = segment(ws.id, "logs", 1, 2);
+    ok(cat.commit_segments(&[a.clone()], &[], T0).await, "commit");
+    ok(cat.lock_workspace(ws.id, &lock("hold")).await, "lock");
+    assert!(matches!(
+        cat.delete_segments(ws.id, &[a.id], DeletionReason::Retention, T0).await,
+        Err(CatalogError::WorkspaceLocked { .. })
+    ));
+    assert_eq!(ok(cat.list_segments(ws.id, &table("logs"), None).await, "list"), vec![a]);
+    assert!(ok(cat.list_deletions(ws.id, 10).await, "deletions").is_empty());
 }

@@ -15,7 +15,7 @@
 use async_trait::async_trait;
 use custos_model::api::RefusalReason;
 use custos_model::{
-    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, Secret, SegmentId,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, ChangeId, Level, PrincipalId, Secret, SegmentId,
     ServiceRole, TableName, TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
 };
 use serde::{Deserialize, Serialize};
@@ -87,6 +87,23 @@ pub enum CatalogError {
         /// Its current state.
         state: AccessState,
     },
+    /// The workspace is locked: purge, deletion and retention reductions
+    /// are refused until it is unlocked.
+    #[error("workspace {id} is locked ({reason}): deletion and retention reductions are refused until it is unlocked")]
+    WorkspaceLocked {
+        /// The workspace.
+        id: WorkspaceId,
+        /// The lock's reason, as given when it was set.
+        reason: String,
+    },
+    /// There is no pending retention change for this scope.
+    #[error("no pending retention change for {scope} of workspace {id}")]
+    NoPendingChange {
+        /// The workspace.
+        id: WorkspaceId,
+        /// `the default` or `table NAME`.
+        scope: String,
+    },
     /// The catalog URI is not understood.
     #[error("unsupported catalog uri {0:?} (supported: sqlite://PATH)")]
     UnsupportedUri(String),
@@ -119,6 +136,147 @@ pub struct Workspace {
     pub lockbox: bool,
     /// What the workspace stores (maximum level, categories).
     pub policy: WorkspacePolicy,
+    /// The plan (names a `[retention.plans.*]` entry of the server's
+    /// configuration: the retention limits).
+    pub plan: String,
+    /// The lock (legal hold), if set.
+    pub lock: Option<WorkspaceLock>,
+}
+
+/// A lock on a workspace (a legal hold). While it is set nothing of the
+/// workspace is deleted: purges, table deletion and retention reductions
+/// are refused, and the retention sweeper leaves the workspace alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceLock {
+    /// Why (shown in every refusal).
+    pub reason: String,
+    /// When it was set.
+    pub locked_at: TimestampMicros,
+    /// Who set it.
+    pub locked_by: Option<PrincipalId>,
+}
+
+/// Where a retention change stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeState {
+    /// Waiting for its effective time (a reduction in its grace period).
+    Pending,
+    /// In force.
+    Applied,
+    /// Cancelled (by a person, or replaced by a later change of the same
+    /// scope) before it took effect.
+    Cancelled,
+}
+
+impl ChangeState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeState::Pending => "pending",
+            ChangeState::Applied => "applied",
+            ChangeState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A change of a retention period: of the workspace default (`table` None)
+/// or of one table's override.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionChange {
+    /// Id.
+    pub id: ChangeId,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The table whose override changes; None for the workspace default.
+    pub table: Option<TableName>,
+    /// The period in force when the change was requested, days.
+    pub from_days: u32,
+    /// The new period, days (at least 1).
+    pub to_days: u32,
+    /// When it was requested.
+    pub requested_at: TimestampMicros,
+    /// When it takes (or took) effect.
+    pub effective_at: TimestampMicros,
+    /// Who asked.
+    pub requested_by: Option<PrincipalId>,
+    /// Where it stands.
+    pub state: ChangeState,
+    /// When it was applied or cancelled.
+    pub decided_at: Option<TimestampMicros>,
+}
+
+impl RetentionChange {
+    /// Whether the change shortens the period.
+    pub fn is_reduction(&self) -> bool {
+        self.to_days < self.from_days
+    }
+}
+
+/// A workspace's retention settings as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RetentionSettings {
+    /// The workspace default, days.
+    pub default_days: u32,
+    /// Per-table overrides, days.
+    pub tables: std::collections::BTreeMap<TableName, u32>,
+    /// Changes waiting for their effective time, oldest first.
+    pub pending: Vec<RetentionChange>,
+}
+
+/// Why stored segments were deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeletionReason {
+    /// Every row was older than the table's retention.
+    Retention,
+    /// A purge rewrote (or emptied) the segment.
+    Purge,
+    /// The workspace was deleted.
+    Workspace,
+}
+
+impl DeletionReason {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeletionReason::Retention => "retention",
+            DeletionReason::Purge => "purge",
+            DeletionReason::Workspace => "workspace",
+        }
+    }
+}
+
+/// The record of one deleted segment. The catalog entry goes first (the
+/// rows leave every query at once); the object is removed afterwards and
+/// `object_deleted_at` set, so a crash between the two leaves a record
+/// whose object removal is retried ([`Catalog::pending_object_deletions`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    /// Sequence number (increasing).
+    pub seq: i64,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The table.
+    pub table: TableName,
+    /// The segment.
+    pub segment_id: SegmentId,
+    /// Its object path.
+    pub path: String,
+    /// Rows it held.
+    pub rows: u64,
+    /// Bytes of its object.
+    pub bytes: u64,
+    /// Earliest event time in it.
+    pub min_time: TimestampMicros,
+    /// Latest event time in it.
+    pub max_time: TimestampMicros,
+    /// Why.
+    pub reason: DeletionReason,
+    /// When its catalog entry was removed.
+    pub deleted_at: TimestampMicros,
+    /// When its object was removed from storage (None: still to do).
+    pub object_deleted_at: Option<TimestampMicros>,
 }
 
 /// What a workspace stores: events above `max_level` or outside
@@ -673,6 +831,57 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         now: TimestampMicros,
         grant_expires_at: Option<TimestampMicros>,
     ) -> Result<AccessRequest>;
+
+    /// Lock a workspace (or replace the reason of its lock).
+    async fn lock_workspace(&self, ws: WorkspaceId, lock: &WorkspaceLock) -> Result<()>;
+    /// Unlock a workspace; returns the lock removed (None if it was not
+    /// locked).
+    async fn unlock_workspace(&self, ws: WorkspaceId) -> Result<Option<WorkspaceLock>>;
+
+    /// The workspace's retention default, table overrides and pending
+    /// changes.
+    async fn retention(&self, ws: WorkspaceId) -> Result<RetentionSettings>;
+    /// Record a retention change, atomically:
+    /// - a reduction ([`RetentionChange::is_reduction`]) of a locked
+    ///   workspace is refused with [`CatalogError::WorkspaceLocked`];
+    /// - a pending change of the same scope is cancelled (replaced);
+    /// - a change in state [`ChangeState::Applied`] takes effect at once
+    ///   (the default or the table override is set to `to_days`); one in
+    ///   state [`ChangeState::Pending`] waits for
+    ///   [`Catalog::apply_due_retention_changes`]. Other states are refused.
+    async fn change_retention(&self, change: &RetentionChange) -> Result<()>;
+    /// Cancel the pending change of a scope (`table` None: the default).
+    /// Fails with [`CatalogError::NoPendingChange`] if there is none.
+    async fn cancel_retention_change(
+        &self,
+        ws: WorkspaceId,
+        table: Option<&TableName>,
+        now: TimestampMicros,
+    ) -> Result<RetentionChange>;
+    /// Apply every pending change whose effective time has come, except in
+    /// locked workspaces (their changes wait for the unlock). Returns the
+    /// changes applied.
+    async fn apply_due_retention_changes(&self, now: TimestampMicros) -> Result<Vec<RetentionChange>>;
+
+    /// Atomically remove segments from the catalog and record each removal
+    /// ([`Deletion`], object removal still to do). Refused with
+    /// [`CatalogError::WorkspaceLocked`] while the workspace is locked.
+    /// Ids not registered (or of another workspace) are skipped; the
+    /// records of those removed are returned.
+    async fn delete_segments(
+        &self,
+        ws: WorkspaceId,
+        ids: &[SegmentId],
+        reason: DeletionReason,
+        now: TimestampMicros,
+    ) -> Result<Vec<Deletion>>;
+    /// The workspace's deletion records, newest first, at most `limit`.
+    async fn list_deletions(&self, ws: WorkspaceId, limit: u32) -> Result<Vec<Deletion>>;
+    /// Deletion records (of any workspace) whose object is still to be
+    /// removed, oldest first, at most `limit`.
+    async fn pending_object_deletions(&self, limit: u32) -> Result<Vec<Deletion>>;
+    /// Record that the objects of these deletion records are gone.
+    async fn mark_objects_deleted(&self, seqs: &[i64], now: TimestampMicros) -> Result<()>;
 }
 
 /// Open a catalog by URI. `sqlite://PATH` (created if missing) is the

@@ -1,11 +1,11 @@
 //! The embedded catalog: one SQLite file in WAL mode.
 //!
-//! Layout (schema version 5):
+//! Layout (schema version 6):
 //!
 //! | table             | key                                       | notes                                   |
 //! |-------------------|-------------------------------------------|-----------------------------------------|
 //! | `schema_version`  | `version`                                 | one row per applied migration           |
-//! | `workspaces`      | `id`; `name` unique                       | `lockbox` 0/1, default 1 (v2); `max_level` 0-3, default 3, and `categories` (comma-separated names, NULL = all) (v3) |
+//! | `workspaces`      | `id`; `name` unique                       | `lockbox` 0/1, default 1 (v2); `max_level` 0-3, default 3, and `categories` (comma-separated names, NULL = all) (v3); `plan` (default `paid`), `locked_reason`/`locked_at` (both NULL or both set), `locked_by` (v6) |
 //! | `enrollment_keys` | `key_hash`                                | `used_at` NULL until consumed           |
 //! | `agents`          | `id`                                      | `revoked_at` NULL unless revoked; `prev_cert_sha256` and `prev_cert_not_after` (both NULL or both set): the certificate renewed from, accepted until it expires (v4) |
 //! | `segments`        | `id`                                      | `columns` is JSON; index on (ws, table, min_time) |
@@ -17,6 +17,9 @@
 //! | `access_requests` | `id`                                      | → `cases` by (case, ws); `state` pending/approved/denied; indexes on ws, case, requester (v2) |
 //! | `refusals`        | (`workspace_id`, `agent_id`, `reason`, `category`) | events refused at ingest: `events` > 0, `first_at`, `last_at`; `reason` level/category/schema (v3) |
 //! | `redaction_policies` | `workspace_id`                         | → `workspaces`; `policy` TOML (NULL: the default policy), `revision` (+1 per change), `updated_at`, `updated_by`; `pseudonym_key` 32 bytes, set once (v5) |
+//! | `table_retention` | (`workspace_id`, `table_name`)            | per-table retention override, `days` >= 1 (v6) |
+//! | `retention_changes` | `id`                                    | `table_name` '' = the workspace default; `state` pending/applied/cancelled, at most one pending per scope; `decided_at` set unless pending (v6) |
+//! | `deletions`       | `seq` (autoincrement)                     | one row per deleted segment: table, segment, path, rows, bytes, time range, `reason` retention/purge/workspace, `deleted_at`, `object_deleted_at` NULL until the object is gone (v6) |
 //! | `redactions`      | (`workspace_id`, `table_name`, `kind`, `entity`) | what the redaction backstop removed: `kind` redacted/field_dropped/event_dropped, `entity` (empty for drops), `count` > 0, `first_at`, `last_at` (v5) |
 //!
 //! Ids are UUID text (hyphenated), times are `INTEGER` microseconds, and every
@@ -28,9 +31,10 @@
 //! stored by name and checked by the schema.
 
 use crate::{
-    AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError,
-    ColumnDef, EnrollmentKey, Principal, RedactionCount, RedactionKind, RedactionPolicy, Refusal,
-    Result, RoleBinding, Segment, Workspace, WorkspacePolicy,
+    AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError, ChangeState,
+    ColumnDef, Deletion, DeletionReason, EnrollmentKey, Principal, RedactionCount, RedactionKind, RedactionPolicy,
+    Refusal, Result, RetentionChange, RetentionSettings, RoleBinding, Segment, Workspace, WorkspaceLock,
+    WorkspacePolicy,
 };
 use async_trait::async_trait;
 use custos_model::{
@@ -231,6 +235,54 @@ CREATE TABLE redactions (
     last_at      INTEGER NOT NULL CHECK (last_at >= first_at),
     PRIMARY KEY (workspace_id, table_name, kind, entity)
 ) STRICT, WITHOUT ROWID;
+"#,
+    // Version 6: the governed store: plans, locks, retention per table with
+    // grace periods, and the record of every deleted segment.
+    r#"
+ALTER TABLE workspaces ADD COLUMN plan TEXT NOT NULL DEFAULT 'paid' CHECK (length(plan) BETWEEN 1 AND 64);
+ALTER TABLE workspaces ADD COLUMN locked_reason TEXT;
+ALTER TABLE workspaces ADD COLUMN locked_at INTEGER CHECK ((locked_at IS NULL) = (locked_reason IS NULL));
+ALTER TABLE workspaces ADD COLUMN locked_by TEXT;
+
+CREATE TABLE table_retention (
+    workspace_id TEXT    NOT NULL REFERENCES workspaces(id),
+    table_name   TEXT    NOT NULL,
+    days         INTEGER NOT NULL CHECK (days >= 1),
+    PRIMARY KEY (workspace_id, table_name)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE retention_changes (
+    id           TEXT    NOT NULL PRIMARY KEY,
+    workspace_id TEXT    NOT NULL REFERENCES workspaces(id),
+    -- '' for the workspace default.
+    table_name   TEXT    NOT NULL,
+    from_days    INTEGER NOT NULL CHECK (from_days >= 0),
+    to_days      INTEGER NOT NULL CHECK (to_days >= 1),
+    requested_at INTEGER NOT NULL,
+    effective_at INTEGER NOT NULL,
+    requested_by TEXT,
+    state        TEXT    NOT NULL CHECK (state IN ('pending', 'applied', 'cancelled')),
+    decided_at   INTEGER CHECK ((decided_at IS NULL) = (state = 'pending'))
+) STRICT;
+CREATE UNIQUE INDEX retention_changes_one_pending ON retention_changes (workspace_id, table_name) WHERE state = 'pending';
+CREATE INDEX retention_changes_by_ws ON retention_changes (workspace_id, requested_at);
+
+CREATE TABLE deletions (
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    workspace_id      TEXT    NOT NULL REFERENCES workspaces(id),
+    table_name        TEXT    NOT NULL,
+    segment_id        TEXT    NOT NULL,
+    path              TEXT    NOT NULL,
+    row_count         INTEGER NOT NULL CHECK (row_count >= 0),
+    byte_count        INTEGER NOT NULL CHECK (byte_count >= 0),
+    min_time          INTEGER NOT NULL,
+    max_time          INTEGER NOT NULL,
+    reason            TEXT    NOT NULL CHECK (reason IN ('retention', 'purge', 'workspace')),
+    deleted_at        INTEGER NOT NULL,
+    object_deleted_at INTEGER
+);
+CREATE INDEX deletions_by_ws ON deletions (workspace_id, seq);
+CREATE INDEX deletions_pending_objects ON deletions (seq) WHERE object_deleted_at IS NULL;
 "#,
 ];
 
@@ -466,11 +518,115 @@ fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
         created_at: get(row, "created_at")?,
         lockbox: get_bool(row, "lockbox")?,
         policy: policy_from_row(row)?,
+        plan: get(row, "plan")?,
+        lock: lock_from_row(row)?,
     })
 }
 
+fn lock_from_row(row: &SqliteRow) -> Result<Option<WorkspaceLock>> {
+    let reason: Option<String> = get(row, "locked_reason")?;
+    let Some(reason) = reason else { return Ok(None) };
+    Ok(Some(WorkspaceLock {
+        reason,
+        locked_at: get(row, "locked_at")?,
+        locked_by: get_opt_id(row, "locked_by")?,
+    }))
+}
+
 const WORKSPACE_COLUMNS: &str =
-    "id, name, region, retention_days, created_at, lockbox, max_level, categories";
+    "id, name, region, retention_days, created_at, lockbox, max_level, categories, plan, locked_reason, locked_at, locked_by";
+
+fn change_from_row(row: &SqliteRow) -> Result<RetentionChange> {
+    let table: String = get(row, "table_name")?;
+    let state: String = get(row, "state")?;
+    let days = |col: &str| -> Result<u32> {
+        let v: i64 = get(row, col)?;
+        u32::try_from(v).map_err(|_| CatalogError::Corrupt(format!("{col}: out of range {v}")))
+    };
+    Ok(RetentionChange {
+        id: get_id(row, "id")?,
+        workspace_id: get_id(row, "workspace_id")?,
+        table: if table.is_empty() { None } else { Some(table_from_str(table)?) },
+        from_days: days("from_days")?,
+        to_days: days("to_days")?,
+        requested_at: get(row, "requested_at")?,
+        effective_at: get(row, "effective_at")?,
+        requested_by: get_opt_id(row, "requested_by")?,
+        state: match state.as_str() {
+            "pending" => ChangeState::Pending,
+            "applied" => ChangeState::Applied,
+            "cancelled" => ChangeState::Cancelled,
+            other => return Err(CatalogError::Corrupt(format!("state: not a change state: {other:?}"))),
+        },
+        decided_at: get(row, "decided_at")?,
+    })
+}
+
+const CHANGE_COLUMNS: &str =
+    "id, workspace_id, table_name, from_days, to_days, requested_at, effective_at, requested_by, state, decided_at";
+
+fn deletion_from_row(row: &SqliteRow) -> Result<Deletion> {
+    let reason: String = get(row, "reason")?;
+    Ok(Deletion {
+        seq: get(row, "seq")?,
+        workspace_id: get_id(row, "workspace_id")?,
+        table: table_from_str(get(row, "table_name")?)?,
+        segment_id: get_id(row, "segment_id")?,
+        path: get(row, "path")?,
+        rows: get_u64(row, "row_count")?,
+        bytes: get_u64(row, "byte_count")?,
+        min_time: get(row, "min_time")?,
+        max_time: get(row, "max_time")?,
+        reason: match reason.as_str() {
+            "retention" => DeletionReason::Retention,
+            "purge" => DeletionReason::Purge,
+            "workspace" => DeletionReason::Workspace,
+            other => return Err(CatalogError::Corrupt(format!("reason: not a deletion reason: {other:?}"))),
+        },
+        deleted_at: get(row, "deleted_at")?,
+        object_deleted_at: get(row, "object_deleted_at")?,
+    })
+}
+
+const DELETION_COLUMNS: &str = "seq, workspace_id, table_name, segment_id, path, row_count, byte_count, min_time, \
+     max_time, reason, deleted_at, object_deleted_at";
+
+/// The lock of a workspace, read inside a transaction (NotFound if it does
+/// not exist).
+async fn lock_in_tx(tx: &mut sqlx::SqliteConnection, ws: WorkspaceId) -> Result<Option<WorkspaceLock>> {
+    let row = sqlx::query("SELECT locked_reason, locked_at, locked_by FROM workspaces WHERE id = ?")
+        .bind(ws.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+    match row {
+        Some(row) => lock_from_row(&row),
+        None => Err(CatalogError::WorkspaceNotFound(ws)),
+    }
+}
+
+/// Set the default (`table` None) or a table override inside a transaction.
+async fn set_days_in_tx(tx: &mut sqlx::SqliteConnection, ws: WorkspaceId, table: Option<&TableName>, days: u32) -> Result<()> {
+    match table {
+        None => sqlx::query("UPDATE workspaces SET retention_days = ? WHERE id = ?")
+            .bind(i64::from(days))
+            .bind(ws.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?,
+        Some(t) => sqlx::query(
+            "INSERT INTO table_retention (workspace_id, table_name, days) VALUES (?, ?, ?) \
+             ON CONFLICT (workspace_id, table_name) DO UPDATE SET days = excluded.days",
+        )
+        .bind(ws.to_string())
+        .bind(t.as_str())
+        .bind(i64::from(days))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?,
+    };
+    Ok(())
+}
 
 fn policy_from_row(row: &SqliteRow) -> Result<WorkspacePolicy> {
     let level: i64 = get(row, "max_level")?;
@@ -842,8 +998,8 @@ async fn commit_in_tx(
 impl Catalog for SqliteCatalog {
     async fn create_workspace(&self, ws: &Workspace) -> Result<()> {
         let res = sqlx::query(
-            "INSERT INTO workspaces (id, name, region, retention_days, created_at, lockbox, max_level, categories) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO workspaces (id, name, region, retention_days, created_at, lockbox, max_level, categories, \
+             plan, locked_reason, locked_at, locked_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(ws.id.to_string())
         .bind(ws.name.as_str())
@@ -853,6 +1009,10 @@ impl Catalog for SqliteCatalog {
         .bind(i64::from(ws.lockbox))
         .bind(i64::from(u8::from(ws.policy.max_level)))
         .bind(categories_text(&ws.policy))
+        .bind(ws.plan.as_str())
+        .bind(ws.lock.as_ref().map(|l| l.reason.clone()))
+        .bind(ws.lock.as_ref().map(|l| l.locked_at))
+        .bind(ws.lock.as_ref().and_then(|l| l.locked_by).map(|p| p.to_string()))
         .execute(&self.pool)
         .await;
         match res.map_err(classify) {
@@ -1765,6 +1925,264 @@ impl Catalog for SqliteCatalog {
             Some(r) => Err(CatalogError::AccessRequestNotPending { id, state: r.state }),
         }
     }
+
+    async fn lock_workspace(&self, ws: WorkspaceId, lock: &WorkspaceLock) -> Result<()> {
+        let res = sqlx::query("UPDATE workspaces SET locked_reason = ?, locked_at = ?, locked_by = ? WHERE id = ?")
+            .bind(lock.reason.as_str())
+            .bind(lock.locked_at)
+            .bind(lock.locked_by.map(|p| p.to_string()))
+            .bind(ws.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if res.rows_affected() == 0 {
+            return Err(CatalogError::WorkspaceNotFound(ws));
+        }
+        Ok(())
+    }
+
+    async fn unlock_workspace(&self, ws: WorkspaceId) -> Result<Option<WorkspaceLock>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let lock = lock_in_tx(&mut tx, ws).await?;
+        sqlx::query("UPDATE workspaces SET locked_reason = NULL, locked_at = NULL, locked_by = NULL WHERE id = ?")
+            .bind(ws.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(lock)
+    }
+
+    async fn retention(&self, ws: WorkspaceId) -> Result<RetentionSettings> {
+        let Some(w) = self.get_workspace(ws).await? else {
+            return Err(CatalogError::WorkspaceNotFound(ws));
+        };
+        let rows = sqlx::query("SELECT table_name, days FROM table_retention WHERE workspace_id = ?")
+            .bind(ws.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut tables = std::collections::BTreeMap::new();
+        for row in &rows {
+            let days: i64 = get(row, "days")?;
+            let days = u32::try_from(days).map_err(|_| CatalogError::Corrupt(format!("days: out of range {days}")))?;
+            tables.insert(table_from_str(get(row, "table_name")?)?, days);
+        }
+        let sql = format!(
+            "SELECT {CHANGE_COLUMNS} FROM retention_changes WHERE workspace_id = ? AND state = 'pending' \
+             ORDER BY requested_at, rowid"
+        );
+        let pending = sqlx::query(AssertSqlSafe(sql))
+            .bind(ws.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(change_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RetentionSettings { default_days: w.retention_days, tables, pending })
+    }
+
+    async fn change_retention(&self, c: &RetentionChange) -> Result<()> {
+        if c.state == ChangeState::Cancelled {
+            return Err(CatalogError::Database("a retention change cannot be recorded as cancelled".into()));
+        }
+        if c.to_days == 0 {
+            return Err(CatalogError::Database("a retention period must be at least 1 day".into()));
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        if c.is_reduction() {
+            if let Some(lock) = lock_in_tx(&mut tx, c.workspace_id).await? {
+                return Err(CatalogError::WorkspaceLocked { id: c.workspace_id, reason: lock.reason });
+            }
+        }
+        let table = c.table.as_ref().map(|t| t.as_str().to_string()).unwrap_or_default();
+        sqlx::query(
+            "UPDATE retention_changes SET state = 'cancelled', decided_at = ? \
+             WHERE workspace_id = ? AND table_name = ? AND state = 'pending'",
+        )
+        .bind(c.requested_at)
+        .bind(c.workspace_id.to_string())
+        .bind(table.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let res = sqlx::query(
+            "INSERT INTO retention_changes (id, workspace_id, table_name, from_days, to_days, requested_at, \
+             effective_at, requested_by, state, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(c.id.to_string())
+        .bind(c.workspace_id.to_string())
+        .bind(table.as_str())
+        .bind(i64::from(c.from_days))
+        .bind(i64::from(c.to_days))
+        .bind(c.requested_at)
+        .bind(c.effective_at)
+        .bind(c.requested_by.map(|p| p.to_string()))
+        .bind(c.state.as_str())
+        .bind(if c.state == ChangeState::Pending { None } else { Some(c.decided_at.unwrap_or(c.requested_at)) })
+        .execute(&mut *tx)
+        .await;
+        match res.map_err(classify) {
+            Ok(_) => {}
+            Err(Failure::ForeignKey) => return Err(CatalogError::WorkspaceNotFound(c.workspace_id)),
+            Err(Failure::Unique(m)) => return Err(CatalogError::Database(m)),
+            Err(Failure::Other(e)) => return Err(e),
+        }
+        if c.state == ChangeState::Applied {
+            set_days_in_tx(&mut tx, c.workspace_id, c.table.as_ref(), c.to_days).await?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn cancel_retention_change(
+        &self,
+        ws: WorkspaceId,
+        table: Option<&TableName>,
+        now: TimestampMicros,
+    ) -> Result<RetentionChange> {
+        let sql = format!(
+            "UPDATE retention_changes SET state = 'cancelled', decided_at = ? \
+             WHERE workspace_id = ? AND table_name = ? AND state = 'pending' RETURNING {CHANGE_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(ws.to_string())
+            .bind(table.map(|t| t.as_str()).unwrap_or(""))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        match row {
+            Some(row) => change_from_row(&row),
+            None => {
+                if !self.workspace_exists(ws).await? {
+                    return Err(CatalogError::WorkspaceNotFound(ws));
+                }
+                Err(CatalogError::NoPendingChange {
+                    id: ws,
+                    scope: table.map_or("the default".to_string(), |t| format!("table {t}")),
+                })
+            }
+        }
+    }
+
+    async fn apply_due_retention_changes(&self, now: TimestampMicros) -> Result<Vec<RetentionChange>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let sql = format!(
+            "SELECT {CHANGE_COLUMNS} FROM retention_changes c WHERE state = 'pending' AND effective_at <= ? \
+             AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = c.workspace_id AND w.locked_reason IS NOT NULL) \
+             ORDER BY effective_at, rowid"
+        );
+        let due = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(change_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let mut applied = Vec::with_capacity(due.len());
+        for mut c in due {
+            sqlx::query("UPDATE retention_changes SET state = 'applied', decided_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(c.id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            set_days_in_tx(&mut tx, c.workspace_id, c.table.as_ref(), c.to_days).await?;
+            c.state = ChangeState::Applied;
+            c.decided_at = Some(now);
+            applied.push(c);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(applied)
+    }
+
+    async fn delete_segments(
+        &self,
+        ws: WorkspaceId,
+        ids: &[SegmentId],
+        reason: DeletionReason,
+        now: TimestampMicros,
+    ) -> Result<Vec<Deletion>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        if let Some(lock) = lock_in_tx(&mut tx, ws).await? {
+            return Err(CatalogError::WorkspaceLocked { id: ws, reason: lock.reason });
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            let sql = format!("DELETE FROM segments WHERE id = ? AND workspace_id = ? RETURNING {SEGMENT_COLUMNS}");
+            let Some(row) = sqlx::query(AssertSqlSafe(sql))
+                .bind(id.to_string())
+                .bind(ws.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?
+            else {
+                continue;
+            };
+            let seg = segment_from_row(&row)?;
+            let sql = format!(
+                "INSERT INTO deletions (workspace_id, table_name, segment_id, path, row_count, byte_count, min_time, \
+                 max_time, reason, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {DELETION_COLUMNS}"
+            );
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(ws.to_string())
+                .bind(seg.table.as_str())
+                .bind(seg.id.to_string())
+                .bind(seg.path.as_str())
+                .bind(to_i64("segment row count", seg.rows)?)
+                .bind(to_i64("segment byte count", seg.bytes)?)
+                .bind(seg.min_time)
+                .bind(seg.max_time)
+                .bind(reason.as_str())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+            out.push(deletion_from_row(&row)?);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }
+
+    async fn list_deletions(&self, ws: WorkspaceId, limit: u32) -> Result<Vec<Deletion>> {
+        let sql = format!("SELECT {DELETION_COLUMNS} FROM deletions WHERE workspace_id = ? ORDER BY seq DESC LIMIT ?");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(ws.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(deletion_from_row)
+            .collect()
+    }
+
+    async fn pending_object_deletions(&self, limit: u32) -> Result<Vec<Deletion>> {
+        let sql = format!("SELECT {DELETION_COLUMNS} FROM deletions WHERE object_deleted_at IS NULL ORDER BY seq LIMIT ?");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(deletion_from_row)
+            .collect()
+    }
+
+    async fn mark_objects_deleted(&self, seqs: &[i64], now: TimestampMicros) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        for seq in seqs {
+            sqlx::query("UPDATE deletions SET object_deleted_at = ? WHERE seq = ? AND object_deleted_at IS NULL")
+                .bind(now)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
 }
 
 #[cfg(test)]
@@ -1789,7 +2207,59 @@ mod tests {
             created_at: 1_700_000_000_000_000,
             lockbox: true,
             policy: WorkspacePolicy::default(),
+            plan: "paid".into(),
+            lock: None,
         }
+    }
+
+    /// What a version 3 to 5 build wrote for a workspace (no plan, no lock).
+    async fn create_workspace_v5(cat: &SqliteCatalog, w: &Workspace) {
+        sqlx::query(
+            "INSERT INTO workspaces (id, name, region, retention_days, created_at, lockbox, max_level, categories) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(w.id.to_string())
+        .bind(w.name.as_str())
+        .bind(w.region.as_str())
+        .bind(i64::from(w.retention_days))
+        .bind(w.created_at)
+        .bind(i64::from(w.lockbox))
+        .bind(i64::from(u8::from(w.policy.max_level)))
+        .bind(categories_text(&w.policy))
+        .execute(&cat.pool)
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn version_5_catalog_migrates_to_6_with_workspaces_on_the_paid_plan_unlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.db");
+        let old = ws("from-v5");
+        let seg_id = SegmentId::new();
+        {
+            let cat = SqliteCatalog::open_at_version(&path, 5).await.unwrap();
+            create_workspace_v5(&cat, &old).await;
+            sqlx::query(
+                "INSERT INTO segments (id, workspace_id, table_name, path, min_time, max_time, row_count, byte_count, \
+                 columns, created_at) VALUES (?, ?, 'logs', 'p', 1, 2, 3, 4, '[]', 5)",
+            )
+            .bind(seg_id.to_string())
+            .bind(old.id.to_string())
+            .execute(&cat.pool)
+            .await
+            .unwrap();
+            cat.close().await;
+        }
+        let cat = SqliteCatalog::open(&path).await.unwrap();
+        const { assert!(SCHEMA_VERSION >= 6) };
+        assert_eq!(cat.get_workspace(old.id).await.unwrap(), Some(old.clone()), "paid plan, unlocked, the rest kept");
+        let r = cat.retention(old.id).await.unwrap();
+        assert_eq!((r.default_days, r.tables.len(), r.pending.len()), (30, 0, 0));
+        // The new tables work with the old rows.
+        let d = cat.delete_segments(old.id, &[seg_id], crate::DeletionReason::Retention, 9).await.unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].rows, d[0].bytes), (3, 4));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2045,7 +2515,7 @@ mod tests {
         let (old, agent_id) = (ws("from-v3"), AgentId::new());
         {
             let cat = SqliteCatalog::open_at_version(&path, 3).await.unwrap();
-            cat.create_workspace(&old).await.unwrap();
+            create_workspace_v5(&cat, &old).await;
             // What a version-3 build wrote: no prev_cert_* columns.
             sqlx::query(
                 "INSERT INTO agents (id, workspace_id, hostname, cert_sha256, cert_not_after, enrolled_at, revoked_at) \
@@ -2098,7 +2568,7 @@ mod tests {
         let (seg_batch, agent_id) = (BatchId::new(), AgentId::new());
         {
             let cat = SqliteCatalog::open_at_version(&path, 4).await.unwrap();
-            cat.create_workspace(&old).await.unwrap();
+            create_workspace_v5(&cat, &old).await;
             cat.add_refusals(&[Refusal {
                 workspace_id: old.id,
                 agent_id,

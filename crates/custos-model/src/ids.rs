@@ -102,6 +102,17 @@ uuid_id!(
     AccessRequestId,
     "access request"
 );
+uuid_id!(
+    /// A requested change of a retention period (applied at once, or after
+    /// the grace period for a reduction).
+    ChangeId,
+    "retention change"
+);
+uuid_id!(
+    /// A background job of a workspace (a purge).
+    JobId,
+    "job"
+);
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,7 @@ pub mod roles;
 pub mod wire;
 
 pub use event::{Event, Value, ValueType, RESERVED_COLUMNS};
-pub use ids::{AccessRequestId, AgentId, BatchId, CaseId, IdParseError, PrincipalId, SegmentId, TokenId, WorkspaceId};
+pub use ids::{AccessRequestId, AgentId, BatchId, CaseId, ChangeId, JobId, IdParseError, PrincipalId, SegmentId, TokenId, WorkspaceId};
 pub use level::{Category, Level, LevelParseError, PiiClass};
 pub use names::{validate_column_name, NameError, TableName};
 pub use registry::{

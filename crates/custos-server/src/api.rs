@@ -470,6 +470,8 @@ async fn create_workspace(auth: Authorized, State(s): State<Arc<AppState>>, body
         created_at: s.clock.now(),
         lockbox: true,
         policy: WorkspacePolicy::default(),
+        plan,
+        lock: None,
     };
     s.catalog.create_workspace(&ws).await?;
     let (key, expires) = issue_enrollment_key(&s, ws.id).await?;

@@ -1491,6 +1491,8 @@ mod tests {
                     created_at: 0,
                     lockbox: true,
                     policy: Default::default(),
+                    plan: "paid".into(),
+                    lock: None,
                 })
                 .await
                 .unwrap();

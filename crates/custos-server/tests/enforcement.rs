@@ -248,6 +248,8 @@ fn a_replayed_batch_is_stored_and_counted_as_decided_when_it_arrived() {
             created_at: 0,
             lockbox: true,
             policy: custos_catalog::WorkspacePolicy { max_level: Level::Enhanced, categories: None },
+            plan: "paid".into(),
+            lock: None,
         })
         .await
         .unwrap();

@@ -57,7 +57,7 @@ async fn store_segment(server: &Server, ws: WorkspaceId) {
 
 async fn workspace(server: &Server) -> WorkspaceId {
     let ws = WorkspaceId::new();
-    let w = Workspace { id: ws, name: "keys".into(), region: "local".into(), retention_days: 7, created_at: 0, lockbox: true, policy: Default::default() };
+    let w = Workspace { id: ws, name: "keys".into(), region: "local".into(), retention_days: 7, created_at: 0, lockbox: true, policy: Default::default(), plan: "paid".into(), lock: None };
     server.state().catalog.create_workspace(&w).await.unwrap();
     ws
 }

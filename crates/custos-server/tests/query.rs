@@ -52,7 +52,7 @@ async fn setup() -> (tempfile::TempDir, Arc<dyn Catalog>, Arc<dyn Storage>, Work
     let st = custos_store::storage_from_uri(tmp.path().join("seg").to_str().unwrap()).unwrap();
     let (a, b) = (WorkspaceId::new(), WorkspaceId::new());
     for (id, name) in [(a, "a"), (b, "b")] {
-        cat.create_workspace(&Workspace { id, name: name.into(), region: "local".into(), retention_days: 7, created_at: 0, lockbox: true, policy: Default::default() })
+        cat.create_workspace(&Workspace { id, name: name.into(), region: "local".into(), retention_days: 7, created_at: 0, lockbox: true, policy: Default::default(), plan: "paid".into(), lock: None })
             .await
             .unwrap();
     }

@@ -276,6 +276,8 @@ fn a_replayed_batch_is_stored_and_counted_as_redacted_on_arrival() {
             created_at: 0,
             lockbox: true,
             policy: Default::default(),
+            plan: "paid".into(),
+            lock: None,
         })
         .await
         .unwrap();
