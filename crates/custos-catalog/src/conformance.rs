@@ -17,12 +17,12 @@
 
 use crate::{
     AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError, ChangeState,
-    ColumnDef, DeletionReason, EnrollmentKey, Principal, RedactionCount, RedactionKind, RedactionPolicy, Refusal,
+    ColumnDef, DeletionReason, EnrollmentKey, Principal, PurgeJob, PurgeState, RedactionCount, RedactionKind, RedactionPolicy, Refusal,
     Result, RetentionChange, RoleBinding, Segment, Workspace, WorkspaceLock, WorkspacePolicy,
 };
 use custos_model::api::RefusalReason;
 use custos_model::{
-    AccessRequestId, AgentId, BatchId, CaseId, Category, ChangeId, Level, PrincipalId, Secret, SegmentId,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, ChangeId, JobId, Level, PrincipalId, Secret, SegmentId,
     ServiceRole, TableName, TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
 };
 use std::collections::HashSet;
@@ -33,7 +33,7 @@ use std::sync::Arc;
 const T0: TimestampMicros = 1_704_067_200_000_000;
 
 /// How many checks [`run_all`] runs.
-pub const CHECKS: usize = 79;
+pub const CHECKS: usize = 84;
 
 /// Run every check against `cat`, which should start empty (but the checks
 /// do not rely on it). Returns the number of checks run ([`CHECKS`]).
@@ -128,6 +128,11 @@ pub async fn run_all(cat: Arc<dyn Catalog>) -> usize {
         cancelling_without_a_pending_change_is_no_pending_change(c);
         deleting_segments_records_each_and_leaves_other_workspaces_alone(c);
         locked_workspace_refuses_segment_deletion(c);
+        rollup_commits_its_segments_with_the_mark_and_only_forward(c);
+        segment_indexes_are_kept_per_segment_and_go_with_it(c);
+        purge_jobs_move_from_pending_to_running_to_completed(c);
+        purge_jobs_are_cancelled_only_while_pending_and_never_created_while_locked(c);
+        purge_steps_replace_segments_atomically_and_refuse_while_locked(c);
     }
     assert_eq!(ran, CHECKS, "CHECKS is out of date");
     ran
@@ -3072,4 +3077,142 @@ pub async fn locked_workspace_refuses_segment_deletion(cat: &dyn Catalog) {
     ));
     assert_eq!(ok(cat.list_segments(ws.id, &table("logs"), None).await, "list"), vec![a]);
     assert!(ok(cat.list_deletions(ws.id, 10).await, "deletions").is_empty());
+}
+
+/// A rollup commit registers its segments and moves the mark in one step;
+/// a mark that would not move forward is refused and registers nothing.
+pub async fn rollup_commits_its_segments_with_the_mark_and_only_forward(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "rollup", T0).await;
+    let raw = table("performance");
+    assert_eq!(ok(cat.rollup_mark(ws.id, &raw).await, "mark"), None);
+    let a = segment(ws.id, "performance_rollup", T0, T0);
+    ok(cat.commit_rollup(ws.id, &raw, std::slice::from_ref(&a), T0 + DAY, T0).await, "commit_rollup");
+    assert_eq!(ok(cat.rollup_mark(ws.id, &raw).await, "mark"), Some(T0 + DAY));
+    assert_eq!(ok(cat.list_segments(ws.id, &table("performance_rollup"), None).await, "list"), vec![a]);
+    let b = segment(ws.id, "performance_rollup", T0, T0);
+    assert!(cat.commit_rollup(ws.id, &raw, std::slice::from_ref(&b), T0 + DAY, T0).await.is_err(), "the mark did not move");
+    assert_eq!(ok(cat.list_segments(ws.id, &table("performance_rollup"), None).await, "list").len(), 1);
+    ok(cat.commit_rollup(ws.id, &raw, &[], T0 + 2 * DAY, T0).await, "an empty rollup still moves the mark");
+    assert_eq!(ok(cat.rollup_mark(ws.id, &raw).await, "mark"), Some(T0 + 2 * DAY));
+    assert_eq!(ok(cat.rollup_mark(ws.id, &table("logs")).await, "other table"), None);
+}
+
+// ------------------------------------------------------------------- purge
+
+fn purge_job(ws: WorkspaceId, not_before: TimestampMicros) -> PurgeJob {
+    PurgeJob {
+        id: JobId::new(),
+        workspace_id: ws,
+        tables: vec![table("logs")],
+        predicate: "host = 'h1'".into(),
+        state: PurgeState::Pending,
+        created_at: T0,
+        created_by: Some(PrincipalId::new()),
+        not_before,
+        started_at: None,
+        finished_at: None,
+        error: None,
+        receipt: None,
+    }
+}
+
+/// Indexes are stored for registered segments of the workspace only,
+/// listed per table, and deleted with their segment.
+pub async fn segment_indexes_are_kept_per_segment_and_go_with_it(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "idx", T0).await;
+    let other = new_workspace(cat, "idx-other", T0).await;
+    let (a, b) = (segment(ws.id, "logs", 1, 2), segment(ws.id, "metrics", 1, 2));
+    let o = segment(other.id, "logs", 1, 2);
+    ok(cat.commit_segments(&[a.clone(), b.clone(), o.clone()], &[], T0).await, "commit");
+    ok(
+        cat.put_segment_indexes(ws.id, &[(a.id, "{\"host\":1}".into()), (b.id, "{}".into()), (o.id, "x".into()), (SegmentId::new(), "y".into())]).await,
+        "put",
+    );
+    let got = ok(cat.segment_indexes(ws.id, &table("logs")).await, "indexes");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got.get(&a.id).map(String::as_str), Some("{\"host\":1}"));
+    assert!(ok(cat.segment_indexes(other.id, &table("logs")).await, "other").is_empty(), "another workspace's segment got an index");
+    ok(cat.delete_segments(ws.id, &[a.id], DeletionReason::Retention, T0).await, "delete");
+    assert!(ok(cat.segment_indexes(ws.id, &table("logs")).await, "indexes").is_empty());
+}
+
+/// pending → running (only once due, not while locked) → completed with
+/// its receipt; listing is newest first.
+pub async fn purge_jobs_move_from_pending_to_running_to_completed(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "purge", T0).await;
+    let at = T0 + 30_000 * DAY;
+    let j = purge_job(ws.id, at);
+    ok(cat.create_purge(&j).await, "create_purge");
+    assert_eq!(ok(cat.get_purge(j.id).await, "get"), Some(j.clone()));
+    let early = ok(cat.claim_purges(at - 1).await, "claim early");
+    assert!(early.iter().all(|x| x.id != j.id), "claimed before not_before");
+    ok(cat.lock_workspace(ws.id, &lock("hold")).await, "lock");
+    assert!(ok(cat.claim_purges(at).await, "claim locked").iter().all(|x| x.id != j.id), "claimed while locked");
+    ok(cat.unlock_workspace(ws.id).await, "unlock");
+    let claimed = ok(cat.claim_purges(at).await, "claim");
+    let mine = claimed.iter().find(|x| x.id == j.id).expect("the due job is claimed");
+    assert_eq!((mine.state, mine.started_at), (PurgeState::Running, Some(at)));
+    // A running job is returned again (a crash resumes it).
+    assert!(ok(cat.claim_purges(at + 1).await, "claim again").iter().any(|x| x.id == j.id));
+    let done = ok(cat.finish_purge(j.id, Ok("{\"receipt\":1}".into()), at + 2).await, "finish");
+    assert_eq!((done.state, done.receipt.as_deref(), done.finished_at), (PurgeState::Completed, Some("{\"receipt\":1}"), Some(at + 2)));
+    assert!(matches!(cat.finish_purge(j.id, Err("x".into()), at + 3).await, Err(CatalogError::PurgeState { state: PurgeState::Completed, .. })));
+    let mut j2 = purge_job(ws.id, at);
+    j2.created_at = T0 + 1;
+    j2.tables = vec![];
+    ok(cat.create_purge(&j2).await, "create second");
+    let listed = ok(cat.list_purges(ws.id).await, "list");
+    assert_eq!(listed.iter().map(|x| x.id).collect::<Vec<_>>(), vec![j2.id, j.id]);
+    assert_eq!(listed[0].tables, Vec::<TableName>::new());
+    assert!(matches!(cat.get_purge(JobId::new()).await, Ok(None)));
+}
+
+/// Cancel works on a pending job only; a locked workspace accepts no job.
+pub async fn purge_jobs_are_cancelled_only_while_pending_and_never_created_while_locked(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "purge-cancel", T0).await;
+    let j = purge_job(ws.id, T0 + 40_000 * DAY);
+    ok(cat.create_purge(&j).await, "create");
+    let c = ok(cat.cancel_purge(j.id, T0 + 5).await, "cancel");
+    assert_eq!((c.state, c.finished_at), (PurgeState::Cancelled, Some(T0 + 5)));
+    match cat.cancel_purge(j.id, T0 + 6).await {
+        Err(e @ CatalogError::PurgeState { .. }) => assert!(e.to_string().contains("is cancelled"), "{e}"),
+        other => panic!("second cancel: {other:?}"),
+    }
+    assert!(matches!(cat.cancel_purge(JobId::new(), T0).await, Err(CatalogError::PurgeNotFound(_))));
+    ok(cat.lock_workspace(ws.id, &lock("hold 9")).await, "lock");
+    match cat.create_purge(&purge_job(ws.id, T0)).await {
+        Err(CatalogError::WorkspaceLocked { reason, .. }) => assert_eq!(reason, "hold 9"),
+        other => panic!("purge of a locked workspace: {other:?}"),
+    }
+    assert!(matches!(cat.create_purge(&purge_job(WorkspaceId::new(), T0)).await, Err(CatalogError::WorkspaceNotFound(_))));
+}
+
+/// A purge step removes the old segment (recorded, reason purge), registers
+/// its replacement and appends the receipt line, all at once; only for a
+/// running job, never while locked.
+pub async fn purge_steps_replace_segments_atomically_and_refuse_while_locked(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "purge-step", T0).await;
+    let (a, b) = (segment(ws.id, "logs", 1, 2), segment(ws.id, "logs", 3, 4));
+    ok(cat.commit_segments(&[a.clone(), b.clone()], &[], T0).await, "commit");
+    let j = purge_job(ws.id, T0);
+    ok(cat.create_purge(&j).await, "create");
+    let new_a = segment(ws.id, "logs", 1, 2);
+    assert!(matches!(cat.purge_segment(j.id, a.id, Some(&new_a), "{}", T0).await, Err(CatalogError::PurgeState { .. })), "pending job");
+    ok(cat.claim_purges(T0).await, "claim");
+    let d = ok(cat.purge_segment(j.id, a.id, Some(&new_a), "{\"n\":1}", T0 + 1).await, "step 1");
+    assert_eq!((d.reason, d.segment_id), (DeletionReason::Purge, a.id));
+    ok(cat.lock_workspace(ws.id, &lock("hold")).await, "lock");
+    assert!(matches!(cat.purge_segment(j.id, b.id, None, "{}", T0).await, Err(CatalogError::WorkspaceLocked { .. })));
+    ok(cat.unlock_workspace(ws.id).await, "unlock");
+    let other_table = segment(ws.id, "metrics", 1, 2);
+    assert!(cat.purge_segment(j.id, b.id, Some(&other_table), "{}", T0).await.is_err(), "a replacement in another table");
+    assert!(cat.purge_segment(j.id, a.id, None, "{}", T0).await.is_err(), "a segment already gone");
+    ok(cat.purge_segment(j.id, b.id, None, "{\"n\":2}", T0 + 2).await, "step 2: emptied");
+    let mut listed = ok(cat.list_segments(ws.id, &table("logs"), None).await, "list");
+    listed.sort_by_key(|s| s.id);
+    assert_eq!(listed, vec![new_a]);
+    assert_eq!(ok(cat.purge_entries(j.id).await, "entries"), vec!["{\"n\":1}".to_string(), "{\"n\":2}".to_string()]);
+    assert_eq!(ok(cat.list_deletions(ws.id, 10).await, "deletions").len(), 2);
+    let f = ok(cat.finish_purge(j.id, Err("disk on fire".into()), T0 + 3).await, "fail");
+    assert_eq!((f.state, f.error.as_deref()), (PurgeState::Failed, Some("disk on fire")));
 }

@@ -15,7 +15,7 @@
 use async_trait::async_trait;
 use custos_model::api::RefusalReason;
 use custos_model::{
-    AccessRequestId, AgentId, BatchId, CaseId, Category, ChangeId, Level, PrincipalId, Secret, SegmentId,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, ChangeId, JobId, Level, PrincipalId, Secret, SegmentId,
     ServiceRole, TableName, TimestampMicros, TokenId, ValueType, WorkspaceId, WorkspaceRole,
 };
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,19 @@ pub enum CatalogError {
         id: WorkspaceId,
         /// The lock's reason, as given when it was set.
         reason: String,
+    },
+    /// The named purge job does not exist.
+    #[error("purge job {0} not found")]
+    PurgeNotFound(JobId),
+    /// The purge job is not in a state that allows this.
+    #[error("purge job {id} is {state}: {what}")]
+    PurgeState {
+        /// The job.
+        id: JobId,
+        /// Its state.
+        state: PurgeState,
+        /// What was refused.
+        what: String,
     },
     /// There is no pending retention change for this scope.
     #[error("no pending retention change for {scope} of workspace {id}")]
@@ -222,6 +235,76 @@ pub struct RetentionSettings {
     pub tables: std::collections::BTreeMap<TableName, u32>,
     /// Changes waiting for their effective time, oldest first.
     pub pending: Vec<RetentionChange>,
+}
+
+/// Where a purge job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurgeState {
+    /// Accepted; its rows are hidden from queries; runs at `not_before`.
+    Pending,
+    /// Rewriting segments.
+    Running,
+    /// Done; the receipt is signed.
+    Completed,
+    /// Cancelled before it ran; its rows are visible again.
+    Cancelled,
+    /// Stopped by an error (see `error`); its rows stay hidden.
+    Failed,
+}
+
+impl PurgeState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeState::Pending => "pending",
+            PurgeState::Running => "running",
+            PurgeState::Completed => "completed",
+            PurgeState::Cancelled => "cancelled",
+            PurgeState::Failed => "failed",
+        }
+    }
+
+    /// Whether its predicate still hides rows from queries.
+    pub fn hides_rows(self) -> bool {
+        matches!(self, PurgeState::Pending | PurgeState::Running | PurgeState::Failed)
+    }
+}
+
+impl std::fmt::Display for PurgeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A purge: remove the rows matching `predicate` from `tables` (every table
+/// of the workspace when empty).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeJob {
+    /// Id.
+    pub id: JobId,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The tables; empty for every table.
+    pub tables: Vec<TableName>,
+    /// The predicate, canonical (`custos_store::purge::Predicate::to_sql`).
+    pub predicate: String,
+    /// Where it stands.
+    pub state: PurgeState,
+    /// When it was accepted.
+    pub created_at: TimestampMicros,
+    /// Who asked.
+    pub created_by: Option<PrincipalId>,
+    /// When it may run (the end of its cancel window, or `created_at`).
+    pub not_before: TimestampMicros,
+    /// When it started running.
+    pub started_at: Option<TimestampMicros>,
+    /// When it completed, failed or was cancelled.
+    pub finished_at: Option<TimestampMicros>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The signed receipt (JSON), once completed.
+    pub receipt: Option<String>,
 }
 
 /// Why stored segments were deleted.
@@ -875,6 +958,63 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         reason: DeletionReason,
         now: TimestampMicros,
     ) -> Result<Vec<Deletion>>;
+    /// Rows of the raw table `table` before this time are already in its
+    /// rollup table (None: nothing rolled up yet).
+    async fn rollup_mark(&self, ws: WorkspaceId, table: &TableName) -> Result<Option<TimestampMicros>>;
+    /// Atomically register the rollup segments (of `<table>_rollup`) and
+    /// move `table`'s rollup mark to `until`, so a crash never rolls the
+    /// same rows up twice. Refused if the mark is already at or past
+    /// `until`.
+    async fn commit_rollup(
+        &self,
+        ws: WorkspaceId,
+        table: &TableName,
+        segments: &[Segment],
+        until: TimestampMicros,
+        now: TimestampMicros,
+    ) -> Result<()>;
+    /// Store the Bloom filters (JSON, `custos_store::purge`) of segments'
+    /// identity columns. Filters of segments not (or no longer) registered
+    /// are ignored; a segment's filters go with it when it is deleted.
+    async fn put_segment_indexes(&self, ws: WorkspaceId, indexes: &[(SegmentId, String)]) -> Result<()>;
+    /// The stored filters of a table's segments, by segment.
+    async fn segment_indexes(&self, ws: WorkspaceId, table: &TableName) -> Result<std::collections::HashMap<SegmentId, String>>;
+
+    /// Accept a purge job (state pending). Refused with
+    /// [`CatalogError::WorkspaceLocked`] while the workspace is locked.
+    async fn create_purge(&self, job: &PurgeJob) -> Result<()>;
+    /// Look a purge job up.
+    async fn get_purge(&self, id: JobId) -> Result<Option<PurgeJob>>;
+    /// A workspace's purge jobs, newest first.
+    async fn list_purges(&self, ws: WorkspaceId) -> Result<Vec<PurgeJob>>;
+    /// Cancel a pending job; any other state is refused with
+    /// [`CatalogError::PurgeState`].
+    async fn cancel_purge(&self, id: JobId, now: TimestampMicros) -> Result<PurgeJob>;
+    /// Atomically move every pending job whose `not_before` has come, in
+    /// unlocked workspaces, to running, and return every running job
+    /// (including ones a crash interrupted), oldest first.
+    async fn claim_purges(&self, now: TimestampMicros) -> Result<Vec<PurgeJob>>;
+    /// One step of a running job, atomically: remove segment `old` (with a
+    /// deletion record, reason purge), register `new` (its rows left, if
+    /// any) and append `entry` (a receipt line, JSON) to the job. Refused
+    /// with [`CatalogError::WorkspaceLocked`] while the workspace is locked
+    /// and with [`CatalogError::PurgeState`] unless the job is running;
+    /// a segment already gone is [`CatalogError::Database`] and nothing
+    /// changes.
+    async fn purge_segment(
+        &self,
+        job: JobId,
+        old: SegmentId,
+        new: Option<&Segment>,
+        entry: &str,
+        now: TimestampMicros,
+    ) -> Result<Deletion>;
+    /// The receipt lines of a job, in order.
+    async fn purge_entries(&self, job: JobId) -> Result<Vec<String>>;
+    /// End a running job: completed with its signed receipt, or failed with
+    /// an error.
+    async fn finish_purge(&self, id: JobId, outcome: std::result::Result<String, String>, now: TimestampMicros) -> Result<PurgeJob>;
+
     /// The workspace's deletion records, newest first, at most `limit`.
     async fn list_deletions(&self, ws: WorkspaceId, limit: u32) -> Result<Vec<Deletion>>;
     /// Deletion records (of any workspace) whose object is still to be

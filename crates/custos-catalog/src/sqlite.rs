@@ -20,6 +20,10 @@
 //! | `table_retention` | (`workspace_id`, `table_name`)            | per-table retention override, `days` >= 1 (v6) |
 //! | `retention_changes` | `id`                                    | `table_name` '' = the workspace default; `state` pending/applied/cancelled, at most one pending per scope; `decided_at` set unless pending (v6) |
 //! | `deletions`       | `seq` (autoincrement)                     | one row per deleted segment: table, segment, path, rows, bytes, time range, `reason` retention/purge/workspace, `deleted_at`, `object_deleted_at` NULL until the object is gone (v6) |
+//! | `segment_indexes` | `segment_id` → `segments` (on delete cascade) | Bloom filters of a segment's identity columns, JSON (v6) |
+//! | `purge_jobs`      | `id`                                      | → `workspaces`; `tables` JSON array ([] = all), canonical `predicate`, `state` pending/running/completed/cancelled/failed, `not_before`, `receipt` (signed JSON) (v6) |
+//! | `purge_entries`   | (`job_id`, `seq`)                         | a running purge's receipt lines, one per segment, committed with the segment's rewrite (v6) |
+//! | `rollup_marks`    | (`workspace_id`, `table_name`)            | rows of the (raw) table before `rolled_up_until` are in its rollup table (v6) |
 //! | `redactions`      | (`workspace_id`, `table_name`, `kind`, `entity`) | what the redaction backstop removed: `kind` redacted/field_dropped/event_dropped, `entity` (empty for drops), `count` > 0, `first_at`, `last_at` (v5) |
 //!
 //! Ids are UUID text (hyphenated), times are `INTEGER` microseconds, and every
@@ -32,13 +36,13 @@
 
 use crate::{
     AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError, ChangeState,
-    ColumnDef, Deletion, DeletionReason, EnrollmentKey, Principal, RedactionCount, RedactionKind, RedactionPolicy,
+    ColumnDef, Deletion, DeletionReason, EnrollmentKey, Principal, PurgeJob, PurgeState, RedactionCount, RedactionKind, RedactionPolicy,
     Refusal, Result, RetentionChange, RetentionSettings, RoleBinding, Segment, Workspace, WorkspaceLock,
     WorkspacePolicy,
 };
 use async_trait::async_trait;
 use custos_model::{
-    AccessRequestId, AgentId, BatchId, CaseId, Category, Level, PrincipalId, Secret, SegmentId,
+    AccessRequestId, AgentId, BatchId, CaseId, Category, JobId, Level, PrincipalId, Secret, SegmentId,
     TableName, TimestampMicros, TokenId, WorkspaceId, WorkspaceRole,
 };
 use sqlx::error::ErrorKind;
@@ -283,6 +287,44 @@ CREATE TABLE deletions (
 );
 CREATE INDEX deletions_by_ws ON deletions (workspace_id, seq);
 CREATE INDEX deletions_pending_objects ON deletions (seq) WHERE object_deleted_at IS NULL;
+
+CREATE TABLE segment_indexes (
+    segment_id   TEXT NOT NULL PRIMARY KEY REFERENCES segments(id) ON DELETE CASCADE,
+    workspace_id TEXT NOT NULL,
+    idx          TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE purge_jobs (
+    id           TEXT    NOT NULL PRIMARY KEY,
+    workspace_id TEXT    NOT NULL REFERENCES workspaces(id),
+    -- JSON array of table names; [] = every table.
+    tables       TEXT    NOT NULL,
+    predicate    TEXT    NOT NULL,
+    state        TEXT    NOT NULL CHECK (state IN ('pending', 'running', 'completed', 'cancelled', 'failed')),
+    created_at   INTEGER NOT NULL,
+    created_by   TEXT,
+    not_before   INTEGER NOT NULL,
+    started_at   INTEGER,
+    finished_at  INTEGER,
+    error        TEXT,
+    receipt      TEXT
+) STRICT;
+CREATE INDEX purge_jobs_by_ws ON purge_jobs (workspace_id, created_at);
+CREATE INDEX purge_jobs_active ON purge_jobs (state) WHERE state IN ('pending', 'running');
+
+CREATE TABLE purge_entries (
+    job_id TEXT    NOT NULL REFERENCES purge_jobs(id),
+    seq    INTEGER NOT NULL,
+    entry  TEXT    NOT NULL,
+    PRIMARY KEY (job_id, seq)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE rollup_marks (
+    workspace_id    TEXT    NOT NULL REFERENCES workspaces(id),
+    table_name      TEXT    NOT NULL,
+    rolled_up_until INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, table_name)
+) STRICT, WITHOUT ROWID;
 "#,
 ];
 
@@ -587,6 +629,36 @@ fn deletion_from_row(row: &SqliteRow) -> Result<Deletion> {
         object_deleted_at: get(row, "object_deleted_at")?,
     })
 }
+
+fn purge_from_row(row: &SqliteRow) -> Result<PurgeJob> {
+    let tables: String = get(row, "tables")?;
+    let tables: Vec<String> = serde_json::from_str(&tables).map_err(|e| corrupt("tables", e))?;
+    let state: String = get(row, "state")?;
+    Ok(PurgeJob {
+        id: get_id(row, "id")?,
+        workspace_id: get_id(row, "workspace_id")?,
+        tables: tables.into_iter().map(table_from_str).collect::<Result<_>>()?,
+        predicate: get(row, "predicate")?,
+        state: match state.as_str() {
+            "pending" => PurgeState::Pending,
+            "running" => PurgeState::Running,
+            "completed" => PurgeState::Completed,
+            "cancelled" => PurgeState::Cancelled,
+            "failed" => PurgeState::Failed,
+            other => return Err(CatalogError::Corrupt(format!("state: not a purge state: {other:?}"))),
+        },
+        created_at: get(row, "created_at")?,
+        created_by: get_opt_id(row, "created_by")?,
+        not_before: get(row, "not_before")?,
+        started_at: get(row, "started_at")?,
+        finished_at: get(row, "finished_at")?,
+        error: get(row, "error")?,
+        receipt: get(row, "receipt")?,
+    })
+}
+
+const PURGE_COLUMNS: &str =
+    "id, workspace_id, tables, predicate, state, created_at, created_by, not_before, started_at, finished_at, error, receipt";
 
 const DELETION_COLUMNS: &str = "seq, workspace_id, table_name, segment_id, path, row_count, byte_count, min_time, \
      max_time, reason, deleted_at, object_deleted_at";
@@ -2144,6 +2216,280 @@ impl Catalog for SqliteCatalog {
         }
         tx.commit().await.map_err(db)?;
         Ok(out)
+    }
+
+    async fn rollup_mark(&self, ws: WorkspaceId, table: &TableName) -> Result<Option<TimestampMicros>> {
+        sqlx::query_scalar("SELECT rolled_up_until FROM rollup_marks WHERE workspace_id = ? AND table_name = ?")
+            .bind(ws.to_string())
+            .bind(table.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn commit_rollup(
+        &self,
+        ws: WorkspaceId,
+        table: &TableName,
+        segments: &[Segment],
+        until: TimestampMicros,
+        now: TimestampMicros,
+    ) -> Result<()> {
+        if let Some(s) = segments.iter().find(|s| s.workspace_id != ws) {
+            return Err(CatalogError::Database(format!("rollup segment {} belongs to another workspace", s.id)));
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT rolled_up_until FROM rollup_marks WHERE workspace_id = ? AND table_name = ?")
+                .bind(ws.to_string())
+                .bind(table.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        if current.is_some_and(|c| c >= until) {
+            tx.rollback().await.map_err(db)?;
+            return Err(CatalogError::Database(format!(
+                "table {table} of workspace {ws} is already rolled up past {until}"
+            )));
+        }
+        if let Err(failure) = commit_in_tx(&mut tx, segments, &[], &[], &[], now).await {
+            tx.rollback().await.map_err(db)?;
+            return Err(match failure {
+                CommitFailure::DuplicateSegment(id) => CatalogError::SegmentExists(id),
+                CommitFailure::MissingWorkspace => CatalogError::WorkspaceNotFound(ws),
+                CommitFailure::Other(e) => e,
+            });
+        }
+        let res = sqlx::query(
+            "INSERT INTO rollup_marks (workspace_id, table_name, rolled_up_until) VALUES (?, ?, ?) \
+             ON CONFLICT (workspace_id, table_name) DO UPDATE SET rolled_up_until = excluded.rolled_up_until",
+        )
+        .bind(ws.to_string())
+        .bind(table.as_str())
+        .bind(until)
+        .execute(&mut *tx)
+        .await;
+        match res.map_err(classify) {
+            Ok(_) => tx.commit().await.map_err(db),
+            Err(Failure::ForeignKey) => Err(CatalogError::WorkspaceNotFound(ws)),
+            Err(Failure::Unique(m)) => Err(CatalogError::Database(m)),
+            Err(Failure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn put_segment_indexes(&self, ws: WorkspaceId, indexes: &[(SegmentId, String)]) -> Result<()> {
+        if indexes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        for (id, idx) in indexes {
+            // Only for a registered segment of this workspace.
+            sqlx::query(
+                "INSERT INTO segment_indexes (segment_id, workspace_id, idx) \
+                 SELECT id, workspace_id, ? FROM segments WHERE id = ? AND workspace_id = ? \
+                 ON CONFLICT (segment_id) DO UPDATE SET idx = excluded.idx",
+            )
+            .bind(idx.as_str())
+            .bind(id.to_string())
+            .bind(ws.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn segment_indexes(&self, ws: WorkspaceId, table: &TableName) -> Result<std::collections::HashMap<SegmentId, String>> {
+        let rows = sqlx::query(
+            "SELECT i.segment_id, i.idx FROM segment_indexes i JOIN segments s ON s.id = i.segment_id \
+             WHERE s.workspace_id = ? AND s.table_name = ?",
+        )
+        .bind(ws.to_string())
+        .bind(table.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(|r| Ok((get_id(r, "segment_id")?, get(r, "idx")?))).collect()
+    }
+
+    async fn create_purge(&self, job: &PurgeJob) -> Result<()> {
+        if job.state != PurgeState::Pending {
+            return Err(CatalogError::PurgeState { id: job.id, state: job.state, what: "only pending jobs are created".into() });
+        }
+        let tables = serde_json::to_string(&job.tables.iter().map(|t| t.as_str()).collect::<Vec<_>>())
+            .map_err(|e| CatalogError::Database(e.to_string()))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        if let Some(lock) = lock_in_tx(&mut tx, job.workspace_id).await? {
+            return Err(CatalogError::WorkspaceLocked { id: job.workspace_id, reason: lock.reason });
+        }
+        sqlx::query(
+            "INSERT INTO purge_jobs (id, workspace_id, tables, predicate, state, created_at, created_by, not_before) \
+             VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+        )
+        .bind(job.id.to_string())
+        .bind(job.workspace_id.to_string())
+        .bind(tables)
+        .bind(job.predicate.as_str())
+        .bind(job.created_at)
+        .bind(job.created_by.map(|p| p.to_string()))
+        .bind(job.not_before)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn get_purge(&self, id: JobId) -> Result<Option<PurgeJob>> {
+        let sql = format!("SELECT {PURGE_COLUMNS} FROM purge_jobs WHERE id = ?");
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&self.pool).await.map_err(db)?;
+        row.as_ref().map(purge_from_row).transpose()
+    }
+
+    async fn list_purges(&self, ws: WorkspaceId) -> Result<Vec<PurgeJob>> {
+        let sql = format!("SELECT {PURGE_COLUMNS} FROM purge_jobs WHERE workspace_id = ? ORDER BY created_at DESC, rowid DESC");
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(ws.to_string()).fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(purge_from_row).collect()
+    }
+
+    async fn cancel_purge(&self, id: JobId, now: TimestampMicros) -> Result<PurgeJob> {
+        let sql = format!(
+            "UPDATE purge_jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'pending' RETURNING {PURGE_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(id.to_string()).fetch_optional(&self.pool).await.map_err(db)?;
+        match row {
+            Some(r) => purge_from_row(&r),
+            None => match self.get_purge(id).await? {
+                None => Err(CatalogError::PurgeNotFound(id)),
+                Some(j) => Err(CatalogError::PurgeState { id, state: j.state, what: "only a pending job can be cancelled".into() }),
+            },
+        }
+    }
+
+    async fn claim_purges(&self, now: TimestampMicros) -> Result<Vec<PurgeJob>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        sqlx::query(
+            "UPDATE purge_jobs SET state = 'running', started_at = ? WHERE state = 'pending' AND not_before <= ? \
+             AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = purge_jobs.workspace_id AND w.locked_reason IS NOT NULL)",
+        )
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let sql = format!("SELECT {PURGE_COLUMNS} FROM purge_jobs WHERE state = 'running' ORDER BY created_at, rowid");
+        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter().map(purge_from_row).collect()
+    }
+
+    async fn purge_segment(
+        &self,
+        job: JobId,
+        old: SegmentId,
+        new: Option<&Segment>,
+        entry: &str,
+        now: TimestampMicros,
+    ) -> Result<Deletion> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let sql = format!("SELECT {PURGE_COLUMNS} FROM purge_jobs WHERE id = ?");
+        let Some(row) = sqlx::query(AssertSqlSafe(sql)).bind(job.to_string()).fetch_optional(&mut *tx).await.map_err(db)? else {
+            return Err(CatalogError::PurgeNotFound(job));
+        };
+        let j = purge_from_row(&row)?;
+        if j.state != PurgeState::Running {
+            return Err(CatalogError::PurgeState { id: job, state: j.state, what: "only a running job removes rows".into() });
+        }
+        let ws = j.workspace_id;
+        if let Some(lock) = lock_in_tx(&mut tx, ws).await? {
+            return Err(CatalogError::WorkspaceLocked { id: ws, reason: lock.reason });
+        }
+        let sql = format!("DELETE FROM segments WHERE id = ? AND workspace_id = ? RETURNING {SEGMENT_COLUMNS}");
+        let Some(row) = sqlx::query(AssertSqlSafe(sql))
+            .bind(old.to_string())
+            .bind(ws.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?
+        else {
+            return Err(CatalogError::Database(format!("segment {old} of workspace {ws} is not registered")));
+        };
+        let seg = segment_from_row(&row)?;
+        if let Some(n) = new {
+            if n.workspace_id != ws || n.table != seg.table {
+                return Err(CatalogError::Database(format!("segment {} does not replace {old}: another workspace or table", n.id)));
+            }
+            match commit_in_tx(&mut tx, std::slice::from_ref(n), &[], &[], &[], now).await {
+                Ok(()) => {}
+                Err(CommitFailure::DuplicateSegment(id)) => return Err(CatalogError::SegmentExists(id)),
+                Err(CommitFailure::MissingWorkspace) => return Err(CatalogError::WorkspaceNotFound(ws)),
+                Err(CommitFailure::Other(e)) => return Err(e),
+            }
+        }
+        let sql = format!(
+            "INSERT INTO deletions (workspace_id, table_name, segment_id, path, row_count, byte_count, min_time, \
+             max_time, reason, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'purge', ?) RETURNING {DELETION_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(ws.to_string())
+            .bind(seg.table.as_str())
+            .bind(seg.id.to_string())
+            .bind(seg.path.as_str())
+            .bind(to_i64("segment row count", seg.rows)?)
+            .bind(to_i64("segment byte count", seg.bytes)?)
+            .bind(seg.min_time)
+            .bind(seg.max_time)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let deletion = deletion_from_row(&row)?;
+        sqlx::query(
+            "INSERT INTO purge_entries (job_id, seq, entry) \
+             VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM purge_entries WHERE job_id = ?), ?)",
+        )
+        .bind(job.to_string())
+        .bind(job.to_string())
+        .bind(entry)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(deletion)
+    }
+
+    async fn purge_entries(&self, job: JobId) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT entry FROM purge_entries WHERE job_id = ? ORDER BY seq")
+            .bind(job.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn finish_purge(&self, id: JobId, outcome: std::result::Result<String, String>, now: TimestampMicros) -> Result<PurgeJob> {
+        let (state, receipt, error) = match outcome {
+            Ok(r) => ("completed", Some(r), None),
+            Err(e) => ("failed", None, Some(e)),
+        };
+        let sql = format!(
+            "UPDATE purge_jobs SET state = ?, receipt = ?, error = ?, finished_at = ? WHERE id = ? AND state = 'running' \
+             RETURNING {PURGE_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(state)
+            .bind(receipt)
+            .bind(error)
+            .bind(now)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        match row {
+            Some(r) => purge_from_row(&r),
+            None => match self.get_purge(id).await? {
+                None => Err(CatalogError::PurgeNotFound(id)),
+                Some(j) => Err(CatalogError::PurgeState { id, state: j.state, what: "only a running job finishes".into() }),
+            },
+        }
     }
 
     async fn list_deletions(&self, ws: WorkspaceId, limit: u32) -> Result<Vec<Deletion>> {

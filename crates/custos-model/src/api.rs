@@ -15,9 +15,12 @@ pub struct CreateWorkspaceRequest {
     pub name: String,
     /// Region the workspace's data is pinned to; must be the server's region.
     pub region: String,
-    /// Default retention in days (server default when absent).
+    /// Default retention in days (the plan's default when absent).
     #[serde(default)]
     pub retention_days: Option<u32>,
+    /// The plan (the server's default plan when absent).
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 /// A workspace as the API shows it.
@@ -40,6 +43,169 @@ pub struct WorkspaceInfo {
     pub max_level: Level,
     /// The categories the workspace stores (events of others are refused).
     pub categories: Vec<Category>,
+    /// The plan (retention limits).
+    #[serde(default)]
+    pub plan: String,
+    /// The lock (legal hold), if set: nothing of the workspace is deleted.
+    #[serde(default)]
+    pub lock: Option<LockInfo>,
+}
+
+/// A workspace lock as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockInfo {
+    /// Why.
+    pub reason: String,
+    /// When it was set, RFC 3339.
+    pub locked_at: String,
+    /// Who set it.
+    pub locked_by: Option<PrincipalId>,
+}
+
+/// `POST /v1/workspaces/{id}/lock` (owners): lock the workspace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockRequest {
+    /// Why (1 to 500 characters); shown in every refusal.
+    pub reason: String,
+}
+
+/// `PUT /v1/workspaces/{id}/retention` (owners): change the workspace
+/// default or one table's period.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRequest {
+    /// The table; absent for the workspace default.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The new period, days.
+    pub days: u32,
+    /// Apply a reduction at once instead of after the grace period
+    /// (refused while the workspace is locked).
+    #[serde(default)]
+    pub now: bool,
+}
+
+/// `POST /v1/workspaces/{id}/retention/cancel` (owners): cancel the pending
+/// reduction of the default (`table` absent) or of one table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionCancelRequest {
+    /// The table; absent for the workspace default.
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+/// A retention change as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetentionChangeInfo {
+    /// Id.
+    pub id: crate::ChangeId,
+    /// The table; None for the workspace default.
+    pub table: Option<String>,
+    /// The period before, days.
+    pub from_days: u32,
+    /// The new period, days.
+    pub to_days: u32,
+    /// `pending` (in its grace period), `applied` or `cancelled`.
+    pub state: String,
+    /// When it was asked for, RFC 3339.
+    pub requested_at: String,
+    /// When it takes (or took) effect, RFC 3339.
+    pub effective_at: String,
+    /// Who asked.
+    pub requested_by: Option<PrincipalId>,
+}
+
+/// One table's period in [`RetentionInfo`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableRetention {
+    /// The table.
+    pub table: String,
+    /// Its period, days.
+    pub days: u32,
+    /// Where the period comes from: `override`, `rollup` (the plan's rollup
+    /// period) or `default` (the workspace default).
+    pub source: String,
+    /// Rows before this time have expired, RFC 3339 (they are hidden from
+    /// queries and their segments dropped), unless the workspace is locked.
+    pub keeps_since: String,
+}
+
+/// `GET /v1/workspaces/{id}/retention`: the periods in force.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetentionInfo {
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// Its plan.
+    pub plan: String,
+    /// The longest period the plan allows, days.
+    pub max_days: u32,
+    /// The plan's period for rollup tables without an override, days.
+    pub rollup_days: u32,
+    /// The workspace default, days.
+    pub default_days: u32,
+    /// Days a reduction waits before it takes effect.
+    pub grace_days: u32,
+    /// The lock, if set (nothing is deleted while it is).
+    pub lock: Option<LockInfo>,
+    /// Every table with data, every standard table and every override.
+    pub tables: Vec<TableRetention>,
+    /// Reductions in their grace period.
+    pub pending: Vec<RetentionChangeInfo>,
+}
+
+/// One deleted segment (`GET /v1/workspaces/{id}/deletions`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeletionInfo {
+    /// Sequence number (increasing).
+    pub seq: i64,
+    /// The table.
+    pub table: String,
+    /// The segment.
+    pub segment_id: crate::SegmentId,
+    /// Rows it held.
+    pub rows: u64,
+    /// Bytes of its object.
+    pub bytes: u64,
+    /// Its earliest event time, RFC 3339.
+    pub min_time: String,
+    /// Its latest event time, RFC 3339.
+    pub max_time: String,
+    /// `retention`, `purge` or `workspace`.
+    pub reason: String,
+    /// When it left the catalog (and every query), RFC 3339.
+    pub deleted_at: String,
+    /// When its bytes were removed from storage, RFC 3339 (None: pending).
+    pub object_deleted_at: Option<String>,
+}
+
+/// What one pass of the retention sweeper did (`POST /v1/retention/sweep`,
+/// or the server's periodic pass).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Pending retention changes that took effect.
+    pub changes_applied: u64,
+    /// Workspaces swept.
+    pub workspaces: u64,
+    /// Workspaces left alone because they are locked.
+    pub workspaces_locked: u64,
+    /// Segments dropped.
+    pub segments_deleted: u64,
+    /// Rows in them.
+    pub rows_deleted: u64,
+    /// Bytes in them.
+    pub bytes_deleted: u64,
+    /// Objects removed from storage (including retries of earlier passes).
+    pub objects_removed: u64,
+    /// Object removals that failed (retried next pass).
+    pub object_errors: u64,
+    /// Rows written to rollup tables.
+    pub rollup_rows: u64,
+    /// Workspaces whose pass failed (logged; retried next pass).
+    pub errors: u64,
+    /// Time the pass took, milliseconds.
+    pub elapsed_ms: u64,
 }
 
 /// `PUT /v1/workspaces/{id}/policy` (owners): what the workspace stores.
@@ -263,6 +429,9 @@ pub struct CreateWorkspaceResponse {
     pub region: String,
     /// Default retention, days.
     pub retention_days: u32,
+    /// The plan.
+    #[serde(default)]
+    pub plan: String,
     /// Single-use enrollment key.
     pub enrollment_key: String,
     /// When the key expires, RFC 3339.

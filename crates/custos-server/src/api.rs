@@ -74,6 +74,13 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
         route!(POST "/v1/workspaces/{ws}/keys/rotate", "workspace.keys.rotate", P(Perm::PolicyManage), W, rotate_keys),
         route!(POST "/v1/workspaces/{ws}/keys/revoke", "workspace.keys.revoke", P(Perm::PolicyManage), W, revoke_keys),
         route!(POST "/v1/workspaces/{ws}/keys/restore", "workspace.keys.restore", P(Perm::PolicyManage), W, restore_keys),
+        route!(GET "/v1/workspaces/{ws}/retention", "workspace.retention.show", P(Perm::WorkspaceView), R, show_retention),
+        route!(PUT "/v1/workspaces/{ws}/retention", "workspace.retention", P(Perm::PolicyManage), W, set_retention),
+        route!(POST "/v1/workspaces/{ws}/retention/cancel", "workspace.retention.cancel", P(Perm::PolicyManage), W, cancel_retention),
+        route!(GET "/v1/workspaces/{ws}/deletions", "workspace.deletions", P(Perm::AuditRead), R, list_deletions),
+        route!(POST "/v1/workspaces/{ws}/lock", "workspace.lock", P(Perm::PolicyManage), W, lock_workspace),
+        route!(POST "/v1/workspaces/{ws}/unlock", "workspace.unlock", P(Perm::PolicyManage), W, unlock_workspace),
+        route!(POST "/v1/retention/sweep", "retention.sweep", P(Perm::ServiceAdmin), W, sweep_now),
         route!(POST "/v1/workspaces/{ws}/enrollment-keys", "enrollment_key.create", P(Perm::AgentEnroll), W, new_enrollment_key),
         route!(GET "/v1/workspaces/{ws}/agents", "agent.list", P(Perm::AgentManage), R, list_agents),
         route!(POST "/v1/workspaces/{ws}/agents/{agent}/revoke", "agent.revoke", P(Perm::AgentManage), W, revoke_agent),
@@ -238,6 +245,8 @@ fn info(ws: &Workspace) -> WorkspaceInfo {
         lockbox: ws.lockbox,
         max_level: ws.policy.max_level,
         categories: ws.policy.categories(),
+        plan: ws.plan.clone(),
+        lock: ws.lock.as_ref().map(crate::retention::lock_info),
     }
 }
 
@@ -458,10 +467,9 @@ async fn create_workspace(auth: Authorized, State(s): State<Arc<AppState>>, body
             req.region, s.config.region
         )));
     }
-    let retention_days = req.retention_days.unwrap_or(s.config.default_retention_days);
-    if !(1..=3650).contains(&retention_days) {
-        return Err(ServerError::BadRequest(format!("retention_days {retention_days} must be between 1 and 3650")));
-    }
+    let plan = s.config.retention.plan(req.plan.as_deref().unwrap_or(&s.config.retention.default_plan))?;
+    let retention_days = req.retention_days.unwrap_or(plan.default_days);
+    plan.check(None, retention_days).map_err(|e| ServerError::BadRequest(e.to_string()))?;
     let ws = Workspace {
         id: WorkspaceId::new(),
         name,
@@ -470,7 +478,7 @@ async fn create_workspace(auth: Authorized, State(s): State<Arc<AppState>>, body
         created_at: s.clock.now(),
         lockbox: true,
         policy: WorkspacePolicy::default(),
-        plan,
+        plan: plan.name.clone(),
         lock: None,
     };
     s.catalog.create_workspace(&ws).await?;
@@ -483,6 +491,7 @@ async fn create_workspace(auth: Authorized, State(s): State<Arc<AppState>>, body
         name: ws.name,
         region: ws.region,
         retention_days,
+        plan: plan.name,
         enrollment_key: key,
         enrollment_key_expires_at: rfc3339(expires),
     }))
@@ -664,6 +673,89 @@ async fn restore_keys(auth: Authorized, State(s): State<Arc<AppState>>) -> Resul
     Ok(Json(crate::keys::set_revoked(&s, ws.id, false).await?))
 }
 
+/// The periods in force, the plan, the lock and pending reductions.
+async fn show_retention(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<RetentionInfo>, ServerError> {
+    Ok(Json(crate::retention::status(&s, auth.workspace()?).await?))
+}
+
+fn table_arg(t: Option<&str>) -> Result<Option<custos_model::TableName>, ServerError> {
+    t.map(|t| custos_model::TableName::new(t).map_err(|e| ServerError::BadRequest(format!("table {t:?}: {e}"))))
+        .transpose()
+}
+
+/// Change the default or one table's period (owners).
+async fn set_retention(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
+    let req: RetentionRequest = read_json(body, "retention request").await?;
+    let ws = auth.workspace()?;
+    let table = table_arg(req.table.as_deref())?;
+    let by = auth.principal().ok().map(|p| p.id);
+    let c = crate::retention::change(&s, ws, table, req.days, req.now, by).await?;
+    auth.note("table", c.table.as_ref().map_or("default", |t| t.as_str()));
+    auth.note("from_days", c.from_days);
+    auth.note("to_days", c.to_days);
+    auth.note("state", c.state.as_str());
+    Ok(Json(crate::retention::change_info(&c)))
+}
+
+/// Cancel a pending reduction (owners).
+async fn cancel_retention(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<Json<RetentionChangeInfo>, ServerError> {
+    let body = read_body(body, 64 << 10, "retention cancel request").await?;
+    let req: RetentionCancelRequest = if body.is_empty() { Default::default() } else { parse_json(&body, "retention cancel request")? };
+    let ws = auth.workspace()?;
+    let table = table_arg(req.table.as_deref())?;
+    let c = s.catalog.cancel_retention_change(ws.id, table.as_ref(), s.clock.now()).await?;
+    auth.note("change", c.id);
+    Ok(Json(crate::retention::change_info(&c)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeletionQuery {
+    limit: Option<u32>,
+}
+
+/// The workspace's deleted segments, newest first.
+async fn list_deletions(auth: Authorized, State(s): State<Arc<AppState>>, Query(q): Query<DeletionQuery>) -> Result<Json<Vec<DeletionInfo>>, ServerError> {
+    let ws = auth.workspace()?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    Ok(Json(s.catalog.list_deletions(ws.id, limit).await?.iter().map(crate::retention::deletion_info).collect()))
+}
+
+/// Lock the workspace (owners): nothing of it is deleted until unlocked.
+async fn lock_workspace(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<Json<WorkspaceInfo>, ServerError> {
+    let req: LockRequest = read_json(body, "lock request").await?;
+    let ws = auth.workspace()?;
+    let by = auth.principal().ok().map(|p| p.id);
+    let l = crate::retention::lock(&s, ws.id, &req.reason, by).await?;
+    auth.note("reason", &l.reason);
+    let mut updated = ws.clone();
+    updated.lock = Some(l);
+    Ok(Json(info(&updated)))
+}
+
+/// Unlock the workspace (owners).
+async fn unlock_workspace(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<WorkspaceInfo>, ServerError> {
+    let ws = auth.workspace()?;
+    let was = s.catalog.unlock_workspace(ws.id).await?;
+    if let Some(l) = &was {
+        auth.note("reason", &l.reason);
+        tracing::warn!(workspace = %ws.id, reason = %l.reason, "workspace unlocked");
+    }
+    let mut updated = ws.clone();
+    updated.lock = None;
+    Ok(Json(info(&updated)))
+}
+
+/// Run the retention sweeper now (service admins).
+async fn sweep_now(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<SweepReport>, ServerError> {
+    // Everything acknowledged is in segments before the pass decides.
+    s.ingest.flush().await?;
+    let r = crate::retention::sweep(&s).await?;
+    auth.note("segments", r.segments_deleted);
+    auth.note("rows", r.rows_deleted);
+    Ok(Json(r))
+}
+
 /// What the redaction backstop removed, per table, kind and entity.
 async fn list_redactions(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<RedactionCountInfo>>, ServerError> {
     let ws = auth.workspace()?;
@@ -730,6 +822,7 @@ async fn query(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::bod
         s.config.query.max_rows,
         std::time::Duration::from_secs(s.config.query.timeout_secs),
         &incidents,
+        &crate::retention::visibility(&s, ws, s.clock.now()).await?,
     )
     .await;
     let found: Vec<crate::query::Incident> = incidents.lock().map(|v| v.clone()).unwrap_or_default();

@@ -28,8 +28,6 @@ pub struct ServerConfig {
     /// Extra DNS names or IP addresses to put in the server certificate
     /// (localhost, 127.0.0.1, ::1 and the host name are always there).
     pub server_names: Vec<String>,
-    /// Retention in days for workspaces created without one.
-    pub default_retention_days: u32,
     /// How long a new enrollment key stays valid, in hours.
     pub enrollment_key_ttl_hours: u32,
     /// Validity of agent client certificates, in days (at enrollment and at
@@ -49,6 +47,103 @@ pub struct ServerConfig {
     pub audit: AuditConfig,
     /// Encryption at rest: who holds the workspace keys.
     pub encryption: EncryptionConfig,
+    /// Retention: plans, the grace period of reductions, the sweeper,
+    /// rollups.
+    pub retention: RetentionConfig,
+}
+
+/// Retention settings (`[retention]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// The plans, by name (`[retention.plans.NAME]`). Default: `free`
+    /// (7 days, at most 7; rollups 90) and `paid` (31 days, at most 730;
+    /// rollups 730). A workspace names its plan when it is created.
+    pub plans: std::collections::BTreeMap<String, PlanConfig>,
+    /// The plan of workspaces created without one. Default `paid`.
+    pub default_plan: String,
+    /// Days a retention reduction waits before it takes effect (it can be
+    /// cancelled meanwhile; `--now` skips the wait unless the workspace is
+    /// locked). Default 30; 0 applies reductions at once.
+    pub grace_days: u32,
+    /// Seconds between two passes of the sweeper (apply due changes, drop
+    /// expired segments, finish object removals). Default 3600.
+    pub sweep_interval_secs: u64,
+    /// Rollups: groups of fewer distinct hosts than this are left out of
+    /// `<table>_rollup` (k-anonymity). Default 5.
+    pub rollup_min_hosts: u32,
+}
+
+/// One plan's retention limits (`[retention.plans.NAME]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Default period of a new workspace, days.
+    pub default_days: u32,
+    /// Longest period a workspace default or table override may have, days.
+    pub max_days: u32,
+    /// Period of rollup tables (`<table>_rollup`) without an override, days
+    /// (may exceed `max_days`: aggregates outlive raw rows).
+    pub rollup_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let plans = [
+            ("free".to_string(), PlanConfig { default_days: 7, max_days: 7, rollup_days: 90 }),
+            ("paid".to_string(), PlanConfig { default_days: 31, max_days: 730, rollup_days: 730 }),
+        ]
+        .into();
+        Self { plans, default_plan: "paid".into(), grace_days: 30, sweep_interval_secs: 3600, rollup_min_hosts: 5 }
+    }
+}
+
+impl RetentionConfig {
+    /// The plan named `name`, as the retention arithmetic uses it.
+    pub fn plan(&self, name: &str) -> Result<custos_store::retention::Plan, ServerError> {
+        let p = self.plans.get(name).ok_or_else(|| {
+            ServerError::BadRequest(format!(
+                "plan {name:?} is not offered here (plans: {})",
+                self.plans.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        Ok(custos_store::retention::Plan {
+            name: name.to_string(),
+            default_days: p.default_days,
+            max_days: p.max_days,
+            rollup_days: p.rollup_days,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ServerError> {
+        if self.plans.is_empty() {
+            return Err(ServerError::Config("retention.plans must name at least one plan".into()));
+        }
+        for name in self.plans.keys() {
+            if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(ServerError::Config(format!("retention.plans: plan name {name:?} must be 1-64 of [A-Za-z0-9_-]")));
+            }
+            self.plan(name)?
+                .validate()
+                .map_err(|e| ServerError::Config(format!("retention.plans.{name}: {e}")))?;
+        }
+        if !self.plans.contains_key(&self.default_plan) {
+            return Err(ServerError::Config(format!(
+                "retention.default_plan {:?} is not one of retention.plans",
+                self.default_plan
+            )));
+        }
+        if self.grace_days > custos_store::retention::MAX_DAYS {
+            return Err(ServerError::Config(format!("retention.grace_days must be at most {}", custos_store::retention::MAX_DAYS)));
+        }
+        if self.sweep_interval_secs == 0 {
+            return Err(ServerError::Config("retention.sweep_interval_secs must be at least 1".into()));
+        }
+        if self.rollup_min_hosts == 0 {
+            return Err(ServerError::Config("retention.rollup_min_hosts must be at least 1".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Which key provider holds the workspace keys that wrap every segment's
@@ -199,7 +294,6 @@ impl Default for ServerConfig {
             catalog: None,
             storage: None,
             server_names: Vec::new(),
-            default_retention_days: 31,
             enrollment_key_ttl_hours: 24,
             agent_cert_days: 30,
             agent_cert_validity_secs: None,
@@ -207,6 +301,7 @@ impl Default for ServerConfig {
             query: QueryConfig::default(),
             audit: AuditConfig::default(),
             encryption: EncryptionConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -257,9 +352,7 @@ impl ServerConfig {
         if self.region.is_empty() || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(ServerError::Config(format!("region: {:?} must be non-empty [A-Za-z0-9_-]", self.region)));
         }
-        if self.default_retention_days == 0 {
-            return Err(ServerError::Config("default_retention_days must be at least 1".into()));
-        }
+        self.retention.validate()?;
         if self.encryption.provider == KeyProviderKind::KeyFiles && self.encryption.key_dir.is_none() {
             return Err(ServerError::Config("encryption.key_dir is required with encryption.provider = \"key_files\"".into()));
         }

@@ -78,7 +78,9 @@ impl ServerError {
             ServerError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ServerError::Query(_) => (StatusCode::BAD_REQUEST, "query_error"),
             ServerError::Catalog(C::WorkspaceNotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
+            ServerError::Catalog(C::WorkspaceLocked { .. }) => (StatusCode::CONFLICT, "workspace_locked"),
             ServerError::Catalog(C::WorkspaceNameTaken(_))
+            | ServerError::Catalog(C::NoPendingChange { .. })
             | ServerError::Catalog(C::PrincipalNameTaken(_))
             | ServerError::Catalog(C::CaseClosed(_))
             | ServerError::Catalog(C::AccessRequestNotPending { .. }) => (StatusCode::CONFLICT, "conflict"),

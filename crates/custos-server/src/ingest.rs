@@ -1107,6 +1107,7 @@ impl Builder {
         let redactions = std::mem::take(&mut self.redactions);
         self.buffered_bytes = 0;
         let mut segments = Vec::with_capacity(buffers.len());
+        let mut indexes: Vec<(WorkspaceId, SegmentId, String)> = Vec::with_capacity(buffers.len());
         for ((ws, table), builder) in buffers {
             if builder.rows() == 0 {
                 continue;
@@ -1122,6 +1123,7 @@ impl Builder {
                 .map_err(|e| e.to_string())?;
             let path = segment_path(ws, &table, id);
             let bytes = encoded.bytes.len() as u64;
+            indexes.push((ws, id, encoded.index_json()));
             self.storage.put(&path, encoded.bytes).await.map_err(|e| e.to_string())?;
             segments.push(Segment {
                 id,
@@ -1141,6 +1143,17 @@ impl Builder {
             .await
             .map_err(|e| e.to_string())?;
         self.stats.segments.fetch_add(segments.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // The Bloom filters only let a purge skip segments; a segment
+        // without them is read, so failing to store them loses nothing.
+        let mut by_ws: BTreeMap<WorkspaceId, Vec<(SegmentId, String)>> = BTreeMap::new();
+        for (ws, id, idx) in indexes {
+            by_ws.entry(ws).or_default().push((id, idx));
+        }
+        for (ws, idx) in by_ws {
+            if let Err(e) = self.catalog.put_segment_indexes(ws, &idx).await {
+                tracing::warn!(workspace = %ws, error = %e, "segment indexes not stored; a purge will read those segments");
+            }
+        }
         // Committed: only what arrived meanwhile (nothing, the builder is one task) is left.
         self.publish_backlog();
         {

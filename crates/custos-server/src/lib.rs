@@ -20,6 +20,8 @@ pub mod lockbox;
 pub mod pki;
 pub mod query;
 pub mod redaction;
+pub mod retention;
+pub mod rollup;
 mod tls;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -175,7 +177,7 @@ impl Server {
             let (audit, clock, st) = (audit.clone(), clock.clone(), state.clone());
             // One task: aborting it at shutdown stops both loops.
             tokio::spawn(async move {
-                tokio::join!(audit_janitor(audit, clock), key_janitor(st));
+                tokio::join!(audit_janitor(audit, clock), key_janitor(st.clone()), retention_janitor(st));
             })
         };
         let host = match bound.ip() {
@@ -286,6 +288,26 @@ async fn key_janitor(state: Arc<AppState>) {
             Ok(ws) if !ws.is_empty() => tracing::info!(workspaces = ws.len(), "workspace keys rotated on schedule"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "key rotation pass failed"),
+        }
+    }
+}
+
+/// Every `retention.sweep_interval_secs`: the retention sweeper.
+async fn retention_janitor(state: Arc<AppState>) {
+    let every = std::time::Duration::from_secs(state.config.retention.sweep_interval_secs.max(1));
+    // The first pass a minute after start (or one interval, if shorter),
+    // not while the server is still coming up.
+    let first = tokio::time::Instant::now() + every.min(std::time::Duration::from_secs(60));
+    let mut tick = tokio::time::interval_at(first, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match retention::sweep(&state).await {
+            Ok(r) if r.segments_deleted > 0 || r.changes_applied > 0 || r.objects_removed > 0 => {
+                tracing::info!(segments = r.segments_deleted, rows = r.rows_deleted, changes = r.changes_applied, elapsed_ms = r.elapsed_ms, "retention pass")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention pass failed"),
         }
     }
 }

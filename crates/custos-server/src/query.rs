@@ -34,10 +34,48 @@ pub fn standard_tables() -> impl Iterator<Item = &'static TableName> {
     custos_model::registry::Registry::builtin().tables().iter().map(|t| &t.name)
 }
 
+/// What of a workspace's stored rows a query may see. The default sees
+/// everything.
+#[derive(Clone, Debug, Default)]
+pub struct Visibility {
+    /// Per table: rows before this time have expired and are hidden.
+    pub cutoffs: std::collections::BTreeMap<TableName, custos_model::TimestampMicros>,
+    /// For tables not in `cutoffs`: the retention that gives their cutoff.
+    retention: Option<(custos_store::retention::Retention, custos_model::TimestampMicros)>,
+}
+
+impl Visibility {
+    /// Hide rows older than each table's retention at `now`.
+    pub fn with_retention(r: custos_store::retention::Retention, now: custos_model::TimestampMicros) -> Self {
+        Self { cutoffs: Default::default(), retention: Some((r, now)) }
+    }
+
+    /// The oldest visible time of `table` (None: no limit).
+    pub fn cutoff(&self, table: &TableName) -> Option<custos_model::TimestampMicros> {
+        if let Some(c) = self.cutoffs.get(table) {
+            return Some(*c);
+        }
+        self.retention.as_ref().map(|(r, now)| r.cutoff(table, *now))
+    }
+}
+
+/// The tables a workspace's queries see: those with data, every standard
+/// table, and the rollup table of each (empty ones return no rows rather
+/// than "table not found").
+pub fn queryable_tables(with_data: Vec<TableName>) -> Vec<TableName> {
+    let mut all: std::collections::BTreeSet<TableName> = with_data.into_iter().collect();
+    all.extend(standard_tables().cloned());
+    let rollups: Vec<TableName> = all.iter().filter_map(custos_store::retention::rollup_table).collect();
+    all.extend(rollups);
+    all.into_iter().collect()
+}
+
 /// A table of one workspace, backed by its segments.
 #[derive(Debug)]
 pub struct SegmentTable {
     segments: Vec<Segment>,
+    /// Rows before this time are hidden (expired).
+    min_time: Option<custos_model::TimestampMicros>,
     schema: SchemaRef,
     storage: Arc<dyn Storage>,
     /// Opens the sealed segments.
@@ -70,7 +108,17 @@ impl SegmentTable {
             .map(|s| s.columns.iter().map(|c| (c.name.clone(), c.ty)).collect())
             .collect();
         let schema = custos_store::table_schema(cols.iter().map(|c| c.as_slice()));
-        Self { segments, schema, storage, keys, partitions: partitions.max(1), incidents: Incidents::default() }
+        Self { segments, min_time: None, schema, storage, keys, partitions: partitions.max(1), incidents: Incidents::default() }
+    }
+
+    /// Hides rows before `min_time` (segments wholly before it are not
+    /// even read).
+    pub fn with_min_time(mut self, min_time: Option<custos_model::TimestampMicros>) -> Self {
+        if let Some(t) = min_time {
+            self.segments.retain(|s| s.max_time >= t);
+        }
+        self.min_time = min_time;
+        self
     }
 
     /// Reports integrity failures into `incidents`.
@@ -103,7 +151,11 @@ impl TableProvider for SegmentTable {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
         };
-        let wanted: Vec<String> = target.fields().iter().map(|f| f.name().clone()).collect();
+        let mut wanted: Vec<String> = target.fields().iter().map(|f| f.name().clone()).collect();
+        let min_time = self.min_time;
+        if min_time.is_some() && !wanted.iter().any(|w| w == "time") {
+            wanted.push("time".into());
+        }
         let decoded: Vec<Vec<RecordBatch>> = futures::stream::iter(self.segments.iter().cloned())
             .map(|seg| {
                 let storage = self.storage.clone();
@@ -122,7 +174,13 @@ impl TableProvider for SegmentTable {
                             }
                             DataFusionError::Execution(format!("segment {} ({}): {e}", seg.id, seg.path))
                         })?;
-                        d.batches.iter().map(|b| project_to(b, &target)).collect::<DfResult<Vec<_>>>()
+                        d.batches
+                            .iter()
+                            .map(|b| match min_time {
+                                Some(t) if seg.min_time < t => project_to(&drop_before(b, t)?, &target),
+                                _ => project_to(b, &target),
+                            })
+                            .collect::<DfResult<Vec<_>>>()
                     })
                     .await
                     .map_err(|e| DataFusionError::Execution(format!("segment decode task: {e}")))?
@@ -138,6 +196,19 @@ impl TableProvider for SegmentTable {
         let exec = MemorySourceConfig::try_new_exec(&partitions, target, None)?;
         Ok(exec)
     }
+}
+
+/// The rows of `batch` at or after `min_time` (its `time` column).
+fn drop_before(batch: &RecordBatch, min_time: custos_model::TimestampMicros) -> DfResult<RecordBatch> {
+    let Some(col) = batch.column_by_name("time") else {
+        return Err(DataFusionError::Execution("segment batch without a time column".into()));
+    };
+    let times = col
+        .as_any()
+        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+        .ok_or_else(|| DataFusionError::Execution("segment time column is not Timestamp(µs)".into()))?;
+    let keep: arrow::array::BooleanArray = times.iter().map(|t| Some(t.is_some_and(|t| t >= min_time))).collect();
+    Ok(arrow::compute::filter_record_batch(batch, &keep)?)
 }
 
 /// Shape a decoded batch to `target`: drop columns it does not name, then
@@ -170,11 +241,12 @@ pub async fn run(
     max_rows: usize,
     timeout: Duration,
 ) -> Result<QueryResponse, ServerError> {
-    run_with_incidents(catalog, storage, keys, ws, sql, max_rows, timeout, &Incidents::default()).await
+    run_with_incidents(catalog, storage, keys, ws, sql, max_rows, timeout, &Incidents::default(), &Visibility::default()).await
 }
 
 /// [`run`], reporting every segment that fails its integrity checks into
-/// `incidents` (whether or not the query fails because of it).
+/// `incidents` (whether or not the query fails because of it), and
+/// showing only what `visibility` allows (expired rows hidden).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_with_incidents(
     catalog: &dyn Catalog,
@@ -185,6 +257,7 @@ pub async fn run_with_incidents(
     max_rows: usize,
     timeout: Duration,
     incidents: &Incidents,
+    visibility: &Visibility,
 ) -> Result<QueryResponse, ServerError> {
     let started = Instant::now();
     let partitions = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -192,15 +265,12 @@ pub async fn run_with_incidents(
         .with_target_partitions(partitions)
         .with_information_schema(false);
     let ctx = SessionContext::new_with_config(config);
-    let mut tables = catalog.list_tables(ws).await?;
-    for name in standard_tables() {
-        if !tables.contains(name) {
-            tables.push(name.clone());
-        }
-    }
+    let tables = queryable_tables(catalog.list_tables(ws).await?);
     for table in tables {
         let segments = catalog.list_segments(ws, &table, None).await?;
-        let provider = SegmentTable::new(segments, storage.clone(), keys.clone(), partitions).with_incidents(incidents.clone());
+        let provider = SegmentTable::new(segments, storage.clone(), keys.clone(), partitions)
+            .with_incidents(incidents.clone())
+            .with_min_time(visibility.cutoff(&table));
         ctx.register_table(table.as_str(), Arc::new(provider))
             .map_err(|e| ServerError::Query(e.to_string()))?;
     }

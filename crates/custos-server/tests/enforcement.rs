@@ -26,7 +26,7 @@ impl Env {
 fn event(table: &str, category: Category, level: Level, message: &str, attrs: &[(&str, Value)]) -> Event {
     Event {
         table: TableName::new(table).unwrap(),
-        time: 1_700_000_000_000_000,
+        time: custos_model::now_micros(),
         level,
         category,
         host: "h-0123456789abcdef".into(),

@@ -57,7 +57,7 @@ impl Env {
 fn line(table: &str, message: &str) -> Event {
     Event {
         table: TableName::new(table).unwrap(),
-        time: 1_700_000_000_000_000,
+        time: custos_model::now_micros(),
         level: Level::Enhanced,
         category: Category::Logs,
         host: "h-0123456789abcdef".into(),

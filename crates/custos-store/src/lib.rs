@@ -15,6 +15,8 @@ pub mod conformance;
 mod error;
 pub mod keys;
 mod local;
+pub mod purge;
+pub mod retention;
 pub mod segment;
 mod storage;
 
@@ -22,7 +24,7 @@ pub use error::StoreError;
 pub use keys::{DataKey, KeyError, KeyFileProvider, KeyProvider, KeyRef, KeyState, KeyVersionInfo, ServiceKeystore};
 pub use local::LocalStorage;
 pub use segment::{
-    adapt_batch, arrow_type, decode_segment, decode_segment_columns, decode_segment_with, envelope_fields, rewrap_segment, segment_path, table_prefix, table_schema,
+    adapt_batch, arrow_type, decode_segment, encode_batches, decode_segment_columns, decode_segment_with, envelope_fields, rewrap_segment, segment_path, table_prefix, table_schema,
     DecodedSegment, EncodedSegment, SealInfo, SegmentBuilder, SegmentHeader, ENVELOPE_COLUMNS, FLAG_SEALED,
     MAX_BATCH_ROWS, SEALED_FORMAT_VERSION, SEAL_ALG, SEGMENT_EXTENSION, SEGMENT_FORMAT_VERSION, SEGMENT_MAGIC,
 };

@@ -165,6 +165,16 @@ pub struct EncodedSegment {
     pub max_time: TimestampMicros,
     /// Attribute columns and their types, sorted by name.
     pub columns: Vec<(String, ValueType)>,
+    /// Bloom filters of the identity columns' values (see
+    /// [`crate::purge`]), for the catalog.
+    pub index: BTreeMap<String, crate::purge::Bloom>,
+}
+
+impl EncodedSegment {
+    /// The Bloom filters as the catalog stores them (JSON).
+    pub fn index_json(&self) -> String {
+        serde_json::to_string(&self.index).unwrap_or_else(|_| "{}".into())
+    }
 }
 
 impl std::fmt::Debug for EncodedSegment {
@@ -483,7 +493,7 @@ impl SegmentBuilder {
         }
         let schema = table_schema([columns_meta.as_slice()]);
 
-        let mut header = SegmentHeader {
+        let header = SegmentHeader {
             format_version: SEGMENT_FORMAT_VERSION,
             segment_id: id,
             workspace_id: self.workspace,
@@ -496,13 +506,8 @@ impl SegmentBuilder {
             seal: None,
         };
 
-        let mut body = Vec::with_capacity(rows * 32);
-        let options = IpcWriteOptions::default()
-            .try_with_compression(Some(CompressionType::ZSTD))
-            .map_err(encode_err)?;
-        let mut writer = FileWriter::try_new_with_options(&mut body, &schema, options).map_err(encode_err)?;
-        let mut start = 0;
-        while start < rows {
+        let batches = (0..rows.div_ceil(MAX_BATCH_ROWS)).map(|i| {
+            let start = i * MAX_BATCH_ROWS;
             let len = MAX_BATCH_ROWS.min(rows - start);
             let cols = match &permutation {
                 None => arrays.iter().map(|a| a.slice(start, len)).collect::<Vec<_>>(),
@@ -511,60 +516,132 @@ impl SegmentBuilder {
                     arrays.iter().map(|a| take(a, &idx, None)).collect::<Result<Vec<_>, _>>().map_err(encode_err)?
                 }
             };
-            let batch = RecordBatch::try_new(Arc::clone(&schema), cols).map_err(encode_err)?;
-            writer.write(&batch).map_err(encode_err)?;
-            start += len;
-        }
-        writer.finish().map_err(encode_err)?;
-        drop(writer);
-
-        let mut sealing = None;
-        if let Some(keys) = keys {
-            let key_err = |source| StoreError::Key { segment: id.to_string(), source };
-            let key = keys.current(header.workspace_id).map_err(key_err)?;
-            let dek = DataKey::generate().map_err(key_err)?;
-            let wrapped = keys.wrap(header.workspace_id, &key, &dek).map_err(key_err)?;
-            let mut nonce = [0u8; NONCE_LEN];
-            SystemRandom::new().fill(&mut nonce).map_err(|_| key_err(KeyError::Random))?;
-            header.format_version = SEALED_FORMAT_VERSION;
-            header.seal = Some(SealInfo {
-                alg: SEAL_ALG.to_string(),
-                key,
-                wrapped_key: base64::engine::general_purpose::STANDARD.encode(wrapped),
-                nonce: hex::encode(nonce),
-            });
-            sealing = Some((dek, nonce));
-        }
-        let header_json = serde_json::to_vec(&header)
-            .map_err(|e| StoreError::Encode { segment: id.to_string(), reason: format!("header json: {e}") })?;
-        let header_len = u32::try_from(header_json.len())
-            .map_err(|_| StoreError::Encode { segment: id.to_string(), reason: "header longer than 4 GiB".into() })?;
-
-        let mut out = Vec::with_capacity(PREAMBLE_LEN + header_json.len() + body.len() + 16 + TRAILER_LEN);
-        out.extend_from_slice(SEGMENT_MAGIC);
-        out.extend_from_slice(&header.format_version.to_le_bytes());
-        let flags = if sealing.is_some() { FLAG_SEALED } else { 0 };
-        out.extend_from_slice(&flags.to_le_bytes());
-        out.extend_from_slice(&header_len.to_le_bytes());
-        out.extend_from_slice(&header_json);
-        if let Some((dek, nonce)) = sealing {
-            // The header (but for the wrapping of the data key) is the
-            // associated data: the row count, time range, ids and nonce
-            // cannot change.
-            let aad = seal_aad(&header)?;
-            aead(&dek)
-                .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
-                .map_err(|_| StoreError::Encode { segment: id.to_string(), reason: "sealing failed".into() })?;
-        }
-        out.extend_from_slice(&body);
-
-        let total = out.len() as u64;
-        let crc = crc32c::crc32c(&out);
-        out.extend_from_slice(&total.to_le_bytes());
-        out.extend_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(SEGMENT_MAGIC);
-        Ok(EncodedSegment { bytes: Bytes::from(out), rows: rows as u64, min_time, max_time, columns: columns_meta })
+            RecordBatch::try_new(Arc::clone(&schema), cols).map_err(encode_err)
+        });
+        encode_body(header, &schema, batches, keys)
     }
+}
+
+/// Encodes rows already decoded from a segment of `workspace` and `table`
+/// (sorted by time, in the segment's own schema, as [`decode_segment_with`]
+/// returns them) as a new segment `id`: what a purge writes after dropping
+/// rows. The values are the decoded ones, unchanged. Sealed when `keys` is
+/// given. Fails with [`StoreError::EmptySegment`] when no row is left.
+pub fn encode_batches(
+    workspace: WorkspaceId,
+    table: TableName,
+    id: SegmentId,
+    columns: Vec<(String, ValueType)>,
+    batches: &[RecordBatch],
+    keys: Option<&dyn KeyProvider>,
+) -> Result<EncodedSegment, StoreError> {
+    let encode_err = |e: arrow::error::ArrowError| StoreError::Encode { segment: id.to_string(), reason: e.to_string() };
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let (mut min_time, mut max_time) = (i64::MAX, i64::MIN);
+    for b in batches {
+        let times = b
+            .column_by_name("time")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .ok_or_else(|| StoreError::Encode { segment: id.to_string(), reason: "rows without a time column".into() })?;
+        for t in times.iter().flatten() {
+            min_time = min_time.min(t);
+            max_time = max_time.max(t);
+        }
+    }
+    if rows == 0 {
+        return Err(StoreError::EmptySegment { segment: id.to_string(), table: table.to_string(), workspace: workspace.to_string() });
+    }
+    let schema = table_schema([columns.as_slice()]);
+    let header = SegmentHeader {
+        format_version: SEGMENT_FORMAT_VERSION,
+        segment_id: id,
+        workspace_id: workspace,
+        table,
+        rows: rows as u64,
+        min_time,
+        max_time,
+        columns,
+        created_at: custos_model::now_micros(),
+        seal: None,
+    };
+    let batches = batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| RecordBatch::try_new(Arc::clone(&schema), b.columns().to_vec()).map_err(encode_err));
+    encode_body(header, &schema, batches, keys)
+}
+
+/// Writes the Arrow IPC body of `batches`, seals it when `keys` is given,
+/// and frames it with `header` (whose row count and times the caller set).
+fn encode_body(
+    mut header: SegmentHeader,
+    schema: &SchemaRef,
+    batches: impl Iterator<Item = Result<RecordBatch, StoreError>>,
+    keys: Option<&dyn KeyProvider>,
+) -> Result<EncodedSegment, StoreError> {
+    let id = header.segment_id;
+    let encode_err = |e: arrow::error::ArrowError| StoreError::Encode { segment: id.to_string(), reason: e.to_string() };
+    let (rows, min_time, max_time, columns_meta) = (header.rows, header.min_time, header.max_time, header.columns.clone());
+    let mut body = Vec::with_capacity(rows as usize * 32);
+    let options = IpcWriteOptions::default()
+        .try_with_compression(Some(CompressionType::ZSTD))
+        .map_err(encode_err)?;
+    let mut writer = FileWriter::try_new_with_options(&mut body, schema, options).map_err(encode_err)?;
+    let mut index = crate::purge::IndexBuilder::default();
+    for batch in batches {
+        let batch = batch?;
+        index.add(&batch).map_err(encode_err)?;
+        writer.write(&batch).map_err(encode_err)?;
+    }
+    writer.finish().map_err(encode_err)?;
+    drop(writer);
+
+    let mut sealing = None;
+    if let Some(keys) = keys {
+        let key_err = |source| StoreError::Key { segment: id.to_string(), source };
+        let key = keys.current(header.workspace_id).map_err(key_err)?;
+        let dek = DataKey::generate().map_err(key_err)?;
+        let wrapped = keys.wrap(header.workspace_id, &key, &dek).map_err(key_err)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new().fill(&mut nonce).map_err(|_| key_err(KeyError::Random))?;
+        header.format_version = SEALED_FORMAT_VERSION;
+        header.seal = Some(SealInfo {
+            alg: SEAL_ALG.to_string(),
+            key,
+            wrapped_key: base64::engine::general_purpose::STANDARD.encode(wrapped),
+            nonce: hex::encode(nonce),
+        });
+        sealing = Some((dek, nonce));
+    }
+    let header_json = serde_json::to_vec(&header)
+        .map_err(|e| StoreError::Encode { segment: id.to_string(), reason: format!("header json: {e}") })?;
+    let header_len = u32::try_from(header_json.len())
+        .map_err(|_| StoreError::Encode { segment: id.to_string(), reason: "header longer than 4 GiB".into() })?;
+
+    let mut out = Vec::with_capacity(PREAMBLE_LEN + header_json.len() + body.len() + 16 + TRAILER_LEN);
+    out.extend_from_slice(SEGMENT_MAGIC);
+    out.extend_from_slice(&header.format_version.to_le_bytes());
+    let flags = if sealing.is_some() { FLAG_SEALED } else { 0 };
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&header_len.to_le_bytes());
+    out.extend_from_slice(&header_json);
+    if let Some((dek, nonce)) = sealing {
+        // The header (but for the wrapping of the data key) is the
+        // associated data: the row count, time range, ids and nonce
+        // cannot change.
+        let aad = seal_aad(&header)?;
+        aead(&dek)
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
+            .map_err(|_| StoreError::Encode { segment: id.to_string(), reason: "sealing failed".into() })?;
+    }
+    out.extend_from_slice(&body);
+
+    let total = out.len() as u64;
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&total.to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(SEGMENT_MAGIC);
+    Ok(EncodedSegment { bytes: Bytes::from(out), rows, min_time, max_time, columns: columns_meta, index: index.finish() })
 }
 
 /// The associated data of a sealed body: a label, then the header as JSON

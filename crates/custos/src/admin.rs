@@ -232,6 +232,159 @@ pub async fn key(conn: &ConnArgs, out: Output, cmd: KeyCmd) -> Result<()> {
     }
 }
 
+/// `custos retention ...`
+#[derive(Subcommand, Debug)]
+pub enum RetentionCmd {
+    /// The periods in force per table, the plan, the lock and pending
+    /// reductions.
+    Show {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Change the workspace default (or, with --table, one table's period)
+    /// (owners). A lengthening applies at once; a reduction after the grace
+    /// period (cancellable) unless --now. Locked workspaces refuse reductions.
+    Set {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+        /// The table; absent for the workspace default.
+        #[arg(long)]
+        table: Option<String>,
+        /// The new period, days.
+        #[arg(long)]
+        days: u32,
+        /// Apply a reduction at once, without the grace period.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Cancel a pending reduction (owners).
+    Cancel {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+        /// The table; absent for the workspace default.
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// The workspace's deleted segments, newest first (owners, auditors).
+    Deletions {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+        /// Most records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Run the sweeper now (service admins): apply due reductions, roll up
+    /// and drop expired segments.
+    Sweep,
+}
+
+pub async fn retention(conn: &ConnArgs, out: Output, cmd: RetentionCmd) -> Result<()> {
+    let c = client(conn)?;
+    match cmd {
+        RetentionCmd::Show { workspace } => {
+            let r: RetentionInfo = c.get(&format!("/v1/workspaces/{}/retention", enc(&workspace))).await?;
+            if out == Output::Json {
+                return print_value(out, &r);
+            }
+            println!(
+                "workspace {}: plan {} (at most {} days; rollups {} days), default {} days, reductions wait {} days",
+                r.workspace_id, r.plan, r.max_days, r.rollup_days, r.default_days, r.grace_days
+            );
+            if let Some(l) = &r.lock {
+                println!("LOCKED since {}: {} (nothing is deleted while locked)", l.locked_at, l.reason);
+            }
+            println!("{:<28} {:>6}  {:<9} keeps rows since", "table", "days", "from");
+            for t in &r.tables {
+                println!("{:<28} {:>6}  {:<9} {}", t.table, t.days, t.source, t.keeps_since);
+            }
+            for p in &r.pending {
+                println!(
+                    "pending: {} {} -> {} days on {} (change {}; cancel with `custos retention cancel`)",
+                    p.table.as_deref().unwrap_or("default"),
+                    p.from_days,
+                    p.to_days,
+                    p.effective_at,
+                    p.id
+                );
+            }
+            Ok(())
+        }
+        RetentionCmd::Set { workspace, table, days, now } => {
+            let r: RetentionChangeInfo = c
+                .put(&format!("/v1/workspaces/{}/retention", enc(&workspace)), &RetentionRequest { table, days, now })
+                .await?;
+            print_change(out, &r)
+        }
+        RetentionCmd::Cancel { workspace, table } => {
+            let r: RetentionChangeInfo = c
+                .post(&format!("/v1/workspaces/{}/retention/cancel", enc(&workspace)), &RetentionCancelRequest { table })
+                .await?;
+            print_change(out, &r)
+        }
+        RetentionCmd::Deletions { workspace, limit } => {
+            let r: Vec<DeletionInfo> = c.get(&format!("/v1/workspaces/{}/deletions?limit={limit}", enc(&workspace))).await?;
+            if out == Output::Json {
+                return print_value(out, &r);
+            }
+            println!("{:<6} {:<24} {:<10} {:>10} {:>12}  {:<26} {:<26} object removed", "seq", "table", "reason", "rows", "bytes", "rows from", "deleted at");
+            for d in &r {
+                println!(
+                    "{:<6} {:<24} {:<10} {:>10} {:>12}  {:<26} {:<26} {}",
+                    d.seq, d.table, d.reason, d.rows, d.bytes, d.min_time, d.deleted_at, d.object_deleted_at.as_deref().unwrap_or("pending")
+                );
+            }
+            Ok(())
+        }
+        RetentionCmd::Sweep => {
+            let r: SweepReport = c.post("/v1/retention/sweep", &serde_json::json!({})).await?;
+            if out == Output::Json {
+                return print_value(out, &r);
+            }
+            println!(
+                "{} segments ({} rows, {} bytes) dropped in {} workspaces ({} locked, left alone); {} changes applied; {} rollup rows; {} objects removed, {} failed; {} ms",
+                r.segments_deleted, r.rows_deleted, r.bytes_deleted, r.workspaces, r.workspaces_locked, r.changes_applied, r.rollup_rows, r.objects_removed, r.object_errors, r.elapsed_ms
+            );
+            Ok(())
+        }
+    }
+}
+
+fn print_change(out: Output, r: &RetentionChangeInfo) -> Result<()> {
+    if out == Output::Json {
+        return print_value(out, r);
+    }
+    let scope = r.table.as_deref().unwrap_or("default");
+    match r.state.as_str() {
+        "pending" => println!(
+            "{scope}: {} -> {} days takes effect on {} (change {}; `custos retention cancel` until then)",
+            r.from_days, r.to_days, r.effective_at, r.id
+        ),
+        state => println!("{scope}: {} -> {} days {state} ({})", r.from_days, r.to_days, r.effective_at),
+    }
+    Ok(())
+}
+
+/// `custos workspace lock ID --reason T`.
+pub async fn lock(conn: &ConnArgs, out: Output, id: &str, reason: Option<String>) -> Result<()> {
+    let c = client(conn)?;
+    let r: WorkspaceInfo = match reason {
+        Some(reason) => c.post(&format!("/v1/workspaces/{}/lock", enc(id)), &LockRequest { reason }).await?,
+        None => c.post(&format!("/v1/workspaces/{}/unlock", enc(id)), &serde_json::json!({})).await?,
+    };
+    if out == Output::Json {
+        return print_value(out, &r);
+    }
+    match &r.lock {
+        Some(l) => println!("workspace {} locked: {} (since {})", r.id, l.reason, l.locked_at),
+        None => println!("workspace {} unlocked", r.id),
+    }
+    Ok(())
+}
+
 /// `custos audit ...`
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {

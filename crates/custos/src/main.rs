@@ -71,6 +71,10 @@ enum Cmd {
     /// A workspace's encryption keys: status, rotate, revoke, restore.
     #[command(subcommand)]
     Key(admin::KeyCmd),
+    /// Retention: periods per workspace and table, reductions with a grace
+    /// period, deletion records, the sweeper.
+    #[command(subcommand)]
+    Retention(admin::RetentionCmd),
     /// Who the token belongs to, and its roles.
     Whoami,
     /// This host's telemetry consent: status, level, enable, disable.
@@ -119,9 +123,26 @@ enum WorkspaceCmd {
         /// Region; must be the server's region.
         #[arg(long)]
         region: String,
-        /// Default retention in days.
+        /// Default retention in days (the plan's default when absent).
         #[arg(long)]
         retention_days: Option<u32>,
+        /// The plan (retention limits; the server's default plan when absent).
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// Lock the workspace (owners): purge, table deletion and retention
+    /// reductions are refused, and nothing of it is deleted, until unlocked.
+    Lock {
+        /// Workspace id.
+        id: String,
+        /// Why (shown in every refusal).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Remove the workspace's lock (owners).
+    Unlock {
+        /// Workspace id.
+        id: String,
     },
     /// List workspaces.
     List,
@@ -352,11 +373,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
             init_logging("warn");
             let c = Client::from_args(&cli.conn)?;
             match w {
-                WorkspaceCmd::Create { name, region, retention_days } => {
+                WorkspaceCmd::Create { name, region, retention_days, plan } => {
                     let r: CreateWorkspaceResponse =
-                        c.post("/v1/workspaces", &CreateWorkspaceRequest { name, region, retention_days }).await?;
+                        c.post("/v1/workspaces", &CreateWorkspaceRequest { name, region, retention_days, plan }).await?;
                     print_value(out, &r)
                 }
+                WorkspaceCmd::Lock { id, reason } => admin::lock(&cli.conn, out, &id, Some(reason)).await,
+                WorkspaceCmd::Unlock { id } => admin::lock(&cli.conn, out, &id, None).await,
                 WorkspaceCmd::List => {
                     let r: Vec<WorkspaceInfo> = c.get("/v1/workspaces").await?;
                     print_value(out, &r)
@@ -427,6 +450,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Key(c) => {
             init_logging("warn");
             admin::key(&cli.conn, out, c).await
+        }
+        Cmd::Retention(c) => {
+            init_logging("warn");
+            admin::retention(&cli.conn, out, c).await
         }
         Cmd::Telemetry(c) => {
             init_logging("warn");

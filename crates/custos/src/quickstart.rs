@@ -108,7 +108,7 @@ pub async fn run(a: Args, out: Output) -> Result<()> {
         }
         None => {
             let r: CreateWorkspaceResponse = client
-                .post("/v1/workspaces", &CreateWorkspaceRequest { name: "demo".into(), region: info.region.clone(), retention_days: None })
+                .post("/v1/workspaces", &CreateWorkspaceRequest { name: "demo".into(), region: info.region.clone(), retention_days: None, plan: None })
                 .await?;
             step(&format!("created workspace demo ({}) in region {}", r.id, r.region));
             let _ = std::fs::remove_dir_all(&agent_dir);

@@ -33,7 +33,7 @@ fn big_events(marker: &str, n: usize) -> Vec<Event> {
                 .collect();
             Event {
                 table: TableName::new("logs").unwrap(),
-                time: 1_700_000_000_000_000 + i as i64,
+                time: custos_model::now_micros() + i as i64,
                 level: Level::Enhanced,
                 category: Category::Logs,
                 host: "dl-host".into(),

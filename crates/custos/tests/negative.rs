@@ -29,7 +29,7 @@ fn events(n: usize) -> Vec<Event> {
     (0..n)
         .map(|i| Event {
             table: TableName::new("logs").unwrap(),
-            time: 1_700_000_000_000_000 + i as i64,
+            time: custos_model::now_micros() + i as i64,
             level: Level::Enhanced,
             category: Category::Logs,
             host: "test-host".into(),

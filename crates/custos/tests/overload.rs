@@ -44,7 +44,7 @@ fn batch(k: usize, n: usize) -> (BatchId, Vec<u8>) {
     let events = (0..n)
         .map(|i| Event {
             table: TableName::new("logs").unwrap(),
-            time: 1_700_000_000_000_000 + i as i64,
+            time: custos_model::now_micros() + i as i64,
             level: Level::Enhanced,
             category: Category::Logs,
             host: "overload-host".into(),

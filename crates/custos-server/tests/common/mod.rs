@@ -18,6 +18,8 @@ pub struct Env {
     pub url: String,
     pub ca_pem: String,
     pub admin: String,
+    /// The server's clock (tests move it).
+    pub clock: Arc<ManualClock>,
 }
 
 impl Env {
@@ -26,7 +28,7 @@ impl Env {
         let mut cfg = ServerConfig { data_dir: tmp.path().join("data"), listen: "127.0.0.1:0".into(), ..Default::default() };
         cfg.ingest.flush_interval_ms = 50;
         let clock = Arc::new(ManualClock::new(custos_model::now_micros()));
-        let server = Server::start_with_clock(cfg, clock).await.unwrap();
+        let server = Server::start_with_clock(cfg, clock.clone()).await.unwrap();
         let info = server.info().clone();
         let ca_pem = std::fs::read_to_string(&info.ca).unwrap();
         let http = reqwest::Client::builder()
@@ -35,7 +37,7 @@ impl Env {
             .build()
             .unwrap();
         let admin = std::fs::read_to_string(&info.admin_token_file).unwrap().trim().to_string();
-        Env { _tmp: tmp, server, http, url: info.url, ca_pem, admin }
+        Env { _tmp: tmp, server, http, url: info.url, ca_pem, admin, clock }
     }
 
     pub async fn call(&self, token: Option<&str>, method: Method, path: &str, body: Option<Json>) -> (StatusCode, Json) {

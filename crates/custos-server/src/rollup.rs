@@ -1,0 +1,271 @@
+//! Rollups: de-identified daily aggregates of a raw table, written to
+//! `<table>_rollup` before the raw rows expire, kept for the plan's longer
+//! rollup period.
+//!
+//! # What a rollup row holds
+//!
+//! One row per UTC day and combination of the table's *non-identifying*
+//! dimensions: the `level` envelope column and every `str` or `bool` field
+//! the telemetry registry marks `pii = "no"`. Its columns:
+//!
+//! | column | meaning |
+//! |---|---|
+//! | `time` | the day (00:00 UTC) |
+//! | `level`, the dimensions | the group |
+//! | `events` | rows in the group |
+//! | `hosts` | distinct hosts in the group (at least k) |
+//! | `<m>_avg`, `<m>_p50`, `<m>_p90`, `<m>_p99` | for every `int` or `float` field marked `pii = "no"` |
+//!
+//! `host` and `message` are empty and `agent_id` is the nil id: nothing in a
+//! rollup names a host. Groups with fewer than k distinct hosts
+//! (`retention.rollup_min_hosts`, default 5) are left out (k-anonymity);
+//! no minimum or maximum is kept, as those would be one host's value.
+//! Percentiles are approximate (t-digest).
+//!
+//! # When
+//!
+//! Every sweeper pass rolls up each raw table's complete days
+//! ([`roll_up_complete_days`]): whole UTC days that ended at least
+//! [`ROLLUP_DELAY`] (a day) ago, from the table's rollup mark (the end of
+//! the last day rolled up) on, reading the segments that overlap them. So
+//! a day is normally rolled up about a day after it ends, long before its
+//! rows expire, and the sweeper drops expired segments without reading
+//! them. When a retention is shorter than that (or was just reduced), the
+//! sweeper rolls the missing days up first ([`before_expiry`]): raw rows
+//! never expire before their day is rolled up. The rollup segments and the
+//! new mark are committed in one catalog transaction, so a day is rolled
+//! up exactly once; rows that arrive for a day after it was rolled up are
+//! not added to it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use custos_catalog::{ColumnDef, Segment, Workspace};
+use custos_model::registry::Registry;
+use custos_model::{AgentId, Event, Level, PiiClass, SegmentId, TableName, TimestampMicros, Value, ValueType};
+use custos_store::retention::{self as rules, DAY_MICROS};
+use datafusion::catalog::TableProvider;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::query::SegmentTable;
+use crate::{AppState, ServerError};
+
+/// Percentiles kept for every measure.
+const PERCENTILES: [(&str, f64); 3] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)];
+
+fn day_floor(t: TimestampMicros) -> TimestampMicros {
+    t.div_euclid(DAY_MICROS) * DAY_MICROS
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The dimensions and measures of a table's rollup, among the columns
+/// present in its segments.
+fn shape(reg: &Registry, table: &TableName, present: &[String]) -> Option<(Vec<String>, Vec<String>, custos_model::Category)> {
+    let def = reg.table(table.as_str()).or_else(|| reg.log_template())?;
+    let has = |n: &str| present.iter().any(|p| p == n);
+    let mut dims = vec!["level".to_string()];
+    let mut measures = Vec::new();
+    for f in &def.fields {
+        if f.pii != PiiClass::No || !has(&f.name) {
+            continue;
+        }
+        match f.value_type {
+            ValueType::Str | ValueType::Bool => dims.push(f.name.clone()),
+            ValueType::Int | ValueType::Float => measures.push(f.name.clone()),
+        }
+    }
+    Some((dims, measures, def.category))
+}
+
+/// The SQL that aggregates `src` over `[start, end)`.
+fn rollup_sql(dims: &[String], measures: &[String], start: TimestampMicros, end: TimestampMicros, k: u32) -> String {
+    let mut cols = vec![format!("(CAST(\"time\" AS BIGINT) / {DAY_MICROS}) * {DAY_MICROS} AS \"day\"")];
+    cols.extend(dims.iter().map(|d| quote(d)));
+    cols.push("count(*) AS \"events\"".into());
+    cols.push("count(DISTINCT \"host\") AS \"hosts\"".into());
+    for m in measures {
+        let x = format!("CAST({} AS DOUBLE)", quote(m));
+        cols.push(format!("avg({x}) AS {}", quote(&format!("{m}_avg"))));
+        for (name, p) in PERCENTILES {
+            cols.push(format!("approx_percentile_cont({x}, {p}) AS {}", quote(&format!("{m}_{name}"))));
+        }
+    }
+    let mut group = vec!["1".to_string()];
+    group.extend(dims.iter().map(|d| quote(d)));
+    format!(
+        "SELECT {} FROM src WHERE CAST(\"time\" AS BIGINT) >= {start} AND CAST(\"time\" AS BIGINT) < {end} \
+         GROUP BY {} HAVING count(DISTINCT \"host\") >= {k}",
+        cols.join(", "),
+        group.join(", ")
+    )
+}
+
+/// Rows of the aggregate as rollup events.
+fn to_events(batches: &[RecordBatch], table: &TableName, category: custos_model::Category) -> Result<Vec<Event>, ServerError> {
+    let bad = |m: String| ServerError::Internal(format!("rollup of {table}: {m}"));
+    let mut out = Vec::new();
+    for b in batches {
+        let schema = b.schema();
+        for row in 0..b.num_rows() {
+            let mut ev = Event {
+                table: table.clone(),
+                time: 0,
+                level: Level::Security,
+                category,
+                host: String::new(),
+                message: String::new(),
+                attrs: BTreeMap::new(),
+            };
+            for (i, field) in schema.fields().iter().enumerate() {
+                let col = b.column(i);
+                if col.is_null(row) {
+                    continue;
+                }
+                let name = field.name().as_str();
+                let v = match col.data_type() {
+                    DataType::Int64 => Value::Int(col.as_primitive::<arrow::datatypes::Int64Type>().value(row)),
+                    DataType::UInt8 => Value::Int(i64::from(col.as_primitive::<arrow::datatypes::UInt8Type>().value(row))),
+                    DataType::Float64 => Value::Float(col.as_primitive::<arrow::datatypes::Float64Type>().value(row)),
+                    DataType::Boolean => Value::Bool(col.as_boolean().value(row)),
+                    DataType::Utf8 => Value::Str(col.as_string::<i32>().value(row).to_string()),
+                    DataType::Utf8View => Value::Str(col.as_string_view().value(row).to_string()),
+                    other => return Err(bad(format!("unexpected column type {other} of {name}"))),
+                };
+                match (name, v) {
+                    ("day", Value::Int(t)) => ev.time = t,
+                    ("level", Value::Int(l)) => {
+                        ev.level = u8::try_from(l).ok().and_then(|l| Level::try_from(l).ok()).ok_or_else(|| bad(format!("level {l}")))?
+                    }
+                    (_, v) => {
+                        ev.attrs.insert(name.to_string(), v);
+                    }
+                }
+            }
+            out.push(ev);
+        }
+    }
+    Ok(out)
+}
+
+/// Rolls up every complete day of `table` not rolled up yet: days that
+/// ended at least [`ROLLUP_DELAY`] before `now` (late rows of a day still
+/// arrive meanwhile). Returns the rollup rows written.
+pub async fn roll_up_complete_days(s: &Arc<AppState>, ws: &Workspace, table: &TableName, now: TimestampMicros) -> Result<u64, ServerError> {
+    roll_up_until(s, ws, table, day_floor(now.saturating_sub(ROLLUP_DELAY))).await
+}
+
+/// Makes sure every day up to the end of the last day `expiring` reaches
+/// is rolled up before those segments are dropped (it already is unless
+/// the retention is shorter than [`ROLLUP_DELAY`] plus a day, or was just
+/// reduced). Returns the rollup rows written.
+pub async fn before_expiry(s: &Arc<AppState>, ws: &Workspace, table: &TableName, expiring: &[Segment]) -> Result<u64, ServerError> {
+    let Some(last) = expiring.iter().map(|x| x.max_time).max() else { return Ok(0) };
+    roll_up_until(s, ws, table, day_floor(last).saturating_add(DAY_MICROS)).await
+}
+
+/// How long after a day ends it is rolled up.
+pub const ROLLUP_DELAY: TimestampMicros = DAY_MICROS;
+
+/// Rolls up the days of `table` from its rollup mark (or its first row's
+/// day) to `end` (exclusive, a day boundary); returns the rows written.
+/// Rollup tables themselves are not rolled up.
+async fn roll_up_until(s: &Arc<AppState>, ws: &Workspace, table: &TableName, end: TimestampMicros) -> Result<u64, ServerError> {
+    let Some(target) = rules::rollup_table(table) else { return Ok(0) };
+    let start = match s.catalog.rollup_mark(ws.id, table).await? {
+        Some(m) => m,
+        None => match s.catalog.list_segments(ws.id, table, None).await?.iter().map(|x| x.min_time).min() {
+            Some(first) => day_floor(first),
+            None => return Ok(0),
+        },
+    };
+    if start >= end {
+        return Ok(0);
+    }
+    let segments = s.catalog.list_segments(ws.id, table, Some((start, end - 1))).await?;
+    let provider = SegmentTable::new(segments, s.storage.clone(), s.keys.clone(), 1);
+    let present: Vec<String> = provider.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let Some((dims, measures, category)) = shape(Registry::builtin(), table, &present) else {
+        // Not a registry table: nothing is known to be non-identifying.
+        s.catalog.commit_rollup(ws.id, table, &[], end, s.clock.now()).await?;
+        return Ok(0);
+    };
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    ctx.register_table("src", Arc::new(provider)).map_err(|e| ServerError::Internal(format!("rollup: {e}")))?;
+    let sql = rollup_sql(&dims, &measures, start, end, s.config.retention.rollup_min_hosts);
+    let batches = async { ctx.sql(&sql).await?.collect().await }
+        .await
+        .map_err(|e| ServerError::Internal(format!("rollup of {table} in workspace {}: {e}", ws.id)))?;
+    let events = to_events(&batches, &target, category)?;
+    let rows = events.len() as u64;
+    let mut written = Vec::new();
+    if !events.is_empty() {
+        let nil: AgentId = "00000000-0000-0000-0000-000000000000"
+            .parse()
+            .map_err(|e| ServerError::Internal(format!("nil agent id: {e}")))?;
+        let mut builder = custos_store::SegmentBuilder::new(ws.id, target.clone());
+        for ev in &events {
+            builder.push(nil, ev);
+        }
+        let id = SegmentId::new();
+        let keys = s.keys.clone();
+        let encoded = tokio::task::spawn_blocking(move || builder.finish_sealed(id, keys.as_ref()))
+            .await
+            .map_err(|e| ServerError::Internal(format!("rollup encode task: {e}")))??;
+        let path = custos_store::segment_path(ws.id, &target, id);
+        let bytes = encoded.bytes.len() as u64;
+        s.storage.put(&path, encoded.bytes).await?;
+        written.push(Segment {
+            id,
+            workspace_id: ws.id,
+            table: target.clone(),
+            path,
+            min_time: encoded.min_time,
+            max_time: encoded.max_time,
+            rows: encoded.rows,
+            bytes,
+            columns: encoded.columns.into_iter().map(|(name, ty)| ColumnDef { name, ty }).collect(),
+            created_at: s.clock.now(),
+        });
+    }
+    s.catalog.commit_rollup(ws.id, table, &written, end, s.clock.now()).await?;
+    tracing::info!(workspace = %ws.id, table = %table, rollup = %target, rows, from = start, to = end, "rolled up before expiry");
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn performance_rolls_up_by_level_with_its_measures_and_no_identifying_field() {
+        let t = TableName::new("performance").unwrap();
+        let present: Vec<String> = ["time", "level", "host", "cpu_percent", "load1", "interval_secs"].iter().map(|s| s.to_string()).collect();
+        let (dims, measures, _) = shape(Registry::builtin(), &t, &present).unwrap();
+        assert_eq!(dims, vec!["level"]);
+        assert!(measures.contains(&"cpu_percent".to_string()) && measures.contains(&"load1".to_string()));
+        assert!(!measures.iter().any(|m| m == "memory_used_bytes"), "only columns present in the segments");
+    }
+
+    #[test]
+    fn log_tables_roll_up_by_their_non_identifying_fields_only() {
+        let t = TableName::new("app_logs").unwrap();
+        let present: Vec<String> = ["severity", "file", "source", "truncated"].iter().map(|s| s.to_string()).collect();
+        let (dims, measures, category) = shape(Registry::builtin(), &t, &present).unwrap();
+        assert_eq!(category, custos_model::Category::Logs);
+        assert!(dims.contains(&"severity".to_string()));
+        assert!(!dims.contains(&"file".to_string()), "file may hold personal data");
+        assert!(measures.is_empty());
+    }
+
+    #[test]
+    fn rollup_sql_keeps_only_groups_of_k_hosts() {
+        let sql = rollup_sql(&["level".into()], &["cpu_percent".into()], 0, DAY_MICROS, 5);
+        assert!(sql.contains("HAVING count(DISTINCT \"host\") >= 5"), "{sql}");
+        assert!(!sql.contains("min(") && !sql.contains("max("), "{sql}");
+    }
+}
