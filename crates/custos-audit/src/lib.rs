@@ -61,7 +61,7 @@ pub use checkpoint::Checkpoint;
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{AuditError, Damage};
 pub use keys::{
-    load_or_create_keys, parse_public_key, public_key_path, read_public_key, Hmacer, HMAC_KEY_FILE,
+    load_or_create_keys, parse_public_key, public_key_path, read_public_key, sign_document, verify_document, Hmacer, HMAC_KEY_FILE,
     PUBLIC_KEY_FILE, SIGNING_KEY_FILE,
 };
 pub use log::{

@@ -866,3 +866,146 @@ mod tests {
         assert!("other".parse::<RefusalReason>().is_err());
     }
 }
+
+/// `POST /v1/workspaces/{id}/purges` (owners): remove the rows matching a
+/// predicate (see `custos_store::purge` for the language).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// The tables; empty for every table of the workspace.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// `COLUMN = 'v'` or `COLUMN IN ('a', 'b')`.
+    #[serde(rename = "where")]
+    pub predicate: String,
+    /// Count what would be removed, per table; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Run at once instead of after the cancel window.
+    #[serde(default)]
+    pub now: bool,
+}
+
+/// One table of a dry run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PurgeCount {
+    /// The table.
+    pub table: String,
+    /// Rows that match.
+    pub rows: u64,
+    /// Segments holding them.
+    pub segments: u64,
+    /// Segments read to count.
+    pub segments_read: u64,
+    /// Segments ruled out by their index (never read).
+    pub segments_skipped: u64,
+}
+
+/// The answer to a dry run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PurgeDryRun {
+    /// The predicate, canonical.
+    pub predicate: String,
+    /// Per table, every table looked at.
+    pub tables: Vec<PurgeCount>,
+    /// Rows that would be removed.
+    pub rows: u64,
+}
+
+/// A purge job as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PurgeInfo {
+    /// Job id.
+    pub id: crate::JobId,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The tables; empty for every table.
+    pub tables: Vec<String>,
+    /// The predicate, canonical.
+    pub predicate: String,
+    /// pending, running, completed, cancelled or failed.
+    pub state: String,
+    /// When it was accepted (its rows hidden from queries since), RFC 3339.
+    pub created_at: String,
+    /// When it runs; until then `custos purge cancel` can stop it, RFC 3339.
+    pub not_before: String,
+    /// When it started, RFC 3339.
+    pub started_at: Option<String>,
+    /// When it ended, RFC 3339.
+    pub finished_at: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The signed receipt, once completed.
+    pub receipt: Option<SignedReceipt>,
+}
+
+/// One rewritten (or emptied) segment in a purge receipt.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeReceiptEntry {
+    /// The table.
+    pub table: String,
+    /// The segment that held matching rows (now deleted).
+    pub segment: crate::SegmentId,
+    /// Its rows.
+    pub rows_before: u64,
+    /// Of which removed.
+    pub rows_removed: u64,
+    /// SHA-256 of its object, hex.
+    pub old_sha256: String,
+    /// The segment holding the rows left (None if none was left).
+    pub new_segment: Option<crate::SegmentId>,
+    /// SHA-256 of the new object, hex.
+    pub new_sha256: Option<String>,
+    /// When this segment was replaced, RFC 3339.
+    pub at: String,
+}
+
+/// What a completed purge did (format `custos-purge-receipt`, version 1).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeReceipt {
+    /// `custos-purge-receipt`.
+    pub format: String,
+    /// 1.
+    pub version: u32,
+    /// The job.
+    pub job: crate::JobId,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The tables asked for; empty for every table.
+    pub tables: Vec<String>,
+    /// The predicate, canonical.
+    pub predicate: String,
+    /// When the job was accepted, RFC 3339.
+    pub accepted_at: String,
+    /// When it completed, RFC 3339.
+    pub completed_at: String,
+    /// Rows removed, in all.
+    pub rows_removed: u64,
+    /// Segments rewritten with their other rows.
+    pub segments_rewritten: u64,
+    /// Segments deleted because no row was left.
+    pub segments_deleted: u64,
+    /// Segments ruled out by their index, never read (last pass).
+    pub segments_skipped: u64,
+    /// Segments read (last pass).
+    pub segments_read: u64,
+    /// Every segment changed.
+    pub segments: Vec<PurgeReceiptEntry>,
+}
+
+/// A receipt with the server's Ed25519 signature over the receipt's JSON
+/// (`serde_json` of [`PurgeReceipt`], field order as declared), made with
+/// `custos_audit::sign_document(key, "purge-receipt", ..)`; the key is the
+/// one in the server's `audit.pub`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SignedReceipt {
+    /// The receipt.
+    pub receipt: PurgeReceipt,
+    /// Signature, hex.
+    pub signature: String,
+    /// The signing public key, hex (compare with the server's `audit.pub`).
+    pub public_key: String,
+}

@@ -80,6 +80,10 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
         route!(GET "/v1/workspaces/{ws}/deletions", "workspace.deletions", P(Perm::AuditRead), R, list_deletions),
         route!(POST "/v1/workspaces/{ws}/lock", "workspace.lock", P(Perm::PolicyManage), W, lock_workspace),
         route!(POST "/v1/workspaces/{ws}/unlock", "workspace.unlock", P(Perm::PolicyManage), W, unlock_workspace),
+        route!(POST "/v1/workspaces/{ws}/purges", "purge.create", P(Perm::PolicyManage), W, create_purge),
+        route!(GET "/v1/workspaces/{ws}/purges", "purge.list", P(Perm::AuditRead), R, list_purges),
+        route!(GET "/v1/purges/{job}", "purge.show", P(Perm::AuditRead), R, show_purge),
+        route!(POST "/v1/purges/{job}/cancel", "purge.cancel", P(Perm::PolicyManage), W, cancel_purge),
         route!(POST "/v1/retention/sweep", "retention.sweep", P(Perm::ServiceAdmin), W, sweep_now),
         route!(POST "/v1/workspaces/{ws}/enrollment-keys", "enrollment_key.create", P(Perm::AgentEnroll), W, new_enrollment_key),
         route!(GET "/v1/workspaces/{ws}/agents", "agent.list", P(Perm::AgentManage), R, list_agents),
@@ -744,6 +748,46 @@ async fn unlock_workspace(auth: Authorized, State(s): State<Arc<AppState>>) -> R
     let mut updated = ws.clone();
     updated.lock = None;
     Ok(Json(info(&updated)))
+}
+
+/// Accept a purge, or count it (`dry_run`) (owners).
+async fn create_purge(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<axum::response::Response, ServerError> {
+    let req: PurgeRequest = read_json(body, "purge request").await?;
+    let ws = auth.workspace()?;
+    auth.note_hmac("where", &req.predicate);
+    if req.dry_run {
+        // Everything acknowledged is counted.
+        s.ingest.flush().await?;
+        let r = crate::purge::dry_run(&s, ws.id, &req.tables, &req.predicate).await?;
+        auth.note("dry_run", true);
+        auth.note("rows", r.rows);
+        return Ok(Json(r).into_response());
+    }
+    // Rows acknowledged before the answer are in segments the job covers.
+    s.ingest.flush().await?;
+    let by = auth.principal().ok().map(|p| p.id);
+    let job = crate::purge::create(&s, ws.id, &req.tables, &req.predicate, req.now, by).await?;
+    auth.note("job", job.id);
+    Ok(created(crate::purge::info(&job)).into_response())
+}
+
+/// A workspace's purge jobs, newest first.
+async fn list_purges(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<PurgeInfo>>, ServerError> {
+    let ws = auth.workspace()?;
+    Ok(Json(s.catalog.list_purges(ws.id).await?.iter().map(crate::purge::info).collect()))
+}
+
+/// One purge job, with its receipt once completed.
+async fn show_purge(auth: Authorized) -> Result<Json<PurgeInfo>, ServerError> {
+    Ok(Json(crate::purge::info(auth.purge()?)))
+}
+
+/// Cancel a pending purge (owners): its rows are visible again.
+async fn cancel_purge(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<PurgeInfo>, ServerError> {
+    let job = auth.purge()?;
+    let j = s.catalog.cancel_purge(job.id, s.clock.now()).await?;
+    auth.note("job", j.id);
+    Ok(Json(crate::purge::info(&j)))
 }
 
 /// Run the retention sweeper now (service admins).

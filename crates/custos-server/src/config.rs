@@ -50,6 +50,26 @@ pub struct ServerConfig {
     /// Retention: plans, the grace period of reductions, the sweeper,
     /// rollups.
     pub retention: RetentionConfig,
+    /// Purge jobs.
+    pub purge: PurgeConfig,
+}
+
+/// Purge settings (`[purge]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PurgeConfig {
+    /// Hours a purge waits after it is accepted, during which `custos purge
+    /// cancel` can stop it (its rows are hidden from queries meanwhile).
+    /// `--now` skips the wait. Default 24.
+    pub cancel_window_hours: u32,
+    /// Seconds between two looks for due purge jobs. Default 10.
+    pub poll_interval_secs: u64,
+}
+
+impl Default for PurgeConfig {
+    fn default() -> Self {
+        Self { cancel_window_hours: 24, poll_interval_secs: 10 }
+    }
 }
 
 /// Retention settings (`[retention]`).
@@ -302,6 +322,7 @@ impl Default for ServerConfig {
             audit: AuditConfig::default(),
             encryption: EncryptionConfig::default(),
             retention: RetentionConfig::default(),
+            purge: PurgeConfig::default(),
         }
     }
 }
@@ -353,6 +374,9 @@ impl ServerConfig {
             return Err(ServerError::Config(format!("region: {:?} must be non-empty [A-Za-z0-9_-]", self.region)));
         }
         self.retention.validate()?;
+        if self.purge.poll_interval_secs == 0 || self.purge.cancel_window_hours > 24 * 365 {
+            return Err(ServerError::Config("purge.poll_interval_secs must be at least 1 and purge.cancel_window_hours at most 8760".into()));
+        }
         if self.encryption.provider == KeyProviderKind::KeyFiles && self.encryption.key_dir.is_none() {
             return Err(ServerError::Config("encryption.key_dir is required with encryption.provider = \"key_files\"".into()));
         }

@@ -81,12 +81,14 @@ impl ServerError {
             ServerError::Catalog(C::WorkspaceLocked { .. }) => (StatusCode::CONFLICT, "workspace_locked"),
             ServerError::Catalog(C::WorkspaceNameTaken(_))
             | ServerError::Catalog(C::NoPendingChange { .. })
+            | ServerError::Catalog(C::PurgeState { .. })
             | ServerError::Catalog(C::PrincipalNameTaken(_))
             | ServerError::Catalog(C::CaseClosed(_))
             | ServerError::Catalog(C::AccessRequestNotPending { .. }) => (StatusCode::CONFLICT, "conflict"),
             ServerError::Catalog(C::PrincipalNotFound(_))
             | ServerError::Catalog(C::TokenNotFound(_))
             | ServerError::Catalog(C::CaseNotFound(_))
+            | ServerError::Catalog(C::PurgeNotFound(_))
             | ServerError::Catalog(C::AccessRequestNotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
             ServerError::Catalog(C::EnrollmentKeyInvalid)
             | ServerError::Catalog(C::EnrollmentKeyUsed)

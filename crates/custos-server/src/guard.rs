@@ -46,7 +46,7 @@ pub enum Access {
     /// An enrolled agent's client certificate; the workspace comes from it.
     Agent,
     /// A principal's bearer token, holding this permission on the route's
-    /// target (the `{ws}`, `{case}`, `{req}` or `{token}` in the path).
+    /// target (the `{ws}`, `{case}`, `{req}`, `{job}` or `{token}` in the path).
     Principal(Perm),
 }
 
@@ -79,6 +79,8 @@ pub enum Scope {
     AccessRequest,
     /// `{token}`: a token (its owner or an admin).
     Token,
+    /// `{job}`: a purge job (and its workspace).
+    Job,
 }
 
 impl RouteSpec {
@@ -92,6 +94,8 @@ impl RouteSpec {
             Scope::AccessRequest
         } else if self.path.contains("{token}") {
             Scope::Token
+        } else if self.path.contains("{job}") {
+            Scope::Job
         } else {
             Scope::Service
         }
@@ -132,6 +136,7 @@ struct AuthInner {
     caller: Caller,
     workspace: Option<Workspace>,
     case: Option<Case>,
+    purge: Option<custos_catalog::PurgeJob>,
     access_request: Option<AccessRequest>,
     token: Option<ApiToken>,
     role: &'static str,
@@ -163,6 +168,7 @@ impl AuthInner {
             caller: Caller::Anonymous,
             workspace: None,
             case: None,
+            purge: None,
             access_request: None,
             token: None,
             role: "anonymous",
@@ -215,6 +221,11 @@ impl Authorized {
     pub fn workspace(&self) -> Result<&Workspace, ServerError> {
         self.inner.workspace.as_ref().ok_or_else(|| ServerError::Internal("route has no workspace target".into()))
     }
+    /// The target purge job (checked).
+    pub fn purge(&self) -> Result<&custos_catalog::PurgeJob, ServerError> {
+        self.inner.purge.as_ref().ok_or_else(|| ServerError::Internal("route has no purge job target".into()))
+    }
+
     /// The target case (checked).
     pub fn case(&self) -> Result<&Case, ServerError> {
         self.inner.case.as_ref().ok_or_else(|| ServerError::Internal("route has no case target".into()))
@@ -509,6 +520,14 @@ async fn authorize(
                 inner.case = Some(case);
             }
             inner.access_request = Some(req);
+            (Some(ws), hidden)
+        }
+        Scope::Job => {
+            let id = parse_id(param(params, "job")?)?;
+            let hidden = format!("purge job {id} not found");
+            let job = state.catalog.get_purge(id).await?.ok_or_else(|| ServerError::NotFound(hidden.clone()))?;
+            let ws = job.workspace_id;
+            inner.purge = Some(job);
             (Some(ws), hidden)
         }
         Scope::Token => {

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod keys;
 pub mod lockbox;
 pub mod pki;
+pub mod purge;
 pub mod query;
 pub mod redaction;
 pub mod retention;
@@ -61,6 +62,11 @@ pub struct AppState {
     pub hmac: Arc<custos_audit::Hmacer>,
     /// Directory of the audit log (for readers).
     pub audit_dir: PathBuf,
+    /// The server's Ed25519 key (the audit log's): signs purge receipts and
+    /// export manifests; `audit.pub` verifies them.
+    pub signer: Arc<custos_audit::SigningKey>,
+    /// Wakes the purge runner (a purge accepted with `--now`).
+    pub purge_kick: Arc<tokio::sync::Notify>,
 }
 
 /// What `server.json` holds: how to reach and trust this server.
@@ -122,6 +128,7 @@ impl Server {
         bootstrap_admin(catalog.as_ref(), &material.admin_token_hash, clock.now()).await?;
         let audit_dir = dir.join("audit");
         let (signing_key, hmac) = custos_audit::load_or_create_keys(&dir)?;
+        let signer = Arc::new(signing_key.clone());
         let (audit, recovery) = custos_audit::AuditLog::open(
             custos_audit::AuditOptions {
                 dir: audit_dir.clone(),
@@ -172,12 +179,14 @@ impl Server {
             audit: audit.clone(),
             hmac: Arc::new(hmac),
             audit_dir,
+            signer,
+            purge_kick: Arc::new(tokio::sync::Notify::new()),
         });
         let janitor = {
             let (audit, clock, st) = (audit.clone(), clock.clone(), state.clone());
             // One task: aborting it at shutdown stops both loops.
             tokio::spawn(async move {
-                tokio::join!(audit_janitor(audit, clock), key_janitor(st.clone()), retention_janitor(st));
+                tokio::join!(audit_janitor(audit, clock), key_janitor(st.clone()), retention_janitor(st.clone()), purge::runner(st));
             })
         };
         let host = match bound.ip() {

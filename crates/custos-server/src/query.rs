@@ -42,12 +42,20 @@ pub struct Visibility {
     pub cutoffs: std::collections::BTreeMap<TableName, custos_model::TimestampMicros>,
     /// For tables not in `cutoffs`: the retention that gives their cutoff.
     retention: Option<(custos_store::retention::Retention, custos_model::TimestampMicros)>,
+    /// Rows matching these are hidden (accepted purges): (tables, empty for
+    /// every table; predicate).
+    pub hidden: Vec<(Vec<TableName>, custos_store::purge::Predicate)>,
 }
 
 impl Visibility {
     /// Hide rows older than each table's retention at `now`.
     pub fn with_retention(r: custos_store::retention::Retention, now: custos_model::TimestampMicros) -> Self {
-        Self { cutoffs: Default::default(), retention: Some((r, now)) }
+        Self { cutoffs: Default::default(), retention: Some((r, now)), hidden: Vec::new() }
+    }
+
+    /// The predicates hiding rows of `table`.
+    pub fn hidden_in(&self, table: &TableName) -> Vec<custos_store::purge::Predicate> {
+        self.hidden.iter().filter(|(t, _)| t.is_empty() || t.contains(table)).map(|(_, p)| p.clone()).collect()
     }
 
     /// The oldest visible time of `table` (None: no limit).
@@ -76,6 +84,8 @@ pub struct SegmentTable {
     segments: Vec<Segment>,
     /// Rows before this time are hidden (expired).
     min_time: Option<custos_model::TimestampMicros>,
+    /// Rows matching any of these are hidden (accepted purges).
+    hidden: Arc<Vec<custos_store::purge::Predicate>>,
     schema: SchemaRef,
     storage: Arc<dyn Storage>,
     /// Opens the sealed segments.
@@ -108,7 +118,7 @@ impl SegmentTable {
             .map(|s| s.columns.iter().map(|c| (c.name.clone(), c.ty)).collect())
             .collect();
         let schema = custos_store::table_schema(cols.iter().map(|c| c.as_slice()));
-        Self { segments, min_time: None, schema, storage, keys, partitions: partitions.max(1), incidents: Incidents::default() }
+        Self { segments, min_time: None, hidden: Arc::new(Vec::new()), schema, storage, keys, partitions: partitions.max(1), incidents: Incidents::default() }
     }
 
     /// Hides rows before `min_time` (segments wholly before it are not
@@ -118,6 +128,12 @@ impl SegmentTable {
             self.segments.retain(|s| s.max_time >= t);
         }
         self.min_time = min_time;
+        self
+    }
+
+    /// Hides rows matching any of `predicates`.
+    pub fn with_hidden(mut self, predicates: Vec<custos_store::purge::Predicate>) -> Self {
+        self.hidden = Arc::new(predicates);
         self
     }
 
@@ -156,6 +172,12 @@ impl TableProvider for SegmentTable {
         if min_time.is_some() && !wanted.iter().any(|w| w == "time") {
             wanted.push("time".into());
         }
+        for p in self.hidden.iter() {
+            if !wanted.contains(&p.column) {
+                wanted.push(p.column.clone());
+            }
+        }
+        let hidden = self.hidden.clone();
         let decoded: Vec<Vec<RecordBatch>> = futures::stream::iter(self.segments.iter().cloned())
             .map(|seg| {
                 let storage = self.storage.clone();
@@ -163,6 +185,7 @@ impl TableProvider for SegmentTable {
                 let incidents = self.incidents.clone();
                 let target = target.clone();
                 let wanted = wanted.clone();
+                let hidden = hidden.clone();
                 async move {
                     let bytes = storage.get(&seg.path).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
                     tokio::task::spawn_blocking(move || {
@@ -176,9 +199,12 @@ impl TableProvider for SegmentTable {
                         })?;
                         d.batches
                             .iter()
-                            .map(|b| match min_time {
-                                Some(t) if seg.min_time < t => project_to(&drop_before(b, t)?, &target),
-                                _ => project_to(b, &target),
+                            .map(|b| {
+                                let b = match min_time {
+                                    Some(t) if seg.min_time < t => drop_before(b, t)?,
+                                    _ => b.clone(),
+                                };
+                                project_to(&drop_hidden(&b, &hidden)?, &target)
                             })
                             .collect::<DfResult<Vec<_>>>()
                     })
@@ -209,6 +235,18 @@ fn drop_before(batch: &RecordBatch, min_time: custos_model::TimestampMicros) -> 
         .ok_or_else(|| DataFusionError::Execution("segment time column is not Timestamp(µs)".into()))?;
     let keep: arrow::array::BooleanArray = times.iter().map(|t| Some(t.is_some_and(|t| t >= min_time))).collect();
     Ok(arrow::compute::filter_record_batch(batch, &keep)?)
+}
+
+/// The rows of `batch` no predicate of `hidden` matches.
+fn drop_hidden(batch: &RecordBatch, hidden: &[custos_store::purge::Predicate]) -> DfResult<RecordBatch> {
+    let mut b = batch.clone();
+    for p in hidden {
+        let m = p.matches(&b)?;
+        if m.true_count() > 0 {
+            b = arrow::compute::filter_record_batch(&b, &arrow::compute::not(&m)?)?;
+        }
+    }
+    Ok(b)
 }
 
 /// Shape a decoded batch to `target`: drop columns it does not name, then
@@ -270,7 +308,8 @@ pub async fn run_with_incidents(
         let segments = catalog.list_segments(ws, &table, None).await?;
         let provider = SegmentTable::new(segments, storage.clone(), keys.clone(), partitions)
             .with_incidents(incidents.clone())
-            .with_min_time(visibility.cutoff(&table));
+            .with_min_time(visibility.cutoff(&table))
+            .with_hidden(visibility.hidden_in(&table));
         ctx.register_table(table.as_str(), Arc::new(provider))
             .map_err(|e| ServerError::Query(e.to_string()))?;
     }

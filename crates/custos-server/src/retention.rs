@@ -19,9 +19,9 @@
 //!    segments, and one `retention.applied` per change that took effect.
 //!
 //! Queries never see expired rows, even before a sweep: the query layer
-//! hides rows older than each table's cutoff ([`visibility`]). A locked
-//! workspace is left alone entirely (a legal hold keeps everything as it
-//! is, visible).
+//! hides rows older than each table's cutoff ([`visibility`]), and the
+//! rows of accepted purges. A locked workspace is left alone entirely (a
+//! legal hold keeps everything as it is, visible, but for accepted purges).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -47,11 +47,14 @@ pub async fn retention_of(s: &AppState, ws: &Workspace) -> Result<(Retention, cu
 /// What a query of `ws` at `now` may see: rows older than each table's
 /// cutoff are hidden; nothing is hidden while the workspace is locked.
 pub async fn visibility(s: &AppState, ws: &Workspace, now: TimestampMicros) -> Result<Visibility, ServerError> {
-    if ws.lock.is_some() {
-        return Ok(Visibility::default());
-    }
-    let (r, _) = retention_of(s, ws).await?;
-    Ok(Visibility::with_retention(r, now))
+    let mut v = if ws.lock.is_some() {
+        Visibility::default()
+    } else {
+        let (r, _) = retention_of(s, ws).await?;
+        Visibility::with_retention(r, now)
+    };
+    v.hidden = crate::purge::hidden(s, ws.id).await?;
+    Ok(v)
 }
 
 /// The lock as the API shows it.

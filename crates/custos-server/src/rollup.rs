@@ -187,7 +187,14 @@ async fn roll_up_until(s: &Arc<AppState>, ws: &Workspace, table: &TableName, end
         return Ok(0);
     }
     let segments = s.catalog.list_segments(ws.id, table, Some((start, end - 1))).await?;
-    let provider = SegmentTable::new(segments, s.storage.clone(), s.keys.clone(), 1);
+    // Rows of accepted purges are not aggregated either.
+    let hidden: Vec<_> = crate::purge::hidden(s, ws.id)
+        .await?
+        .into_iter()
+        .filter(|(t, _)| t.is_empty() || t.contains(table))
+        .map(|(_, p)| p)
+        .collect();
+    let provider = SegmentTable::new(segments, s.storage.clone(), s.keys.clone(), 1).with_hidden(hidden);
     let present: Vec<String> = provider.schema().fields().iter().map(|f| f.name().clone()).collect();
     let Some((dims, measures, category)) = shape(Registry::builtin(), table, &present) else {
         // Not a registry table: nothing is known to be non-identifying.
