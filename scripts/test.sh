@@ -2,9 +2,10 @@
 # The test command: installs what the tests need (only if missing) and runs
 # every test of the workspace. `.ci/run` calls this same script.
 #
-# Today the tests need only the Rust toolchain (rustup's cargo) and the
-# public corpus in ../shared/corpus. Later issues add real servers
-# (PostgreSQL, S3, NATS); their installs go here, guarded by `command -v`.
+# The tests need the Rust toolchain (rustup's cargo), the public corpus in
+# ../shared/corpus, and SoftHSM2 (the PKCS#11 key provider is tested against
+# it; its tests fail, saying so, without it). Later issues add real servers
+# (PostgreSQL, S3, NATS); their installs go here, guarded like these.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,9 @@ apt_install() {
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
     fi
 }
+
+# SoftHSM2: the PKCS#11 module and softhsm2-util (crates/custos-store/tests/pkcs11.rs).
+apt_install softhsm2
 
 if cargo clippy --version >/dev/null 2>&1; then
     echo "==> cargo clippy --workspace --all-targets (warnings are errors)"

@@ -179,6 +179,10 @@ pub enum KeyProviderKind {
     /// Customer-managed key files: `<key_dir>/<workspace id>.key`, 32 bytes
     /// as hex or base64, read on every use (remove the file to revoke).
     KeyFiles,
+    /// Customer-managed keys in an HSM through PKCS#11 (`pkcs11_*` fields):
+    /// one non-extractable AES-256 key per workspace key version, made in
+    /// the token; data keys are wrapped and unwrapped by the HSM.
+    Pkcs11,
 }
 
 /// Encryption at rest settings.
@@ -199,14 +203,44 @@ pub struct EncryptionConfig {
     /// (required with `provider = "key_files"`).
     pub key_dir: Option<PathBuf>,
     /// Rotate a workspace's key automatically once its active version is
-    /// this many days old (service provider; older segments are rewrapped
-    /// in the background). 0 turns automatic rotation off. Default 90.
+    /// this many days old (service and pkcs11 providers; older segments are
+    /// rewrapped in the background). 0 turns automatic rotation off.
+    /// Default 90.
     pub rotate_after_days: u32,
+    /// PKCS#11 provider: the module (shared library) of the HSM, e.g.
+    /// `/usr/lib/softhsm/libsofthsm2.so` for SoftHSM2 (required with
+    /// `provider = "pkcs11"`).
+    pub pkcs11_module: Option<PathBuf>,
+    /// PKCS#11 provider: the label of the token that holds the workspace
+    /// keys (required with `provider = "pkcs11"`). Make the token before
+    /// the server starts.
+    pub pkcs11_token_label: Option<String>,
+    /// PKCS#11 provider: a file holding the token's user PIN (a trailing
+    /// newline is ignored; keep it 0600). Exactly one of `pkcs11_pin_file`
+    /// and `pkcs11_pin_env` is required with `provider = "pkcs11"`.
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// PKCS#11 provider: the name of an environment variable holding the
+    /// user PIN (instead of `pkcs11_pin_file`).
+    pub pkcs11_pin_env: Option<String>,
+    /// PKCS#11 provider: the prefix of the key objects' labels in the token
+    /// (`<prefix>:<workspace id>:v<N>`). Default `custos`.
+    pub pkcs11_key_label_prefix: String,
 }
 
 impl Default for EncryptionConfig {
     fn default() -> Self {
-        Self { provider: KeyProviderKind::Service, master_key_file: None, keystore: None, key_dir: None, rotate_after_days: 90 }
+        Self {
+            provider: KeyProviderKind::Service,
+            master_key_file: None,
+            keystore: None,
+            key_dir: None,
+            rotate_after_days: 90,
+            pkcs11_module: None,
+            pkcs11_token_label: None,
+            pkcs11_pin_file: None,
+            pkcs11_pin_env: None,
+            pkcs11_key_label_prefix: custos_store::keys::DEFAULT_KEY_LABEL_PREFIX.to_string(),
+        }
     }
 }
 
@@ -301,7 +335,68 @@ impl ServerConfig {
                 let dir = e.key_dir.clone().ok_or_else(|| ServerError::Config("encryption.key_dir is required".into()))?;
                 std::sync::Arc::new(custos_store::KeyFileProvider::new(&dir))
             }
+            KeyProviderKind::Pkcs11 => {
+                e.validate_pkcs11()?;
+                let (Some(module), Some(token_label)) = (e.pkcs11_module.clone(), e.pkcs11_token_label.clone()) else {
+                    return Err(ServerError::Config("encryption.pkcs11_module and encryption.pkcs11_token_label are required".into()));
+                };
+                let pin = e.pkcs11_pin()?;
+                std::sync::Arc::new(
+                    custos_store::Pkcs11Provider::open(custos_store::Pkcs11Config {
+                        module,
+                        token_label,
+                        pin,
+                        key_label_prefix: e.pkcs11_key_label_prefix.clone(),
+                    })
+                    .map_err(err)?,
+                )
+            }
         })
+    }
+}
+
+impl EncryptionConfig {
+    /// With `provider = "pkcs11"`: every required `pkcs11_*` field is set,
+    /// and one PIN source.
+    fn validate_pkcs11(&self) -> Result<(), ServerError> {
+        if self.provider != KeyProviderKind::Pkcs11 {
+            return Ok(());
+        }
+        let missing = |f: &str| ServerError::Config(format!("encryption.{f} is required with encryption.provider = \"pkcs11\""));
+        if self.pkcs11_module.as_ref().is_none_or(|m| m.as_os_str().is_empty()) {
+            return Err(missing("pkcs11_module"));
+        }
+        if self.pkcs11_token_label.as_ref().is_none_or(String::is_empty) {
+            return Err(missing("pkcs11_token_label"));
+        }
+        match (&self.pkcs11_pin_file, &self.pkcs11_pin_env) {
+            (None, None) => Err(missing("pkcs11_pin_file (or encryption.pkcs11_pin_env)")),
+            (Some(_), Some(_)) => Err(ServerError::Config(
+                "encryption.pkcs11_pin_file and encryption.pkcs11_pin_env are both set: give the PIN one way".into(),
+            )),
+            _ if self.pkcs11_key_label_prefix.is_empty() => {
+                Err(ServerError::Config("encryption.pkcs11_key_label_prefix must not be empty".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The token's user PIN from `pkcs11_pin_file` or `pkcs11_pin_env`.
+    fn pkcs11_pin(&self) -> Result<custos_model::Secret<String>, ServerError> {
+        let pin = match (&self.pkcs11_pin_file, &self.pkcs11_pin_env) {
+            (Some(file), _) => std::fs::read_to_string(file)
+                .map_err(|e| ServerError::Config(format!("encryption.pkcs11_pin_file {}: {e}", file.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                ServerError::Config(format!("encryption.pkcs11_pin_env: the environment variable {var} is not set (or not UTF-8)"))
+            })?,
+            (None, None) => String::new(),
+        };
+        if pin.is_empty() {
+            return Err(ServerError::Config("encryption: the PKCS#11 user PIN is empty (pkcs11_pin_file or pkcs11_pin_env)".into()));
+        }
+        Ok(custos_model::Secret::new(pin))
     }
 }
 
@@ -380,6 +475,7 @@ impl ServerConfig {
         if self.encryption.provider == KeyProviderKind::KeyFiles && self.encryption.key_dir.is_none() {
             return Err(ServerError::Config("encryption.key_dir is required with encryption.provider = \"key_files\"".into()));
         }
+        self.encryption.validate_pkcs11()?;
         if self.agent_cert_days == 0 || self.enrollment_key_ttl_hours == 0 {
             return Err(ServerError::Config("agent_cert_days and enrollment_key_ttl_hours must be at least 1".into()));
         }
@@ -497,6 +593,60 @@ mod tests {
             let err = ServerConfig::from_toml_str(toml).unwrap().validate().unwrap_err().to_string();
             assert!(err.contains(field), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn the_pkcs11_provider_is_configured_by_its_fields_and_a_missing_one_is_named() {
+        let cfg = ServerConfig::from_toml_str(
+            "[encryption]\nprovider = \"pkcs11\"\npkcs11_module = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
+             pkcs11_token_label = \"custos\"\npkcs11_pin_file = \"/etc/custos/hsm.pin\"\npkcs11_key_label_prefix = \"eu1\"",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let e = &cfg.encryption;
+        assert_eq!(e.provider, KeyProviderKind::Pkcs11);
+        assert_eq!(e.pkcs11_module.as_deref(), Some(Path::new("/usr/lib/softhsm/libsofthsm2.so")));
+        assert_eq!((e.pkcs11_token_label.as_deref(), e.pkcs11_key_label_prefix.as_str()), (Some("custos"), "eu1"));
+        assert_eq!(e.pkcs11_pin_file.as_deref(), Some(Path::new("/etc/custos/hsm.pin")));
+        // The prefix defaults to "custos"; the PIN may come from the environment.
+        let cfg = ServerConfig::from_toml_str(
+            "[encryption]\nprovider = \"pkcs11\"\npkcs11_module = \"/m.so\"\npkcs11_token_label = \"t\"\npkcs11_pin_env = \"HSM_PIN\"",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.encryption.pkcs11_key_label_prefix, "custos");
+        assert_eq!(cfg.encryption.pkcs11_pin_env.as_deref(), Some("HSM_PIN"));
+
+        let full = [
+            "provider = \"pkcs11\"",
+            "pkcs11_module = \"/m.so\"",
+            "pkcs11_token_label = \"t\"",
+            "pkcs11_pin_file = \"/p\"",
+        ];
+        for (drop, field) in [(1, "pkcs11_module"), (2, "pkcs11_token_label"), (3, "pkcs11_pin_file")] {
+            let toml = format!("[encryption]\n{}", full.iter().enumerate().filter(|(i, _)| *i != drop).map(|(_, l)| *l).collect::<Vec<_>>().join("\n"));
+            let cfg = ServerConfig::from_toml_str(&toml).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("encryption.{field}")), "{toml}: {err}");
+            let err = cfg.key_provider().unwrap_err().to_string();
+            assert!(err.contains(&format!("encryption.{field}")), "{toml}: {err}");
+        }
+        let both = format!("[encryption]\n{}\npkcs11_pin_env = \"X\"", full.join("\n"));
+        let err = ServerConfig::from_toml_str(&both).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("pkcs11_pin_file") && err.contains("pkcs11_pin_env"), "{err}");
+        let err = ServerConfig::from_toml_str("[encryption]\npkcs11_tokn_label = \"t\"").unwrap_err().to_string();
+        assert!(err.contains("pkcs11_tokn_label"), "unknown fields are still refused: {err}");
+        // The PIN is read before the module is loaded: a missing PIN file or
+        // variable is named.
+        let err = ServerConfig::from_toml_str(&format!("[encryption]\n{}", full.join("\n").replace("/p", "/nonexistent/hsm.pin")))
+            .unwrap()
+            .key_provider()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pkcs11_pin_file /nonexistent/hsm.pin"), "{err}");
+        let env = full.join("\n").replace("pkcs11_pin_file = \"/p\"", "pkcs11_pin_env = \"CUSTOS_TEST_UNSET_HSM_PIN\"");
+        let err = ServerConfig::from_toml_str(&format!("[encryption]\n{env}")).unwrap().key_provider().unwrap_err().to_string();
+        assert!(err.contains("CUSTOS_TEST_UNSET_HSM_PIN is not set"), "{err}");
     }
 
     #[test]

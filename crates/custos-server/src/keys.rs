@@ -19,6 +19,9 @@ use crate::{AppState, ServerError};
 fn key_error(e: KeyError) -> ServerError {
     match e {
         KeyError::Revoked { .. } => ServerError::Conflict(e.to_string()),
+        // Deleted from the HSM, or the HSM unreachable: like a revocation,
+        // until it is back.
+        KeyError::Unavailable { .. } => ServerError::Unavailable(e.to_string()),
         KeyError::Provider { .. } | KeyError::Unknown { .. } => ServerError::BadRequest(e.to_string()),
         e => ServerError::Internal(e.to_string()),
     }
@@ -165,13 +168,25 @@ pub async fn rotate_due(s: &Arc<AppState>) -> Result<Vec<WorkspaceId>, ServerErr
     Ok(rotated)
 }
 
-/// Refuses a batch for a workspace whose key is revoked (the agent keeps
-/// it and retries).
+/// Refuses a batch for a workspace whose key is revoked, or unavailable
+/// (deleted from the HSM, the HSM unreachable): the agent keeps it and
+/// retries.
 pub fn check_writable(s: &AppState, ws: WorkspaceId) -> Result<(), ServerError> {
     match s.keys.versions(ws) {
-        Ok(v) if v.last().is_some_and(|v| v.state == KeyState::Revoked) => Err(ServerError::Unavailable(format!(
-            "the keys of workspace {ws} are revoked: nothing can be stored until they are restored"
-        ))),
+        Ok(v) if v.last().is_some_and(|v| v.state == KeyState::Revoked) => {
+            // The provider's own words name the key and why (revoked, or
+            // deleted from the HSM).
+            let why = match s.keys.current(ws) {
+                Err(e) => e.to_string(),
+                Ok(_) => "they are revoked".to_string(),
+            };
+            Err(ServerError::Unavailable(format!(
+                "the keys of workspace {ws} are revoked: nothing can be stored until they are restored ({why})"
+            )))
+        }
+        Err(e @ KeyError::Unavailable { .. }) => {
+            Err(ServerError::Unavailable(format!("nothing can be stored for workspace {ws} until its key is back: {e}")))
+        }
         _ => Ok(()),
     }
 }

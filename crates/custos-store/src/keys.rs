@@ -16,7 +16,9 @@
 //! keystore file in the data directory, every workspace key sealed under a
 //! master key from a file or an environment variable) and
 //! [`KeyFileProvider`] (a customer's key file per workspace) are here;
-//! PKCS#11 (an HSM) implements the same trait.
+//! [`Pkcs11Provider`] keeps them in an HSM (customer-managed, non-extractable
+//! keys; [`pkcs11`] documents its objects, revocation and wrapped-key format,
+//! version 2).
 //!
 //! # Wrapped data key, format version 1 (the built-in providers)
 //!
@@ -154,6 +156,19 @@ pub enum KeyError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
+        reason: String,
+    },
+    /// The key cannot be used right now: deleted from the HSM, or the HSM
+    /// (token) cannot be reached or refuses the PIN. Its data is unreadable
+    /// until the key is back; the server treats it like a revocation
+    /// (ingest answers 503, queries fail naming the key).
+    #[error("the key {key} of workspace {workspace} is unavailable: {reason}")]
+    Unavailable {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// The key (`-` when the failure came before a version was known).
+        key: String,
+        /// Why, and what brings it back.
         reason: String,
     },
     /// The provider itself failed (an HSM, a network KMS).
@@ -655,6 +670,9 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
 }
+
+pub mod pkcs11;
+pub use pkcs11::{Pkcs11Config, Pkcs11Provider, DEFAULT_KEY_LABEL_PREFIX, PKCS11_KEY_ID};
 
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,9 @@ pub mod segment;
 mod storage;
 
 pub use error::StoreError;
-pub use keys::{DataKey, KeyError, KeyFileProvider, KeyProvider, KeyRef, KeyState, KeyVersionInfo, ServiceKeystore};
+pub use keys::{
+    DataKey, KeyError, KeyFileProvider, KeyProvider, KeyRef, KeyState, KeyVersionInfo, Pkcs11Config, Pkcs11Provider, ServiceKeystore,
+};
 pub use local::LocalStorage;
 pub use segment::{
     adapt_batch, arrow_type, decode_segment, encode_batches, decode_segment_columns, decode_segment_with, envelope_fields, rewrap_segment, segment_path, table_prefix, table_schema,
