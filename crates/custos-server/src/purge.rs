@@ -299,32 +299,22 @@ pub fn verify(r: &SignedReceipt, key: &custos_audit::VerifyingKey) -> Result<(),
 
 /// Removes the matching rows of one segment (a no-op if none match).
 async fn purge_segment(s: &Arc<AppState>, job: &PurgeJob, p: &Predicate, seg: &Segment) -> Result<(), ServerError> {
-    let (bytes, d) = read(s, seg).await?;
-    let masks = matching(p, &d)?;
-    let removed: usize = masks.iter().map(|m| m.true_count()).sum();
-    if removed == 0 {
+    let bytes = s.storage.get(&seg.path).await?;
+    let keys = s.keys.clone();
+    let (b, pred, id) = (bytes.clone(), p.clone(), SegmentId::new());
+    let outcome = tokio::task::spawn_blocking(move || custos_store::purge::purge_segment(&b, &pred, id, Some(keys.as_ref())))
+        .await
+        .map_err(|e| ServerError::Internal(format!("purge task: {e}")))??;
+    if outcome.rows_removed == 0 {
         return Ok(());
     }
-    let mut kept = Vec::with_capacity(d.batches.len());
-    for (b, m) in d.batches.iter().zip(&masks) {
-        let keep = arrow::compute::not(m).map_err(|e| ServerError::Internal(format!("purge filter: {e}")))?;
-        let k = arrow::compute::filter_record_batch(b, &keep).map_err(|e| ServerError::Internal(format!("purge filter: {e}")))?;
-        if k.num_rows() > 0 {
-            kept.push(k);
-        }
-    }
-    let left: usize = kept.iter().map(|b| b.num_rows()).sum();
     let mut new: Option<(Segment, String, String)> = None;
-    if left > 0 {
-        let id = SegmentId::new();
-        let (ws, table, cols, keys) = (seg.workspace_id, seg.table.clone(), d.header.columns.clone(), s.keys.clone());
-        let enc = tokio::task::spawn_blocking(move || custos_store::encode_batches(ws, table, id, cols, &kept, Some(keys.as_ref())))
-            .await
-            .map_err(|e| ServerError::Internal(format!("segment encode task: {e}")))??;
+    if let Some(enc) = outcome.replacement {
         let path = custos_store::segment_path(seg.workspace_id, &seg.table, id);
         let hash = sha256_hex(&enc.bytes);
         let index = enc.index_json();
-        s.storage.put(&path, enc.bytes.clone()).await?;
+        let size = enc.bytes.len() as u64;
+        s.storage.put(&path, enc.bytes).await?;
         new = Some((
             Segment {
                 id,
@@ -334,7 +324,7 @@ async fn purge_segment(s: &Arc<AppState>, job: &PurgeJob, p: &Predicate, seg: &S
                 min_time: enc.min_time,
                 max_time: enc.max_time,
                 rows: enc.rows,
-                bytes: enc.bytes.len() as u64,
+                bytes: size,
                 columns: enc.columns.into_iter().map(|(name, ty)| custos_catalog::ColumnDef { name, ty }).collect(),
                 created_at: s.clock.now(),
             },
@@ -346,8 +336,8 @@ async fn purge_segment(s: &Arc<AppState>, job: &PurgeJob, p: &Predicate, seg: &S
     let entry = PurgeReceiptEntry {
         table: seg.table.as_str().into(),
         segment: seg.id,
-        rows_before: d.header.rows,
-        rows_removed: removed as u64,
+        rows_before: outcome.rows_before,
+        rows_removed: outcome.rows_removed,
         old_sha256: sha256_hex(&bytes),
         new_segment: new.as_ref().map(|n| n.0.id),
         new_sha256: new.as_ref().map(|n| n.1.clone()),

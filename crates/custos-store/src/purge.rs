@@ -354,6 +354,53 @@ impl Bloom {
     }
 }
 
+/// What [`purge_segment`] did to one segment.
+#[derive(Debug)]
+pub struct PurgeOutcome {
+    /// Rows the segment held.
+    pub rows_before: u64,
+    /// Rows removed (0: the segment is unchanged, nothing was written).
+    pub rows_removed: u64,
+    /// The segment holding the rows left, when rows were removed and some
+    /// are left.
+    pub replacement: Option<crate::EncodedSegment>,
+}
+
+/// Removes the rows matching `p` from the segment `bytes`: decodes it
+/// (verifying it; sealed ones with `keys`), and if any row matches encodes
+/// the others, values and order unchanged, as segment `new_id` (sealed when
+/// `keys` is given). Pure: the caller stores and registers the result.
+pub fn purge_segment(
+    bytes: &[u8],
+    p: &Predicate,
+    new_id: custos_model::SegmentId,
+    keys: Option<&dyn crate::KeyProvider>,
+) -> Result<PurgeOutcome, crate::StoreError> {
+    let d = crate::decode_segment_with(bytes, None, keys)?;
+    let seg = d.header.segment_id.to_string();
+    let err = |e: arrow::error::ArrowError| crate::StoreError::Encode { segment: seg.clone(), reason: format!("purge: {e}") };
+    let mut kept = Vec::with_capacity(d.batches.len());
+    let mut removed = 0u64;
+    for b in &d.batches {
+        let m = p.matches(b).map_err(err)?;
+        removed += m.true_count() as u64;
+        let k = arrow::compute::filter_record_batch(b, &arrow::compute::not(&m).map_err(err)?).map_err(err)?;
+        if k.num_rows() > 0 {
+            kept.push(k);
+        }
+    }
+    let rows_before = d.header.rows;
+    if removed == 0 {
+        return Ok(PurgeOutcome { rows_before, rows_removed: 0, replacement: None });
+    }
+    let replacement = if kept.is_empty() {
+        None
+    } else {
+        Some(crate::encode_batches(d.header.workspace_id, d.header.table.clone(), new_id, d.header.columns.clone(), &kept, keys)?)
+    };
+    Ok(PurgeOutcome { rows_before, rows_removed: removed, replacement })
+}
+
 /// Collects the distinct values of the indexed columns batch by batch.
 #[derive(Debug, Default)]
 pub struct IndexBuilder {
@@ -457,7 +504,84 @@ mod tests {
         assert!(Predicate::parse("message = 'x'").unwrap().may_match(&BTreeMap::new(), &[]));
     }
 
+    fn events(rows: &[(u8, i64, Option<i64>)]) -> Vec<custos_model::Event> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, (host, t, uid))| {
+                let mut attrs = std::collections::BTreeMap::new();
+                if let Some(u) = uid {
+                    attrs.insert("uid".to_string(), custos_model::Value::Int(*u));
+                }
+                attrs.insert("n".to_string(), custos_model::Value::Str(format!("row {i}")));
+                custos_model::Event {
+                    table: custos_model::TableName::new("logs").unwrap(),
+                    time: *t,
+                    level: custos_model::Level::Enhanced,
+                    category: custos_model::Category::Logs,
+                    host: format!("h{host}"),
+                    message: format!("message {i} of h{host}"),
+                    attrs,
+                }
+            })
+            .collect()
+    }
+
+    fn concat(batches: &[RecordBatch]) -> RecordBatch {
+        arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap()
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// After a purge no row matches, and every other row is exactly as
+        /// it was (values, types and order), in a segment that decodes and
+        /// whose Bloom filters still hold every value left.
+        #[test]
+        fn after_a_purge_no_row_matches_and_every_other_row_is_intact(
+            rows in proptest::collection::vec((0u8..6, 0i64..1000, proptest::option::of(0i64..5)), 1..300),
+            hosts in proptest::collection::btree_set(0u8..8, 1..4),
+            by_uid in any::<bool>(),
+            uid in 0i64..5,
+        ) {
+            let ws = custos_model::WorkspaceId::new();
+            let mut b = crate::SegmentBuilder::new(ws, custos_model::TableName::new("logs").unwrap());
+            let evs = events(&rows);
+            let agent = custos_model::AgentId::new();
+            for e in &evs {
+                b.push(agent, e);
+            }
+            let enc = b.finish(custos_model::SegmentId::new()).unwrap();
+            let p = if by_uid {
+                Predicate::parse(&format!("uid = {uid}")).unwrap()
+            } else {
+                Predicate::parse(&format!("host IN ({})", hosts.iter().map(|h| format!("'h{h}'")).collect::<Vec<_>>().join(", "))).unwrap()
+            };
+            let before = crate::decode_segment(&enc.bytes).unwrap();
+            let all = concat(&before.batches);
+            let m = p.matches(&all).unwrap();
+            let expected = arrow::compute::filter_record_batch(&all, &arrow::compute::not(&m).unwrap()).unwrap();
+            let out = purge_segment(&enc.bytes, &p, custos_model::SegmentId::new(), None).unwrap();
+            prop_assert_eq!(out.rows_before, rows.len() as u64);
+            prop_assert_eq!(out.rows_removed, m.true_count() as u64);
+            match out.replacement {
+                None => prop_assert!(out.rows_removed == 0 || expected.num_rows() == 0),
+                Some(new) => {
+                    let after = crate::decode_segment(&new.bytes).unwrap();
+                    let got = concat(&after.batches);
+                    prop_assert_eq!(p.matches(&got).unwrap().true_count(), 0);
+                    prop_assert_eq!(&got, &expected);
+                    prop_assert_eq!(after.header.columns, before.header.columns.clone());
+                    for name in ["host", "agent_id"] {
+                        let bloom = &new.index[name];
+                        let col = got.column_by_name(name).unwrap().as_string::<i32>();
+                        for v in col.iter().flatten() {
+                            prop_assert!(bloom.may_contain(v));
+                        }
+                    }
+                }
+            }
+        }
+
         /// A Bloom filter never rules out a value it holds, and rules out
         /// most it does not.
         #[test]

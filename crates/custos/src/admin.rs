@@ -368,6 +368,181 @@ fn print_change(out: Output, r: &RetentionChangeInfo) -> Result<()> {
     Ok(())
 }
 
+/// `custos purge ...`
+#[derive(Subcommand, Debug)]
+pub enum PurgeCmd {
+    /// Remove the rows matching a predicate (owners). Prints the job id;
+    /// the rows leave every query at once and storage when the job runs
+    /// (after the cancel window, default 24 h, unless --now).
+    Create {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+        /// A table (repeat for several); none: every table.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// `COLUMN = 'v'` or `COLUMN IN ('a', 'b')`.
+        #[arg(long = "where", conflicts_with_all = ["host", "installation_id"])]
+        predicate: Option<String>,
+        /// Shorthand: `host = 'H'` in every table.
+        #[arg(long, conflicts_with = "installation_id")]
+        host: Option<String>,
+        /// Shorthand: `installation_id = 'X'` in every table.
+        #[arg(long)]
+        installation_id: Option<String>,
+        /// Print how many rows would be removed, per table; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run at once (no cancel window).
+        #[arg(long)]
+        now: bool,
+    },
+    /// A job's state, and its signed receipt once completed.
+    Status {
+        /// Job id.
+        job: String,
+        /// Also write the signed receipt to this file (for `custos purge verify`).
+        #[arg(long)]
+        receipt: Option<std::path::PathBuf>,
+    },
+    /// A workspace's purge jobs, newest first (owners, auditors).
+    List {
+        /// Workspace id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Cancel a pending job (owners): its rows are visible again.
+    Cancel {
+        /// Job id.
+        job: String,
+    },
+    /// Check a signed receipt offline against the server's public key.
+    Verify {
+        /// The receipt file (`custos purge status JOB --receipt FILE`).
+        file: std::path::PathBuf,
+        /// The server's `audit.pub` (or 64 hex digits of the key).
+        #[arg(long)]
+        public_key: std::path::PathBuf,
+    },
+}
+
+fn quote_literal(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+pub async fn purge(conn: &ConnArgs, out: Output, cmd: PurgeCmd) -> Result<()> {
+    if let PurgeCmd::Verify { file, public_key } = &cmd {
+        return verify_receipt(out, file, public_key);
+    }
+    let c = client(conn)?;
+    match cmd {
+        PurgeCmd::Create { workspace, tables, predicate, host, installation_id, dry_run, now } => {
+            let (tables, predicate) = match (predicate, host, installation_id) {
+                (Some(p), None, None) => (tables, p),
+                (None, Some(h), None) if tables.is_empty() => (vec![], format!("host = {}", quote_literal(&h))),
+                (None, None, Some(i)) if tables.is_empty() => (vec![], format!("installation_id = {}", quote_literal(&i))),
+                (None, _, _) if !tables.is_empty() => anyhow::bail!("--host and --installation-id cover every table; use --where with --table"),
+                _ => anyhow::bail!("say what to purge: --where \"COLUMN = 'v'\", --host H or --installation-id X"),
+            };
+            let path = format!("/v1/workspaces/{}/purges", enc(&workspace));
+            let req = PurgeRequest { tables, predicate, dry_run, now };
+            if dry_run {
+                let r: PurgeDryRun = c.post(&path, &req).await?;
+                if out == Output::Json {
+                    return print_value(out, &r);
+                }
+                println!("{} (dry run: nothing changed)", r.predicate);
+                println!("{:<28} {:>12} {:>10} {:>10} {:>10}", "table", "rows", "segments", "read", "skipped");
+                for t in &r.tables {
+                    println!("{:<28} {:>12} {:>10} {:>10} {:>10}", t.table, t.rows, t.segments, t.segments_read, t.segments_skipped);
+                }
+                println!("total rows that would be removed: {}", r.rows);
+                return Ok(());
+            }
+            let r: PurgeInfo = c.post(&path, &req).await?;
+            print_purge(out, &r)
+        }
+        PurgeCmd::Status { job, receipt } => {
+            let r: PurgeInfo = c.get(&format!("/v1/purges/{}", enc(&job))).await?;
+            if let Some(path) = receipt {
+                let Some(signed) = &r.receipt else { anyhow::bail!("purge job {} is {}: it has no receipt yet", r.id, r.state) };
+                std::fs::write(&path, serde_json::to_vec_pretty(signed)?)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            }
+            print_purge(out, &r)
+        }
+        PurgeCmd::List { workspace } => {
+            let r: Vec<PurgeInfo> = c.get(&format!("/v1/workspaces/{}/purges", enc(&workspace))).await?;
+            if out == Output::Json {
+                return print_value(out, &r);
+            }
+            for j in &r {
+                println!("{}  {:<9}  {}  {}", j.id, j.state, j.created_at, j.predicate);
+            }
+            Ok(())
+        }
+        PurgeCmd::Cancel { job } => {
+            let r: PurgeInfo = c.post(&format!("/v1/purges/{}/cancel", enc(&job)), &serde_json::json!({})).await?;
+            print_purge(out, &r)
+        }
+        PurgeCmd::Verify { .. } => Ok(()),
+    }
+}
+
+fn print_purge(out: Output, r: &PurgeInfo) -> Result<()> {
+    if out == Output::Json {
+        return print_value(out, r);
+    }
+    let scope = if r.tables.is_empty() { "every table".to_string() } else { r.tables.join(", ") };
+    println!("purge {} ({}): {} in {}", r.id, r.state, r.predicate, scope);
+    println!("  accepted {}; runs at {}", r.created_at, r.not_before);
+    if let Some(e) = &r.error {
+        println!("  error: {e}");
+    }
+    if let Some(s) = &r.receipt {
+        let x = &s.receipt;
+        println!(
+            "  completed {}: {} rows removed; {} segments rewritten, {} deleted; {} read, {} ruled out by their index",
+            x.completed_at, x.rows_removed, x.segments_rewritten, x.segments_deleted, x.segments_read, x.segments_skipped
+        );
+        for e in &x.segments {
+            println!(
+                "  {} {}: {} of {} rows removed, {} -> {}",
+                e.table,
+                e.segment,
+                e.rows_removed,
+                e.rows_before,
+                &e.old_sha256[..16.min(e.old_sha256.len())],
+                e.new_sha256.as_deref().map_or("(deleted)", |h| &h[..16.min(h.len())])
+            );
+        }
+        println!("  signed by {}", s.public_key);
+    }
+    Ok(())
+}
+
+fn verify_receipt(out: Output, file: &std::path::Path, public_key: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let signed: SignedReceipt =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a signed purge receipt: {e}", file.display()))?;
+    let key = custos_audit::read_public_key(public_key)?;
+    custos_server::purge::verify(&signed, &key).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let r = &signed.receipt;
+    if out == Output::Json {
+        return print_value(out, &serde_json::json!({"valid": true, "job": r.job, "rows_removed": r.rows_removed, "segments": r.segments.len()}));
+    }
+    println!(
+        "receipt valid: purge {} of workspace {} ({}) removed {} rows from {} segments, completed {}",
+        r.job,
+        r.workspace_id,
+        r.predicate,
+        r.rows_removed,
+        r.segments.len(),
+        r.completed_at
+    );
+    Ok(())
+}
+
 /// `custos workspace lock ID --reason T`.
 pub async fn lock(conn: &ConnArgs, out: Output, id: &str, reason: Option<String>) -> Result<()> {
     let c = client(conn)?;

@@ -75,6 +75,10 @@ enum Cmd {
     /// period, deletion records, the sweeper.
     #[command(subcommand)]
     Retention(admin::RetentionCmd),
+    /// Purge: remove rows matching a predicate (data subject requests), with
+    /// a dry run, a cancel window and a signed receipt.
+    #[command(subcommand)]
+    Purge(admin::PurgeCmd),
     /// Who the token belongs to, and its roles.
     Whoami,
     /// This host's telemetry consent: status, level, enable, disable.
@@ -454,6 +458,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Retention(c) => {
             init_logging("warn");
             admin::retention(&cli.conn, out, c).await
+        }
+        Cmd::Purge(c) => {
+            init_logging("warn");
+            admin::purge(&cli.conn, out, c).await
         }
         Cmd::Telemetry(c) => {
             init_logging("warn");
