@@ -33,7 +33,7 @@ use std::sync::Arc;
 const T0: TimestampMicros = 1_704_067_200_000_000;
 
 /// How many checks [`run_all`] runs.
-pub const CHECKS: usize = 84;
+pub const CHECKS: usize = 85;
 
 /// Run every check against `cat`, which should start empty (but the checks
 /// do not rely on it). Returns the number of checks run ([`CHECKS`]).
@@ -133,6 +133,7 @@ pub async fn run_all(cat: Arc<dyn Catalog>) -> usize {
         purge_jobs_move_from_pending_to_running_to_completed(c);
         purge_jobs_are_cancelled_only_while_pending_and_never_created_while_locked(c);
         purge_steps_replace_segments_atomically_and_refuse_while_locked(c);
+        deleting_a_workspace_tombstones_it_revokes_its_agents_and_frees_its_name(c);
     }
     assert_eq!(ran, CHECKS, "CHECKS is out of date");
     ran
@@ -3215,4 +3216,34 @@ pub async fn purge_steps_replace_segments_atomically_and_refuse_while_locked(cat
     assert_eq!(ok(cat.list_deletions(ws.id, 10).await, "deletions").len(), 2);
     let f = ok(cat.finish_purge(j.id, Err("disk on fire".into()), T0 + 3).await, "fail");
     assert_eq!((f.state, f.error.as_deref()), (PurgeState::Failed, Some("disk on fire")));
+}
+
+/// A deleted workspace is gone from every lookup, its agents are revoked,
+/// its pending work cancelled, its name free; its segments stay until the
+/// caller removes them; a locked one is refused.
+pub async fn deleting_a_workspace_tombstones_it_revokes_its_agents_and_frees_its_name(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "doomed", T0).await;
+    let a = agent(ws.id, "host-1", T0);
+    ok(cat.add_agent(&a).await, "add_agent");
+    let seg = segment(ws.id, "logs", 1, 2);
+    ok(cat.commit_segments(std::slice::from_ref(&seg), &[], T0).await, "commit");
+    let j = purge_job(ws.id, T0 + 50_000 * DAY);
+    ok(cat.create_purge(&j).await, "purge");
+    ok(cat.lock_workspace(ws.id, &lock("keep")).await, "lock");
+    assert!(matches!(cat.delete_workspace(ws.id, T0 + 1).await, Err(CatalogError::WorkspaceLocked { .. })));
+    assert!(ok(cat.get_workspace(ws.id).await, "get").is_some());
+    ok(cat.unlock_workspace(ws.id).await, "unlock");
+    ok(cat.delete_workspace(ws.id, T0 + 2).await, "delete_workspace");
+    assert_eq!(ok(cat.get_workspace(ws.id).await, "get"), None);
+    assert!(ok(cat.list_workspaces().await, "list").iter().all(|w| w.id != ws.id));
+    assert!(ok(cat.deleted_workspaces().await, "deleted").contains(&(ws.id, T0 + 2)));
+    let got = ok(cat.get_agent(a.id).await, "get_agent").expect("the agent record stays");
+    assert_eq!(got.revoked_at, Some(T0 + 2));
+    assert_eq!(ok(cat.get_purge(j.id).await, "get_purge").map(|j| j.state), Some(PurgeState::Cancelled));
+    assert_eq!(ok(cat.list_segments(ws.id, &table("logs"), None).await, "segments"), vec![seg.clone()], "bytes are the caller's to remove");
+    ok(cat.delete_segments(ws.id, &[seg.id], DeletionReason::Workspace, T0 + 3).await, "remove its segments");
+    assert!(matches!(cat.delete_workspace(ws.id, T0 + 4).await, Err(CatalogError::WorkspaceNotFound(_))), "deleted twice");
+    // The name is free again.
+    let again = Workspace { id: WorkspaceId::new(), name: ws.name.clone(), ..ws.clone() };
+    ok(cat.create_workspace(&again).await, "the name is reusable");
 }

@@ -958,6 +958,18 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         reason: DeletionReason,
         now: TimestampMicros,
     ) -> Result<Vec<Deletion>>;
+    /// Delete a workspace: atomically tombstone it (no lookup returns it
+    /// again; its name is freed), revoke its agents and enrollment keys,
+    /// forget its pseudonym key, and cancel its pending retention changes
+    /// and purges. Refused with [`CatalogError::WorkspaceLocked`] while
+    /// locked; an unknown or already deleted workspace is
+    /// [`CatalogError::WorkspaceNotFound`]. Its segments stay registered
+    /// (the caller destroys its keys, then removes them with
+    /// [`Catalog::delete_segments`]); its records (deletions, audit) stay.
+    async fn delete_workspace(&self, ws: WorkspaceId, now: TimestampMicros) -> Result<()>;
+    /// Deleted workspaces (id, when), oldest first: the sweeper finishes
+    /// removing their bytes after a crash.
+    async fn deleted_workspaces(&self) -> Result<Vec<(WorkspaceId, TimestampMicros)>>;
     /// Rows of the raw table `table` before this time are already in its
     /// rollup table (None: nothing rolled up yet).
     async fn rollup_mark(&self, ws: WorkspaceId, table: &TableName) -> Result<Option<TimestampMicros>>;

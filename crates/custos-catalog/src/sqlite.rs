@@ -5,7 +5,7 @@
 //! | table             | key                                       | notes                                   |
 //! |-------------------|-------------------------------------------|-----------------------------------------|
 //! | `schema_version`  | `version`                                 | one row per applied migration           |
-//! | `workspaces`      | `id`; `name` unique                       | `lockbox` 0/1, default 1 (v2); `max_level` 0-3, default 3, and `categories` (comma-separated names, NULL = all) (v3); `plan` (default `paid`), `locked_reason`/`locked_at` (both NULL or both set), `locked_by` (v6) |
+//! | `workspaces`      | `id`; `name` unique                       | `lockbox` 0/1, default 1 (v2); `max_level` 0-3, default 3, and `categories` (comma-separated names, NULL = all) (v3); `plan` (default `paid`), `locked_reason`/`locked_at` (both NULL or both set), `locked_by`, `deleted_at` (a tombstone: set when deleted, the row then invisible to lookups and its name freed) (v6) |
 //! | `enrollment_keys` | `key_hash`                                | `used_at` NULL until consumed           |
 //! | `agents`          | `id`                                      | `revoked_at` NULL unless revoked; `prev_cert_sha256` and `prev_cert_not_after` (both NULL or both set): the certificate renewed from, accepted until it expires (v4) |
 //! | `segments`        | `id`                                      | `columns` is JSON; index on (ws, table, min_time) |
@@ -247,6 +247,8 @@ ALTER TABLE workspaces ADD COLUMN plan TEXT NOT NULL DEFAULT 'paid' CHECK (lengt
 ALTER TABLE workspaces ADD COLUMN locked_reason TEXT;
 ALTER TABLE workspaces ADD COLUMN locked_at INTEGER CHECK ((locked_at IS NULL) = (locked_reason IS NULL));
 ALTER TABLE workspaces ADD COLUMN locked_by TEXT;
+-- Set when the workspace is deleted: a tombstone no lookup returns.
+ALTER TABLE workspaces ADD COLUMN deleted_at INTEGER;
 
 CREATE TABLE table_retention (
     workspace_id TEXT    NOT NULL REFERENCES workspaces(id),
@@ -1104,7 +1106,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn get_workspace(&self, id: WorkspaceId) -> Result<Option<Workspace>> {
-        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = ?");
+        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = ? AND deleted_at IS NULL");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.to_string())
             .fetch_optional(&self.pool)
@@ -1114,7 +1116,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
-        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces ORDER BY created_at, rowid");
+        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE deleted_at IS NULL ORDER BY created_at, rowid");
         let rows = sqlx::query(AssertSqlSafe(sql))
             .fetch_all(&self.pool)
             .await
@@ -2216,6 +2218,44 @@ impl Catalog for SqliteCatalog {
         }
         tx.commit().await.map_err(db)?;
         Ok(out)
+    }
+
+    async fn delete_workspace(&self, ws: WorkspaceId, now: TimestampMicros) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let deleted: Option<Option<i64>> = sqlx::query_scalar("SELECT deleted_at FROM workspaces WHERE id = ?")
+            .bind(ws.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        match deleted {
+            None | Some(Some(_)) => return Err(CatalogError::WorkspaceNotFound(ws)),
+            Some(None) => {}
+        }
+        if let Some(lock) = lock_in_tx(&mut tx, ws).await? {
+            return Err(CatalogError::WorkspaceLocked { id: ws, reason: lock.reason });
+        }
+        let id = ws.to_string();
+        for sql in [
+            // The tombstone; the name is freed for reuse.
+            "UPDATE workspaces SET deleted_at = ?1, name = name || ' (deleted ' || id || ')' WHERE id = ?2",
+            "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?1) WHERE workspace_id = ?2",
+            "UPDATE enrollment_keys SET used_at = COALESCE(used_at, ?1) WHERE workspace_id = ?2",
+            // The pseudonym key is a key too: shredded with the others.
+            "UPDATE redaction_policies SET pseudonym_key = NULL WHERE workspace_id = ?2 AND ?1 IS NOT NULL",
+            "UPDATE retention_changes SET state = 'cancelled', decided_at = ?1 WHERE workspace_id = ?2 AND state = 'pending'",
+            "UPDATE purge_jobs SET state = 'cancelled', finished_at = ?1 WHERE workspace_id = ?2 AND state IN ('pending', 'running')",
+        ] {
+            sqlx::query(sql).bind(now).bind(id.as_str()).execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn deleted_workspaces(&self) -> Result<Vec<(WorkspaceId, TimestampMicros)>> {
+        let rows = sqlx::query("SELECT id, deleted_at FROM workspaces WHERE deleted_at IS NOT NULL ORDER BY deleted_at")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(|r| Ok((get_id(r, "id")?, get(r, "deleted_at")?))).collect()
     }
 
     async fn rollup_mark(&self, ws: WorkspaceId, table: &TableName) -> Result<Option<TimestampMicros>> {

@@ -1009,3 +1009,94 @@ pub struct SignedReceipt {
     /// The signing public key, hex (compare with the server's `audit.pub`).
     pub public_key: String,
 }
+
+/// `DELETE /v1/workspaces/{id}`: the workspace's name, to confirm.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteWorkspaceRequest {
+    /// Must equal the workspace's name.
+    pub confirm: String,
+}
+
+/// What deleting a workspace did.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkspaceDeletionReport {
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// When its keys were destroyed (nothing readable from then on), RFC 3339.
+    pub keys_destroyed_at: String,
+    /// Segments removed.
+    pub segments_deleted: u64,
+    /// Rows in them.
+    pub rows_deleted: u64,
+    /// Bytes in them.
+    pub bytes_deleted: u64,
+    /// Objects removed from storage.
+    pub objects_removed: u64,
+    /// When the last byte was gone, RFC 3339.
+    pub completed_at: String,
+}
+
+/// `POST /v1/workspaces/{id}/exports` (owners): export one table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// The table.
+    pub table: String,
+}
+
+/// One file of an export.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportFile {
+    /// File name in the export directory (`<segment id>.cseg`).
+    pub name: String,
+    /// The segment it holds (same id as the stored segment).
+    pub segment: crate::SegmentId,
+    /// Rows.
+    pub rows: u64,
+    /// Size, bytes.
+    pub bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// Earliest event time, RFC 3339.
+    pub min_time: String,
+    /// Latest event time, RFC 3339.
+    pub max_time: String,
+}
+
+/// What an export holds (format `custos-export`, version 1).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportManifest {
+    /// `custos-export`.
+    pub format: String,
+    /// 1.
+    pub version: u32,
+    /// The export's id.
+    pub export: String,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The table.
+    pub table: String,
+    /// When it was made, RFC 3339.
+    pub created_at: String,
+    /// Rows in all files.
+    pub rows: u64,
+    /// The files, by name.
+    pub files: Vec<ExportFile>,
+}
+
+/// A manifest with the server's Ed25519 signature over its JSON, made with
+/// `custos_audit::sign_document(key, "export-manifest", ..)`; `manifest.json`
+/// of an export directory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SignedManifest {
+    /// The manifest.
+    pub manifest: ExportManifest,
+    /// Signature, hex.
+    pub signature: String,
+    /// The signing public key, hex (compare with the server's `audit.pub`).
+    pub public_key: String,
+}

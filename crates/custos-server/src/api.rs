@@ -64,6 +64,7 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
         route!(POST "/v1/workspaces", "workspace.create", P(Perm::ServiceAdmin), W, create_workspace),
         route!(GET "/v1/workspaces", "workspace.list", P(Perm::Authenticated), R, list_workspaces),
         route!(GET "/v1/workspaces/{ws}", "workspace.show", P(Perm::WorkspaceView), R, show_workspace),
+        route!(DELETE "/v1/workspaces/{ws}", "workspace.delete", P(Perm::WorkspaceDelete), W, delete_workspace),
         route!(PUT "/v1/workspaces/{ws}/lockbox", "workspace.lockbox", P(Perm::PolicyManage), W, set_lockbox),
         route!(PUT "/v1/workspaces/{ws}/policy", "workspace.policy", P(Perm::PolicyManage), W, set_policy),
         route!(GET "/v1/workspaces/{ws}/refusals", "workspace.refusals", P(Perm::AuditRead), R, list_refusals),
@@ -84,6 +85,8 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
         route!(GET "/v1/workspaces/{ws}/purges", "purge.list", P(Perm::AuditRead), R, list_purges),
         route!(GET "/v1/purges/{job}", "purge.show", P(Perm::AuditRead), R, show_purge),
         route!(POST "/v1/purges/{job}/cancel", "purge.cancel", P(Perm::PolicyManage), W, cancel_purge),
+        route!(POST "/v1/workspaces/{ws}/exports", "export.create", P(Perm::PolicyManage), W, create_export),
+        route!(GET "/v1/workspaces/{ws}/exports/{export}/files/{name}", "export.file", P(Perm::PolicyManage), R, export_file),
         route!(POST "/v1/retention/sweep", "retention.sweep", P(Perm::ServiceAdmin), W, sweep_now),
         route!(POST "/v1/workspaces/{ws}/enrollment-keys", "enrollment_key.create", P(Perm::AgentEnroll), W, new_enrollment_key),
         route!(GET "/v1/workspaces/{ws}/agents", "agent.list", P(Perm::AgentManage), R, list_agents),
@@ -511,6 +514,22 @@ async fn list_workspaces(auth: Authorized, State(s): State<Arc<AppState>>) -> Re
     Ok(Json(all.iter().filter(|w| mine.contains(&w.id)).map(info).collect()))
 }
 
+/// Delete the workspace (owners, service admins): keys first, then bytes.
+async fn delete_workspace(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<Json<WorkspaceDeletionReport>, ServerError> {
+    let req: DeleteWorkspaceRequest = read_json(body, "delete request").await?;
+    let ws = auth.workspace()?;
+    if req.confirm != ws.name {
+        return Err(ServerError::BadRequest(format!(
+            "confirm must be the workspace's name ({:?}) to delete workspace {}",
+            ws.name, ws.id
+        )));
+    }
+    let r = crate::shred::delete_workspace(&s, ws.id).await?;
+    auth.note("segments", r.segments_deleted);
+    auth.note("keys_destroyed_at", &r.keys_destroyed_at);
+    Ok(Json(r))
+}
+
 async fn show_workspace(auth: Authorized) -> Result<Json<WorkspaceInfo>, ServerError> {
     Ok(Json(info(auth.workspace()?)))
 }
@@ -788,6 +807,32 @@ async fn cancel_purge(auth: Authorized, State(s): State<Arc<AppState>>) -> Resul
     let j = s.catalog.cancel_purge(job.id, s.clock.now()).await?;
     auth.note("job", j.id);
     Ok(Json(crate::purge::info(&j)))
+}
+
+/// Stage an export of one table (owners): segment files and a signed
+/// manifest.
+async fn create_export(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::body::Body) -> Result<impl IntoResponse, ServerError> {
+    let req: ExportRequest = read_json(body, "export request").await?;
+    let ws = auth.workspace()?;
+    let table = table_arg(Some(&req.table))?.ok_or_else(|| ServerError::BadRequest("table is required".into()))?;
+    s.ingest.flush().await?;
+    let m = crate::export::create(&s, ws, &table).await?;
+    auth.note("export", &m.manifest.export);
+    auth.note("table", table.as_str());
+    auth.note("rows", m.manifest.rows);
+    Ok(created(m))
+}
+
+/// One file of a staged export.
+async fn export_file(auth: Authorized, State(s): State<Arc<AppState>>, Path((_, export, name)): Path<(String, String, String)>) -> Result<axum::response::Response, ServerError> {
+    let ws = auth.workspace()?;
+    if !crate::export::valid_file_name(&name) {
+        return Err(ServerError::NotFound(format!("export file {name:?} not found")));
+    }
+    let path = crate::export::staged_dir(&s, ws.id, &export)?.join(&name);
+    let bytes = tokio::fs::read(&path).await.map_err(|_| ServerError::NotFound(format!("export {export} has no file {name:?} (staged exports last a day)")))?;
+    auth.note("file", &name);
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 /// Run the retention sweeper now (service admins).

@@ -9,6 +9,7 @@
 //! | AgentManage    |   ✓   |             |        |         |   ✓   |         |                         |
 //! | RoleManage     |   ✓   |             |        |         |   ✓   |         |                         |
 //! | PolicyManage   |   ✓   |             |        |         |       |         |                         |
+//! | WorkspaceDelete|   ✓   |             |        |         |   ✓   |         |                         |
 //! | CaseOpen       |   ✓   |             |        |         |       |    ✓    |            ✓            |
 //! | CaseView       |   ✓   |      ✓      |   ✓    |    ✓    |   ✓   |    ✓    |            ✓            |
 //! | CaseClose      |   ✓   |             |        |         |       |    ✓    |            ✓            |
@@ -62,6 +63,9 @@ pub enum Perm {
     AccessView,
     /// Approve or deny access requests.
     AccessDecide,
+    /// Delete the workspace (its keys, then its bytes): owners and service
+    /// admins (a tenant's contract ends).
+    WorkspaceDelete,
     /// Read the workspace's audit records, the counts of events refused at
     /// ingest, the redaction policy and the counts of what redaction removed.
     AuditRead,
@@ -69,7 +73,7 @@ pub enum Perm {
 
 impl Perm {
     /// Every permission (for tests that walk them).
-    pub const ALL: [Perm; 16] = [
+    pub const ALL: [Perm; 17] = [
         Perm::ServiceAdmin,
         Perm::Authenticated,
         Perm::TokenRevoke,
@@ -79,6 +83,7 @@ impl Perm {
         Perm::AgentManage,
         Perm::RoleManage,
         Perm::PolicyManage,
+        Perm::WorkspaceDelete,
         Perm::CaseOpen,
         Perm::CaseView,
         Perm::CaseClose,
@@ -107,6 +112,7 @@ pub fn role_allows(role: WorkspaceRole, perm: Perm) -> bool {
                 | AgentManage
                 | RoleManage
                 | PolicyManage
+                | WorkspaceDelete
                 | CaseOpen
                 | CaseView
                 | CaseClose
@@ -133,6 +139,7 @@ pub fn service_allows(role: ServiceRole, perm: Perm) -> bool {
                 | AgentEnroll
                 | AgentManage
                 | RoleManage
+                | WorkspaceDelete
                 | CaseView
                 | AccessView
                 | AuditRead

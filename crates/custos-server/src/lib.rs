@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod enforce;
 mod error;
+pub mod export;
 pub mod guard;
 pub mod ingest;
 pub mod keys;
@@ -23,6 +24,7 @@ pub mod query;
 pub mod redaction;
 pub mod retention;
 pub mod rollup;
+pub mod shred;
 mod tls;
 
 pub use clock::{Clock, ManualClock, SystemClock};

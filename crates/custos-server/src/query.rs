@@ -225,7 +225,7 @@ impl TableProvider for SegmentTable {
 }
 
 /// The rows of `batch` at or after `min_time` (its `time` column).
-fn drop_before(batch: &RecordBatch, min_time: custos_model::TimestampMicros) -> DfResult<RecordBatch> {
+pub(crate) fn drop_before(batch: &RecordBatch, min_time: custos_model::TimestampMicros) -> DfResult<RecordBatch> {
     let Some(col) = batch.column_by_name("time") else {
         return Err(DataFusionError::Execution("segment batch without a time column".into()));
     };
@@ -238,7 +238,7 @@ fn drop_before(batch: &RecordBatch, min_time: custos_model::TimestampMicros) -> 
 }
 
 /// The rows of `batch` no predicate of `hidden` matches.
-fn drop_hidden(batch: &RecordBatch, hidden: &[custos_store::purge::Predicate]) -> DfResult<RecordBatch> {
+pub(crate) fn drop_hidden(batch: &RecordBatch, hidden: &[custos_store::purge::Predicate]) -> DfResult<RecordBatch> {
     let mut b = batch.clone();
     for p in hidden {
         let m = p.matches(&b)?;

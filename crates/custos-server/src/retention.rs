@@ -213,8 +213,17 @@ pub async fn sweep(s: &Arc<AppState>) -> Result<SweepReport, ServerError> {
             tracing::warn!(workspace = %ws.id, error = %e, "retention pass of the workspace failed; retried next pass");
         }
     }
+    let stale = crate::export::remove_stale(s);
+    if stale > 0 {
+        tracing::info!(exports = stale, "staged exports older than a day removed");
+    }
+    // Deletions of workspaces a crash interrupted.
+    if let Err(e) = crate::shred::resume(s).await {
+        report.errors += 1;
+        tracing::warn!(error = %e, "finishing an interrupted workspace deletion failed; retried next pass");
+    }
     let (removed, errors) = remove_objects(s).await?;
-    report.objects_removed = removed;
+    report.objects_removed += removed;
     report.object_errors = errors;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)

@@ -103,6 +103,7 @@ struct World {
     support: String,
     case_a: String,
     req_a: String,
+    job_a: String,
 }
 
 async fn world(env: &Env) -> World {
@@ -123,11 +124,16 @@ async fn world(env: &Env) -> World {
         .ok(&support, Method::POST, &format!("/v1/cases/{case_a}/access-requests"), Some(json!({"reason": "read logs"})))
         .await;
     assert_eq!(req["status"], "pending");
-    World { ws_a, owner_a, owner_a_token_id, reader_a, owner_b, support, case_a, req_a: req["id"].as_str().unwrap().to_string() }
+    let job = env.ok(&owner_a, Method::POST, &format!("/v1/workspaces/{ws_a}/purges"), Some(json!({"where": "host = 'nobody'"}))).await;
+    let job_a = job["id"].as_str().unwrap().to_string();
+    World { ws_a, owner_a, owner_a_token_id, reader_a, owner_b, support, case_a, req_a: req["id"].as_str().unwrap().to_string(), job_a }
 }
 
-fn fill(path: &str, ws: &str, case: &str, req: &str, token: &str, principal: &str) -> String {
+fn fill(path: &str, ws: &str, case: &str, req: &str, token: &str, principal: &str, job: &str) -> String {
     path.replace("{ws}", ws)
+        .replace("{job}", job)
+        .replace("{export}", "0190f0e4-7a3b-7c1d-8e2f-123456789abc")
+        .replace("{name}", "manifest.json")
         .replace("{case}", case)
         .replace("{req}", req)
         .replace("{token}", token)
@@ -148,6 +154,11 @@ fn body_for(action: &str) -> Option<Value> {
         "role.grant" => json!({"principal": "owner-b", "role": "owner"}),
         "case.open" => json!({"title": "t"}),
         "access.request" => json!({"reason": "r"}),
+        "workspace.retention" => json!({"days": 7}),
+        "workspace.lock" => json!({"reason": "r"}),
+        "workspace.delete" => json!({"confirm": "a"}),
+        "purge.create" => json!({"where": "host = 'x'"}),
+        "export.create" => json!({"table": "logs"}),
         "query" | "data.query" => json!({"sql": "SELECT 1"}),
         _ => json!({}),
     })
@@ -169,7 +180,7 @@ async fn every_route_declares_its_access_and_the_table_is_sound() {
             // A workspace permission needs a target in the path to check it against.
             assert_eq!(
                 p.workspace_scoped(),
-                matches!(s.scope(), Scope::Workspace | Scope::Case | Scope::AccessRequest),
+                matches!(s.scope(), Scope::Workspace | Scope::Case | Scope::AccessRequest | Scope::Job),
                 "{} {}: permission {p:?} vs scope {:?}",
                 s.method,
                 s.path,
@@ -193,7 +204,7 @@ async fn unauthenticated_requests_are_refused_and_audited_on_every_route() {
         if spec.access == Access::Public {
             continue;
         }
-        let path = fill(spec.path, &w.ws_a, &w.case_a, &w.req_a, &w.owner_a_token_id, &w.reader_a.0);
+        let path = fill(spec.path, &w.ws_a, &w.case_a, &w.req_a, &w.owner_a_token_id, &w.reader_a.0, &w.job_a);
         let before = env.audit_seq();
         let (status, body) = env.call(None, method(&spec), &path, body_for(spec.action)).await;
         assert!(
@@ -228,7 +239,7 @@ async fn a_reader_cannot_change_anything() {
         if !spec.mutates || !matches!(spec.access, Access::Principal(p) if p != Perm::Authenticated) {
             continue;
         }
-        let path = fill(spec.path, &w.ws_a, &w.case_a, &w.req_a, &w.owner_a_token_id, &w.reader_a.0);
+        let path = fill(spec.path, &w.ws_a, &w.case_a, &w.req_a, &w.owner_a_token_id, &w.reader_a.0, &w.job_a);
         let audited = env.audit_seq();
         let (status, body) = env.call(Some(&w.reader_a.1), method(&spec), &path, body_for(spec.action)).await;
         assert!(
@@ -252,17 +263,17 @@ async fn another_workspace_looks_exactly_like_no_workspace() {
     let ghost = || uuid::Uuid::now_v7().to_string();
     let mut checked = 0;
     for spec in route_specs() {
-        if !matches!(spec.scope(), Scope::Workspace | Scope::Case | Scope::AccessRequest | Scope::Token) {
+        if !matches!(spec.scope(), Scope::Workspace | Scope::Case | Scope::AccessRequest | Scope::Token | Scope::Job) {
             continue;
         }
-        let real = fill(spec.path, &w.ws_a, &w.case_a, &w.req_a, &w.owner_a_token_id, &w.reader_a.0);
-        let (gw, gc, gr, gt) = (ghost(), ghost(), ghost(), ghost());
-        let fake = fill(spec.path, &gw, &gc, &gr, &gt, &w.reader_a.0);
+        let real = fill(spec.path, &w.ws_a, &w.case_a, &w.req_a, &w.owner_a_token_id, &w.reader_a.0, &w.job_a);
+        let (gw, gc, gr, gt, gj) = (ghost(), ghost(), ghost(), ghost(), ghost());
+        let fake = fill(spec.path, &gw, &gc, &gr, &gt, &w.reader_a.0, &gj);
         let (s1, b1) = env.call(Some(&w.owner_b), method(&spec), &real, body_for(spec.action)).await;
         let (s2, b2) = env.call(Some(&w.owner_b), method(&spec), &fake, body_for(spec.action)).await;
         assert_eq!(s1, StatusCode::NOT_FOUND, "{} {real}: {b1}", spec.method);
         assert_eq!(s2, StatusCode::NOT_FOUND, "{} {fake}: {b2}", spec.method);
-        let normalise = |v: &Value, ids: [&str; 4]| {
+        let normalise = |v: &Value, ids: [&str; 5]| {
             let mut t = v.to_string();
             for (i, id) in ids.iter().enumerate() {
                 t = t.replace(id, &format!("<id{i}>"));
@@ -270,8 +281,8 @@ async fn another_workspace_looks_exactly_like_no_workspace() {
             t
         };
         assert_eq!(
-            normalise(&b1, [&w.ws_a, &w.case_a, &w.req_a, &w.owner_a_token_id]),
-            normalise(&b2, [&gw, &gc, &gr, &gt]),
+            normalise(&b1, [&w.ws_a, &w.case_a, &w.req_a, &w.owner_a_token_id, &w.job_a]),
+            normalise(&b2, [&gw, &gc, &gr, &gt, &gj]),
             "{} {}: existence leaks",
             spec.method,
             spec.path
@@ -293,10 +304,10 @@ async fn support_has_no_standing_access_to_workspace_data() {
     let mut checked = 0;
     for spec in route_specs() {
         let Access::Principal(perm) = spec.access else { continue };
-        if !matches!(perm, Perm::DataRead | Perm::WorkspaceView | Perm::AuditRead | Perm::RoleManage | Perm::AgentEnroll | Perm::PolicyManage | Perm::AccessDecide) {
+        if !matches!(perm, Perm::DataRead | Perm::WorkspaceView | Perm::AuditRead | Perm::RoleManage | Perm::AgentEnroll | Perm::PolicyManage | Perm::WorkspaceDelete | Perm::AccessDecide) {
             continue;
         }
-        let path = fill(spec.path, &w.ws_a, &w.case_a, &w.req_a, &w.owner_a_token_id, &w.reader_a.0);
+        let path = fill(spec.path, &w.ws_a, &w.case_a, &w.req_a, &w.owner_a_token_id, &w.reader_a.0, &w.job_a);
         let (status, body) = env.call(Some(&w.support), method(&spec), &path, body_for(spec.action)).await;
         assert!(status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND, "support got {status} on {} {path}: {body}", spec.method);
         checked += 1;

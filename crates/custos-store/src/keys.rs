@@ -218,6 +218,15 @@ pub trait KeyProvider: Send + Sync + std::fmt::Debug {
         })
     }
 
+    /// Destroys every key version of `workspace` (crypto-shredding: data
+    /// sealed under them can never be read again). Idempotent. Providers
+    /// that cannot destroy keys refuse, so a deletion never claims a
+    /// shredding that did not happen.
+    fn destroy(&self, workspace: WorkspaceId) -> Result<(), KeyError> {
+        let _ = workspace;
+        Err(KeyError::Provider { provider: self.name(), reason: "this provider cannot destroy keys".into() })
+    }
+
     /// The key versions of `workspace`, oldest first (as far as the
     /// provider knows them).
     fn versions(&self, workspace: WorkspaceId) -> Result<Vec<KeyVersionInfo>, KeyError> {
@@ -578,6 +587,10 @@ impl KeyProvider for ServiceKeystore {
         ServiceKeystore::set_revoked(self, workspace, revoked)
     }
 
+    fn destroy(&self, workspace: WorkspaceId) -> Result<(), KeyError> {
+        ServiceKeystore::destroy(self, workspace)
+    }
+
     fn versions(&self, workspace: WorkspaceId) -> Result<Vec<KeyVersionInfo>, KeyError> {
         Ok(ServiceKeystore::versions(self, workspace))
     }
@@ -636,6 +649,16 @@ impl KeyProvider for KeyFileProvider {
             return Err(KeyError::Unknown { workspace, key: key.to_string(), provider: self.name() });
         }
         wrap_with(&kek, workspace, key, dek)
+    }
+
+    /// Removes the workspace's key file (the customer's copy elsewhere,
+    /// if any, is theirs to destroy).
+    fn destroy(&self, workspace: WorkspaceId) -> Result<(), KeyError> {
+        match std::fs::remove_file(self.path(workspace)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(KeyError::Provider { provider: self.name(), reason: format!("cannot remove {}: {e}", self.path(workspace).display()) }),
+        }
     }
 
     fn unwrap(&self, workspace: WorkspaceId, key: &KeyRef, wrapped: &[u8]) -> Result<DataKey, KeyError> {

@@ -26,7 +26,7 @@ pub use keys::{
 };
 pub use local::LocalStorage;
 pub use segment::{
-    adapt_batch, arrow_type, decode_segment, encode_batches, decode_segment_columns, decode_segment_with, envelope_fields, rewrap_segment, segment_path, table_prefix, table_schema,
+    adapt_batch, arrow_type, decode_segment, encode_batches, decode_segment_columns, decode_segment_with, envelope_fields, rewrap_segment, segment_path, table_prefix, table_schema, workspace_prefix,
     DecodedSegment, EncodedSegment, SealInfo, SegmentBuilder, SegmentHeader, ENVELOPE_COLUMNS, FLAG_SEALED,
     MAX_BATCH_ROWS, SEALED_FORMAT_VERSION, SEAL_ALG, SEGMENT_EXTENSION, SEGMENT_FORMAT_VERSION, SEGMENT_MAGIC,
 };

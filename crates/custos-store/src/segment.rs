@@ -292,7 +292,12 @@ pub fn segment_path(workspace: WorkspaceId, table: &TableName, id: SegmentId) ->
 /// The prefix under which all segments of a table live:
 /// `ws/<workspace>/<table>/`.
 pub fn table_prefix(workspace: WorkspaceId, table: &TableName) -> String {
-    format!("ws/{workspace}/{table}/")
+    format!("{}{table}/", workspace_prefix(workspace))
+}
+
+/// The storage prefix of every object of a workspace.
+pub fn workspace_prefix(workspace: WorkspaceId) -> String {
+    format!("ws/{workspace}/")
 }
 
 /// One attribute column while building: a builder per value type seen, each

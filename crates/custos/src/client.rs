@@ -82,7 +82,17 @@ impl Client {
         Ok(Client { http: b.build()?, base, token: custos_model::Secret::new(token) })
     }
 
+    /// GET raw bytes (an export file).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        self.send_raw(self.http.get(format!("{}{path}", self.base))).await
+    }
+
     async fn send<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T> {
+        let body = self.send_raw(rb).await?;
+        serde_json::from_slice(&body).with_context(|| "server sent an unexpected answer")
+    }
+
+    async fn send_raw(&self, rb: reqwest::RequestBuilder) -> Result<Vec<u8>> {
         let resp = rb
             .bearer_auth(self.token.expose())
             .send()
@@ -96,7 +106,7 @@ impl Client {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
             bail!("{msg} (HTTP {})", status.as_u16());
         }
-        serde_json::from_slice(&body).with_context(|| "server sent an unexpected answer")
+        Ok(body.to_vec())
     }
 
     /// GET a JSON resource.
@@ -117,5 +127,10 @@ impl Client {
     /// DELETE, read JSON.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.http.delete(format!("{}{path}", self.base))).await
+    }
+
+    /// DELETE with a JSON body, read JSON.
+    pub async fn delete_json<B: serde::Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send(self.http.delete(format!("{}{path}", self.base)).json(body)).await
     }
 }

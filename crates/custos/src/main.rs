@@ -79,6 +79,10 @@ enum Cmd {
     /// a dry run, a cancel window and a signed receipt.
     #[command(subcommand)]
     Purge(admin::PurgeCmd),
+    /// Export one table as segment files and a signed manifest of their
+    /// hashes (`--workspace ID --table T --to DIR`), or check one
+    /// (`custos export verify DIR`).
+    Export(admin::ExportArgs),
     /// Who the token belongs to, and its roles.
     Whoami,
     /// This host's telemetry consent: status, level, enable, disable.
@@ -147,6 +151,16 @@ enum WorkspaceCmd {
     Unlock {
         /// Workspace id.
         id: String,
+    },
+    /// Delete the workspace (owners, service admins): its keys are destroyed
+    /// first (nothing readable from then on), then every byte; prints what
+    /// was removed. Refused while locked.
+    Delete {
+        /// Workspace id.
+        id: String,
+        /// The workspace's name, to confirm.
+        #[arg(long)]
+        confirm: String,
     },
     /// List workspaces.
     List,
@@ -384,6 +398,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 }
                 WorkspaceCmd::Lock { id, reason } => admin::lock(&cli.conn, out, &id, Some(reason)).await,
                 WorkspaceCmd::Unlock { id } => admin::lock(&cli.conn, out, &id, None).await,
+                WorkspaceCmd::Delete { id, confirm } => {
+                    let r: WorkspaceDeletionReport =
+                        c.delete_json(&format!("/v1/workspaces/{}", enc(&id)), &DeleteWorkspaceRequest { confirm }).await?;
+                    print_value(out, &r)
+                }
                 WorkspaceCmd::List => {
                     let r: Vec<WorkspaceInfo> = c.get("/v1/workspaces").await?;
                     print_value(out, &r)
@@ -462,6 +481,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Purge(c) => {
             init_logging("warn");
             admin::purge(&cli.conn, out, c).await
+        }
+        Cmd::Export(a) => {
+            init_logging("warn");
+            admin::export(&cli.conn, out, a).await
         }
         Cmd::Telemetry(c) => {
             init_logging("warn");

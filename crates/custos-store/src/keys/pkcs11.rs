@@ -696,6 +696,29 @@ impl KeyProvider for Pkcs11Provider {
         .map_err(|f| self.key_error(workspace, None, f))
     }
 
+    /// Destroys every key object of the workspace in the token, then its
+    /// marker (crypto-shredding).
+    fn destroy(&self, workspace: WorkspaceId) -> Result<(), KeyError> {
+        self.run(|s| {
+            let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(workspace.as_uuid().as_bytes().to_vec())];
+            let prefix = format!("{}:{workspace}:v", self.cfg.key_label_prefix);
+            for h in s.find_objects(&template)? {
+                let ours = s
+                    .get_attributes(h, &[AttributeType::Label])?
+                    .iter()
+                    .any(|a| matches!(a, Attribute::Label(l) if version_in_label(l, &prefix).is_some()));
+                if ours {
+                    s.destroy_object(h)?;
+                }
+            }
+            for h in s.find_objects(&self.marker_template(workspace))? {
+                s.destroy_object(h)?;
+            }
+            Ok(())
+        })
+        .map_err(|f| self.key_error(workspace, None, f))
+    }
+
     fn versions(&self, workspace: WorkspaceId) -> Result<Vec<KeyVersionInfo>, KeyError> {
         let inv = self.run(|s| self.inventory(s, workspace)).map_err(|f| self.key_error(workspace, None, f))?;
         let newest = inv.newest();
