@@ -69,6 +69,8 @@ pub struct AppState {
     pub signer: Arc<custos_audit::SigningKey>,
     /// Wakes the purge runner (a purge accepted with `--now`).
     pub purge_kick: Arc<tokio::sync::Notify>,
+    /// One purge pass at a time (the runner, `purge::run_due` callers).
+    pub purge_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What `server.json` holds: how to reach and trust this server.
@@ -183,6 +185,7 @@ impl Server {
             audit_dir,
             signer,
             purge_kick: Arc::new(tokio::sync::Notify::new()),
+            purge_lock: Arc::new(tokio::sync::Mutex::new(())),
         });
         let janitor = {
             let (audit, clock, st) = (audit.clone(), clock.clone(), state.clone());

@@ -200,6 +200,8 @@ pub async fn runner(s: Arc<AppState>) {
 /// One pass: claims due jobs and runs every running one; returns the jobs
 /// that ended (completed or failed).
 pub async fn run_due(s: &Arc<AppState>) -> Result<Vec<PurgeJob>, ServerError> {
+    // Running jobs are resumed by whoever claims: never two passes at once.
+    let _one = s.purge_lock.lock().await;
     let mut ended = Vec::new();
     for job in s.catalog.claim_purges(s.clock.now()).await? {
         match run_job(s, &job).await {
