@@ -3070,7 +3070,7 @@ pub async fn deleting_segments_records_each_and_leaves_other_workspaces_alone(ca
 pub async fn locked_workspace_refuses_segment_deletion(cat: &dyn Catalog) {
     let ws = new_workspace(cat, "del-lock", T0).await;
     let a = segment(ws.id, "logs", 1, 2);
-    ok(cat.commit_segments(&[a.clone()], &[], T0).await, "commit");
+    ok(cat.commit_segments(std::slice::from_ref(&a), &[], T0).await, "commit");
     ok(cat.lock_workspace(ws.id, &lock("hold")).await, "lock");
     assert!(matches!(
         cat.delete_segments(ws.id, &[a.id], DeletionReason::Retention, T0).await,

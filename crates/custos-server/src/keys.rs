@@ -6,7 +6,10 @@
 //! segment under it, one segment at a time: the header is rewritten, the
 //! sealed body copied unchanged ([`custos_store::rewrap_segment`]), the
 //! object replaced atomically. Older versions stay in the keystore (retired)
-//! so a segment not yet rewrapped stays readable meanwhile.
+//! so a segment not yet rewrapped stays readable meanwhile; once the rewrap
+//! is done, versions no segment is sealed under are destroyed
+//! ([`forget_unused`]; the built-in keystore does, other providers keep
+//! theirs).
 
 use std::sync::Arc;
 
@@ -109,8 +112,38 @@ pub async fn rewrap_all(s: &Arc<AppState>, ws: WorkspaceId) -> Result<u64, Serve
     Ok(done)
 }
 
+/// The key versions the workspace's segments are sealed under (reads every
+/// segment's header).
+async fn versions_in_use(s: &AppState, ws: WorkspaceId) -> Result<Vec<custos_store::KeyRef>, ServerError> {
+    let mut used: Vec<custos_store::KeyRef> = Vec::new();
+    for table in s.catalog.list_tables(ws).await? {
+        for seg in s.catalog.list_segments(ws, &table, None).await? {
+            if let Some(seal) = header_of(s, &seg.path).await? {
+                if !used.contains(&seal.key) {
+                    used.push(seal.key);
+                }
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// After a rewrap: destroys the retired versions no segment needs any more
+/// (the provider decides; the built-in keystore does). Returns them.
+pub async fn forget_unused(s: &AppState, ws: WorkspaceId) -> Result<Vec<custos_store::KeyRef>, ServerError> {
+    let used = versions_in_use(s, ws).await?;
+    let keys = s.keys.clone();
+    let gone = blocking(move || keys.forget_unused(ws, &used)).await?;
+    if !gone.is_empty() {
+        let list: Vec<String> = gone.iter().map(|k| k.to_string()).collect();
+        tracing::info!(workspace = %ws, versions = %list.join(", "), "key versions no data needs any more destroyed");
+    }
+    Ok(gone)
+}
+
 /// Makes a new key version current and starts rewrapping older segments
-/// in the background.
+/// in the background; once every segment is rewrapped, the versions
+/// nothing needs any more are destroyed.
 pub async fn rotate(s: &Arc<AppState>, ws: WorkspaceId) -> Result<KeyStatus, ServerError> {
     let keys = s.keys.clone();
     let key = blocking(move || keys.rotate(ws)).await?;
@@ -118,7 +151,12 @@ pub async fn rotate(s: &Arc<AppState>, ws: WorkspaceId) -> Result<KeyStatus, Ser
     let st = s.clone();
     tokio::spawn(async move {
         match rewrap_all(&st, ws).await {
-            Ok(n) => tracing::info!(workspace = %ws, segments = n, "rewrap finished"),
+            Ok(n) => {
+                tracing::info!(workspace = %ws, segments = n, "rewrap finished");
+                if let Err(e) = forget_unused(&st, ws).await {
+                    tracing::warn!(workspace = %ws, error = %e, "unused key versions not destroyed");
+                }
+            }
             Err(e) => tracing::warn!(workspace = %ws, error = %e, "rewrap stopped"),
         }
     });

@@ -90,6 +90,16 @@ async fn keys_rotate_on_schedule_and_older_segments_are_rewrapped_and_readable()
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert_eq!(pending, 0, "every segment rewrapped under the new version");
+    // Then the retired version, which nothing needs any more, is destroyed.
+    let mut versions = Vec::new();
+    for _ in 0..200 {
+        versions = s.keys.versions(ws).unwrap().iter().map(|v| (v.key.version, v.state)).collect::<Vec<_>>();
+        if versions.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(versions, vec![(2, KeyState::Active)]);
     let resp = custos_server::query::run(s.catalog.as_ref(), s.storage.clone(), s.keys.clone(), ws, "SELECT message FROM logs", 10, std::time::Duration::from_secs(30))
         .await
         .unwrap();

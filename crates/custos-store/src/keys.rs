@@ -218,6 +218,16 @@ pub trait KeyProvider: Send + Sync + std::fmt::Debug {
         })
     }
 
+    /// Destroys the retired versions of `workspace` that no stored data
+    /// needs any more: every version but the current one and those in
+    /// `in_use` (the versions the workspace's segments are sealed under).
+    /// Returns the versions destroyed. Providers that keep every version
+    /// (the default) destroy none.
+    fn forget_unused(&self, workspace: WorkspaceId, in_use: &[KeyRef]) -> Result<Vec<KeyRef>, KeyError> {
+        let _ = (workspace, in_use);
+        Ok(Vec::new())
+    }
+
     /// Destroys every key version of `workspace` (crypto-shredding: data
     /// sealed under them can never be read again). Idempotent. Providers
     /// that cannot destroy keys refuse, so a deletion never claims a
@@ -505,6 +515,28 @@ impl ServiceKeystore {
         Ok(())
     }
 
+    /// Forgets the retired versions of `workspace` not in `in_use` (never
+    /// the active one, nothing while revoked); returns them.
+    pub fn forget_unused(&self, workspace: WorkspaceId, in_use: &[KeyRef]) -> Result<Vec<KeyRef>, KeyError> {
+        let mut f = self.lock();
+        let mut next = f.clone();
+        let Some(versions) = next.workspaces.get_mut(&workspace.to_string()) else { return Ok(Vec::new()) };
+        let used = |v: u32| in_use.iter().any(|k| k.key_id == SERVICE_KEY_ID && k.version == v);
+        let mut gone = Vec::new();
+        versions.retain(|v| {
+            let keep = v.state != KeyState::Retired || used(v.version);
+            if !keep {
+                gone.push(KeyRef { key_id: SERVICE_KEY_ID.into(), version: v.version });
+            }
+            keep
+        });
+        if !gone.is_empty() {
+            self.save(&next)?;
+            *f = next;
+        }
+        Ok(gone)
+    }
+
     /// Forgets every key of `workspace` (crypto-shredding: its data can
     /// never be read again). Idempotent.
     pub fn destroy(&self, workspace: WorkspaceId) -> Result<(), KeyError> {
@@ -585,6 +617,10 @@ impl KeyProvider for ServiceKeystore {
 
     fn set_revoked(&self, workspace: WorkspaceId, revoked: bool) -> Result<(), KeyError> {
         ServiceKeystore::set_revoked(self, workspace, revoked)
+    }
+
+    fn forget_unused(&self, workspace: WorkspaceId, in_use: &[KeyRef]) -> Result<Vec<KeyRef>, KeyError> {
+        ServiceKeystore::forget_unused(self, workspace, in_use)
     }
 
     fn destroy(&self, workspace: WorkspaceId) -> Result<(), KeyError> {

@@ -110,7 +110,7 @@ pub fn rollup_table(table: &TableName) -> Option<TableName> {
     if is_rollup(table) {
         return None;
     }
-    TableName::new(&format!("{}{ROLLUP_SUFFIX}", table.as_str())).ok()
+    TableName::new(format!("{}{ROLLUP_SUFFIX}", table.as_str())).ok()
 }
 
 /// Whether `table` is a rollup table.

@@ -134,3 +134,32 @@ fn a_customer_key_file_controls_access_and_a_replaced_key_is_another_key() {
     let e = p.unwrap(a, &k, &w).unwrap_err();
     assert!(matches!(e, KeyError::Unknown { .. }), "{e}");
 }
+
+#[test]
+fn retired_versions_no_data_needs_are_forgotten_and_the_rest_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("keys/keystore.json");
+    let ks = ServiceKeystore::open(&path, DataKey::generate().unwrap()).unwrap();
+    let a = ws();
+    let v1 = ks.current(a).unwrap();
+    let dek = DataKey::generate().unwrap();
+    let w1 = ks.wrap(a, &v1, &dek).unwrap();
+    let v2 = ks.rotate(a).unwrap();
+    let v3 = ks.rotate(a).unwrap();
+    // v1 still seals a segment: kept; v2 nothing: forgotten; v3 active: kept.
+    let gone = KeyProvider::forget_unused(&ks, a, std::slice::from_ref(&v1)).unwrap();
+    assert_eq!(gone, vec![v2.clone()]);
+    let left: Vec<u32> = ks.versions(a).iter().map(|v| v.key.version).collect();
+    assert_eq!(left, [1, 3]);
+    assert_eq!(ks.unwrap(a, &v1, &w1).unwrap().expose(), dek.expose());
+    assert!(ks.unwrap(a, &v2, &w1).is_err(), "a forgotten version opens nothing");
+    // Once nothing needs v1, it goes too; the active one never does.
+    assert_eq!(KeyProvider::forget_unused(&ks, a, &[]).unwrap(), vec![v1.clone()]);
+    assert_eq!(ks.current(a).unwrap(), v3);
+    assert!(KeyProvider::forget_unused(&ks, a, &[]).unwrap().is_empty());
+    // Revoked versions are never forgotten.
+    ks.rotate(a).unwrap();
+    ks.set_revoked(a, true).unwrap();
+    assert!(KeyProvider::forget_unused(&ks, a, &[]).unwrap().is_empty());
+    assert_eq!(ks.versions(a).len(), 2);
+}
