@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use custos_catalog::{ColumnDef, Segment, Workspace};
+use custos_catalog::Workspace;
 use custos_model::{AgentId, Category, Event, Level, SegmentId, TableName, Value, WorkspaceId};
 use custos_server::{ManualClock, Server, ServerConfig};
 use serde_json::json;
@@ -56,22 +56,10 @@ async fn workspace(s: &custos_server::AppState, name: &str) -> WorkspaceId {
 
 /// Stores an encoded segment as ingest does (object, catalog, index).
 async fn store(s: &custos_server::AppState, ws: WorkspaceId, id: SegmentId, enc: custos_store::EncodedSegment) -> u64 {
-    let path = custos_store::segment_path(ws, &table(), id);
-    let bytes = enc.bytes.len() as u64;
+    let seg = custos_server::ingest::catalog_entry(ws, table(), id, &enc, 0);
     let index = enc.index_json();
-    s.storage.put(&path, enc.bytes).await.unwrap();
-    let seg = Segment {
-        id,
-        workspace_id: ws,
-        table: table(),
-        path,
-        min_time: enc.min_time,
-        max_time: enc.max_time,
-        rows: enc.rows,
-        bytes,
-        columns: enc.columns.into_iter().map(|(name, ty)| ColumnDef { name, ty }).collect(),
-        created_at: 0,
-    };
+    s.storage.put(&seg.path, enc.bytes).await.unwrap();
+    let bytes = seg.bytes;
     s.catalog.commit_segments(&[seg], &[], 0).await.unwrap();
     s.catalog.put_segment_indexes(ws, &[(id, index)]).await.unwrap();
     bytes

@@ -650,23 +650,7 @@ async fn record_data_loss(s: &AppState, ws: WorkspaceId, i: &crate::query::Incid
     let mut details = std::collections::BTreeMap::new();
     details.insert("segment".to_string(), i.segment.to_string());
     details.insert("reason".to_string(), i.reason.chars().take(300).collect());
-    let rec = custos_audit::AuditRecord {
-        time: s.clock.now(),
-        principal: None,
-        role: "system".into(),
-        action: "data_loss.incident".into(),
-        target: i.path.clone(),
-        workspace: Some(ws.to_string()),
-        outcome: "error".into(),
-        status: 0,
-        request_id: String::new(),
-        client: String::new(),
-        grant: None,
-        details,
-    };
-    if let Err(e) = s.audit.append(rec).await {
-        tracing::error!(error = %e, workspace = %ws, "the data-loss incident could not be written to the audit log");
-    }
+    crate::retention::system_record(s, "data_loss.incident", "error", ws, i.path.clone(), details).await;
 }
 
 /// The workspace's keys: versions, states, segments awaiting a rewrap.

@@ -1121,22 +1121,10 @@ impl Builder {
                 .await
                 .map_err(|e| format!("segment encode task: {e}"))?
                 .map_err(|e| e.to_string())?;
-            let path = segment_path(ws, &table, id);
-            let bytes = encoded.bytes.len() as u64;
+            let entry = catalog_entry(ws, table, id, &encoded, custos_model::now_micros());
             indexes.push((ws, id, encoded.index_json()));
-            self.storage.put(&path, encoded.bytes).await.map_err(|e| e.to_string())?;
-            segments.push(Segment {
-                id,
-                workspace_id: ws,
-                table,
-                path,
-                min_time: encoded.min_time,
-                max_time: encoded.max_time,
-                rows: encoded.rows,
-                bytes,
-                columns: encoded.columns.into_iter().map(|(name, ty)| ColumnDef { name, ty }).collect(),
-                created_at: custos_model::now_micros(),
-            });
+            self.storage.put(&entry.path, encoded.bytes).await.map_err(|e| e.to_string())?;
+            segments.push(entry);
         }
         self.catalog
             .commit_ingest_with(&segments, &batches, &refusals, &redactions, custos_model::now_micros())
@@ -1167,6 +1155,29 @@ impl Builder {
         }
         tracing::debug!(segments = segments.len(), batches = batches.len(), "segments committed");
         Ok(())
+    }
+}
+
+/// The catalog entry of segment `id` of (`ws`, `table`), stored at its
+/// [`segment_path`].
+pub fn catalog_entry(
+    ws: WorkspaceId,
+    table: TableName,
+    id: SegmentId,
+    encoded: &custos_store::EncodedSegment,
+    created_at: custos_model::TimestampMicros,
+) -> Segment {
+    Segment {
+        id,
+        workspace_id: ws,
+        path: segment_path(ws, &table, id),
+        table,
+        min_time: encoded.min_time,
+        max_time: encoded.max_time,
+        rows: encoded.rows,
+        bytes: encoded.bytes.len() as u64,
+        columns: encoded.columns.iter().map(|(name, ty)| ColumnDef { name: name.clone(), ty: *ty }).collect(),
+        created_at,
     }
 }
 

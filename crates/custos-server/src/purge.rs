@@ -312,27 +312,11 @@ async fn purge_segment(s: &Arc<AppState>, job: &PurgeJob, p: &Predicate, seg: &S
     }
     let mut new: Option<(Segment, String, String)> = None;
     if let Some(enc) = outcome.replacement {
-        let path = custos_store::segment_path(seg.workspace_id, &seg.table, id);
+        let entry = crate::ingest::catalog_entry(seg.workspace_id, seg.table.clone(), id, &enc, s.clock.now());
         let hash = sha256_hex(&enc.bytes);
         let index = enc.index_json();
-        let size = enc.bytes.len() as u64;
-        s.storage.put(&path, enc.bytes).await?;
-        new = Some((
-            Segment {
-                id,
-                workspace_id: seg.workspace_id,
-                table: seg.table.clone(),
-                path,
-                min_time: enc.min_time,
-                max_time: enc.max_time,
-                rows: enc.rows,
-                bytes: size,
-                columns: enc.columns.into_iter().map(|(name, ty)| custos_catalog::ColumnDef { name, ty }).collect(),
-                created_at: s.clock.now(),
-            },
-            hash,
-            index,
-        ));
+        s.storage.put(&entry.path, enc.bytes).await?;
+        new = Some((entry, hash, index));
     }
     let now = s.clock.now();
     let entry = PurgeReceiptEntry {

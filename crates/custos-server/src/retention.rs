@@ -169,6 +169,11 @@ pub async fn change(
 
 /// Append a record the server writes on its own (no request behind it).
 pub async fn system_audit(s: &AppState, action: &str, ws: WorkspaceId, target: String, details: BTreeMap<String, String>) {
+    system_record(s, action, "ok", ws, target, details).await
+}
+
+/// [`system_audit`] with an outcome (`ok`, `error`).
+pub async fn system_record(s: &AppState, action: &str, outcome: &str, ws: WorkspaceId, target: String, details: BTreeMap<String, String>) {
     let rec = custos_audit::AuditRecord {
         time: s.clock.now(),
         principal: None,
@@ -176,7 +181,7 @@ pub async fn system_audit(s: &AppState, action: &str, ws: WorkspaceId, target: S
         action: action.into(),
         target,
         workspace: Some(ws.to_string()),
-        outcome: "ok".into(),
+        outcome: outcome.into(),
         status: 0,
         request_id: String::new(),
         client: String::new(),

@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
-use custos_catalog::{ColumnDef, Segment, Workspace};
+use custos_catalog::{Segment, Workspace};
 use custos_model::registry::Registry;
 use custos_model::{AgentId, Event, Level, PiiClass, SegmentId, TableName, TimestampMicros, Value, ValueType};
 use custos_store::retention::{self as rules, DAY_MICROS};
@@ -223,21 +223,9 @@ async fn roll_up_until(s: &Arc<AppState>, ws: &Workspace, table: &TableName, end
         let encoded = tokio::task::spawn_blocking(move || builder.finish_sealed(id, keys.as_ref()))
             .await
             .map_err(|e| ServerError::Internal(format!("rollup encode task: {e}")))??;
-        let path = custos_store::segment_path(ws.id, &target, id);
-        let bytes = encoded.bytes.len() as u64;
-        s.storage.put(&path, encoded.bytes).await?;
-        written.push(Segment {
-            id,
-            workspace_id: ws.id,
-            table: target.clone(),
-            path,
-            min_time: encoded.min_time,
-            max_time: encoded.max_time,
-            rows: encoded.rows,
-            bytes,
-            columns: encoded.columns.into_iter().map(|(name, ty)| ColumnDef { name, ty }).collect(),
-            created_at: s.clock.now(),
-        });
+        let entry = crate::ingest::catalog_entry(ws.id, target.clone(), id, &encoded, s.clock.now());
+        s.storage.put(&entry.path, encoded.bytes).await?;
+        written.push(entry);
     }
     s.catalog.commit_rollup(ws.id, table, &written, end, s.clock.now()).await?;
     tracing::info!(workspace = %ws.id, table = %table, rollup = %target, rows, from = start, to = end, "rolled up before expiry");
