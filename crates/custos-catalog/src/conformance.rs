@@ -3216,6 +3216,15 @@ pub async fn purge_steps_replace_segments_atomically_and_refuse_while_locked(cat
     assert_eq!(ok(cat.list_deletions(ws.id, 10).await, "deletions").len(), 2);
     let f = ok(cat.finish_purge(j.id, Err("disk on fire".into()), T0 + 3).await, "fail");
     assert_eq!((f.state, f.error.as_deref()), (PurgeState::Failed, Some("disk on fire")));
+    // A failed job can run again; its receipt lines stay.
+    ok(cat.lock_workspace(ws.id, &lock("hold")).await, "lock");
+    assert!(matches!(cat.retry_purge(j.id, T0 + 4).await, Err(CatalogError::WorkspaceLocked { .. })));
+    ok(cat.unlock_workspace(ws.id).await, "unlock");
+    let r = ok(cat.retry_purge(j.id, T0 + 4).await, "retry");
+    assert_eq!((r.state, r.not_before, r.error.as_deref(), r.started_at), (PurgeState::Pending, T0 + 4, None, None));
+    assert!(matches!(cat.retry_purge(j.id, T0 + 5).await, Err(CatalogError::PurgeState { state: PurgeState::Pending, .. })));
+    assert_eq!(ok(cat.purge_entries(j.id).await, "entries").len(), 2);
+    assert!(matches!(cat.retry_purge(JobId::new(), T0).await, Err(CatalogError::PurgeNotFound(_))));
 }
 
 /// A deleted workspace is gone from every lookup, its agents are revoked,

@@ -315,6 +315,8 @@ pub enum DeletionReason {
     Retention,
     /// A purge rewrote (or emptied) the segment.
     Purge,
+    /// Its table was deleted.
+    Table,
     /// The workspace was deleted.
     Workspace,
 }
@@ -325,6 +327,7 @@ impl DeletionReason {
         match self {
             DeletionReason::Retention => "retention",
             DeletionReason::Purge => "purge",
+            DeletionReason::Table => "table",
             DeletionReason::Workspace => "workspace",
         }
     }
@@ -1002,6 +1005,11 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Cancel a pending job; any other state is refused with
     /// [`CatalogError::PurgeState`].
     async fn cancel_purge(&self, id: JobId, now: TimestampMicros) -> Result<PurgeJob>;
+    /// Run a failed job again: back to pending, due at `now`, its error
+    /// cleared (the receipt lines of what it did keep). Refused with
+    /// [`CatalogError::PurgeState`] unless failed, and with
+    /// [`CatalogError::WorkspaceLocked`] while the workspace is locked.
+    async fn retry_purge(&self, id: JobId, now: TimestampMicros) -> Result<PurgeJob>;
     /// Atomically move every pending job whose `not_before` has come, in
     /// unlocked workspaces, to running, and return every running job
     /// (including ones a crash interrupted), oldest first.

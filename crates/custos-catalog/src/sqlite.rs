@@ -19,7 +19,7 @@
 //! | `redaction_policies` | `workspace_id`                         | → `workspaces`; `policy` TOML (NULL: the default policy), `revision` (+1 per change), `updated_at`, `updated_by`; `pseudonym_key` 32 bytes, set once (v5) |
 //! | `table_retention` | (`workspace_id`, `table_name`)            | per-table retention override, `days` >= 1 (v6) |
 //! | `retention_changes` | `id`                                    | `table_name` '' = the workspace default; `state` pending/applied/cancelled, at most one pending per scope; `decided_at` set unless pending (v6) |
-//! | `deletions`       | `seq` (autoincrement)                     | one row per deleted segment: table, segment, path, rows, bytes, time range, `reason` retention/purge/workspace, `deleted_at`, `object_deleted_at` NULL until the object is gone (v6) |
+//! | `deletions`       | `seq` (autoincrement)                     | one row per deleted segment: table, segment, path, rows, bytes, time range, `reason` retention/purge/table/workspace, `deleted_at`, `object_deleted_at` NULL until the object is gone (v6) |
 //! | `segment_indexes` | `segment_id` → `segments` (on delete cascade) | Bloom filters of a segment's identity columns, JSON (v6) |
 //! | `purge_jobs`      | `id`                                      | → `workspaces`; `tables` JSON array ([] = all), canonical `predicate`, `state` pending/running/completed/cancelled/failed, `not_before`, `receipt` (signed JSON) (v6) |
 //! | `purge_entries`   | (`job_id`, `seq`)                         | a running purge's receipt lines, one per segment, committed with the segment's rewrite (v6) |
@@ -283,7 +283,7 @@ CREATE TABLE deletions (
     byte_count        INTEGER NOT NULL CHECK (byte_count >= 0),
     min_time          INTEGER NOT NULL,
     max_time          INTEGER NOT NULL,
-    reason            TEXT    NOT NULL CHECK (reason IN ('retention', 'purge', 'workspace')),
+    reason            TEXT    NOT NULL CHECK (reason IN ('retention', 'purge', 'table', 'workspace')),
     deleted_at        INTEGER NOT NULL,
     object_deleted_at INTEGER
 );
@@ -624,6 +624,7 @@ fn deletion_from_row(row: &SqliteRow) -> Result<Deletion> {
         reason: match reason.as_str() {
             "retention" => DeletionReason::Retention,
             "purge" => DeletionReason::Purge,
+            "table" => DeletionReason::Table,
             "workspace" => DeletionReason::Workspace,
             other => return Err(CatalogError::Corrupt(format!("reason: not a deletion reason: {other:?}"))),
         },
@@ -2403,6 +2404,29 @@ impl Catalog for SqliteCatalog {
                 Some(j) => Err(CatalogError::PurgeState { id, state: j.state, what: "only a pending job can be cancelled".into() }),
             },
         }
+    }
+
+    async fn retry_purge(&self, id: JobId, now: TimestampMicros) -> Result<PurgeJob> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let sql = format!("SELECT {PURGE_COLUMNS} FROM purge_jobs WHERE id = ?");
+        let Some(row) = sqlx::query(AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut *tx).await.map_err(db)? else {
+            return Err(CatalogError::PurgeNotFound(id));
+        };
+        let j = purge_from_row(&row)?;
+        if j.state != PurgeState::Failed {
+            return Err(CatalogError::PurgeState { id, state: j.state, what: "only a failed job can be retried".into() });
+        }
+        if let Some(lock) = lock_in_tx(&mut tx, j.workspace_id).await? {
+            return Err(CatalogError::WorkspaceLocked { id: j.workspace_id, reason: lock.reason });
+        }
+        let sql = format!(
+            "UPDATE purge_jobs SET state = 'pending', not_before = ?, started_at = NULL, finished_at = NULL, error = NULL \
+             WHERE id = ? RETURNING {PURGE_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(id.to_string()).fetch_one(&mut *tx).await.map_err(db)?;
+        let j = purge_from_row(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok(j)
     }
 
     async fn claim_purges(&self, now: TimestampMicros) -> Result<Vec<PurgeJob>> {

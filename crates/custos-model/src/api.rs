@@ -1100,3 +1100,27 @@ pub struct SignedManifest {
     /// The signing public key, hex (compare with the server's `audit.pub`).
     pub public_key: String,
 }
+
+/// `DELETE /v1/workspaces/{id}/tables/{table}`: the table's name, to
+/// confirm.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTableRequest {
+    /// Must equal the table's name.
+    pub confirm: String,
+}
+
+/// What deleting a table removed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableDeletionReport {
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The table.
+    pub table: String,
+    /// Segments removed.
+    pub segments_deleted: u64,
+    /// Rows in them.
+    pub rows_deleted: u64,
+    /// Bytes in them.
+    pub bytes_deleted: u64,
+}

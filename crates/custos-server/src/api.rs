@@ -85,6 +85,7 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
         route!(GET "/v1/workspaces/{ws}/purges", "purge.list", P(Perm::AuditRead), R, list_purges),
         route!(GET "/v1/purges/{job}", "purge.show", P(Perm::AuditRead), R, show_purge),
         route!(POST "/v1/purges/{job}/cancel", "purge.cancel", P(Perm::PolicyManage), W, cancel_purge),
+        route!(POST "/v1/purges/{job}/retry", "purge.retry", P(Perm::PolicyManage), W, retry_purge),
         route!(POST "/v1/workspaces/{ws}/exports", "export.create", P(Perm::PolicyManage), W, create_export),
         route!(GET "/v1/workspaces/{ws}/exports/{export}/files/{name}", "export.file", P(Perm::PolicyManage), R, export_file),
         route!(POST "/v1/retention/sweep", "retention.sweep", P(Perm::ServiceAdmin), W, sweep_now),
@@ -92,6 +93,7 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<Arc<AppState>>)> {
         route!(GET "/v1/workspaces/{ws}/agents", "agent.list", P(Perm::AgentManage), R, list_agents),
         route!(POST "/v1/workspaces/{ws}/agents/{agent}/revoke", "agent.revoke", P(Perm::AgentManage), W, revoke_agent),
         route!(GET "/v1/workspaces/{ws}/tables", "data.tables", P(Perm::DataRead), R, list_tables),
+        route!(DELETE "/v1/workspaces/{ws}/tables/{table}", "data.table.delete", P(Perm::PolicyManage), W, delete_table),
         route!(POST "/v1/workspaces/{ws}/query", "data.query", P(Perm::DataRead), R, query),
         route!(GET "/v1/workspaces/{ws}/roles", "role.list", P(Perm::RoleManage), R, list_roles),
         route!(POST "/v1/workspaces/{ws}/roles", "role.grant", P(Perm::RoleManage), W, grant_role),
@@ -785,6 +787,15 @@ async fn show_purge(auth: Authorized) -> Result<Json<PurgeInfo>, ServerError> {
     Ok(Json(crate::purge::info(auth.purge()?)))
 }
 
+/// Run a failed purge again (owners), at once.
+async fn retry_purge(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<PurgeInfo>, ServerError> {
+    let job = auth.purge()?;
+    let j = s.catalog.retry_purge(job.id, s.clock.now()).await?;
+    auth.note("job", j.id);
+    s.purge_kick.notify_one();
+    Ok(Json(crate::purge::info(&j)))
+}
+
 /// Cancel a pending purge (owners): its rows are visible again.
 async fn cancel_purge(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<PurgeInfo>, ServerError> {
     let job = auth.purge()?;
@@ -857,6 +868,33 @@ async fn new_enrollment_key(auth: Authorized, State(s): State<Arc<AppState>>) ->
     let (key, expires) = issue_enrollment_key(&s, ws.id).await?;
     auth.note_hmac("enrollment_key", &key);
     Ok(created(EnrollmentKeyResponse { workspace_id: ws.id, enrollment_key: key, expires_at: rfc3339(expires) }))
+}
+
+/// Delete a table's data (owners): every segment, recorded, then its
+/// objects. Refused while the workspace is locked.
+async fn delete_table(auth: Authorized, State(s): State<Arc<AppState>>, Path((_, table)): Path<(String, String)>, body: axum::body::Body) -> Result<Json<TableDeletionReport>, ServerError> {
+    let req: DeleteTableRequest = read_json(body, "delete request").await?;
+    let ws = auth.workspace()?;
+    let name = table_arg(Some(&table))?.ok_or_else(|| ServerError::BadRequest("table is required".into()))?;
+    if req.confirm != name.as_str() {
+        return Err(ServerError::BadRequest(format!("confirm must be the table's name ({name}) to delete it")));
+    }
+    // What was acknowledged goes too.
+    s.ingest.flush().await?;
+    let ids: Vec<_> = s.catalog.list_segments(ws.id, &name, None).await?.into_iter().map(|x| x.id).collect();
+    let dels = s.catalog.delete_segments(ws.id, &ids, custos_catalog::DeletionReason::Table, s.clock.now()).await?;
+    crate::retention::remove_objects(&s).await?;
+    let r = TableDeletionReport {
+        workspace_id: ws.id,
+        table: name.as_str().into(),
+        segments_deleted: dels.len() as u64,
+        rows_deleted: dels.iter().map(|d| d.rows).sum(),
+        bytes_deleted: dels.iter().map(|d| d.bytes).sum(),
+    };
+    auth.note("table", name.as_str());
+    auth.note("rows", r.rows_deleted);
+    tracing::warn!(workspace = %ws.id, table = %name, rows = r.rows_deleted, "table deleted");
+    Ok(Json(r))
 }
 
 async fn list_tables(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<Vec<TableInfo>>, ServerError> {

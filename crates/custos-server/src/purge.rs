@@ -112,7 +112,8 @@ async fn read(s: &AppState, seg: &Segment) -> Result<(bytes::Bytes, custos_store
     let b = bytes.clone();
     let decoded = tokio::task::spawn_blocking(move || custos_store::decode_segment_with(&b, None, Some(keys.as_ref())))
         .await
-        .map_err(|e| ServerError::Internal(format!("segment decode task: {e}")))??;
+        .map_err(|e| ServerError::Internal(format!("segment decode task: {e}")))?
+        .map_err(|e| ServerError::Internal(format!("segment {} ({}) of table {}: {e}", seg.id, seg.path, seg.table)))?;
     Ok((bytes, decoded))
 }
 
@@ -306,7 +307,8 @@ async fn purge_segment(s: &Arc<AppState>, job: &PurgeJob, p: &Predicate, seg: &S
     let (b, pred, id) = (bytes.clone(), p.clone(), SegmentId::new());
     let outcome = tokio::task::spawn_blocking(move || custos_store::purge::purge_segment(&b, &pred, id, Some(keys.as_ref())))
         .await
-        .map_err(|e| ServerError::Internal(format!("purge task: {e}")))??;
+        .map_err(|e| ServerError::Internal(format!("purge task: {e}")))?
+        .map_err(|e| ServerError::Internal(format!("segment {} ({}) of table {}: {e}", seg.id, seg.path, seg.table)))?;
     if outcome.rows_removed == 0 {
         return Ok(());
     }

@@ -134,6 +134,7 @@ fn fill(path: &str, ws: &str, case: &str, req: &str, token: &str, principal: &st
         .replace("{job}", job)
         .replace("{export}", "0190f0e4-7a3b-7c1d-8e2f-123456789abc")
         .replace("{name}", "manifest.json")
+        .replace("{table}", "logs")
         .replace("{case}", case)
         .replace("{req}", req)
         .replace("{token}", token)
@@ -157,6 +158,7 @@ fn body_for(action: &str) -> Option<Value> {
         "workspace.retention" => json!({"days": 7}),
         "workspace.lock" => json!({"reason": "r"}),
         "workspace.delete" => json!({"confirm": "a"}),
+        "data.table.delete" => json!({"confirm": "logs"}),
         "purge.create" => json!({"where": "host = 'x'"}),
         "export.create" => json!({"table": "logs"}),
         "query" | "data.query" => json!({"sql": "SELECT 1"}),

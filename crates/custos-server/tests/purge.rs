@@ -238,3 +238,33 @@ async fn a_purge_accepted_before_a_lock_pauses_until_the_unlock() {
     assert_eq!(custos_server::purge::run_due(&st).await.unwrap().len(), 1);
     assert!(!stored_hosts(&env, &ws).await.iter().any(|h| h == "h1"));
 }
+
+#[tokio::test]
+async fn a_purge_that_fails_on_a_damaged_segment_keeps_hiding_its_rows_and_can_be_retried() {
+    let env = Env::start().await;
+    let (ws, owner) = env.workspace_with("purge-retry", "owner").await;
+    let a = env.agent(&ws, "a").await;
+    a.ship(vec![log(env.clock.now(), "h1", "alice", "x"), log(env.clock.now(), "h2", "bob", "y")]).await;
+    hosts(&env, &owner, &ws, "logs").await;
+    let st = env.server.state().clone();
+    let seg = st.catalog.list_segments(ws.parse().unwrap(), &TableName::new("logs").unwrap(), None).await.unwrap().remove(0);
+    let good = st.storage.get(&seg.path).await.unwrap();
+    st.storage.put(&seg.path, bytes::Bytes::from_static(b"damaged")).await.unwrap();
+    let (_, job) = purge(&env, &owner, &ws, json!({"where": "host = 'h1'"})).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    env.clock.advance(25 * HOUR);
+    custos_server::purge::run_due(&st).await.unwrap();
+    let j = env.ok(&owner, Method::GET, &format!("/v1/purges/{id}"), None).await;
+    assert_eq!(j["state"], json!("failed"), "{j}");
+    assert!(j["error"].as_str().unwrap().contains(&seg.id.to_string()), "the error names the segment: {j}");
+    // Repaired (from a backup, say), retried: it completes.
+    st.storage.put(&seg.path, good).await.unwrap();
+    assert_eq!(hosts(&env, &owner, &ws, "logs").await, vec![("h2".into(), 1)], "still hidden while failed");
+    let r = env.ok(&owner, Method::POST, &format!("/v1/purges/{id}/retry"), None).await;
+    assert_eq!(r["state"], json!("pending"));
+    custos_server::purge::run_due(&st).await.unwrap();
+    assert_eq!(env.ok(&owner, Method::GET, &format!("/v1/purges/{id}"), None).await["state"], json!("completed"));
+    assert!(!stored_hosts(&env, &ws).await.iter().any(|h| h == "h1"));
+    let (s, _) = env.call(Some(&owner), Method::POST, &format!("/v1/purges/{id}/retry"), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "only a failed job is retried");
+}

@@ -210,6 +210,10 @@ async fn a_locked_workspace_refuses_reductions_naming_the_lock_and_nothing_of_it
     }
     let (s, _) = set(&env, &owner, &ws, json!({"days": 60})).await;
     assert_eq!(s, StatusCode::OK, "lengthening is allowed while locked");
+    // Deleting a table is refused too.
+    let (s, e) = env.call(Some(&owner), Method::DELETE, &format!("/v1/workspaces/{ws}/tables/logs"), Some(json!({"confirm": "logs"}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(e.to_string().contains("is locked (litigation hold #42)"), "{e}");
     // Far past every period: the sweeper leaves the workspace alone and
     // its rows stay visible.
     env.clock.advance(100 * DAY);
@@ -223,6 +227,15 @@ async fn a_locked_workspace_refuses_reductions_naming_the_lock_and_nothing_of_it
     let r = sweep(&env).await;
     assert_eq!(r["segments_deleted"], json!(1), "{r}");
     assert_eq!(count(&env, &owner, &ws, "logs").await, 0);
+    // Unlocked, a table can be deleted (with its name to confirm).
+    agent.ship(vec![ev("logs", env.clock.now(), "h1", "new")]).await;
+    let (s, e) = env.call(Some(&owner), Method::DELETE, &format!("/v1/workspaces/{ws}/tables/logs"), Some(json!({"confirm": "nope"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let r = env.ok(&owner, Method::DELETE, &format!("/v1/workspaces/{ws}/tables/logs"), Some(json!({"confirm": "logs"}))).await;
+    assert_eq!((r["rows_deleted"].as_u64(), r["segments_deleted"].as_u64()), (Some(1), Some(1)), "{r}");
+    assert_eq!(count(&env, &owner, &ws, "logs").await, 0);
+    let dels = env.ok(&owner, Method::GET, &format!("/v1/workspaces/{ws}/deletions"), None).await;
+    assert_eq!(dels[0]["reason"], json!("table"));
     // Lock reasons are checked.
     let (s, _) = env.call(Some(&owner), Method::POST, &format!("/v1/workspaces/{ws}/lock"), Some(json!({"reason": "  "}))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);

@@ -416,6 +416,11 @@ pub enum PurgeCmd {
         /// Job id.
         job: String,
     },
+    /// Run a failed job again, at once (owners).
+    Retry {
+        /// Job id.
+        job: String,
+    },
     /// Check a signed receipt offline against the server's public key.
     Verify {
         /// The receipt file (`custos purge status JOB --receipt FILE`).
@@ -483,6 +488,10 @@ pub async fn purge(conn: &ConnArgs, out: Output, cmd: PurgeCmd) -> Result<()> {
         }
         PurgeCmd::Cancel { job } => {
             let r: PurgeInfo = c.post(&format!("/v1/purges/{}/cancel", enc(&job)), &serde_json::json!({})).await?;
+            print_purge(out, &r)
+        }
+        PurgeCmd::Retry { job } => {
+            let r: PurgeInfo = c.post(&format!("/v1/purges/{}/retry", enc(&job)), &serde_json::json!({})).await?;
             print_purge(out, &r)
         }
         PurgeCmd::Verify { .. } => Ok(()),

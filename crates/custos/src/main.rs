@@ -152,6 +152,17 @@ enum WorkspaceCmd {
         /// Workspace id.
         id: String,
     },
+    /// Delete one table's data (owners): every segment, each recorded as a
+    /// deletion. Refused while the workspace is locked.
+    DeleteTable {
+        /// Workspace id.
+        id: String,
+        /// The table.
+        table: String,
+        /// The table's name again, to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
     /// Delete the workspace (owners, service admins): its keys are destroyed
     /// first (nothing readable from then on), then every byte; prints what
     /// was removed. Refused while locked.
@@ -398,6 +409,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 }
                 WorkspaceCmd::Lock { id, reason } => admin::lock(&cli.conn, out, &id, Some(reason)).await,
                 WorkspaceCmd::Unlock { id } => admin::lock(&cli.conn, out, &id, None).await,
+                WorkspaceCmd::DeleteTable { id, table, confirm } => {
+                    let r: TableDeletionReport = c
+                        .delete_json(&format!("/v1/workspaces/{}/tables/{}", enc(&id), enc(&table)), &DeleteTableRequest { confirm })
+                        .await?;
+                    print_value(out, &r)
+                }
                 WorkspaceCmd::Delete { id, confirm } => {
                     let r: WorkspaceDeletionReport =
                         c.delete_json(&format!("/v1/workspaces/{}", enc(&id)), &DeleteWorkspaceRequest { confirm }).await?;
