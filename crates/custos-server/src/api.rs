@@ -642,18 +642,6 @@ async fn set_redaction_policy(auth: Authorized, State(s): State<Arc<AppState>>, 
     Ok(Json(redaction_policy_info(ws.id, &stored)))
 }
 
-/// A stored segment failed its integrity checks: a data-loss incident for
-/// the workspace, in its audit log (owners and auditors see it with
-/// `custos audit log`), in the server log and in
-/// `custos_segment_integrity_failures_total`.
-async fn record_data_loss(s: &AppState, ws: WorkspaceId, i: &crate::query::Incident) {
-    tracing::error!(workspace = %ws, segment = %i.segment, path = %i.path, reason = %i.reason, "data-loss incident: a stored segment failed its integrity checks");
-    s.ingest.stats.integrity_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut details = std::collections::BTreeMap::new();
-    details.insert("segment".to_string(), i.segment.to_string());
-    details.insert("reason".to_string(), i.reason.chars().take(300).collect());
-    crate::retention::system_record(s, "data_loss.incident", "error", ws, i.path.clone(), details).await;
-}
 
 /// The workspace's keys: versions, states, segments awaiting a rewrap.
 async fn show_keys(auth: Authorized, State(s): State<Arc<AppState>>) -> Result<Json<KeyStatus>, ServerError> {
@@ -938,7 +926,7 @@ async fn query(auth: Authorized, State(s): State<Arc<AppState>>, body: axum::bod
     .await;
     let found: Vec<crate::query::Incident> = incidents.lock().map(|v| v.clone()).unwrap_or_default();
     for i in found {
-        record_data_loss(&s, ws.id, &i).await;
+        crate::query::record_data_loss(&s, ws.id, &i).await;
     }
     let resp = resp?;
     auth.note("rows", resp.rows.len());

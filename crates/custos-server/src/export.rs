@@ -70,8 +70,17 @@ pub async fn create(s: &Arc<AppState>, ws: &Workspace, table: &TableName) -> Res
         let bytes = s.storage.get(&seg.path).await?;
         let keys = s.keys.clone();
         let hidden = hidden.clone();
+        let decoded = tokio::task::spawn_blocking(move || custos_store::decode_segment_with(&bytes, None, Some(keys.as_ref())))
+            .await
+            .map_err(|e| ServerError::Internal(format!("export task: {e}")))?;
+        let d = match decoded {
+            Ok(d) => d,
+            Err(e) => {
+                crate::query::note_integrity(s, &seg, &e).await;
+                return Err(ServerError::Internal(format!("segment {} ({}): {e}", seg.id, seg.path)));
+            }
+        };
         let enc = tokio::task::spawn_blocking(move || -> Result<Option<custos_store::EncodedSegment>, ServerError> {
-            let d = custos_store::decode_segment_with(&bytes, None, Some(keys.as_ref()))?;
             let mut kept = Vec::with_capacity(d.batches.len());
             for b in &d.batches {
                 let b = match cutoff {

@@ -105,15 +105,25 @@ fn may_match(p: &Predicate, seg: &Segment, index: Option<&String>) -> bool {
     p.may_match(&blooms, &cols)
 }
 
+/// The error of a segment that could not be read, naming it; an integrity
+/// failure is also a data-loss incident for the workspace.
+async fn segment_error(s: &AppState, seg: &Segment, e: custos_store::StoreError) -> ServerError {
+    crate::query::note_integrity(s, seg, &e).await;
+    ServerError::Internal(format!("segment {} ({}) of table {}: {e}", seg.id, seg.path, seg.table))
+}
+
 /// Reads and decodes a whole segment.
 async fn read(s: &AppState, seg: &Segment) -> Result<(bytes::Bytes, custos_store::DecodedSegment), ServerError> {
     let bytes = s.storage.get(&seg.path).await?;
     let keys = s.keys.clone();
     let b = bytes.clone();
-    let decoded = tokio::task::spawn_blocking(move || custos_store::decode_segment_with(&b, None, Some(keys.as_ref())))
+    let decoded = match tokio::task::spawn_blocking(move || custos_store::decode_segment_with(&b, None, Some(keys.as_ref())))
         .await
         .map_err(|e| ServerError::Internal(format!("segment decode task: {e}")))?
-        .map_err(|e| ServerError::Internal(format!("segment {} ({}) of table {}: {e}", seg.id, seg.path, seg.table)))?;
+    {
+        Ok(d) => d,
+        Err(e) => return Err(segment_error(s, seg, e).await),
+    };
     Ok((bytes, decoded))
 }
 
@@ -305,10 +315,13 @@ async fn purge_segment(s: &Arc<AppState>, job: &PurgeJob, p: &Predicate, seg: &S
     let bytes = s.storage.get(&seg.path).await?;
     let keys = s.keys.clone();
     let (b, pred, id) = (bytes.clone(), p.clone(), SegmentId::new());
-    let outcome = tokio::task::spawn_blocking(move || custos_store::purge::purge_segment(&b, &pred, id, Some(keys.as_ref())))
+    let outcome = match tokio::task::spawn_blocking(move || custos_store::purge::purge_segment(&b, &pred, id, Some(keys.as_ref())))
         .await
         .map_err(|e| ServerError::Internal(format!("purge task: {e}")))?
-        .map_err(|e| ServerError::Internal(format!("segment {} ({}) of table {}: {e}", seg.id, seg.path, seg.table)))?;
+    {
+        Ok(o) => o,
+        Err(e) => return Err(segment_error(s, seg, e).await),
+    };
     if outcome.rows_removed == 0 {
         return Ok(());
     }

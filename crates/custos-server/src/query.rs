@@ -7,7 +7,7 @@
 //! URL table function. Isolation therefore does not depend on filtering rows:
 //! another workspace's segments are never even listed.
 
-use crate::ServerError;
+use crate::{AppState, ServerError};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -110,6 +110,37 @@ pub struct Incident {
 /// Incidents gathered by the tables of one query.
 pub type Incidents = Arc<std::sync::Mutex<Vec<Incident>>>;
 
+impl Incident {
+    /// The incident for `seg` if `e` is an integrity failure (a damaged or
+    /// tampered segment), None for any other error.
+    pub fn of(seg: &Segment, e: &custos_store::StoreError) -> Option<Incident> {
+        matches!(e, custos_store::StoreError::Tampered { .. } | custos_store::StoreError::CorruptSegment(_))
+            .then(|| Incident { segment: seg.id, path: seg.path.clone(), reason: e.to_string() })
+    }
+}
+
+/// Records a data-loss incident when `e` is an integrity failure of `seg`
+/// (any reader: purge, export, rollup).
+pub async fn note_integrity(s: &AppState, seg: &Segment, e: &custos_store::StoreError) {
+    if let Some(i) = Incident::of(seg, e) {
+        record_data_loss(s, seg.workspace_id, &i).await;
+    }
+}
+
+/// A stored segment failed its integrity checks: a data-loss incident for
+/// the workspace, in its audit log (owners and auditors see it with
+/// `custos audit log`), in the server log and in
+/// `custos_segment_integrity_failures_total`.
+pub async fn record_data_loss(s: &AppState, ws: WorkspaceId, i: &Incident) {
+    tracing::error!(workspace = %ws, segment = %i.segment, path = %i.path, reason = %i.reason, "data-loss incident: a stored segment failed its integrity checks");
+    s.ingest.stats.integrity_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut details = std::collections::BTreeMap::new();
+    details.insert("segment".to_string(), i.segment.to_string());
+    details.insert("reason".to_string(), i.reason.chars().take(300).collect());
+    crate::retention::system_record(s, "data_loss.incident", "error", ws, i.path.clone(), details).await;
+}
+
+
 impl SegmentTable {
     /// Build the provider from the catalog's segment list.
     pub fn new(segments: Vec<Segment>, storage: Arc<dyn Storage>, keys: Arc<dyn KeyProvider>, partitions: usize) -> Self {
@@ -190,9 +221,9 @@ impl TableProvider for SegmentTable {
                     let bytes = storage.get(&seg.path).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
                     tokio::task::spawn_blocking(move || {
                         let d = custos_store::decode_segment_with(&bytes, Some(&wanted), Some(keys.as_ref())).map_err(|e| {
-                            if matches!(e, custos_store::StoreError::Tampered { .. } | custos_store::StoreError::CorruptSegment(_)) {
+                            if let Some(i) = Incident::of(&seg, &e) {
                                 if let Ok(mut v) = incidents.lock() {
-                                    v.push(Incident { segment: seg.id, path: seg.path.clone(), reason: e.to_string() });
+                                    v.push(i);
                                 }
                             }
                             DataFusionError::Execution(format!("segment {} ({}): {e}", seg.id, seg.path))

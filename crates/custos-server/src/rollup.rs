@@ -194,7 +194,8 @@ async fn roll_up_until(s: &Arc<AppState>, ws: &Workspace, table: &TableName, end
         .filter(|(t, _)| t.is_empty() || t.contains(table))
         .map(|(_, p)| p)
         .collect();
-    let provider = SegmentTable::new(segments, s.storage.clone(), s.keys.clone(), 1).with_hidden(hidden);
+    let incidents = crate::query::Incidents::default();
+    let provider = SegmentTable::new(segments, s.storage.clone(), s.keys.clone(), 1).with_hidden(hidden).with_incidents(incidents.clone());
     let present: Vec<String> = provider.schema().fields().iter().map(|f| f.name().clone()).collect();
     let Some((dims, measures, category)) = shape(Registry::builtin(), table, &present) else {
         // Not a registry table: nothing is known to be non-identifying.
@@ -204,9 +205,12 @@ async fn roll_up_until(s: &Arc<AppState>, ws: &Workspace, table: &TableName, end
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
     ctx.register_table("src", Arc::new(provider)).map_err(|e| ServerError::Internal(format!("rollup: {e}")))?;
     let sql = rollup_sql(&dims, &measures, start, end, s.config.retention.rollup_min_hosts);
-    let batches = async { ctx.sql(&sql).await?.collect().await }
-        .await
-        .map_err(|e| ServerError::Internal(format!("rollup of {table} in workspace {}: {e}", ws.id)))?;
+    let batches = async { ctx.sql(&sql).await?.collect().await }.await;
+    let found: Vec<crate::query::Incident> = incidents.lock().map(|v| v.clone()).unwrap_or_default();
+    for i in found {
+        crate::query::record_data_loss(s, ws.id, &i).await;
+    }
+    let batches = batches.map_err(|e| ServerError::Internal(format!("rollup of {table} in workspace {}: {e}", ws.id)))?;
     let events = to_events(&batches, &target, category)?;
     let rows = events.len() as u64;
     let mut written = Vec::new();

@@ -257,6 +257,8 @@ async fn a_purge_that_fails_on_a_damaged_segment_keeps_hiding_its_rows_and_can_b
     let j = env.ok(&owner, Method::GET, &format!("/v1/purges/{id}"), None).await;
     assert_eq!(j["state"], json!("failed"), "{j}");
     assert!(j["error"].as_str().unwrap().contains(&seg.id.to_string()), "the error names the segment: {j}");
+    let audit = env.ok(&owner, Method::GET, &format!("/v1/workspaces/{ws}/audit"), None).await;
+    assert!(audit.as_array().unwrap().iter().any(|a| a["action"] == json!("data_loss.incident")), "a damaged segment is a data-loss incident: {audit}");
     // Repaired (from a backup, say), retried: it completes.
     st.storage.put(&seg.path, good).await.unwrap();
     assert_eq!(hosts(&env, &owner, &ws, "logs").await, vec![("h2".into(), 1)], "still hidden while failed");

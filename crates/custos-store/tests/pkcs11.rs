@@ -242,6 +242,15 @@ fn rotation_puts_new_segments_under_v2_keeps_v1_readable_and_rewrap_moves_old_on
     // Both versions are objects in the token.
     let s = admin_session("rotation");
     assert!(key_object(&s, ws, 1).is_some() && key_object(&s, ws, 2).is_some());
+    // While a segment is under v1 it stays; once nothing needs it, it goes.
+    let v1 = KeyRef { key_id: "pkcs11".into(), version: 1 };
+    assert!(keys.forget_unused(ws, std::slice::from_ref(&v1)).unwrap().is_empty());
+    assert_eq!(keys.forget_unused(ws, &[]).unwrap(), vec![v1]);
+    assert!(key_object(&s, ws, 1).is_none() && key_object(&s, ws, 2).is_some());
+    let states: Vec<_> = keys.versions(ws).unwrap().iter().map(|v| (v.key.version, v.state)).collect();
+    assert_eq!(states, [(2, KeyState::Active)], "the marker forgets it too");
+    assert_eq!(rows(&keys, &moved).unwrap(), 50, "the rewrapped segment reads under v2");
+    assert_eq!(keys.current(ws).unwrap().version, 2, "no new v1 is made");
 }
 
 #[test]

@@ -696,6 +696,39 @@ impl KeyProvider for Pkcs11Provider {
         .map_err(|f| self.key_error(workspace, None, f))
     }
 
+    /// Destroys the objects of retired versions no segment needs (never the
+    /// newest, nothing while any version is revoked) and drops them from
+    /// the marker.
+    fn forget_unused(&self, workspace: WorkspaceId, in_use: &[KeyRef]) -> Result<Vec<KeyRef>, KeyError> {
+        self.run(|s| {
+            let inv = self.inventory(s, workspace)?;
+            let newest = inv.newest();
+            if inv.keys.iter().any(|k| !k.usable) {
+                return Ok(Vec::new());
+            }
+            let used = |v: u32| in_use.iter().any(|k| k.key_id == PKCS11_KEY_ID && k.version == v);
+            let mut gone = Vec::new();
+            let mut made = inv.made.clone();
+            for k in inv.keys.iter().filter(|k| k.version != newest && !used(k.version)) {
+                let found = s.find_objects(&[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::Id(workspace.as_uuid().as_bytes().to_vec()),
+                    Attribute::Label(self.key_label(workspace, k.version).into_bytes()),
+                ])?;
+                for h in found {
+                    s.destroy_object(h)?;
+                }
+                made.remove(&k.version);
+                gone.push(KeyRef { key_id: PKCS11_KEY_ID.into(), version: k.version });
+            }
+            if !gone.is_empty() {
+                self.set_marker(s, workspace, &made)?;
+            }
+            Ok(gone)
+        })
+        .map_err(|f| self.key_error(workspace, None, f))
+    }
+
     /// Destroys every key object of the workspace in the token, then its
     /// marker (crypto-shredding).
     fn destroy(&self, workspace: WorkspaceId) -> Result<(), KeyError> {
@@ -722,7 +755,11 @@ impl KeyProvider for Pkcs11Provider {
     fn versions(&self, workspace: WorkspaceId) -> Result<Vec<KeyVersionInfo>, KeyError> {
         let inv = self.run(|s| self.inventory(s, workspace)).map_err(|f| self.key_error(workspace, None, f))?;
         let newest = inv.newest();
-        Ok((1..=newest)
+        // Every version made (the marker) or present (an object); a version
+        // custos forgot after nothing needed it is in neither.
+        let known: std::collections::BTreeSet<u32> = inv.made.keys().copied().chain(inv.keys.iter().map(|k| k.version)).collect();
+        Ok(known
+            .into_iter()
             .map(|version| {
                 let key = KeyRef { key_id: PKCS11_KEY_ID.into(), version };
                 match inv.get(version) {
