@@ -18,7 +18,9 @@
 //!    rewriting every segment.
 //!
 //! `cargo bench -p custos-server --bench governance`; `BENCH_DIR` puts the
-//! scratch data somewhere with room (default the system temp dir).
+//! scratch data somewhere with room (default the system temp dir); `PARTS`
+//! picks parts (default `sweep,query,duckdb,purge`; the ingest measure runs
+//! whenever a later part needs the rows).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -138,6 +140,8 @@ async fn run() {
         .split(',')
         .filter_map(|x| x.trim().parse().ok())
         .collect();
+    let parts = std::env::var("PARTS").unwrap_or_else(|_| "sweep,query,duckdb,purge".into());
+    let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
     let root = std::env::var("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
     let tmp = tempfile::Builder::new().prefix("custos-governance-").tempdir_in(root).unwrap();
     let mut cfg = ServerConfig { data_dir: tmp.path().join("data"), listen: "127.0.0.1:0".into(), ..Default::default() };
@@ -151,7 +155,7 @@ async fn run() {
 
     // 1. Sweep time against the number of expired segments.
     let mut sweep = Vec::new();
-    for n in sweep_sizes {
+    for n in sweep_sizes.into_iter().filter(|_| part("sweep")) {
         let ws = workspace(&s, &format!("sweep-{n}")).await;
         let agent = AgentId::new();
         for k in 0..n {
@@ -208,7 +212,7 @@ async fn run() {
 
     // 4. DuckDB over the same rows as Parquet.
     let arrow_path = tmp.path().join("rows.arrow");
-    {
+    if part("duckdb") {
         let mut writer: Option<arrow::ipc::writer::FileWriter<std::fs::File>> = None;
         for seg in s.catalog.list_segments(ws_plain, &table(), None).await.unwrap() {
             let bytes = s.storage.get(&seg.path).await.unwrap();
@@ -228,7 +232,11 @@ async fn run() {
         }
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/governance/duckdb_query.py");
-    let out = std::process::Command::new("python3").arg(script).arg(&arrow_path).arg(runs.to_string()).output();
+    let out = if part("duckdb") {
+        std::process::Command::new("python3").arg(script).arg(&arrow_path).arg(runs.to_string()).output()
+    } else {
+        Err(std::io::Error::other("not asked for (PARTS)"))
+    };
     match out {
         Ok(o) if o.status.success() => {
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -244,6 +252,11 @@ async fn run() {
     }
 
     // 5. Purge one user (host) from the sealed workspace.
+    if !part("purge") {
+        server.shutdown().await.unwrap();
+        println!("RESULT {}", serde_json::Value::Object(result));
+        return;
+    }
     let victim = "host-00042";
     let job = custos_server::purge::create(&s, ws_sealed, &[], &format!("host = '{victim}'"), true, None).await.unwrap();
     let t = Instant::now();
