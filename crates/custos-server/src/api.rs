@@ -183,7 +183,18 @@ async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResp
          # TYPE custos_audit_records_total counter\ncustos_audit_records_total {}\n\
          # TYPE custos_audit_commits_total counter\ncustos_audit_commits_total {}\n\
          # TYPE custos_audit_fsyncs_total counter\ncustos_audit_fsyncs_total {}\n\
-         # TYPE custos_audit_checkpoints_total counter\ncustos_audit_checkpoints_total {}\n",
+         # TYPE custos_audit_checkpoints_total counter\ncustos_audit_checkpoints_total {}\n\
+         # TYPE custos_retention_sweeps_total counter\ncustos_retention_sweeps_total {}\n\
+         # HELP custos_retention_segments_deleted_total Segments dropped because every row expired.\n\
+         # TYPE custos_retention_segments_deleted_total counter\ncustos_retention_segments_deleted_total {}\n\
+         # TYPE custos_retention_rows_deleted_total counter\ncustos_retention_rows_deleted_total {}\n\
+         # TYPE custos_rollup_rows_written_total counter\ncustos_rollup_rows_written_total {}\n\
+         # TYPE custos_object_removal_failures_total counter\ncustos_object_removal_failures_total {}\n\
+         # TYPE custos_purge_jobs_total counter\n\
+         custos_purge_jobs_total{{outcome=\"completed\"}} {}\n\
+         custos_purge_jobs_total{{outcome=\"failed\"}} {}\n\
+         # TYPE custos_purge_rows_removed_total counter\ncustos_purge_rows_removed_total {}\n\
+         # TYPE custos_workspaces_deleted_total counter\ncustos_workspaces_deleted_total {}\n",
         st.batches.load(Relaxed),
         st.events.load(Relaxed),
         st.duplicates.load(Relaxed),
@@ -201,6 +212,15 @@ async fn metrics(_: Authorized, State(s): State<Arc<AppState>>) -> impl IntoResp
         audit.commits,
         audit.fsyncs,
         audit.checkpoints,
+        s.governance.sweeps.load(Relaxed),
+        s.governance.retention_segments.load(Relaxed),
+        s.governance.retention_rows.load(Relaxed),
+        s.governance.rollup_rows.load(Relaxed),
+        s.governance.object_removal_failures.load(Relaxed),
+        s.governance.purges_completed.load(Relaxed),
+        s.governance.purges_failed.load(Relaxed),
+        s.governance.purge_rows.load(Relaxed),
+        s.governance.workspaces_deleted.load(Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -71,6 +71,31 @@ pub struct AppState {
     pub purge_kick: Arc<tokio::sync::Notify>,
     /// One purge pass at a time (the runner, `purge::run_due` callers).
     pub purge_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Counters of retention, purge and deletion, for `/metrics`.
+    pub governance: Arc<GovernanceStats>,
+}
+
+/// Counters of the governed store (exposed on `/metrics`).
+#[derive(Debug, Default)]
+pub struct GovernanceStats {
+    /// Sweeper passes.
+    pub sweeps: std::sync::atomic::AtomicU64,
+    /// Segments dropped by retention.
+    pub retention_segments: std::sync::atomic::AtomicU64,
+    /// Rows in them.
+    pub retention_rows: std::sync::atomic::AtomicU64,
+    /// Rows written to rollup tables.
+    pub rollup_rows: std::sync::atomic::AtomicU64,
+    /// Object removals that failed (retried).
+    pub object_removal_failures: std::sync::atomic::AtomicU64,
+    /// Purge jobs completed.
+    pub purges_completed: std::sync::atomic::AtomicU64,
+    /// Purge jobs failed.
+    pub purges_failed: std::sync::atomic::AtomicU64,
+    /// Rows removed by purges.
+    pub purge_rows: std::sync::atomic::AtomicU64,
+    /// Workspaces deleted (keys destroyed, bytes removed).
+    pub workspaces_deleted: std::sync::atomic::AtomicU64,
 }
 
 /// What `server.json` holds: how to reach and trust this server.
@@ -186,6 +211,7 @@ impl Server {
             signer,
             purge_kick: Arc::new(tokio::sync::Notify::new()),
             purge_lock: Arc::new(tokio::sync::Mutex::new(())),
+            governance: Arc::new(GovernanceStats::default()),
         });
         let janitor = {
             let (audit, clock, st) = (audit.clone(), clock.clone(), state.clone());

@@ -224,6 +224,7 @@ pub async fn run_due(s: &Arc<AppState>) -> Result<Vec<PurgeJob>, ServerError> {
             Err(e) => {
                 tracing::error!(job = %job.id, workspace = %job.workspace_id, error = %e, "purge failed");
                 let failed = s.catalog.finish_purge(job.id, Err(e.to_string()), s.clock.now()).await?;
+                s.governance.purges_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 audit(s, &failed, "purge.failed").await;
                 ended.push(failed);
             }
@@ -289,6 +290,8 @@ async fn run_job(s: &Arc<AppState>, job: &PurgeJob) -> Result<PurgeJob, ServerEr
     let signed = sign(s, receipt)?;
     let text = serde_json::to_string(&signed).map_err(|e| ServerError::Internal(format!("receipt json: {e}")))?;
     let done = s.catalog.finish_purge(job.id, Ok(text), now).await?;
+    s.governance.purges_completed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.governance.purge_rows.fetch_add(signed.receipt.rows_removed, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(job = %job.id, workspace = %ws, rows = signed.receipt.rows_removed, segments = signed.receipt.segments.len(), "purge completed");
     audit(s, &done, "purge.completed").await;
     Ok(done)

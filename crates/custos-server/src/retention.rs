@@ -231,6 +231,15 @@ pub async fn sweep(s: &Arc<AppState>) -> Result<SweepReport, ServerError> {
     report.objects_removed += removed;
     report.object_errors = errors;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let g = &s.governance;
+        g.sweeps.fetch_add(1, Relaxed);
+        g.retention_segments.fetch_add(report.segments_deleted, Relaxed);
+        g.retention_rows.fetch_add(report.rows_deleted, Relaxed);
+        g.rollup_rows.fetch_add(report.rollup_rows, Relaxed);
+        g.object_removal_failures.fetch_add(report.object_errors, Relaxed);
+    }
     Ok(report)
 }
 

@@ -80,6 +80,7 @@ pub async fn finish(s: &Arc<AppState>, ws: WorkspaceId) -> Result<WorkspaceDelet
         )));
     }
     report.completed_at = rfc3339(s.clock.now());
+    s.governance.workspaces_deleted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut d = BTreeMap::new();
     d.insert("keys_destroyed_at".into(), report.keys_destroyed_at.clone());
     d.insert("segments".into(), report.segments_deleted.to_string());

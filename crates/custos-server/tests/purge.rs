@@ -140,6 +140,9 @@ async fn a_purge_hides_rows_at_once_waits_for_its_window_then_removes_them_with_
             assert_eq!(e.rows_before - e.rows_removed, seg.rows);
         }
     }
+    let (_, m) = env.call(Some(&env.admin), Method::GET, "/metrics", None).await;
+    let m = m.as_str().unwrap_or_default().to_string();
+    assert!(m.contains("custos_purge_jobs_total{outcome=\"completed\"} 1") && m.contains("custos_purge_rows_removed_total 12"), "{m}");
     // Tampering with the receipt breaks the signature.
     let mut forged = signed.clone();
     forged.receipt.rows_removed = 1;

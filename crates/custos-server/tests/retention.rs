@@ -102,6 +102,10 @@ async fn expired_rows_are_hidden_then_their_segments_dropped_whole_without_being
         assert_eq!(d["table"], json!("logs"));
         assert!(d["object_deleted_at"].is_string(), "{d}");
     }
+    // Counted for Prometheus.
+    let (_, m) = env.call(Some(&env.admin), Method::GET, "/metrics", None).await;
+    let m = m.as_str().unwrap_or_default().to_string();
+    assert!(m.contains("custos_retention_segments_deleted_total 2") && m.contains("custos_retention_rows_deleted_total 5"), "{m}");
     // ... and audited, with no data-loss incident (nothing was read).
     let audit = env.ok(&owner, Method::GET, &format!("/v1/workspaces/{ws}/audit"), None).await;
     let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
