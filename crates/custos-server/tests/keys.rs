@@ -64,6 +64,19 @@ async fn workspace(server: &Server) -> WorkspaceId {
     ws
 }
 
+/// Waits (up to 5 s) for the background rewrap to leave no segment under an
+/// old version and for the versions nothing needs to be destroyed.
+async fn rewrapped_and_forgotten(s: &Arc<custos_server::AppState>, ws: WorkspaceId) {
+    for _ in 0..200 {
+        let pending = custos_server::keys::status(s, ws).await.unwrap().segments_pending_rewrap;
+        if pending == 0 && s.keys.versions(ws).unwrap().len() == 1 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the rewrap and the removal of unused key versions did not finish");
+}
+
 #[tokio::test]
 async fn keys_rotate_on_schedule_and_older_segments_are_rewrapped_and_readable() {
     let (_tmp, server, clock) = server(90).await;
@@ -80,25 +93,10 @@ async fn keys_rotate_on_schedule_and_older_segments_are_rewrapped_and_readable()
     assert_eq!(custos_server::keys::rotate_due(&s).await.unwrap(), vec![ws]);
     let states: Vec<KeyState> = s.keys.versions(ws).unwrap().iter().map(|v| v.state).collect();
     assert_eq!(states, [KeyState::Retired, KeyState::Active]);
-    // The rewrap runs in the background; wait for it.
-    let mut pending = u64::MAX;
-    for _ in 0..200 {
-        pending = custos_server::keys::status(&s, ws).await.unwrap().segments_pending_rewrap;
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert_eq!(pending, 0, "every segment rewrapped under the new version");
-    // Then the retired version, which nothing needs any more, is destroyed.
-    let mut versions = Vec::new();
-    for _ in 0..200 {
-        versions = s.keys.versions(ws).unwrap().iter().map(|v| (v.key.version, v.state)).collect::<Vec<_>>();
-        if versions.len() == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    // The rewrap runs in the background; then the retired version, which
+    // nothing needs any more, is destroyed.
+    rewrapped_and_forgotten(&s, ws).await;
+    let versions: Vec<_> = s.keys.versions(ws).unwrap().iter().map(|v| (v.key.version, v.state)).collect();
     assert_eq!(versions, vec![(2, KeyState::Active)]);
     let resp = custos_server::query::run(s.catalog.as_ref(), s.storage.clone(), s.keys.clone(), ws, "SELECT message FROM logs", 10, std::time::Duration::from_secs(30))
         .await
@@ -164,25 +162,9 @@ async fn keys_in_an_hsm_rotate_on_schedule_revoke_and_a_deleted_key_stops_ingest
     // Scheduled rotation: dated by the marker in the token.
     clock.advance(91 * DAY);
     assert_eq!(custos_server::keys::rotate_due(&s).await.unwrap(), vec![ws]);
-    let mut pending = u64::MAX;
-    for _ in 0..200 {
-        pending = custos_server::keys::status(&s, ws).await.unwrap().segments_pending_rewrap;
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert_eq!(pending, 0, "rewrapped under pkcs11 v2");
-    // Then v1, which nothing needs any more, is destroyed in the token.
-    let mut n = 0;
-    for _ in 0..200 {
-        n = s.keys.versions(ws).unwrap().len();
-        if n == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert_eq!(n, 1, "only v2 is left");
+    // Rewrapped under pkcs11 v2; then v1, which nothing needs any more, is
+    // destroyed in the token.
+    rewrapped_and_forgotten(&s, ws).await;
     assert_eq!(query(s.clone()).await.unwrap().rows, vec![vec![serde_json::json!("kept across rotations")]]);
 
     // Revoked: queries fail naming the key, ingest is refused (503).

@@ -474,6 +474,23 @@ impl Pkcs11Provider {
         Ok(())
     }
 
+    /// Every key object of `ws` custos made (by id and label prefix).
+    fn key_objects(&self, s: &Session, ws: WorkspaceId) -> Result<Vec<ObjectHandle>, Fail> {
+        let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(ws.as_uuid().as_bytes().to_vec())];
+        let prefix = format!("{}:{ws}:v", self.cfg.key_label_prefix);
+        let mut out = Vec::new();
+        for h in s.find_objects(&template)? {
+            let ours = s
+                .get_attributes(h, &[AttributeType::Label])?
+                .iter()
+                .any(|a| matches!(a, Attribute::Label(l) if version_in_label(l, &prefix).is_some()));
+            if ours {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
     /// Generates version `version` of `ws`'s key inside the HSM and adds it
     /// to the marker.
     fn generate(&self, s: &Session, ws: WorkspaceId, version: u32, inv: &Inventory) -> Result<(), Fail> {
@@ -675,18 +692,10 @@ impl KeyProvider for Pkcs11Provider {
 
     fn set_revoked(&self, workspace: WorkspaceId, revoked: bool) -> Result<(), KeyError> {
         self.run(|s| {
-            let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(workspace.as_uuid().as_bytes().to_vec())];
-            let prefix = format!("{}:{workspace}:v", self.cfg.key_label_prefix);
             let mut changed = 0;
-            for h in s.find_objects(&template)? {
-                let ours = s
-                    .get_attributes(h, &[AttributeType::Label])?
-                    .iter()
-                    .any(|a| matches!(a, Attribute::Label(l) if version_in_label(l, &prefix).is_some()));
-                if ours {
-                    s.update_attributes(h, &[Attribute::Encrypt(!revoked), Attribute::Decrypt(!revoked)])?;
-                    changed += 1;
-                }
+            for h in self.key_objects(s, workspace)? {
+                s.update_attributes(h, &[Attribute::Encrypt(!revoked), Attribute::Decrypt(!revoked)])?;
+                changed += 1;
             }
             if changed == 0 && self.inventory(s, workspace)?.made.is_empty() {
                 return Err(Fail::Key(KeyError::Unknown { workspace, key: "-".into(), provider: self.name() }));
@@ -733,16 +742,8 @@ impl KeyProvider for Pkcs11Provider {
     /// marker (crypto-shredding).
     fn destroy(&self, workspace: WorkspaceId) -> Result<(), KeyError> {
         self.run(|s| {
-            let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(workspace.as_uuid().as_bytes().to_vec())];
-            let prefix = format!("{}:{workspace}:v", self.cfg.key_label_prefix);
-            for h in s.find_objects(&template)? {
-                let ours = s
-                    .get_attributes(h, &[AttributeType::Label])?
-                    .iter()
-                    .any(|a| matches!(a, Attribute::Label(l) if version_in_label(l, &prefix).is_some()));
-                if ours {
-                    s.destroy_object(h)?;
-                }
+            for h in self.key_objects(s, workspace)? {
+                s.destroy_object(h)?;
             }
             for h in s.find_objects(&self.marker_template(workspace))? {
                 s.destroy_object(h)?;
