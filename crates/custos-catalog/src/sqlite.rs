@@ -2236,18 +2236,23 @@ impl Catalog for SqliteCatalog {
             return Err(CatalogError::WorkspaceLocked { id: ws, reason: lock.reason });
         }
         let id = ws.to_string();
+        // Each statement: (?1 = now, ?2 = the workspace).
         for sql in [
             // The tombstone; the name is freed for reuse.
             "UPDATE workspaces SET deleted_at = ?1, name = name || ' (deleted ' || id || ')' WHERE id = ?2",
             "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?1) WHERE workspace_id = ?2",
             "UPDATE enrollment_keys SET used_at = COALESCE(used_at, ?1) WHERE workspace_id = ?2",
-            // The pseudonym key is a key too: shredded with the others.
-            "UPDATE redaction_policies SET pseudonym_key = NULL WHERE workspace_id = ?2 AND ?1 IS NOT NULL",
             "UPDATE retention_changes SET state = 'cancelled', decided_at = ?1 WHERE workspace_id = ?2 AND state = 'pending'",
             "UPDATE purge_jobs SET state = 'cancelled', finished_at = ?1 WHERE workspace_id = ?2 AND state IN ('pending', 'running')",
         ] {
             sqlx::query(sql).bind(now).bind(id.as_str()).execute(&mut *tx).await.map_err(db)?;
         }
+        // The pseudonym key is a key too: shredded with the others.
+        sqlx::query("UPDATE redaction_policies SET pseudonym_key = NULL WHERE workspace_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)
     }
 

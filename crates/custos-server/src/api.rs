@@ -768,16 +768,15 @@ async fn create_purge(auth: Authorized, State(s): State<Arc<AppState>>, body: ax
     let req: PurgeRequest = read_json(body, "purge request").await?;
     let ws = auth.workspace()?;
     auth.note_hmac("where", &req.predicate);
+    // Everything acknowledged is in segments: counted by a dry run, covered
+    // by the job.
+    s.ingest.flush().await?;
     if req.dry_run {
-        // Everything acknowledged is counted.
-        s.ingest.flush().await?;
         let r = crate::purge::dry_run(&s, ws.id, &req.tables, &req.predicate).await?;
         auth.note("dry_run", true);
         auth.note("rows", r.rows);
         return Ok(Json(r).into_response());
     }
-    // Rows acknowledged before the answer are in segments the job covers.
-    s.ingest.flush().await?;
     let by = auth.principal().ok().map(|p| p.id);
     let job = crate::purge::create(&s, ws.id, &req.tables, &req.predicate, req.now, by).await?;
     auth.note("job", job.id);

@@ -37,16 +37,33 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, KeyError> + S
         .map_err(key_error)
 }
 
-/// The first bytes of a segment: enough for its header.
-async fn header_of(s: &AppState, path: &str) -> Result<Option<custos_store::SealInfo>, ServerError> {
-    let bytes = s.storage.get(path).await?;
-    let len = bytes.len();
-    if len < 12 {
-        return Ok(None);
+/// The key a segment is sealed under, read from its header alone (two
+/// range reads: the preamble, then the header JSON); None for an unsealed
+/// or unreadable one.
+async fn seal_of(s: &AppState, path: &str) -> Result<Option<custos_store::KeyRef>, ServerError> {
+    let pre = match s.storage.get_range(path, 0..12).await {
+        Ok(b) => b,
+        Err(custos_store::StoreError::RangeOutOfBounds { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let h = u64::from(u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]));
+    let json = match s.storage.get_range(path, 12..12 + h).await {
+        Ok(b) => b,
+        Err(custos_store::StoreError::RangeOutOfBounds { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(serde_json::from_slice::<custos_store::SegmentHeader>(&json).ok().and_then(|h| h.seal).map(|x| x.key))
+}
+
+/// The key of every segment of `ws` (None: unsealed or unreadable).
+async fn seal_keys(s: &AppState, ws: WorkspaceId) -> Result<Vec<Option<custos_store::KeyRef>>, ServerError> {
+    let mut out = Vec::new();
+    for table in s.catalog.list_tables(ws).await? {
+        for seg in s.catalog.list_segments(ws, &table, None).await? {
+            out.push(seal_of(s, &seg.path).await?);
+        }
     }
-    let h = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
-    let Some(json) = bytes.get(12..12 + h) else { return Ok(None) };
-    Ok(serde_json::from_slice::<custos_store::SegmentHeader>(json).ok().and_then(|h| h.seal))
+    Ok(out)
 }
 
 /// The workspace's key versions and how many segments still wait for a
@@ -55,16 +72,9 @@ pub async fn status(s: &Arc<AppState>, ws: WorkspaceId) -> Result<KeyStatus, Ser
     let keys = s.keys.clone();
     let versions = blocking(move || keys.versions(ws)).await?;
     let active = versions.iter().rev().find(|v| v.state == KeyState::Active).map(|v| v.key.clone());
-    let (mut segments, mut pending) = (0u64, 0u64);
-    for table in s.catalog.list_tables(ws).await? {
-        for seg in s.catalog.list_segments(ws, &table, None).await? {
-            segments += 1;
-            let seal = header_of(s, &seg.path).await?;
-            if seal.map(|x| x.key) != active {
-                pending += 1;
-            }
-        }
-    }
+    let seals = seal_keys(s, ws).await?;
+    let segments = seals.len() as u64;
+    let pending = seals.iter().filter(|k| **k != active).count() as u64;
     Ok(KeyStatus {
         workspace_id: ws,
         provider: s.keys.name(),
@@ -116,13 +126,9 @@ pub async fn rewrap_all(s: &Arc<AppState>, ws: WorkspaceId) -> Result<u64, Serve
 /// segment's header).
 async fn versions_in_use(s: &AppState, ws: WorkspaceId) -> Result<Vec<custos_store::KeyRef>, ServerError> {
     let mut used: Vec<custos_store::KeyRef> = Vec::new();
-    for table in s.catalog.list_tables(ws).await? {
-        for seg in s.catalog.list_segments(ws, &table, None).await? {
-            if let Some(seal) = header_of(s, &seg.path).await? {
-                if !used.contains(&seal.key) {
-                    used.push(seal.key);
-                }
-            }
+    for key in seal_keys(s, ws).await?.into_iter().flatten() {
+        if !used.contains(&key) {
+            used.push(key);
         }
     }
     Ok(used)
@@ -148,6 +154,9 @@ pub async fn rotate(s: &Arc<AppState>, ws: WorkspaceId) -> Result<KeyStatus, Ser
     let keys = s.keys.clone();
     let key = blocking(move || keys.rotate(ws)).await?;
     tracing::info!(workspace = %ws, key = %key, "workspace key rotated; rewrapping older segments");
+    // The answer shows the moment of the rotation (the old version retired,
+    // its segments pending), not whatever the background rewrap reached.
+    let answer = status(s, ws).await?;
     let st = s.clone();
     tokio::spawn(async move {
         match rewrap_all(&st, ws).await {
@@ -160,7 +169,7 @@ pub async fn rotate(s: &Arc<AppState>, ws: WorkspaceId) -> Result<KeyStatus, Ser
             Err(e) => tracing::warn!(workspace = %ws, error = %e, "rewrap stopped"),
         }
     });
-    status(s, ws).await
+    Ok(answer)
 }
 
 /// Revokes (or restores) the workspace's keys. Before a revocation the

@@ -38,9 +38,8 @@ pub fn standard_tables() -> impl Iterator<Item = &'static TableName> {
 /// everything.
 #[derive(Clone, Debug, Default)]
 pub struct Visibility {
-    /// Per table: rows before this time have expired and are hidden.
-    pub cutoffs: std::collections::BTreeMap<TableName, custos_model::TimestampMicros>,
-    /// For tables not in `cutoffs`: the retention that gives their cutoff.
+    /// The retention (and the time) that gives each table's cutoff: rows
+    /// before it have expired and are hidden.
     retention: Option<(custos_store::retention::Retention, custos_model::TimestampMicros)>,
     /// Rows matching these are hidden (accepted purges): (tables, empty for
     /// every table; predicate).
@@ -50,7 +49,12 @@ pub struct Visibility {
 impl Visibility {
     /// Hide rows older than each table's retention at `now`.
     pub fn with_retention(r: custos_store::retention::Retention, now: custos_model::TimestampMicros) -> Self {
-        Self { cutoffs: Default::default(), retention: Some((r, now)), hidden: Vec::new() }
+        Self { retention: Some((r, now)), hidden: Vec::new() }
+    }
+
+    /// Hide only the rows `hidden` matches (no retention cutoff).
+    pub fn hiding(hidden: Vec<(Vec<TableName>, custos_store::purge::Predicate)>) -> Self {
+        Self { retention: None, hidden }
     }
 
     /// The predicates hiding rows of `table`.
@@ -60,9 +64,6 @@ impl Visibility {
 
     /// The oldest visible time of `table` (None: no limit).
     pub fn cutoff(&self, table: &TableName) -> Option<custos_model::TimestampMicros> {
-        if let Some(c) = self.cutoffs.get(table) {
-            return Some(*c);
-        }
         self.retention.as_ref().map(|(r, now)| r.cutoff(table, *now))
     }
 }

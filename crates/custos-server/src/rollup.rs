@@ -188,12 +188,7 @@ async fn roll_up_until(s: &Arc<AppState>, ws: &Workspace, table: &TableName, end
     }
     let segments = s.catalog.list_segments(ws.id, table, Some((start, end - 1))).await?;
     // Rows of accepted purges are not aggregated either.
-    let hidden: Vec<_> = crate::purge::hidden(s, ws.id)
-        .await?
-        .into_iter()
-        .filter(|(t, _)| t.is_empty() || t.contains(table))
-        .map(|(_, p)| p)
-        .collect();
+    let hidden = crate::query::Visibility::hiding(crate::purge::hidden(s, ws.id).await?).hidden_in(table);
     let incidents = crate::query::Incidents::default();
     let provider = SegmentTable::new(segments, s.storage.clone(), s.keys.clone(), 1).with_hidden(hidden).with_incidents(incidents.clone());
     let present: Vec<String> = provider.schema().fields().iter().map(|f| f.name().clone()).collect();

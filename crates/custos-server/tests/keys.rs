@@ -40,20 +40,8 @@ async fn store_segment(server: &Server, ws: WorkspaceId) {
     b.push(AgentId::new(), &ev);
     let id = custos_model::SegmentId::new();
     let enc = b.finish_sealed(id, s.keys.as_ref()).unwrap();
-    let path = custos_store::segment_path(ws, &table, id);
-    s.storage.put(&path, enc.bytes.clone()).await.unwrap();
-    let seg = custos_catalog::Segment {
-        id,
-        workspace_id: ws,
-        table,
-        path,
-        min_time: enc.min_time,
-        max_time: enc.max_time,
-        rows: enc.rows,
-        bytes: enc.bytes.len() as u64,
-        columns: enc.columns.into_iter().map(|(name, ty)| custos_catalog::ColumnDef { name, ty }).collect(),
-        created_at: 0,
-    };
+    let seg = custos_server::ingest::catalog_entry(ws, table, id, &enc, 0);
+    s.storage.put(&seg.path, enc.bytes).await.unwrap();
     s.catalog.commit_segments(&[seg], &[], 0).await.unwrap();
 }
 
@@ -88,16 +76,21 @@ async fn keys_rotate_on_schedule_and_older_segments_are_rewrapped_and_readable()
     // Not yet due: nothing happens.
     clock.advance(89 * DAY);
     assert!(custos_server::keys::rotate_due(&s).await.unwrap().is_empty());
-    // Due: a new active version, the old one retired.
+    // Due: a new active version.
     clock.advance(2 * DAY);
     assert_eq!(custos_server::keys::rotate_due(&s).await.unwrap(), vec![ws]);
-    let states: Vec<KeyState> = s.keys.versions(ws).unwrap().iter().map(|v| v.state).collect();
-    assert_eq!(states, [KeyState::Retired, KeyState::Active]);
     // The rewrap runs in the background; then the retired version, which
     // nothing needs any more, is destroyed.
     rewrapped_and_forgotten(&s, ws).await;
     let versions: Vec<_> = s.keys.versions(ws).unwrap().iter().map(|v| (v.key.version, v.state)).collect();
     assert_eq!(versions, vec![(2, KeyState::Active)]);
+    // At the moment of a rotation the old version is retired, its segment
+    // waiting for the rewrap (what `custos key rotate` answers).
+    let st = custos_server::keys::rotate(&s, ws).await.unwrap();
+    let states: Vec<&str> = st.versions.iter().map(|v| v.state.as_str()).collect();
+    assert_eq!(states, ["retired", "active"]);
+    assert_eq!(st.segments_pending_rewrap, 1);
+    rewrapped_and_forgotten(&s, ws).await;
     let resp = custos_server::query::run(s.catalog.as_ref(), s.storage.clone(), s.keys.clone(), ws, "SELECT message FROM logs", 10, std::time::Duration::from_secs(30))
         .await
         .unwrap();

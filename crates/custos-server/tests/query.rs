@@ -2,10 +2,10 @@
 //! workspace isolation, and read-only SQL — against the real SQLite catalog
 //! and local storage.
 
-use custos_catalog::{Catalog, ColumnDef, Segment, Workspace};
+use custos_catalog::{Catalog, Workspace};
 use custos_model::{AgentId, Category, Event, Level, SegmentId, TableName, Value, WorkspaceId};
 use custos_server::query;
-use custos_store::{segment_path, SegmentBuilder, Storage};
+use custos_store::{SegmentBuilder, Storage};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,20 +29,8 @@ async fn put_segment(cat: &dyn Catalog, st: &dyn Storage, ws: WorkspaceId, event
     }
     let id = SegmentId::new();
     let enc = b.finish(id).unwrap();
-    let path = segment_path(ws, &table, id);
-    st.put(&path, enc.bytes.clone()).await.unwrap();
-    let seg = Segment {
-        id,
-        workspace_id: ws,
-        table,
-        path,
-        min_time: enc.min_time,
-        max_time: enc.max_time,
-        rows: enc.rows,
-        bytes: enc.bytes.len() as u64,
-        columns: enc.columns.into_iter().map(|(name, ty)| ColumnDef { name, ty }).collect(),
-        created_at: 0,
-    };
+    let seg = custos_server::ingest::catalog_entry(ws, table, id, &enc, 0);
+    st.put(&seg.path, enc.bytes).await.unwrap();
     cat.commit_segments(&[seg], &[], 0).await.unwrap();
 }
 
