@@ -859,7 +859,10 @@ fn readers_and_verify_run_while_the_writer_appends_and_rotates() {
             .count() as u64;
         assert!(n >= r.records_checked);
         if let Some(cp) = latest_checkpoint(&dir).unwrap() {
-            let p = inclusion_proof(&dir, cp.size - 1, None).unwrap();
+            // The proof is pinned to `cp`'s size: the writer may sign a
+            // newer checkpoint between reading `cp` and building the proof.
+            let p = inclusion_proof(&dir, cp.size - 1, Some(cp.size)).unwrap();
+            assert_eq!(p.tree_size, cp.size);
             assert!(verify_inclusion(&p, &p.leaf_hash, &cp.root));
         }
         rounds += 1;
