@@ -20,7 +20,8 @@
 //! `cargo bench -p custos-server --bench governance`; `BENCH_DIR` puts the
 //! scratch data somewhere with room (default the system temp dir); `PARTS`
 //! picks parts (default `sweep,query,duckdb,purge`; the ingest measure runs
-//! whenever a later part needs the rows).
+//! whenever a later part needs the rows); `PROBE_SQL="q1;q2"` times more
+//! queries over the sealed rows after the standard ones.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -209,6 +210,14 @@ async fn run() {
         custos_best.insert(name.into(), json!(ts));
     }
     result.insert("query".into(), json!(q));
+    // `PROBE_SQL="q1;q2"`: more queries on the sealed rows, timed alike
+    // (for finding where query time goes).
+    if let Ok(probe) = std::env::var("PROBE_SQL") {
+        for sql in probe.split(';').map(str::trim).filter(|q| !q.is_empty()) {
+            let (t, r) = best_query(&s, ws_sealed, sql, runs).await;
+            println!("probe {t:.3} s  {sql}  {r}");
+        }
+    }
 
     // 4. DuckDB over the same rows as Parquet.
     let arrow_path = tmp.path().join("rows.arrow");

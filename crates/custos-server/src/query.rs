@@ -17,7 +17,9 @@ use custos_model::api::QueryResponse;
 use custos_model::{TableName, WorkspaceId};
 use custos_store::{KeyProvider, Storage};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
@@ -149,7 +151,8 @@ impl SegmentTable {
             .iter()
             .map(|s| s.columns.iter().map(|c| (c.name.clone(), c.ty)).collect())
             .collect();
-        let schema = custos_store::table_schema(cols.iter().map(|c| c.as_slice()));
+        // Strings are scanned as views (see `custos_store::DecodeOptions`).
+        let schema = custos_store::string_views(&custos_store::table_schema(cols.iter().map(|c| c.as_slice())));
         Self { segments, min_time: None, hidden: Arc::new(Vec::new()), schema, storage, keys, partitions: partitions.max(1), incidents: Incidents::default() }
     }
 
@@ -194,14 +197,13 @@ impl TableProvider for SegmentTable {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         // Decode only the columns the query needs (projection pushdown):
-        // the other columns' buffers are never decompressed.
+        // the other columns' pages are never decompressed.
         let target: SchemaRef = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
         };
         let mut wanted: Vec<String> = target.fields().iter().map(|f| f.name().clone()).collect();
-        let min_time = self.min_time;
-        if min_time.is_some() && !wanted.iter().any(|w| w == "time") {
+        if self.min_time.is_some() && !wanted.iter().any(|w| w == "time") {
             wanted.push("time".into());
         }
         for p in self.hidden.iter() {
@@ -209,51 +211,106 @@ impl TableProvider for SegmentTable {
                 wanted.push(p.column.clone());
             }
         }
-        let hidden = self.hidden.clone();
-        let decoded: Vec<Vec<RecordBatch>> = futures::stream::iter(self.segments.iter().cloned())
-            .map(|seg| {
-                let storage = self.storage.clone();
-                let keys = self.keys.clone();
-                let incidents = self.incidents.clone();
-                let target = target.clone();
-                let wanted = wanted.clone();
-                let hidden = hidden.clone();
-                async move {
-                    let bytes = storage.get(&seg.path).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
-                    tokio::task::spawn_blocking(move || {
-                        let d = custos_store::decode_segment_with(&bytes, Some(&wanted), Some(keys.as_ref())).map_err(|e| {
-                            if let Some(i) = Incident::of(&seg, &e) {
-                                if let Ok(mut v) = incidents.lock() {
-                                    v.push(i);
-                                }
-                            }
-                            DataFusionError::Execution(format!("segment {} ({}): {e}", seg.id, seg.path))
-                        })?;
-                        d.batches
-                            .iter()
-                            .map(|b| {
-                                let b = match min_time {
-                                    Some(t) if seg.min_time < t => drop_before(b, t)?,
-                                    _ => b.clone(),
-                                };
-                                project_to(&drop_hidden(&b, &hidden)?, &target)
-                            })
-                            .collect::<DfResult<Vec<_>>>()
-                    })
-                    .await
-                    .map_err(|e| DataFusionError::Execution(format!("segment decode task: {e}")))?
-                }
-            })
-            .buffered(self.partitions * 2)
-            .try_collect()
-            .await?;
-        let mut partitions: Vec<Vec<RecordBatch>> = vec![Vec::new(); self.partitions];
-        for (i, b) in decoded.into_iter().flatten().enumerate() {
-            partitions[i % self.partitions].push(b);
+        let spec = Arc::new(ScanSpec {
+            storage: self.storage.clone(),
+            keys: self.keys.clone(),
+            incidents: self.incidents.clone(),
+            wanted,
+            min_time: self.min_time,
+            hidden: self.hidden.clone(),
+        });
+        // Segments are dealt round-robin to two streams per core (measured:
+        // one per core left a core idle while DataFusion waited on a
+        // decode); each streams its segments in order, decoding one ahead,
+        // so memory holds a few segments' batches, not the table.
+        let n = (self.partitions * 2).min(self.segments.len()).max(1);
+        let mut parts: Vec<Vec<Segment>> = vec![Vec::new(); n];
+        for (i, seg) in self.segments.iter().enumerate() {
+            parts[i % n].push(seg.clone());
         }
-        let exec = MemorySourceConfig::try_new_exec(&partitions, target, None)?;
-        Ok(exec)
+        let partitions: Vec<Arc<dyn PartitionStream>> = parts
+            .into_iter()
+            .map(|segments| Arc::new(SegmentStream { segments, schema: target.clone(), spec: spec.clone() }) as Arc<dyn PartitionStream>)
+            .collect();
+        Ok(Arc::new(StreamingTableExec::try_new(target, partitions, None, Vec::new(), false, None)?))
     }
+}
+
+/// Rows per batch handed to DataFusion (its default batch size).
+const SCAN_BATCH_ROWS: usize = 8192;
+
+/// What every partition of one table scan shares.
+#[derive(Debug)]
+struct ScanSpec {
+    storage: Arc<dyn Storage>,
+    keys: Arc<dyn KeyProvider>,
+    incidents: Incidents,
+    /// Columns to decode.
+    wanted: Vec<String>,
+    min_time: Option<custos_model::TimestampMicros>,
+    hidden: Arc<Vec<custos_store::purge::Predicate>>,
+}
+
+/// One partition of a table scan: its segments, fetched and decoded in
+/// order (one ahead) and streamed as batches of the scan's schema.
+#[derive(Debug)]
+struct SegmentStream {
+    segments: Vec<Segment>,
+    schema: SchemaRef,
+    spec: Arc<ScanSpec>,
+}
+
+impl PartitionStream for SegmentStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (spec, target) = (self.spec.clone(), self.schema.clone());
+        let stream = futures::stream::iter(self.segments.clone())
+            .map(move |seg| decode_for_scan(spec.clone(), target.clone(), seg))
+            .buffered(2)
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten();
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+/// Fetches one segment and decodes the scan's columns (strings as views),
+/// hiding expired and purged rows and shaping the batches to `target`. An
+/// integrity failure is also reported as an incident.
+async fn decode_for_scan(spec: Arc<ScanSpec>, target: SchemaRef, seg: Segment) -> DfResult<Vec<RecordBatch>> {
+    let bytes = spec.storage.get(&seg.path).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+    tokio::task::spawn_blocking(move || {
+        let opts = custos_store::DecodeOptions {
+            columns: Some(&spec.wanted),
+            keys: Some(spec.keys.as_ref()),
+            string_views: true,
+            batch_rows: SCAN_BATCH_ROWS,
+        };
+        let d = custos_store::decode_segment_opts(&bytes, &opts).map_err(|e| {
+            if let Some(i) = Incident::of(&seg, &e) {
+                if let Ok(mut v) = spec.incidents.lock() {
+                    v.push(i);
+                }
+            }
+            DataFusionError::Execution(format!("segment {} ({}): {e}", seg.id, seg.path))
+        })?;
+        let mut out = Vec::with_capacity(d.batches.len());
+        for b in &d.batches {
+            let b = match spec.min_time {
+                Some(t) if seg.min_time < t => drop_before(b, t)?,
+                _ => b.clone(),
+            };
+            let b = project_to(&drop_hidden(&b, &spec.hidden)?, &target)?;
+            if b.num_rows() > 0 {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| DataFusionError::Execution(format!("segment decode task: {e}")))?
 }
 
 /// The rows of `batch` at or after `min_time` (its `time` column).

@@ -48,7 +48,7 @@ async fn setup() -> (tempfile::TempDir, Arc<dyn Catalog>, Arc<dyn Storage>, Work
 }
 
 async fn q(cat: &Arc<dyn Catalog>, st: &Arc<dyn Storage>, ws: WorkspaceId, sql: &str) -> Result<custos_model::api::QueryResponse, String> {
-    // Segments here are written unsealed (format 1), which the query path
+    // Segments here are written unsealed (format 3, flags 0), which the query path
     // still reads; the keystore is never asked for a key.
     let d = tempfile::tempdir().unwrap();
     let keys = Arc::new(custos_store::ServiceKeystore::open(&d.path().join("ks.json"), custos_store::DataKey::generate().unwrap()).unwrap());

@@ -93,7 +93,7 @@ pub enum StoreError {
     },
 
     /// A sealed segment was read without a key provider.
-    #[error("segment {segment} is sealed (format version 2) and no key provider was given")]
+    #[error("segment {segment} is sealed and no key provider was given")]
     Sealed {
         /// The segment id.
         segment: String,

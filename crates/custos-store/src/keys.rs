@@ -5,7 +5,7 @@
 //!
 //! - A **data key** ([`DataKey`]): 32 random bytes drawn for every segment;
 //!   the segment body is sealed under it with AES-256-GCM (see
-//!   [`crate::segment`], format version 2). It is stored only wrapped.
+//!   [`crate::segment`], the sealed flag). It is stored only wrapped.
 //! - A **workspace key**, in versions ([`KeyRef`]: key id and version): held
 //!   by the provider, never stored beside the data it protects. It wraps and
 //!   unwraps data keys. New segments are sealed under the workspace's

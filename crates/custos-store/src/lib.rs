@@ -26,8 +26,8 @@ pub use keys::{
 };
 pub use local::LocalStorage;
 pub use segment::{
-    adapt_batch, arrow_type, decode_segment, encode_batches, decode_segment_columns, decode_segment_with, envelope_fields, rewrap_segment, segment_path, table_prefix, table_schema, workspace_prefix,
-    DecodedSegment, EncodedSegment, SealInfo, SegmentBuilder, SegmentHeader, ENVELOPE_COLUMNS, FLAG_SEALED,
-    MAX_BATCH_ROWS, SEALED_FORMAT_VERSION, SEAL_ALG, SEGMENT_EXTENSION, SEGMENT_FORMAT_VERSION, SEGMENT_MAGIC,
+    adapt_batch, arrow_type, decode_segment, decode_segment_columns, decode_segment_opts, decode_segment_with, encode_batches, string_views, envelope_fields, rewrap_segment, segment_path, table_prefix, table_schema, workspace_prefix,
+    DecodeOptions, DecodedSegment, EncodedSegment, SealInfo, SegmentBuilder, SegmentHeader, ENVELOPE_COLUMNS, FLAG_SEALED,
+    IPC_FORMAT_VERSION, MAX_BATCH_ROWS, SEALED_IPC_FORMAT_VERSION, SEAL_ALG, SEGMENT_EXTENSION, SEGMENT_FORMAT_VERSION, SEGMENT_MAGIC,
 };
 pub use storage::{storage_from_uri, validate_object_path, validate_prefix, ObjectMeta, Storage, SUPPORTED_SCHEMES};

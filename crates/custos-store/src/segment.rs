@@ -1,19 +1,19 @@
 //! The segment format: one immutable, self-describing, checksummed file of
 //! columnar events for one (workspace, table).
 //!
-//! # File layout, format version 1
+//! # File layout, format version 3 (written)
 //!
 //! All integers are little-endian.
 //!
 //! ```text
 //! offset        size  field
 //! 0             4     magic "CSEG"
-//! 4             2     u16 format version, 1
-//! 6             2     u16 flags, 0 (no flag is defined in version 1)
+//! 4             2     u16 format version, 3
+//! 6             2     u16 flags: 0, or 1 (FLAG_SEALED) when the body is sealed
 //! 8             4     u32 header length H
 //! 12            H     header: UTF-8 JSON `SegmentHeader`
-//! 12+H          B     body: an Arrow IPC *file* (`ARROW1` ... `ARROW1`),
-//!                     buffers compressed with zstd (IPC metadata V5)
+//! 12+H          B     body: a Parquet file (`PAR1` ... `PAR1`), or that file
+//!                     sealed (see below)
 //! 12+H+B        8     u64 total length of everything before this field (12+H+B)
 //! 20+H+B        4     u32 CRC-32C (Castagnoli) of everything before the u64
 //! 24+H+B        4     magic "CSEG"
@@ -24,34 +24,63 @@
 //! therefore verifies the framing and checksum first, then refuses versions
 //! (and flags) it does not know with a clear error.
 //!
-//! # Format version 2: sealed
+//! The Parquet body holds the columns of [the Arrow schema](#arrow-schema)
+//! in that order, zstd-compressed, dictionary-encoded where Parquet's
+//! writer finds it pays (low-cardinality strings such as `host`,
+//! `severity`, `agent_id` become small integer codes), in row groups of at
+//! most [`MAX_BATCH_ROWS`] rows, with column-chunk statistics and without
+//! the embedded Arrow schema: the header's `columns` is the schema, and a
+//! reader interprets the Parquet columns with it (never trusting the file's
+//! own metadata for types). Before any page is decoded, the footer is
+//! checked: every column chunk lies inside the body, declares at most
+//! 1 GiB uncompressed, every row group holds at most [`MAX_BATCH_ROWS`]
+//! rows, and the total equals the header's row count.
 //!
-//! The same framing with version 2 and flags `1` (sealed). The header JSON
-//! is version 1's plus a `seal` object:
+//! Why Parquet rather than the Arrow IPC of versions 1 and 2: it is the
+//! same columnar data at a sixth of the bytes (dictionary and run-length
+//! encodings before zstd), and the decoder hands out strings as views into
+//! the dictionary, so a scan decompresses and copies far less (see
+//! `docs/PERFORMANCE.md`, the comparison with DuckDB).
+//!
+//! # Sealed bodies (flag 1)
+//!
+//! The header JSON carries a `seal` object:
 //!
 //! ```json
 //! "seal":{"alg":"AES-256-GCM","key":{"key_id":"service","version":3},
 //!         "wrapped_key":"<base64>","nonce":"<24 hex digits>"}
 //! ```
 //!
-//! The body is version 1's Arrow IPC file encrypted with AES-256-GCM under
-//! the segment's own random data key, followed by the 16-byte GCM tag; the
+//! The body is the Parquet file encrypted with AES-256-GCM under the
+//! segment's own random data key, followed by the 16-byte GCM tag; the
 //! associated data is `custos-segment-v2\0` and the header as JSON with the
-//! data key's wrapping (`seal.key`, `seal.wrapped_key`) blanked, so the row
-//! count, time range, ids and nonce are authenticated too, and a rotation
-//! can rewrap the data key by rewriting the header alone
-//! ([`rewrap_segment`]). The data key is stored only wrapped by the workspace key the header
-//! names (see [`crate::keys`]). The CRC-32C still covers the whole file and
-//! catches accidental damage first; authentication catches the rest: a
-//! sealed segment decodes to exactly what was written or not at all.
+//! data key's wrapping (`seal.key`, `seal.wrapped_key`) blanked, so the
+//! format version, row count, time range, ids and nonce are authenticated
+//! too, and a rotation can rewrap the data key by rewriting the header
+//! alone ([`rewrap_segment`]). The data key is stored only wrapped by the
+//! workspace key the header names (see [`crate::keys`]). The CRC-32C still
+//! covers the whole file and catches accidental damage first;
+//! authentication catches the rest: a sealed segment decodes to exactly
+//! what was written or not at all. A segment's flag and its header's `seal`
+//! must agree.
 //!
 //! The header JSON looks like:
 //!
 //! ```json
-//! {"format_version":1,"segment_id":"0190...","workspace_id":"0190...",
+//! {"format_version":3,"segment_id":"0190...","workspace_id":"0190...",
 //!  "table":"logs","rows":3,"min_time":10,"max_time":30,
 //!  "columns":[["pid","int"],["unit","str"]],"created_at":1718000000000000}
 //! ```
+//!
+//! # Legacy versions 1 and 2 (read, no longer written)
+//!
+//! The same framing and header; the body is an Arrow IPC *file*
+//! (`ARROW1` ... `ARROW1`) with zstd-compressed buffers (IPC metadata V5):
+//! unsealed with version 1 and flags 0, sealed exactly as above with
+//! version 2 and flags 1. Before Arrow decodes an IPC block, its message is
+//! bounds-checked here (see `read_ipc`). Segments written by earlier
+//! releases stay readable, purgeable and exportable; a purge rewrites the
+//! segments it touches in version 3.
 //!
 //! # Arrow schema
 //!
@@ -63,8 +92,9 @@
 //! [`ValueType::widen`]ed type and its values are converted with Arrow's cast
 //! (int → float; anything → its string form), exactly as [`adapt_batch`]
 //! converts whole columns across segments. Rows are sorted by time (stable:
-//! equal times keep arrival order) and split into record batches of at most
-//! [`MAX_BATCH_ROWS`] rows.
+//! equal times keep arrival order). Readers may ask for string columns as
+//! Utf8View ([`DecodeOptions::string_views`], what queries use) instead of
+//! Utf8; the values are the same.
 
 use crate::keys::{DataKey, KeyError, KeyProvider, KeyRef};
 use crate::StoreError;
@@ -78,8 +108,6 @@ use arrow::array::{
 use arrow::compute::kernels::zip::zip;
 use arrow::compute::{cast, is_not_null, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
-use arrow::ipc::CompressionType;
 use bytes::Bytes;
 use custos_model::{AgentId, Event, SegmentId, TableName, TimestampMicros, Value, ValueType, WorkspaceId};
 use serde::{Deserialize, Serialize};
@@ -88,13 +116,16 @@ use std::sync::Arc;
 
 /// The segment file magic, at the start and at the very end.
 pub const SEGMENT_MAGIC: &[u8; 4] = b"CSEG";
-/// The unsealed segment format version (written when no key provider is
-/// given; still read).
-pub const SEGMENT_FORMAT_VERSION: u16 = 1;
-/// The sealed segment format version (the body encrypted, see the module
-/// docs).
-pub const SEALED_FORMAT_VERSION: u16 = 2;
-/// Preamble flag of format version 2: the body is sealed.
+/// The segment format version written: a Parquet body, sealed or not (the
+/// [`FLAG_SEALED`] flag says which).
+pub const SEGMENT_FORMAT_VERSION: u16 = 3;
+/// Legacy format version 1: an unsealed Arrow IPC body (still read, no
+/// longer written).
+pub const IPC_FORMAT_VERSION: u16 = 1;
+/// Legacy format version 2: a sealed Arrow IPC body (still read, no longer
+/// written).
+pub const SEALED_IPC_FORMAT_VERSION: u16 = 2;
+/// Preamble flag (versions 2 and 3): the body is sealed.
 pub const FLAG_SEALED: u16 = 1;
 /// File name extension of segment objects.
 pub const SEGMENT_EXTENSION: &str = "cseg";
@@ -238,20 +269,46 @@ pub fn table_schema<'a>(segment_columns: impl IntoIterator<Item = &'a [(String, 
     Arc::new(Schema::new(fields))
 }
 
+/// `schema` with every Utf8 field typed Utf8View instead (what queries
+/// scan: see [`DecodeOptions::string_views`]).
+pub fn string_views(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
 /// Whether [`adapt_batch`] may convert a column of type `from` to `to`: the
-/// conversions [`ValueType::widen`] implies.
+/// conversions [`ValueType::widen`] implies, and strings to string views.
 fn is_widening(from: &DataType, to: &DataType) -> bool {
     from == to
         || matches!(
             (from, to),
             (DataType::Int64, DataType::Float64)
                 | (DataType::Boolean | DataType::Int64 | DataType::Float64, DataType::Utf8)
+                | (DataType::Boolean | DataType::Int64 | DataType::Float64 | DataType::Utf8, DataType::Utf8View)
         )
 }
 
+/// Arrow's cast for the conversions [`is_widening`] allows (anything to a
+/// string view goes through its Utf8 form).
+fn widen(col: &ArrayRef, to: &DataType) -> Result<ArrayRef, arrow::error::ArrowError> {
+    match (col.data_type(), to) {
+        (DataType::Boolean | DataType::Int64 | DataType::Float64, DataType::Utf8View) => {
+            cast(&cast(col, &DataType::Utf8)?, to)
+        }
+        _ => cast(col, to),
+    }
+}
+
 /// Bring a segment's batch to a table schema (usually from [`table_schema`]):
-/// columns reordered, widened (Int64 → Float64, anything → Utf8, via Arrow's
-/// cast), and missing nullable columns filled with nulls.
+/// columns reordered, widened (Int64 → Float64, anything → Utf8 or Utf8View,
+/// via Arrow's cast), and missing nullable columns filled with nulls.
 ///
 /// Refuses (rather than drop data) a batch column absent from `target`, a
 /// narrowing or unrelated type change, and a missing non-nullable column.
@@ -269,7 +326,7 @@ pub fn adapt_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatc
         let col = match batch.column_by_name(field.name()) {
             Some(col) if col.data_type() == to => Arc::clone(col),
             Some(col) if is_widening(col.data_type(), to) => {
-                cast(col, to).map_err(|e| mismatch(field.name(), format!("cast from {} to {to}: {e}", col.data_type())))?
+                widen(col, to).map_err(|e| mismatch(field.name(), format!("cast from {} to {to}: {e}", col.data_type())))?
             }
             Some(col) => {
                 return Err(mismatch(field.name(), format!("{} cannot be widened to {to}", col.data_type())))
@@ -447,15 +504,16 @@ impl SegmentBuilder {
     }
 
     /// Sort the rows by time and encode them as segment `id`, unsealed
-    /// (format version 1).
+    /// (format version 3, flags 0).
     ///
     /// Fails with [`StoreError::EmptySegment`] when no row was pushed.
     pub fn finish(self, id: SegmentId) -> Result<EncodedSegment, StoreError> {
         self.finish_with(id, None)
     }
 
-    /// Like [`SegmentBuilder::finish`], sealed (format version 2) under a
-    /// fresh data key wrapped by the workspace's current key in `keys`.
+    /// Like [`SegmentBuilder::finish`], sealed (format version 3, flag 1)
+    /// under a fresh data key wrapped by the workspace's current key in
+    /// `keys`.
     pub fn finish_sealed(self, id: SegmentId, keys: &dyn KeyProvider) -> Result<EncodedSegment, StoreError> {
         self.finish_with(id, Some(keys))
     }
@@ -523,7 +581,8 @@ impl SegmentBuilder {
             };
             RecordBatch::try_new(Arc::clone(&schema), cols).map_err(encode_err)
         });
-        encode_body(header, &schema, batches, keys)
+        let (body, index) = write_parquet_body(id, &schema, batches)?;
+        frame(header, body, index, keys)
     }
 }
 
@@ -573,34 +632,83 @@ pub fn encode_batches(
         .iter()
         .filter(|b| b.num_rows() > 0)
         .map(|b| RecordBatch::try_new(Arc::clone(&schema), b.columns().to_vec()).map_err(encode_err));
-    encode_body(header, &schema, batches, keys)
+    let (body, index) = write_parquet_body(id, &schema, batches)?;
+    frame(header, body, index, keys)
 }
 
-/// Writes the Arrow IPC body of `batches`, seals it when `keys` is given,
-/// and frames it with `header` (whose row count and times the caller set).
-fn encode_body(
-    mut header: SegmentHeader,
+/// The writer settings of Parquet bodies (see the module docs).
+fn parquet_properties() -> parquet::file::properties::WriterProperties {
+    use parquet::basic::{Compression, Encoding, ZstdLevel};
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use parquet::schema::types::ColumnPath;
+    let time = ColumnPath::from("time");
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        // Sorted timestamps: deltas, not a dictionary of distinct values.
+        .set_column_dictionary_enabled(time.clone(), false)
+        .set_column_encoding(time, Encoding::DELTA_BINARY_PACKED)
+        .set_max_row_group_row_count(Some(MAX_BATCH_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_created_by(format!("custos {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Writes `batches` (in `schema`) as a Parquet body (format version 3) and
+/// builds the segment's identity-column index from them.
+fn write_parquet_body(
+    id: SegmentId,
     schema: &SchemaRef,
     batches: impl Iterator<Item = Result<RecordBatch, StoreError>>,
-    keys: Option<&dyn KeyProvider>,
-) -> Result<EncodedSegment, StoreError> {
-    let id = header.segment_id;
-    let encode_err = |e: arrow::error::ArrowError| StoreError::Encode { segment: id.to_string(), reason: e.to_string() };
-    let (rows, min_time, max_time, columns_meta) = (header.rows, header.min_time, header.max_time, header.columns.clone());
-    let mut body = Vec::with_capacity(rows as usize * 32);
-    let options = IpcWriteOptions::default()
-        .try_with_compression(Some(CompressionType::ZSTD))
-        .map_err(encode_err)?;
-    let mut writer = FileWriter::try_new_with_options(&mut body, schema, options).map_err(encode_err)?;
+) -> Result<(Vec<u8>, BTreeMap<String, crate::purge::Bloom>), StoreError> {
+    use parquet::arrow::arrow_writer::{ArrowWriter, ArrowWriterOptions};
+    let encode_err = |e: &dyn std::fmt::Display| StoreError::Encode { segment: id.to_string(), reason: e.to_string() };
+    let mut body = Vec::new();
+    let options = ArrowWriterOptions::new().with_properties(parquet_properties()).with_skip_arrow_metadata(true);
+    let mut writer = ArrowWriter::try_new_with_options(&mut body, Arc::clone(schema), options).map_err(|e| encode_err(&e))?;
     let mut index = crate::purge::IndexBuilder::default();
     for batch in batches {
         let batch = batch?;
-        index.add(&batch).map_err(encode_err)?;
-        writer.write(&batch).map_err(encode_err)?;
+        index.add(&batch).map_err(|e| encode_err(&e))?;
+        writer.write(&batch).map_err(|e| encode_err(&e))?;
+    }
+    writer.close().map_err(|e| encode_err(&e))?;
+    Ok((body, index.finish()))
+}
+
+/// Writes `batches` as a legacy Arrow IPC body (format versions 1 and 2),
+/// for the tests that prove old segments stay readable.
+#[cfg(test)]
+pub(crate) fn write_ipc_body(
+    id: SegmentId,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(Vec<u8>, BTreeMap<String, crate::purge::Bloom>), StoreError> {
+    use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
+    use arrow::ipc::CompressionType;
+    let encode_err = |e: arrow::error::ArrowError| StoreError::Encode { segment: id.to_string(), reason: e.to_string() };
+    let mut body = Vec::new();
+    let options = IpcWriteOptions::default().try_with_compression(Some(CompressionType::ZSTD)).map_err(encode_err)?;
+    let mut writer = FileWriter::try_new_with_options(&mut body, schema, options).map_err(encode_err)?;
+    let mut index = crate::purge::IndexBuilder::default();
+    for batch in batches {
+        index.add(batch).map_err(encode_err)?;
+        writer.write(batch).map_err(encode_err)?;
     }
     writer.finish().map_err(encode_err)?;
     drop(writer);
+    Ok((body, index.finish()))
+}
 
+/// Seals `body` when `keys` is given and frames it with `header` (whose
+/// row count, times and format version the caller set).
+pub(crate) fn frame(
+    mut header: SegmentHeader,
+    mut body: Vec<u8>,
+    index: BTreeMap<String, crate::purge::Bloom>,
+    keys: Option<&dyn KeyProvider>,
+) -> Result<EncodedSegment, StoreError> {
+    let id = header.segment_id;
+    let (rows, min_time, max_time, columns_meta) = (header.rows, header.min_time, header.max_time, header.columns.clone());
     let mut sealing = None;
     if let Some(keys) = keys {
         let key_err = |source| StoreError::Key { segment: id.to_string(), source };
@@ -609,7 +717,9 @@ fn encode_body(
         let wrapped = keys.wrap(header.workspace_id, &key, &dek).map_err(key_err)?;
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new().fill(&mut nonce).map_err(|_| key_err(KeyError::Random))?;
-        header.format_version = SEALED_FORMAT_VERSION;
+        if header.format_version == IPC_FORMAT_VERSION {
+            header.format_version = SEALED_IPC_FORMAT_VERSION;
+        }
         header.seal = Some(SealInfo {
             alg: SEAL_ALG.to_string(),
             key,
@@ -646,7 +756,7 @@ fn encode_body(
     out.extend_from_slice(&total.to_le_bytes());
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(SEGMENT_MAGIC);
-    Ok(EncodedSegment { bytes: Bytes::from(out), rows, min_time, max_time, columns: columns_meta, index: index.finish() })
+    Ok(EncodedSegment { bytes: Bytes::from(out), rows, min_time, max_time, columns: columns_meta, index })
 }
 
 /// The associated data of a sealed body: a label, then the header as JSON
@@ -724,10 +834,11 @@ fn le_u16(b: &[u8], at: usize) -> u16 {
 ///
 /// Checks, in order: the minimum length, both magics, the trailer's length,
 /// the CRC-32C, the format version and flags, the header length and JSON,
-/// then reads the Arrow IPC body and checks its schema, row count and time
-/// range against the header. Any damaged or truncated byte gives
-/// [`StoreError::CorruptSegment`] naming the check that failed; an intact
-/// segment of another version gives [`StoreError::UnsupportedSegmentVersion`].
+/// then reads the body (Parquet, or the Arrow IPC of legacy versions) and
+/// checks its schema, row count and time range against the header. Any
+/// damaged or truncated byte gives [`StoreError::CorruptSegment`] naming the
+/// check that failed; an intact segment of another version gives
+/// [`StoreError::UnsupportedSegmentVersion`].
 pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, StoreError> {
     decode_segment_columns(bytes, None)
 }
@@ -741,19 +852,60 @@ pub fn decode_segment_columns(bytes: &[u8], columns: Option<&[String]>) -> Resul
     decode_segment_with(bytes, columns, None)
 }
 
-/// Like [`decode_segment_columns`], opening sealed segments (format
-/// version 2) with `keys`: the data key is unwrapped by the provider and the
-/// body authenticated (with the preamble and header) before anything in it
-/// is read. A sealed segment without `keys` gives [`StoreError::Sealed`];
-/// one that fails authentication (a changed byte whose checksum was forged,
-/// another workspace's segment, a wrong key) gives [`StoreError::Tampered`]
-/// naming it; a key the provider refuses (revoked, unknown) gives
+/// Like [`decode_segment_columns`], opening sealed segments with `keys`:
+/// the data key is unwrapped by the provider and the body authenticated
+/// (with the preamble and header) before anything in it is read. A sealed
+/// segment without `keys` gives [`StoreError::Sealed`]; one that fails
+/// authentication (a changed byte whose checksum was forged, another
+/// workspace's segment, a wrong key) gives [`StoreError::Tampered`] naming
+/// it; a key the provider refuses (revoked, unknown) gives
 /// [`StoreError::Key`].
 pub fn decode_segment_with(
     bytes: &[u8],
     columns: Option<&[String]>,
     keys: Option<&dyn KeyProvider>,
 ) -> Result<DecodedSegment, StoreError> {
+    decode_segment_opts(bytes, &DecodeOptions { columns, keys, ..DecodeOptions::default() })
+}
+
+/// How [`decode_segment_opts`] decodes a segment.
+#[derive(Clone, Copy, Default)]
+pub struct DecodeOptions<'a> {
+    /// Decode only these columns (plus `time`); `None` decodes all.
+    pub columns: Option<&'a [String]>,
+    /// Opens sealed segments; without it a sealed segment gives
+    /// [`StoreError::Sealed`].
+    pub keys: Option<&'a dyn KeyProvider>,
+    /// Type string columns Utf8View instead of Utf8 (the same values): what
+    /// DataFusion hashes and compares fastest, and, for Parquet bodies,
+    /// views into the decoded dictionary rather than copies.
+    pub string_views: bool,
+    /// Most rows per returned batch; 0 means [`MAX_BATCH_ROWS`].
+    pub batch_rows: usize,
+}
+
+impl std::fmt::Debug for DecodeOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeOptions")
+            .field("columns", &self.columns)
+            .field("keys", &self.keys.map(|_| "<provider>"))
+            .field("string_views", &self.string_views)
+            .field("batch_rows", &self.batch_rows)
+            .finish()
+    }
+}
+
+/// The body encodings, by format version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Body {
+    Ipc,
+    Parquet,
+}
+
+/// [`decode_segment_with`] with every option (see [`DecodeOptions`]).
+pub fn decode_segment_opts(bytes: &[u8], opts: &DecodeOptions<'_>) -> Result<DecodedSegment, StoreError> {
+    let (columns, keys) = (opts.columns, opts.keys);
+    let batch_rows = if opts.batch_rows == 0 { MAX_BATCH_ROWS } else { opts.batch_rows.min(MAX_BATCH_ROWS) };
     let len = bytes.len();
     if len < PREAMBLE_LEN + TRAILER_LEN {
         return Err(corrupt(format!(
@@ -780,22 +932,22 @@ pub fn decode_segment_with(
     let expected_crc = u32::from_le_bytes([trailer[8], trailer[9], trailer[10], trailer[11]]);
     let actual_crc = crc32c::crc32c(&bytes[..body_end]);
     let version = le_u16(bytes, 4);
+    let known = [IPC_FORMAT_VERSION, SEALED_IPC_FORMAT_VERSION, SEGMENT_FORMAT_VERSION].contains(&version);
     if expected_crc != actual_crc {
-        let note = if version == SEGMENT_FORMAT_VERSION || version == SEALED_FORMAT_VERSION {
-            String::new()
-        } else {
-            format!(" (the preamble declares format version {version})")
-        };
+        let note = if known { String::new() } else { format!(" (the preamble declares format version {version})") };
         return Err(corrupt(format!(
             "checksum mismatch: the trailer says crc32c {expected_crc:#010x}, the bytes give {actual_crc:#010x}{note}"
         )));
     }
     let flags = le_u16(bytes, 6);
-    match (version, flags) {
-        (SEGMENT_FORMAT_VERSION, 0) | (SEALED_FORMAT_VERSION, FLAG_SEALED) => {}
-        (SEGMENT_FORMAT_VERSION | SEALED_FORMAT_VERSION, _) => return Err(StoreError::UnsupportedSegmentFlags { flags }),
-        _ => return Err(StoreError::UnsupportedSegmentVersion { version, supported: SEALED_FORMAT_VERSION }),
-    }
+    let (body_kind, sealed) = match (version, flags) {
+        (IPC_FORMAT_VERSION, 0) => (Body::Ipc, false),
+        (SEALED_IPC_FORMAT_VERSION, FLAG_SEALED) => (Body::Ipc, true),
+        (SEGMENT_FORMAT_VERSION, 0) => (Body::Parquet, false),
+        (SEGMENT_FORMAT_VERSION, FLAG_SEALED) => (Body::Parquet, true),
+        _ if known => return Err(StoreError::UnsupportedSegmentFlags { flags }),
+        _ => return Err(StoreError::UnsupportedSegmentVersion { version, supported: SEGMENT_FORMAT_VERSION }),
+    };
     let header_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
     if header_len > body_end - PREAMBLE_LEN {
         return Err(corrupt(format!(
@@ -817,25 +969,24 @@ pub fn decode_segment_with(
         return Err(corrupt(format!("segment {seg}: header columns are not sorted and unique")));
     }
 
-    let expected = table_schema([header.columns.as_slice()]);
-    // The body as one owned buffer Arrow decodes from (a sealed body is
-    // decrypted into it, with no further copy).
-    let ipc: Vec<u8> = match (&header.seal, version) {
-        (None, SEGMENT_FORMAT_VERSION) => bytes[header_end..body_end].to_vec(),
-        (Some(seal), SEALED_FORMAT_VERSION) => {
+    let stored = table_schema([header.columns.as_slice()]);
+    let expected = if opts.string_views { string_views(&stored) } else { Arc::clone(&stored) };
+    // The body as one owned buffer the reader decodes from (a sealed body
+    // is decrypted into it, with no further copy).
+    let plain: Vec<u8> = match (&header.seal, sealed) {
+        (None, false) => bytes[header_end..body_end].to_vec(),
+        (Some(seal), true) => {
             let Some(keys) = keys else { return Err(StoreError::Sealed { segment: seg.to_string() }) };
             open_body(bytes, header_end, body_end, &header, seal, keys)?
         }
         _ => {
             return Err(corrupt(format!(
-                "segment {seg}: format version {version} and the header's seal disagree"
+                "segment {seg}: the flags ({flags}) and the header's seal disagree"
             )))
         }
     };
-    // Arrow's reader trusts sizes inside the IPC file; `read_ipc` bounds them
-    // first, and any panic left in Arrow on crafted input becomes an error.
     let projection: Option<Vec<usize>> = columns.map(|cols| {
-        expected
+        stored
             .fields()
             .iter()
             .enumerate()
@@ -843,10 +994,30 @@ pub fn decode_segment_with(
             .map(|(i, _)| i)
             .collect()
     });
-    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_ipc(ipc, &expected, projection.clone())));
+    // The readers trust sizes inside the body; `read_ipc` and
+    // `read_parquet` bound them first, and any panic left in Arrow or
+    // Parquet on crafted input becomes an error.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match body_kind {
+        Body::Ipc => read_ipc(plain, &stored, projection.clone()).and_then(|batches| {
+            if opts.string_views {
+                let target = match &projection {
+                    Some(p) => Arc::new(expected.project(p).map_err(|e| e.to_string())?),
+                    None => Arc::clone(&expected),
+                };
+                batches.iter().map(|b| adapt_batch(b, &target).map_err(|e| e.to_string())).collect()
+            } else {
+                Ok(batches)
+            }
+        }),
+        Body::Parquet => read_parquet(plain, &expected, header.rows, projection.clone(), batch_rows),
+    }));
+    let what = match body_kind {
+        Body::Ipc => "arrow ipc body",
+        Body::Parquet => "parquet body",
+    };
     let batches = match read {
-        Ok(r) => r.map_err(|e| corrupt(format!("segment {seg}: arrow ipc body: {e}")))?,
-        Err(_) => return Err(corrupt(format!("segment {seg}: arrow ipc body: the reader panicked"))),
+        Ok(r) => r.map_err(|e| corrupt(format!("segment {seg}: {what}: {e}")))?,
+        Err(_) => return Err(corrupt(format!("segment {seg}: {what}: the reader panicked"))),
     };
     let mut rows = 0u64;
     let mut times: Option<(i64, i64)> = None;
@@ -872,6 +1043,59 @@ pub fn decode_segment_with(
         None => expected,
     };
     Ok(DecodedSegment { header, schema, batches })
+}
+
+/// Read the record batches of a Parquet body (format version 3),
+/// interpreting its columns with `schema` (the header's; the file's own
+/// metadata is not trusted for types).
+///
+/// Before a page is decoded, the footer is checked: `rows` rows in all, row
+/// groups of at most [`MAX_BATCH_ROWS`] rows, one column chunk per schema
+/// column, each lying inside the body and declaring at most
+/// [`MAX_DECODED_BUFFER_BYTES`] uncompressed.
+fn read_parquet(
+    body: Vec<u8>,
+    schema: &SchemaRef,
+    rows: u64,
+    projection: Option<Vec<usize>>,
+    batch_rows: usize,
+) -> Result<Vec<RecordBatch>, String> {
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    use parquet::arrow::ProjectionMask;
+    let len = body.len() as u64;
+    let options = ArrowReaderOptions::new().with_schema(Arc::clone(schema));
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(Bytes::from(body), options).map_err(|e| e.to_string())?;
+    let meta = builder.metadata();
+    let mut total: u64 = 0;
+    for (i, rg) in meta.row_groups().iter().enumerate() {
+        let bad = |what: String| format!("row group {i}: {what}");
+        let n = u64::try_from(rg.num_rows()).map_err(|_| bad("a negative row count".into()))?;
+        if n > MAX_BATCH_ROWS as u64 {
+            return Err(bad(format!("{n} rows is more than {MAX_BATCH_ROWS}")));
+        }
+        total += n;
+        if rg.columns().len() != schema.fields().len() {
+            return Err(bad(format!("{} column chunks for {} columns", rg.columns().len(), schema.fields().len())));
+        }
+        for c in rg.columns() {
+            let (start, clen) = c.byte_range();
+            if start.checked_add(clen).is_none_or(|end| end > len) {
+                return Err(bad(format!("a column chunk at {start}+{clen} lies outside the {len}-byte body")));
+            }
+            if !(0..=MAX_DECODED_BUFFER_BYTES).contains(&c.uncompressed_size()) {
+                return Err(bad(format!("a column chunk declares {} uncompressed bytes", c.uncompressed_size())));
+            }
+        }
+    }
+    if total != rows {
+        return Err(format!("the footer declares {total} rows, the header {rows}"));
+    }
+    let mask = match projection {
+        Some(p) => ProjectionMask::roots(builder.parquet_schema(), p),
+        None => ProjectionMask::all(),
+    };
+    let reader = builder.with_projection(mask).with_batch_size(batch_rows).build().map_err(|e| e.to_string())?;
+    reader.map(|b| b.map_err(|e| e.to_string())).collect()
 }
 
 /// Unwraps the data key of a sealed segment and opens its body.
@@ -908,12 +1132,13 @@ fn open_body(
     Ok(body)
 }
 
-/// Largest decompressed size accepted for one Arrow buffer (1 GiB); larger
-/// declared sizes are treated as corruption instead of being allocated.
+/// Largest decompressed size accepted for one Arrow buffer or Parquet
+/// column chunk (1 GiB); larger declared sizes are treated as corruption
+/// instead of being allocated.
 const MAX_DECODED_BUFFER_BYTES: i64 = 1 << 30;
 
-/// Read the record batches of an Arrow IPC file written by
-/// [`SegmentBuilder::finish`], interpreting them with the schema the header
+/// Read the record batches of a legacy Arrow IPC body (format versions 1
+/// and 2), interpreting them with the schema the header
 /// implies (the file's own schema message is not trusted).
 ///
 /// Before Arrow decodes a block, its message is parsed here and checked:

@@ -103,7 +103,8 @@ fn assert_plain_segments(dir: &Path) {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "cseg") {
             let b = std::fs::read(&p).unwrap();
-            assert_eq!(u16::from_le_bytes([b[4], b[5]]), 1, "format 1 (unsealed): {}", p.display());
+            assert_eq!(u16::from_le_bytes([b[4], b[5]]), 3, "format 3: {}", p.display());
+            assert_eq!(u16::from_le_bytes([b[6], b[7]]), 0, "unsealed: {}", p.display());
         }
     }
 }

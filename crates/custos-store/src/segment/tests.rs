@@ -1,5 +1,6 @@
 use super::*;
 use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::Field;
 use custos_model::{Category, Level};
 use proptest::prelude::*;
 
@@ -355,20 +356,110 @@ fn reseal(bytes: &mut [u8]) {
 fn intact_segments_of_unknown_versions_or_flags_are_refused_clearly() {
     let enc = sample_segment();
     let mut b = enc.bytes.to_vec();
-    b[4..6].copy_from_slice(&3u16.to_le_bytes());
+    b[4..6].copy_from_slice(&4u16.to_le_bytes());
     reseal(&mut b);
     let err = decode_segment(&b).unwrap_err();
-    assert!(matches!(err, StoreError::UnsupportedSegmentVersion { version: 3, supported: 2 }), "{err:?}");
-    assert!(err.to_string().contains("version 3"));
+    assert!(matches!(err, StoreError::UnsupportedSegmentVersion { version: 4, supported: 3 }), "{err:?}");
+    assert!(err.to_string().contains("version 4"));
     let mut b = enc.bytes.to_vec();
-    b[6..8].copy_from_slice(&1u16.to_le_bytes());
+    b[6..8].copy_from_slice(&2u16.to_le_bytes());
     reseal(&mut b);
-    assert!(matches!(decode_segment(&b), Err(StoreError::UnsupportedSegmentFlags { flags: 1 })));
-    // Version 2 is only valid sealed.
+    assert!(matches!(decode_segment(&b), Err(StoreError::UnsupportedSegmentFlags { flags: 2 })));
+    // The sealed flag on an unsealed header is refused, not misread.
     let mut b = enc.bytes.to_vec();
+    b[6..8].copy_from_slice(&FLAG_SEALED.to_le_bytes());
+    reseal(&mut b);
+    let err = decode_segment(&b).unwrap_err();
+    assert!(err.to_string().contains("seal disagree"), "{err}");
+    // Legacy version 2 is only valid sealed, version 1 only unsealed.
+    let legacy = legacy_segment(&enc, IPC_FORMAT_VERSION, None);
+    let mut b = legacy.bytes.to_vec();
     b[4..6].copy_from_slice(&2u16.to_le_bytes());
     reseal(&mut b);
     assert!(matches!(decode_segment(&b), Err(StoreError::UnsupportedSegmentFlags { flags: 0 })));
+    let mut b = legacy.bytes.to_vec();
+    b[6..8].copy_from_slice(&1u16.to_le_bytes());
+    reseal(&mut b);
+    assert!(matches!(decode_segment(&b), Err(StoreError::UnsupportedSegmentFlags { flags: 1 })));
+}
+
+/// A segment in a legacy format (an Arrow IPC body, version 1; sealed when
+/// `keys` is given, version 2), of the sample's rows.
+fn legacy_segment(current: &EncodedSegment, version: u16, keys: Option<&dyn KeyProvider>) -> EncodedSegment {
+    let d = decode_segment(&current.bytes).unwrap();
+    let mut header = d.header.clone();
+    header.format_version = version;
+    let (body, index) = write_ipc_body(header.segment_id, &d.schema, &d.batches).unwrap();
+    frame(header, body, index, keys).unwrap()
+}
+
+#[test]
+fn segments_in_the_legacy_ipc_formats_stay_readable() {
+    let sample = sample_segment();
+    let current = decode_segment(&sample.bytes).unwrap();
+    let v1 = legacy_segment(&sample, IPC_FORMAT_VERSION, None);
+    assert_eq!((le_u16(&v1.bytes, 4), le_u16(&v1.bytes, 6)), (1, 0));
+    let h = u32::from_le_bytes(v1.bytes[8..12].try_into().unwrap()) as usize;
+    assert_eq!(&v1.bytes[12 + h..12 + h + 6], b"ARROW1");
+    let d1 = decode_segment(&v1.bytes).unwrap();
+    assert_eq!(rows_of(&d1.batches), rows_of(&current.batches));
+    let (_d, ks) = keystore();
+    let v2 = legacy_segment(&sample, IPC_FORMAT_VERSION, Some(&ks));
+    assert_eq!((le_u16(&v2.bytes, 4), le_u16(&v2.bytes, 6)), (SEALED_IPC_FORMAT_VERSION, FLAG_SEALED));
+    assert!(matches!(decode_segment(&v2.bytes), Err(StoreError::Sealed { .. })));
+    let d2 = decode_segment_with(&v2.bytes, None, Some(&ks)).unwrap();
+    assert_eq!(rows_of(&d2.batches), rows_of(&current.batches));
+    // Damage in a legacy body is still caught by the checksum, and the
+    // IPC block checks still run on a forged one.
+    let mut b = v1.bytes.to_vec();
+    let at = 12 + h + 40;
+    b[at] ^= 0xff;
+    assert!(matches!(decode_segment(&b), Err(StoreError::CorruptSegment(_))));
+    // String views work on legacy bodies too.
+    let opts = DecodeOptions { string_views: true, ..DecodeOptions::default() };
+    let v = decode_segment_opts(&v1.bytes, &opts).unwrap();
+    assert_eq!(v.schema.field_with_name("host").unwrap().data_type(), &DataType::Utf8View);
+    assert_eq!(rows_of(&views_to_strings(&v.batches)), rows_of(&current.batches));
+}
+
+/// The batches with Utf8View columns cast back to Utf8.
+fn views_to_strings(batches: &[RecordBatch]) -> Vec<RecordBatch> {
+    batches
+        .iter()
+        .map(|b| {
+            let cols: Vec<ArrayRef> = b
+                .columns()
+                .iter()
+                .map(|c| if c.data_type() == &DataType::Utf8View { cast(c, &DataType::Utf8).unwrap() } else { c.clone() })
+                .collect();
+            let fields: Vec<Field> = b
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    let f = f.as_ref().clone();
+                    if f.data_type() == &DataType::Utf8View { f.with_data_type(DataType::Utf8) } else { f }
+                })
+                .collect();
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn string_views_and_small_batches_decode_the_same_rows() {
+    let a = AgentId::new();
+    let events: Vec<_> = (0..1000)
+        .map(|i| (a, event(i, &format!("message {}", i % 7), vec![("unit", Value::Str(format!("u{}", i % 3))), ("n", Value::Int(i))])))
+        .collect();
+    let (_, _, enc) = encode(&events);
+    let plain = decode_segment(&enc.bytes).unwrap();
+    let opts = DecodeOptions { string_views: true, batch_rows: 128, ..DecodeOptions::default() };
+    let views = decode_segment_opts(&enc.bytes, &opts).unwrap();
+    assert_eq!(views.schema, string_views(&plain.schema));
+    assert!(views.batches.iter().all(|b| b.num_rows() <= 128));
+    assert_eq!(views.batches.len(), 1000usize.div_ceil(128));
+    assert_eq!(rows_of(&views_to_strings(&views.batches)), rows_of(&plain.batches));
 }
 
 #[test]
@@ -376,14 +467,15 @@ fn file_starts_with_the_documented_preamble() {
     let enc = sample_segment();
     let b = &enc.bytes;
     assert_eq!(&b[..4], b"CSEG");
-    assert_eq!(u16::from_le_bytes([b[4], b[5]]), 1);
+    assert_eq!(u16::from_le_bytes([b[4], b[5]]), 3);
     assert_eq!(u16::from_le_bytes([b[6], b[7]]), 0);
     let h = u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize;
     let header: serde_json::Value = serde_json::from_slice(&b[12..12 + h]).unwrap();
-    assert_eq!(header["format_version"], 1);
+    assert_eq!(header["format_version"], 3);
     assert_eq!(header["columns"][0], serde_json::json!(["pid", "int"]));
-    assert_eq!(&b[12 + h..12 + h + 6], b"ARROW1");
     let n = b.len();
+    assert_eq!(&b[12 + h..12 + h + 4], b"PAR1");
+    assert_eq!(&b[n - 20..n - 16], b"PAR1");
     assert_eq!(&b[n - 4..], b"CSEG");
     assert_eq!(u64::from_le_bytes(b[n - 16..n - 8].try_into().unwrap()), (n - 16) as u64);
 }
@@ -521,7 +613,7 @@ fn a_sealed_segment_round_trips_and_hides_its_rows() {
     let (_d, ks) = keystore();
     let ws = WorkspaceId::new();
     let (id, enc) = sealed_sample(&ks, ws);
-    assert_eq!(le_u16(&enc.bytes, 4), SEALED_FORMAT_VERSION);
+    assert_eq!(le_u16(&enc.bytes, 4), SEGMENT_FORMAT_VERSION);
     assert_eq!(le_u16(&enc.bytes, 6), FLAG_SEALED);
     let raw = String::from_utf8_lossy(&enc.bytes);
     assert!(!raw.contains("secret message") && !raw.contains("user42"), "no row text in clear");
@@ -642,4 +734,20 @@ fn a_rotation_rewraps_the_data_key_without_touching_the_sealed_body() {
     swapped[at..at + mine.len()].copy_from_slice(theirs.as_bytes());
     reseal(&mut swapped);
     assert!(matches!(decode_segment_with(&swapped, None, Some(&ks)), Err(StoreError::Tampered { .. })));
+}
+
+#[test]
+fn an_unsealed_body_is_a_plain_parquet_file_any_reader_opens() {
+    let enc = sample_segment();
+    let b = &enc.bytes;
+    let h = u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize;
+    let body = Bytes::copy_from_slice(&b[12 + h..b.len() - TRAILER_LEN]);
+    // No custos schema given: the reader goes by the Parquet file alone.
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body).unwrap().build().unwrap();
+    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 40);
+    let names: Vec<String> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(names, ["time", "level", "category", "host", "message", "agent_id", "pid", "unit"]);
+    let decoded = decode_segment(b).unwrap();
+    assert_eq!(rows_of(&batches), rows_of(&decoded.batches));
 }
