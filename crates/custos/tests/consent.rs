@@ -70,7 +70,12 @@ impl AgentProc {
             if cond(&s) {
                 return s;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting for {what}; last status {s}");
+            if started.elapsed() >= Duration::from_secs(60) {
+                // The agent's own account of what it did, for a failure in CI.
+                let log = std::fs::read_to_string(self.state.with_extension("agent.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("timed out waiting for {what}; last status {s}\nagent log (last 40 lines):\n{}", tail.join("\n"));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
