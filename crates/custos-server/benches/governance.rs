@@ -21,7 +21,8 @@
 //! scratch data somewhere with room (default the system temp dir); `PARTS`
 //! picks parts (default `sweep,query,duckdb,purge`; the ingest measure runs
 //! whenever a later part needs the rows); `PROBE_SQL="q1;q2"` times more
-//! queries over the sealed rows after the standard ones.
+//! queries over the sealed rows after the standard ones; `PROBE_MEM=1`
+//! times the decode alone and DataFusion alone over the rows in memory.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -210,6 +211,43 @@ async fn run() {
         custos_best.insert(name.into(), json!(ts));
     }
     result.insert("query".into(), json!(q));
+    // `PROBE_MEM=1`: where the query time goes. The same queries in the
+    // same DataFusion over the sealed rows decoded once into memory (string
+    // views, 8 Ki-row batches, two partitions): the engine alone; and the
+    // decode alone (fetch, open, decode the columns each query needs, one
+    // thread).
+    if std::env::var("PROBE_MEM").is_ok() {
+        let segs = s.catalog.list_segments(ws_sealed, &table(), None).await.unwrap();
+        for (name, cols) in [("count_avg", vec!["message"]), ("group_by", vec!["severity", "host"])] {
+            let cols: Vec<String> = cols.into_iter().map(String::from).collect();
+            let t = Instant::now();
+            for seg in &segs {
+                let bytes = s.storage.get(&seg.path).await.unwrap();
+                let opts = custos_store::DecodeOptions { columns: Some(&cols), keys: Some(s.keys.as_ref()), string_views: true, batch_rows: 8192 };
+                std::hint::black_box(custos_store::decode_segment_opts(&bytes, &opts).unwrap());
+            }
+            println!("probe decode alone (one thread), {name} columns {cols:?}: {:.3} s", t.elapsed().as_secs_f64());
+        }
+        let mut parts: Vec<Vec<arrow::array::RecordBatch>> = vec![Vec::new(), Vec::new()];
+        for (i, seg) in segs.iter().enumerate() {
+            let bytes = s.storage.get(&seg.path).await.unwrap();
+            let opts = custos_store::DecodeOptions { columns: None, keys: Some(s.keys.as_ref()), string_views: true, batch_rows: 8192 };
+            parts[i % 2].extend(custos_store::decode_segment_opts(&bytes, &opts).unwrap().batches);
+        }
+        let schema = parts[0][0].schema();
+        let config = datafusion::prelude::SessionConfig::new().with_target_partitions(2);
+        let ctx = datafusion::prelude::SessionContext::new_with_config(config);
+        ctx.register_table("logs", Arc::new(datafusion::datasource::MemTable::try_new(schema, parts).unwrap())).unwrap();
+        for (name, sql) in queries {
+            let mut best = f64::MAX;
+            for _ in 0..runs {
+                let t = Instant::now();
+                std::hint::black_box(ctx.sql(sql).await.unwrap().collect().await.unwrap());
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!("probe engine alone (rows in memory), {name}: {best:.3} s");
+        }
+    }
     // `PROBE_SQL="q1;q2"`: more queries on the sealed rows, timed alike
     // (for finding where query time goes).
     if let Ok(probe) = std::env::var("PROBE_SQL") {

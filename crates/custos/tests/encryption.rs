@@ -38,14 +38,14 @@ fn every_stored_segment_is_sealed_and_stays_readable_only_with_its_keys() {
     assert!(out.status.success(), "agent: {}", stderr(&out));
     assert_eq!(server.count(&ws, "logs"), 300);
 
-    // On disk: format 2, sealed flag, no row text; the master key is 0600
+    // On disk: format 3, sealed flag, no row text; the master key is 0600
     // and the keystore holds no key in clear.
     let segs = segments(&data.join("segments"));
     assert!(!segs.is_empty());
     for s in &segs {
         let b = std::fs::read(s).unwrap();
         assert_eq!(&b[..4], b"CSEG");
-        assert_eq!(u16::from_le_bytes([b[4], b[5]]), 2, "{}", s.display());
+        assert_eq!(u16::from_le_bytes([b[4], b[5]]), 3, "{}", s.display());
         assert_eq!(u16::from_le_bytes([b[6], b[7]]), 1, "sealed flag: {}", s.display());
         assert!(!b.windows(12).any(|w| w == b"confidential"), "plaintext in {}", s.display());
     }
