@@ -28,6 +28,6 @@ pub use local::LocalStorage;
 pub use segment::{
     adapt_batch, arrow_type, decode_segment, decode_segment_columns, decode_segment_opts, decode_segment_with, encode_batches, string_views, envelope_fields, rewrap_segment, segment_path, table_prefix, table_schema, workspace_prefix,
     DecodeOptions, DecodedSegment, EncodedSegment, SealInfo, SegmentBuilder, SegmentHeader, ENVELOPE_COLUMNS, FLAG_SEALED,
-    IPC_FORMAT_VERSION, MAX_BATCH_ROWS, SEALED_IPC_FORMAT_VERSION, SEAL_ALG, SEGMENT_EXTENSION, SEGMENT_FORMAT_VERSION, SEGMENT_MAGIC,
+    IPC_FORMAT_VERSION, MAX_BATCH_ROWS, MAX_ROW_GROUP_ROWS, SEALED_IPC_FORMAT_VERSION, SEAL_ALG, SEGMENT_EXTENSION, SEGMENT_FORMAT_VERSION, SEGMENT_MAGIC,
 };
 pub use storage::{storage_from_uri, validate_object_path, validate_prefix, ObjectMeta, Storage, SUPPORTED_SCHEMES};

@@ -573,23 +573,52 @@ proptest! {
 }
 
 #[test]
-fn projected_decode_returns_only_the_named_columns_and_time() {
+fn projected_decode_returns_only_the_named_columns() {
     let a = AgentId::new();
     let mut b = SegmentBuilder::new(WorkspaceId::new(), TableName::new("logs").unwrap());
     for i in 0..100 {
         b.push(a, &event(i, "msg", vec![("pid", Value::Int(i)), ("unit", "x".into())]));
     }
     let enc = b.finish(SegmentId::new()).unwrap();
+    let names = |d: &DecodedSegment| d.schema.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
     let d = decode_segment_columns(&enc.bytes, Some(&["pid".to_string(), "absent".to_string()])).unwrap();
-    let names: Vec<&str> = d.schema.fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(names, vec!["time", "pid"]);
+    assert_eq!(names(&d), vec!["pid"]);
     assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 100);
-    assert!(d.batches.iter().all(|b| b.num_columns() == 2));
+    assert!(d.batches.iter().all(|b| b.num_columns() == 1));
+    // Asking for nothing decodes `time`, which carries the row count.
+    let d = decode_segment_columns(&enc.bytes, Some(&[])).unwrap();
+    assert_eq!(names(&d), vec!["time"]);
+    assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 100);
     // Corruption is still caught when only some columns are decoded.
     let mut bad = enc.bytes.to_vec();
     let mid = bad.len() / 2;
     bad[mid] ^= 0xff;
     assert!(decode_segment_columns(&bad, Some(&["pid".to_string()])).is_err());
+    // Legacy IPC bodies always decode `time` with the asked columns.
+    let legacy = legacy_segment(&enc, IPC_FORMAT_VERSION, None);
+    let d = decode_segment_columns(&legacy.bytes, Some(&["pid".to_string()])).unwrap();
+    assert_eq!(names(&d), vec!["time", "pid"]);
+}
+
+#[test]
+fn a_header_time_range_the_body_disagrees_with_is_caught_without_decoding_time() {
+    let a = AgentId::new();
+    let mut b = SegmentBuilder::new(WorkspaceId::new(), table());
+    for i in 0..50 {
+        b.push(a, &event(1_000 + i, "m", vec![("pid", Value::Int(i))]));
+    }
+    let enc = b.finish(SegmentId::new()).unwrap();
+    // Forge the header's max_time (same length), and the checksum.
+    let text = enc.bytes.to_vec();
+    let at = text.windows(15).position(|w| w == b"\"max_time\":1049").unwrap();
+    let mut forged = text.clone();
+    forged[at + 14] = b'8';
+    reseal(&mut forged);
+    for cols in [Some(vec!["pid".to_string()]), Some(vec![]), None] {
+        let err = decode_segment_columns(&forged, cols.as_deref()).unwrap_err();
+        assert!(err.to_string().contains("time range"), "{cols:?}: {err}");
+    }
+    assert!(decode_segment_columns(&text, Some(&["pid".to_string()])).is_ok());
 }
 
 fn sealed_sample(keys: &dyn KeyProvider, ws: WorkspaceId) -> (SegmentId, EncodedSegment) {
@@ -625,7 +654,7 @@ fn a_sealed_segment_round_trips_and_hides_its_rows() {
     let _ = plain; // the unsealed path is covered by the round-trip tests above
     let cols = ["message".to_string()];
     let d = decode_segment_with(&enc.bytes, Some(&cols), Some(&ks)).unwrap();
-    assert_eq!(d.schema.fields().len(), 2, "projection works on sealed segments");
+    assert_eq!(d.schema.fields().len(), 1, "projection works on sealed segments");
     // Without keys: a clear error, not garbage.
     let e = decode_segment(&enc.bytes).unwrap_err();
     assert!(matches!(e, StoreError::Sealed { .. }) && e.to_string().contains(&id.to_string()), "{e}");
