@@ -680,6 +680,16 @@ async fn lock_in_tx(tx: &mut sqlx::SqliteConnection, ws: WorkspaceId) -> Result<
     }
 }
 
+/// A purge job read inside a transaction; a missing one is
+/// [`CatalogError::PurgeNotFound`].
+async fn purge_in_tx(tx: &mut sqlx::SqliteConnection, id: JobId) -> Result<PurgeJob> {
+    let sql = format!("SELECT {PURGE_COLUMNS} FROM purge_jobs WHERE id = ?");
+    match sqlx::query(AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut *tx).await.map_err(db)? {
+        Some(row) => purge_from_row(&row),
+        None => Err(CatalogError::PurgeNotFound(id)),
+    }
+}
+
 /// Set the default (`table` None) or a table override inside a transaction.
 async fn set_days_in_tx(tx: &mut sqlx::SqliteConnection, ws: WorkspaceId, table: Option<&TableName>, days: u32) -> Result<()> {
     match table {
@@ -2413,11 +2423,7 @@ impl Catalog for SqliteCatalog {
 
     async fn retry_purge(&self, id: JobId, now: TimestampMicros) -> Result<PurgeJob> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        let sql = format!("SELECT {PURGE_COLUMNS} FROM purge_jobs WHERE id = ?");
-        let Some(row) = sqlx::query(AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut *tx).await.map_err(db)? else {
-            return Err(CatalogError::PurgeNotFound(id));
-        };
-        let j = purge_from_row(&row)?;
+        let j = purge_in_tx(&mut tx, id).await?;
         if j.state != PurgeState::Failed {
             return Err(CatalogError::PurgeState { id, state: j.state, what: "only a failed job can be retried".into() });
         }
@@ -2460,11 +2466,7 @@ impl Catalog for SqliteCatalog {
         now: TimestampMicros,
     ) -> Result<Deletion> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        let sql = format!("SELECT {PURGE_COLUMNS} FROM purge_jobs WHERE id = ?");
-        let Some(row) = sqlx::query(AssertSqlSafe(sql)).bind(job.to_string()).fetch_optional(&mut *tx).await.map_err(db)? else {
-            return Err(CatalogError::PurgeNotFound(job));
-        };
-        let j = purge_from_row(&row)?;
+        let j = purge_in_tx(&mut tx, job).await?;
         if j.state != PurgeState::Running {
             return Err(CatalogError::PurgeState { id: job, state: j.state, what: "only a running job removes rows".into() });
         }

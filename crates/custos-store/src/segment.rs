@@ -706,7 +706,7 @@ pub(crate) fn write_ipc_body(
 
 /// Seals `body` when `keys` is given and frames it with `header` (whose
 /// row count, times and format version the caller set).
-pub(crate) fn frame(
+fn frame(
     mut header: SegmentHeader,
     mut body: Vec<u8>,
     index: BTreeMap<String, crate::purge::Bloom>,
@@ -1005,8 +1005,8 @@ pub fn decode_segment_opts(bytes: &[u8], opts: &DecodeOptions<'_>) -> Result<Dec
             .filter(|(i, f)| (*i == 0 && body_kind == Body::Ipc) || asked(f))
             .map(|(i, _)| i)
             .collect();
-        if p.is_empty() || (p[0] != 0 && body_kind == Body::Ipc) {
-            p.insert(0, 0);
+        if p.is_empty() {
+            p.push(0);
         }
         p
     });
