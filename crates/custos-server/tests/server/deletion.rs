@@ -3,9 +3,8 @@
 //! then every byte and catalog entry gone, its agents refused, and other
 //! workspaces untouched.
 
-mod common;
 
-use common::Env;
+use crate::common::Env;
 use custos_model::{Category, Event, Level, TableName};
 use custos_server::Clock;
 use reqwest::{Method, StatusCode};
@@ -73,7 +72,7 @@ async fn deleting_a_workspace_destroys_its_keys_then_its_bytes_and_leaves_nothin
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = env.call(Some(&env.admin), Method::POST, &format!("{path}/query"), Some(json!({"sql": "SELECT 1"}))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = agent.post(common::frame(vec![ev(now, "after")])).await;
+    let (s, _) = agent.post(crate::common::frame(vec![ev(now, "after")])).await;
     assert!(s.is_client_error(), "{s}");
     let dels = st.catalog.list_deletions(id, 10).await.unwrap();
     assert_eq!(dels.len(), 3);

@@ -4,9 +4,8 @@
 //! `--now`; plan limits; locks that refuse reductions and stop all
 //! deletion; rollups with k-anonymity written before raw rows expire.
 
-mod common;
 
-use common::Env;
+use crate::common::Env;
 use custos_server::Clock;
 use custos_model::{Category, Event, Level, TableName, Value};
 use reqwest::{Method, StatusCode};

@@ -1,7 +1,6 @@
 //! The harness the HTTPS end-to-end tests share: a server on an injected
 //! clock, an HTTP client trusting its CA, principals, workspaces, and
 //! agents enrolled the way the agent enrolls (key pair, CSR, enrollment key).
-#![allow(dead_code)]
 
 use custos_model::api::IngestAck;
 use custos_model::wire::{self, BatchPayload, Codec};

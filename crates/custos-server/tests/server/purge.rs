@@ -4,9 +4,8 @@
 //! receipt whose hashes are the stored objects'; nothing of the purged host
 //! left in storage; `--now`; cancel; locks.
 
-mod common;
 
-use common::Env;
+use crate::common::Env;
 use custos_model::api::SignedReceipt;
 use custos_model::{Category, Event, Level, TableName, Value};
 use custos_server::Clock;

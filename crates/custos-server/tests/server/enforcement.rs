@@ -9,8 +9,7 @@ use custos_model::wire;
 use custos_model::{AgentId, BatchId, Category, Event, Level, TableName, Value, WorkspaceId};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value as Json};
-mod common;
-use common::{frame, Env};
+use crate::common::{frame, Env};
 
 impl Env {
     async fn set_policy(&self, token: &str, ws: &str, body: Json) -> Json {

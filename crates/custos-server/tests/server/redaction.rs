@@ -9,8 +9,7 @@
 use custos_model::{AgentId, Category, Event, Level, TableName, Value, WorkspaceId};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value as Json};
-mod common;
-use common::{frame, Env};
+use crate::common::{frame, Env};
 
 const EMAIL: &str = "jane.doe@example.com";
 const CARD: &str = "4111 1111 1111 1111";
