@@ -17,7 +17,7 @@
 
 use crate::{
     AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError, ChangeState,
-    ColumnDef, DeletionReason, EnrollmentKey, Principal, PurgeJob, PurgeState, RedactionCount, RedactionKind, RedactionPolicy, Refusal,
+    ColumnDef, DeletionReason, EnrollmentKey, LateSegment, RollupCommit, Principal, PurgeJob, PurgeState, RedactionCount, RedactionKind, RedactionPolicy, Refusal,
     Result, RetentionChange, RoleBinding, Segment, Workspace, WorkspaceLock, WorkspacePolicy,
 };
 use custos_model::api::RefusalReason;
@@ -33,7 +33,7 @@ use std::sync::Arc;
 const T0: TimestampMicros = 1_704_067_200_000_000;
 
 /// How many checks [`run_all`] runs.
-pub const CHECKS: usize = 85;
+pub const CHECKS: usize = 90;
 
 /// Run every check against `cat`, which should start empty (but the checks
 /// do not rely on it). Returns the number of checks run ([`CHECKS`]).
@@ -129,6 +129,11 @@ pub async fn run_all(cat: Arc<dyn Catalog>) -> usize {
         deleting_segments_records_each_and_leaves_other_workspaces_alone(c);
         locked_workspace_refuses_segment_deletion(c);
         rollup_commits_its_segments_with_the_mark_and_only_forward(c);
+        ingest_records_segments_with_rows_before_the_rollup_mark_as_late(c);
+        a_rollup_records_raw_segments_committed_while_it_read_as_late(c);
+        a_reroll_replaces_rollup_segments_with_deletion_records_unless_locked(c);
+        rows_expired_within_sees_retention_deletions_only(c);
+        a_purge_rewrite_carries_the_late_record(c);
         segment_indexes_are_kept_per_segment_and_go_with_it(c);
         purge_jobs_move_from_pending_to_running_to_completed(c);
         purge_jobs_are_cancelled_only_while_pending_and_never_created_while_locked(c);
@@ -3080,6 +3085,10 @@ pub async fn locked_workspace_refuses_segment_deletion(cat: &dyn Catalog) {
     assert!(ok(cat.list_deletions(ws.id, 10).await, "deletions").is_empty());
 }
 
+fn rollup_to(segments: &[Segment], until: TimestampMicros) -> RollupCommit {
+    RollupCommit { segments: segments.to_vec(), until: Some(until), ..RollupCommit::default() }
+}
+
 /// A rollup commit registers its segments and moves the mark in one step;
 /// a mark that would not move forward is refused and registers nothing.
 pub async fn rollup_commits_its_segments_with_the_mark_and_only_forward(cat: &dyn Catalog) {
@@ -3087,15 +3096,118 @@ pub async fn rollup_commits_its_segments_with_the_mark_and_only_forward(cat: &dy
     let raw = table("performance");
     assert_eq!(ok(cat.rollup_mark(ws.id, &raw).await, "mark"), None);
     let a = segment(ws.id, "performance_rollup", T0, T0);
-    ok(cat.commit_rollup(ws.id, &raw, std::slice::from_ref(&a), T0 + DAY, T0).await, "commit_rollup");
+    ok(cat.commit_rollup(ws.id, &raw, &rollup_to(std::slice::from_ref(&a), T0 + DAY), T0).await, "commit_rollup");
     assert_eq!(ok(cat.rollup_mark(ws.id, &raw).await, "mark"), Some(T0 + DAY));
     assert_eq!(ok(cat.list_segments(ws.id, &table("performance_rollup"), None).await, "list"), vec![a]);
     let b = segment(ws.id, "performance_rollup", T0, T0);
-    assert!(cat.commit_rollup(ws.id, &raw, std::slice::from_ref(&b), T0 + DAY, T0).await.is_err(), "the mark did not move");
+    assert!(cat.commit_rollup(ws.id, &raw, &rollup_to(std::slice::from_ref(&b), T0 + DAY), T0).await.is_err(), "the mark did not move");
     assert_eq!(ok(cat.list_segments(ws.id, &table("performance_rollup"), None).await, "list").len(), 1);
-    ok(cat.commit_rollup(ws.id, &raw, &[], T0 + 2 * DAY, T0).await, "an empty rollup still moves the mark");
+    ok(cat.commit_rollup(ws.id, &raw, &rollup_to(&[], T0 + 2 * DAY), T0).await, "an empty rollup still moves the mark");
     assert_eq!(ok(cat.rollup_mark(ws.id, &raw).await, "mark"), Some(T0 + 2 * DAY));
     assert_eq!(ok(cat.rollup_mark(ws.id, &table("logs")).await, "other table"), None);
+}
+
+fn late(s: &Segment) -> LateSegment {
+    LateSegment { segment_id: s.id, min_time: s.min_time, max_time: s.max_time }
+}
+
+/// An ingest commit records, in its own transaction, each segment with
+/// rows before its table's rollup mark; a rollup that aggregated them
+/// clears the records.
+pub async fn ingest_records_segments_with_rows_before_the_rollup_mark_as_late(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "late", T0).await;
+    let other = new_workspace(cat, "late-other", T0).await;
+    let raw = table("performance");
+    let before = segment(ws.id, "performance", T0, T0 + 5);
+    ok(cat.commit_segments(std::slice::from_ref(&before), &[], T0).await, "before any mark");
+    ok(cat.commit_rollup(ws.id, &raw, &rollup_to(&[], T0 + DAY), T0).await, "mark");
+    let spanning = segment(ws.id, "performance", T0 + DAY - 1, T0 + 2 * DAY);
+    let current = segment(ws.id, "performance", T0 + DAY, T0 + DAY + 5);
+    let other_table = segment(ws.id, "logs", T0, T0 + 1);
+    let other_ws = segment(other.id, "performance", T0, T0 + 1);
+    ok(cat.commit_segments(&[spanning.clone(), current.clone(), other_table, other_ws], &[], T0 + DAY).await, "commit");
+    assert_eq!(ok(cat.late_segments(ws.id, &raw).await, "late"), vec![late(&spanning)]);
+    assert!(ok(cat.late_segments(other.id, &raw).await, "other workspace").is_empty());
+    assert!(ok(cat.late_segments(ws.id, &table("logs")).await, "no mark").is_empty());
+    let oldest = segment(ws.id, "performance", T0 - DAY, T0 - DAY);
+    ok(cat.commit_segments(std::slice::from_ref(&oldest), &[], T0 + DAY + 1).await, "commit");
+    assert_eq!(ok(cat.late_segments(ws.id, &raw).await, "late, oldest record first"), vec![late(&spanning), late(&oldest)]);
+    let done = RollupCommit { late_done: vec![spanning.id], ..RollupCommit::default() };
+    ok(cat.commit_rollup(ws.id, &raw, &done, T0 + DAY + 2).await, "re-roll");
+    assert_eq!(ok(cat.late_segments(ws.id, &raw).await, "late"), vec![late(&oldest)]);
+    assert_eq!(ok(cat.rollup_mark(ws.id, &raw).await, "mark unchanged"), Some(T0 + DAY));
+}
+
+/// A raw segment committed while a rollup read its range (so not in what
+/// it read) is recorded late by the rollup's commit: no row is skipped.
+pub async fn a_rollup_records_raw_segments_committed_while_it_read_as_late(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "late-race", T0).await;
+    let raw = table("performance");
+    let read = segment(ws.id, "performance", T0, T0 + 1);
+    let meanwhile = segment(ws.id, "performance", T0 + 2, T0 + 3);
+    let next_day = segment(ws.id, "performance", T0 + DAY, T0 + DAY);
+    ok(cat.commit_segments(&[read.clone(), meanwhile.clone(), next_day], &[], T0).await, "commit");
+    let c = RollupCommit { until: Some(T0 + DAY), read: vec![read.id], ranges: vec![(T0, T0 + DAY)], ..RollupCommit::default() };
+    ok(cat.commit_rollup(ws.id, &raw, &c, T0 + 1).await, "rollup");
+    assert_eq!(ok(cat.late_segments(ws.id, &raw).await, "late"), vec![late(&meanwhile)]);
+}
+
+/// Rolling a day up again replaces its rollup segments: each removed with
+/// a deletion record (reason rollup) in the same transaction; refused
+/// while locked, and refused whole when a segment to replace is gone.
+pub async fn a_reroll_replaces_rollup_segments_with_deletion_records_unless_locked(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "reroll", T0).await;
+    let raw = table("performance");
+    let old = segment(ws.id, "performance_rollup", T0, T0);
+    ok(cat.commit_rollup(ws.id, &raw, &rollup_to(std::slice::from_ref(&old), T0 + DAY), T0).await, "rollup");
+    let new = segment(ws.id, "performance_rollup", T0, T0);
+    let c = RollupCommit { segments: vec![new.clone()], replaces: vec![old.id], ..RollupCommit::default() };
+    ok(cat.lock_workspace(ws.id, &lock("hold")).await, "lock");
+    assert!(matches!(cat.commit_rollup(ws.id, &raw, &c, T0 + 1).await, Err(CatalogError::WorkspaceLocked { .. })));
+    assert_eq!(ok(cat.list_segments(ws.id, &table("performance_rollup"), None).await, "unchanged"), vec![old.clone()]);
+    ok(cat.unlock_workspace(ws.id).await, "unlock");
+    let gone = RollupCommit { segments: vec![segment(ws.id, "performance_rollup", T0, T0)], replaces: vec![SegmentId::new()], ..RollupCommit::default() };
+    assert!(cat.commit_rollup(ws.id, &raw, &gone, T0 + 1).await.is_err(), "a segment to replace is not registered");
+    let dels = ok(cat.commit_rollup(ws.id, &raw, &c, T0 + 2).await, "re-roll");
+    assert_eq!(dels.len(), 1);
+    assert_eq!((dels[0].reason, dels[0].segment_id, dels[0].deleted_at, dels[0].object_deleted_at), (DeletionReason::Rollup, old.id, T0 + 2, None));
+    assert_eq!(ok(cat.list_segments(ws.id, &table("performance_rollup"), None).await, "replaced"), vec![new]);
+    assert_eq!(ok(cat.pending_object_deletions(1000).await, "pending").iter().filter(|d| d.segment_id == old.id).count(), 1);
+    assert_eq!(ok(cat.rollup_mark(ws.id, &raw).await, "mark unchanged"), Some(T0 + DAY));
+}
+
+/// A day whose rows were removed for retention (or with their table or
+/// workspace) is seen as such; a purge's removal is not.
+pub async fn rows_expired_within_sees_retention_deletions_only(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "expired-within", T0).await;
+    let raw = table("performance");
+    let a = segment(ws.id, "performance", T0 + 10, T0 + 20);
+    let b = segment(ws.id, "performance", T0 + 2 * DAY, T0 + 2 * DAY);
+    ok(cat.commit_segments(&[a.clone(), b.clone()], &[], T0).await, "commit");
+    assert!(!ok(cat.rows_expired_within(ws.id, &raw, T0, T0 + DAY).await, "nothing deleted"));
+    ok(cat.delete_segments(ws.id, &[a.id], DeletionReason::Retention, T0).await, "expire a");
+    ok(cat.delete_segments(ws.id, &[b.id], DeletionReason::Purge, T0).await, "purge b");
+    assert!(ok(cat.rows_expired_within(ws.id, &raw, T0, T0 + DAY).await, "a's day"));
+    assert!(ok(cat.rows_expired_within(ws.id, &raw, T0 + 20, T0 + 21).await, "a's last row"));
+    assert!(!ok(cat.rows_expired_within(ws.id, &raw, T0 + 21, T0 + DAY).await, "after a"));
+    assert!(!ok(cat.rows_expired_within(ws.id, &raw, T0 + 2 * DAY, T0 + 3 * DAY).await, "purged, not expired"));
+    assert!(!ok(cat.rows_expired_within(ws.id, &table("logs"), T0, T0 + DAY).await, "another table"));
+}
+
+/// A purge that rewrites a late segment moves its record to the rewrite.
+pub async fn a_purge_rewrite_carries_the_late_record(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "late-purge", T0).await;
+    let raw = table("logs");
+    ok(cat.commit_rollup(ws.id, &raw, &rollup_to(&[], T0 + DAY), T0).await, "mark");
+    let a = segment(ws.id, "logs", T0, T0 + 5);
+    ok(cat.commit_segments(std::slice::from_ref(&a), &[], T0).await, "late commit");
+    let j = purge_job(ws.id, T0);
+    ok(cat.create_purge(&j).await, "create");
+    ok(cat.claim_purges(T0).await, "claim");
+    let rewrite = segment(ws.id, "logs", T0, T0 + 5);
+    ok(cat.purge_segment(j.id, a.id, Some(&rewrite), "{}", T0 + 1).await, "rewrite");
+    let recs = ok(cat.late_segments(ws.id, &raw).await, "late");
+    assert_eq!(recs.iter().map(|r| r.segment_id).collect::<Vec<_>>(), vec![rewrite.id]);
 }
 
 // ------------------------------------------------------------------- purge

@@ -319,6 +319,9 @@ pub enum DeletionReason {
     Table,
     /// The workspace was deleted.
     Workspace,
+    /// A rollup segment replaced when its day was rolled up again (rows
+    /// arrived late for it); the replacement holds the day's new rows.
+    Rollup,
 }
 
 impl DeletionReason {
@@ -329,6 +332,7 @@ impl DeletionReason {
             DeletionReason::Purge => "purge",
             DeletionReason::Table => "table",
             DeletionReason::Workspace => "workspace",
+            DeletionReason::Rollup => "rollup",
         }
     }
 }
@@ -567,6 +571,38 @@ pub struct Segment {
     pub created_at: TimestampMicros,
 }
 
+/// A raw segment committed with rows for days its table's rollup had
+/// already passed ([`Catalog::late_segments`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateSegment {
+    /// The segment (it may since have been dropped; a purge's rewrite
+    /// takes over the record).
+    pub segment_id: SegmentId,
+    /// Its earliest row.
+    pub min_time: TimestampMicros,
+    /// Its latest row.
+    pub max_time: TimestampMicros,
+}
+
+/// One rollup transaction ([`Catalog::commit_rollup`]).
+#[derive(Clone, Debug, Default)]
+pub struct RollupCommit {
+    /// New segments of the rollup table.
+    pub segments: Vec<Segment>,
+    /// Rollup segments they replace (a day rolled up again).
+    pub replaces: Vec<SegmentId>,
+    /// The raw table's new rollup mark; `None` leaves it.
+    pub until: Option<TimestampMicros>,
+    /// The raw segments the rollup read.
+    pub read: Vec<SegmentId>,
+    /// Time ranges `[from, to)` read in full from every segment listed for
+    /// them: raw segments overlapping one that are not in `read` are
+    /// recorded late.
+    pub ranges: Vec<(TimestampMicros, TimestampMicros)>,
+    /// Late records the rollup has aggregated: removed.
+    pub late_done: Vec<SegmentId>,
+}
+
 /// A principal: a person or service account calling the API with tokens.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
@@ -792,6 +828,8 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// once. Every workspace must exist; entries with a count of 0 are
     /// ignored; an entity name that is not valid for its kind is refused
     /// with [`CatalogError::Database`] (nothing is committed).
+    /// A segment with rows before its table's rollup mark is recorded late
+    /// ([`Catalog::late_segments`]) in the same transaction.
     async fn commit_ingest_with(
         &self,
         segments: &[Segment],
@@ -976,18 +1014,27 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Rows of the raw table `table` before this time are already in its
     /// rollup table (None: nothing rolled up yet).
     async fn rollup_mark(&self, ws: WorkspaceId, table: &TableName) -> Result<Option<TimestampMicros>>;
-    /// Atomically register the rollup segments (of `<table>_rollup`) and
-    /// move `table`'s rollup mark to `until`, so a crash never rolls the
-    /// same rows up twice. Refused if the mark is already at or past
-    /// `until`.
-    async fn commit_rollup(
-        &self,
-        ws: WorkspaceId,
-        table: &TableName,
-        segments: &[Segment],
-        until: TimestampMicros,
-        now: TimestampMicros,
-    ) -> Result<()>;
+    /// Atomically apply a rollup of the raw table `table` ([`RollupCommit`]):
+    /// register its segments (of `<table>_rollup`), remove the ones they
+    /// replace (recorded as deletions, reason [`DeletionReason::Rollup`]),
+    /// move the mark, clear the late records it aggregated, and record as
+    /// late every raw segment overlapping a range it read in full that it
+    /// did not read (committed meanwhile). So a crash never rolls the same
+    /// rows up twice and no committed row is left out. Refused if the new
+    /// mark is not past the current one, and with
+    /// [`CatalogError::WorkspaceLocked`] if it replaces segments while the
+    /// workspace is locked. Returns the deletion records.
+    async fn commit_rollup(&self, ws: WorkspaceId, table: &TableName, commit: &RollupCommit, now: TimestampMicros) -> Result<Vec<Deletion>>;
+    /// Raw segments of `table` committed with rows before its rollup mark
+    /// (late rows, for days already rolled up), oldest first: the days
+    /// they touch are rolled up again. [`Catalog::commit_ingest_with`]
+    /// records them in the committing transaction.
+    async fn late_segments(&self, ws: WorkspaceId, table: &TableName) -> Result<Vec<LateSegment>>;
+    /// Whether rows of `table` in `[from, to)` were already removed for
+    /// retention (or with their table or workspace): a segment overlapping
+    /// the range has such a deletion record. A day where this holds can no
+    /// longer be rolled up again from its raw rows.
+    async fn rows_expired_within(&self, ws: WorkspaceId, table: &TableName, from: TimestampMicros, to: TimestampMicros) -> Result<bool>;
     /// Store the Bloom filters (JSON, `custos_store::purge`) of segments'
     /// identity columns. Filters of segments not (or no longer) registered
     /// are ignored; a segment's filters go with it when it is deleted.

@@ -19,11 +19,12 @@
 //! | `redaction_policies` | `workspace_id`                         | → `workspaces`; `policy` TOML (NULL: the default policy), `revision` (+1 per change), `updated_at`, `updated_by`; `pseudonym_key` 32 bytes, set once (v5) |
 //! | `table_retention` | (`workspace_id`, `table_name`)            | per-table retention override, `days` >= 1 (v6) |
 //! | `retention_changes` | `id`                                    | `table_name` '' = the workspace default; `state` pending/applied/cancelled, at most one pending per scope; `decided_at` set unless pending (v6) |
-//! | `deletions`       | `seq` (autoincrement)                     | one row per deleted segment: table, segment, path, rows, bytes, time range, `reason` retention/purge/table/workspace, `deleted_at`, `object_deleted_at` NULL until the object is gone (v6) |
+//! | `deletions`       | `seq` (autoincrement)                     | one row per deleted segment: table, segment, path, rows, bytes, time range, `reason` retention/purge/table/workspace/rollup (rollup: v7), `deleted_at`, `object_deleted_at` NULL until the object is gone; indexes on (ws, seq), (ws, table, min_time) (v6) |
 //! | `segment_indexes` | `segment_id` → `segments` (on delete cascade) | Bloom filters of a segment's identity columns, JSON (v6) |
 //! | `purge_jobs`      | `id`                                      | → `workspaces`; `tables` JSON array ([] = all), canonical `predicate`, `state` pending/running/completed/cancelled/failed, `not_before`, `receipt` (signed JSON) (v6) |
 //! | `purge_entries`   | (`job_id`, `seq`)                         | a running purge's receipt lines, one per segment, committed with the segment's rewrite (v6) |
 //! | `rollup_marks`    | (`workspace_id`, `table_name`)            | rows of the (raw) table before `rolled_up_until` are in its rollup table (v6) |
+//! | `rollup_late`     | (`workspace_id`, `table_name`, `segment_id`) | a raw segment committed with rows before its table's rollup mark: its time range, `recorded_at`; removed when its days are rolled up again (v7) |
 //! | `redactions`      | (`workspace_id`, `table_name`, `kind`, `entity`) | what the redaction backstop removed: `kind` redacted/field_dropped/event_dropped, `entity` (empty for drops), `count` > 0, `first_at`, `last_at` (v5) |
 //!
 //! Ids are UUID text (hyphenated), times are `INTEGER` microseconds, and every
@@ -36,8 +37,8 @@
 
 use crate::{
     AccessFilter, AccessRequest, AccessState, Agent, ApiToken, Case, Catalog, CatalogError, ChangeState,
-    ColumnDef, Deletion, DeletionReason, EnrollmentKey, Principal, PurgeJob, PurgeState, RedactionCount, RedactionKind, RedactionPolicy,
-    Refusal, Result, RetentionChange, RetentionSettings, RoleBinding, Segment, Workspace, WorkspaceLock,
+    ColumnDef, Deletion, DeletionReason, EnrollmentKey, LateSegment, Principal, PurgeJob, PurgeState, RedactionCount, RedactionKind, RedactionPolicy,
+    Refusal, Result, RetentionChange, RollupCommit, RetentionSettings, RoleBinding, Segment, Workspace, WorkspaceLock,
     WorkspacePolicy,
 };
 use async_trait::async_trait;
@@ -327,6 +328,43 @@ CREATE TABLE rollup_marks (
     rolled_up_until INTEGER NOT NULL,
     PRIMARY KEY (workspace_id, table_name)
 ) STRICT, WITHOUT ROWID;
+"#,
+    // Version 7: late rows for days already rolled up. Ingest records the
+    // segments that carry them; the sweeper rolls those days up again,
+    // replacing their rollup segments (a new deletion reason, so the
+    // deletions table is rebuilt with the wider CHECK).
+    r#"
+CREATE TABLE rollup_late (
+    workspace_id TEXT    NOT NULL REFERENCES workspaces(id),
+    table_name   TEXT    NOT NULL,
+    segment_id   TEXT    NOT NULL,
+    min_time     INTEGER NOT NULL,
+    max_time     INTEGER NOT NULL CHECK (max_time >= min_time),
+    recorded_at  INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, table_name, segment_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE deletions_v7 (
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    workspace_id      TEXT    NOT NULL REFERENCES workspaces(id),
+    table_name        TEXT    NOT NULL,
+    segment_id        TEXT    NOT NULL,
+    path              TEXT    NOT NULL,
+    row_count         INTEGER NOT NULL CHECK (row_count >= 0),
+    byte_count        INTEGER NOT NULL CHECK (byte_count >= 0),
+    min_time          INTEGER NOT NULL,
+    max_time          INTEGER NOT NULL,
+    reason            TEXT    NOT NULL CHECK (reason IN ('retention', 'purge', 'table', 'workspace', 'rollup')),
+    deleted_at        INTEGER NOT NULL,
+    object_deleted_at INTEGER
+);
+INSERT INTO deletions_v7 SELECT seq, workspace_id, table_name, segment_id, path, row_count, byte_count, min_time,
+    max_time, reason, deleted_at, object_deleted_at FROM deletions;
+DROP TABLE deletions;
+ALTER TABLE deletions_v7 RENAME TO deletions;
+CREATE INDEX deletions_by_ws ON deletions (workspace_id, seq);
+CREATE INDEX deletions_pending_objects ON deletions (seq) WHERE object_deleted_at IS NULL;
+CREATE INDEX deletions_by_table_time ON deletions (workspace_id, table_name, min_time);
 "#,
 ];
 
@@ -626,6 +664,7 @@ fn deletion_from_row(row: &SqliteRow) -> Result<Deletion> {
             "purge" => DeletionReason::Purge,
             "table" => DeletionReason::Table,
             "workspace" => DeletionReason::Workspace,
+            "rollup" => DeletionReason::Rollup,
             other => return Err(CatalogError::Corrupt(format!("reason: not a deletion reason: {other:?}"))),
         },
         deleted_at: get(row, "deleted_at")?,
@@ -1022,6 +1061,30 @@ async fn add_redactions_in_tx(
     Ok(())
 }
 
+/// Records as late the segments with rows before their table's rollup
+/// mark (a no-op for tables without one, rollup tables among them).
+async fn record_late_in_tx(tx: &mut sqlx::SqliteConnection, segments: &[Segment], now: TimestampMicros) -> Result<()> {
+    for seg in segments {
+        sqlx::query(
+            "INSERT INTO rollup_late (workspace_id, table_name, segment_id, min_time, max_time, recorded_at) \
+             SELECT workspace_id, table_name, ?, ?, ?, ? FROM rollup_marks \
+             WHERE workspace_id = ? AND table_name = ? AND rolled_up_until > ? \
+             ON CONFLICT (workspace_id, table_name, segment_id) DO NOTHING",
+        )
+        .bind(seg.id.to_string())
+        .bind(seg.min_time)
+        .bind(seg.max_time)
+        .bind(now)
+        .bind(seg.workspace_id.to_string())
+        .bind(seg.table.as_str())
+        .bind(seg.min_time)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
 async fn commit_in_tx(
     tx: &mut sqlx::SqliteConnection,
     segments: &[Segment],
@@ -1348,7 +1411,11 @@ impl Catalog for SqliteCatalog {
         // IMMEDIATE: take the write lock up front, so the busy timeout applies
         // instead of a mid-transaction SQLITE_BUSY.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        match commit_in_tx(&mut tx, segments, batches, refusals, redactions, now).await {
+        let committed = match commit_in_tx(&mut tx, segments, batches, refusals, redactions, now).await {
+            Ok(()) => record_late_in_tx(&mut tx, segments, now).await.map_err(CommitFailure::Other),
+            Err(f) => Err(f),
+        };
+        match committed {
             Ok(()) => tx.commit().await.map_err(db),
             Err(failure) => {
                 tx.rollback().await.map_err(db)?;
@@ -2283,32 +2350,66 @@ impl Catalog for SqliteCatalog {
             .map_err(db)
     }
 
-    async fn commit_rollup(
-        &self,
-        ws: WorkspaceId,
-        table: &TableName,
-        segments: &[Segment],
-        until: TimestampMicros,
-        now: TimestampMicros,
-    ) -> Result<()> {
-        if let Some(s) = segments.iter().find(|s| s.workspace_id != ws) {
+    async fn commit_rollup(&self, ws: WorkspaceId, table: &TableName, c: &RollupCommit, now: TimestampMicros) -> Result<Vec<Deletion>> {
+        if let Some(s) = c.segments.iter().find(|s| s.workspace_id != ws) {
             return Err(CatalogError::Database(format!("rollup segment {} belongs to another workspace", s.id)));
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT rolled_up_until FROM rollup_marks WHERE workspace_id = ? AND table_name = ?")
-                .bind(ws.to_string())
-                .bind(table.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-        if current.is_some_and(|c| c >= until) {
-            tx.rollback().await.map_err(db)?;
-            return Err(CatalogError::Database(format!(
-                "table {table} of workspace {ws} is already rolled up past {until}"
-            )));
+        if let Some(until) = c.until {
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT rolled_up_until FROM rollup_marks WHERE workspace_id = ? AND table_name = ?")
+                    .bind(ws.to_string())
+                    .bind(table.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            if current.is_some_and(|c| c >= until) {
+                tx.rollback().await.map_err(db)?;
+                return Err(CatalogError::Database(format!(
+                    "table {table} of workspace {ws} is already rolled up past {until}"
+                )));
+            }
         }
-        if let Err(failure) = commit_in_tx(&mut tx, segments, &[], &[], &[], now).await {
+        let mut deletions = Vec::new();
+        if !c.replaces.is_empty() {
+            if let Some(lock) = lock_in_tx(&mut tx, ws).await? {
+                return Err(CatalogError::WorkspaceLocked { id: ws, reason: lock.reason });
+            }
+            for id in &c.replaces {
+                let sql = format!("DELETE FROM segments WHERE id = ? AND workspace_id = ? RETURNING {SEGMENT_COLUMNS}");
+                let Some(row) = sqlx::query(AssertSqlSafe(sql))
+                    .bind(id.to_string())
+                    .bind(ws.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?
+                else {
+                    // Gone since the rollup listed it: the replacement
+                    // would stand beside rows it does not know about.
+                    return Err(CatalogError::Database(format!("rollup segment {id} of workspace {ws} is no longer registered")));
+                };
+                let seg = segment_from_row(&row)?;
+                let sql = format!(
+                    "INSERT INTO deletions (workspace_id, table_name, segment_id, path, row_count, byte_count, min_time, \
+                     max_time, reason, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'rollup', ?) RETURNING {DELETION_COLUMNS}"
+                );
+                let row = sqlx::query(AssertSqlSafe(sql))
+                    .bind(ws.to_string())
+                    .bind(seg.table.as_str())
+                    .bind(seg.id.to_string())
+                    .bind(seg.path.as_str())
+                    .bind(to_i64("segment row count", seg.rows)?)
+                    .bind(to_i64("segment byte count", seg.bytes)?)
+                    .bind(seg.min_time)
+                    .bind(seg.max_time)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                deletions.push(deletion_from_row(&row)?);
+            }
+        }
+        if let Err(failure) = commit_in_tx(&mut tx, &c.segments, &[], &[], &[], now).await {
             tx.rollback().await.map_err(db)?;
             return Err(match failure {
                 CommitFailure::DuplicateSegment(id) => CatalogError::SegmentExists(id),
@@ -2316,21 +2417,97 @@ impl Catalog for SqliteCatalog {
                 CommitFailure::Other(e) => e,
             });
         }
-        let res = sqlx::query(
-            "INSERT INTO rollup_marks (workspace_id, table_name, rolled_up_until) VALUES (?, ?, ?) \
-             ON CONFLICT (workspace_id, table_name) DO UPDATE SET rolled_up_until = excluded.rolled_up_until",
+        if let Some(until) = c.until {
+            let res = sqlx::query(
+                "INSERT INTO rollup_marks (workspace_id, table_name, rolled_up_until) VALUES (?, ?, ?) \
+                 ON CONFLICT (workspace_id, table_name) DO UPDATE SET rolled_up_until = excluded.rolled_up_until",
+            )
+            .bind(ws.to_string())
+            .bind(table.as_str())
+            .bind(until)
+            .execute(&mut *tx)
+            .await;
+            match res.map_err(classify) {
+                Ok(_) => {}
+                Err(Failure::ForeignKey) => return Err(CatalogError::WorkspaceNotFound(ws)),
+                Err(Failure::Unique(m)) => return Err(CatalogError::Database(m)),
+                Err(Failure::Other(e)) => return Err(e),
+            }
+        }
+        for id in &c.late_done {
+            sqlx::query("DELETE FROM rollup_late WHERE workspace_id = ? AND table_name = ? AND segment_id = ?")
+                .bind(ws.to_string())
+                .bind(table.as_str())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        // Raw segments committed while the rollup read: late.
+        let read: std::collections::HashSet<String> = c.read.iter().map(|id| id.to_string()).collect();
+        for (from, to) in &c.ranges {
+            let rows = sqlx::query(
+                "SELECT id, min_time, max_time FROM segments \
+                 WHERE workspace_id = ? AND table_name = ? AND min_time < ? AND max_time >= ?",
+            )
+            .bind(ws.to_string())
+            .bind(table.as_str())
+            .bind(to)
+            .bind(from)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            for r in rows {
+                let id: String = get(&r, "id")?;
+                if read.contains(&id) {
+                    continue;
+                }
+                sqlx::query(
+                    "INSERT INTO rollup_late (workspace_id, table_name, segment_id, min_time, max_time, recorded_at) \
+                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace_id, table_name, segment_id) DO NOTHING",
+                )
+                .bind(ws.to_string())
+                .bind(table.as_str())
+                .bind(id)
+                .bind(get::<i64>(&r, "min_time")?)
+                .bind(get::<i64>(&r, "max_time")?)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(deletions)
+    }
+
+    async fn late_segments(&self, ws: WorkspaceId, table: &TableName) -> Result<Vec<LateSegment>> {
+        let rows = sqlx::query(
+            "SELECT segment_id, min_time, max_time FROM rollup_late WHERE workspace_id = ? AND table_name = ? \
+             ORDER BY recorded_at, segment_id",
         )
         .bind(ws.to_string())
         .bind(table.as_str())
-        .bind(until)
-        .execute(&mut *tx)
-        .await;
-        match res.map_err(classify) {
-            Ok(_) => tx.commit().await.map_err(db),
-            Err(Failure::ForeignKey) => Err(CatalogError::WorkspaceNotFound(ws)),
-            Err(Failure::Unique(m)) => Err(CatalogError::Database(m)),
-            Err(Failure::Other(e)) => Err(e),
-        }
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok(LateSegment { segment_id: get_id(r, "segment_id")?, min_time: get(r, "min_time")?, max_time: get(r, "max_time")? }))
+            .collect()
+    }
+
+    async fn rows_expired_within(&self, ws: WorkspaceId, table: &TableName, from: TimestampMicros, to: TimestampMicros) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM deletions WHERE workspace_id = ? AND table_name = ? \
+             AND reason IN ('retention', 'table', 'workspace') AND min_time < ? AND max_time >= ?)",
+        )
+        .bind(ws.to_string())
+        .bind(table.as_str())
+        .bind(to)
+        .bind(from)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
     }
 
     async fn put_segment_indexes(&self, ws: WorkspaceId, indexes: &[(SegmentId, String)]) -> Result<()> {
@@ -2514,6 +2691,19 @@ impl Catalog for SqliteCatalog {
             .await
             .map_err(db)?;
         let deletion = deletion_from_row(&row)?;
+        // A late segment's record follows its rewrite (its days are still
+        // to be rolled up again, from the rows left).
+        // With no rows left the record stays: its time range still names
+        // the days.
+        if let Some(n) = new {
+            sqlx::query("UPDATE rollup_late SET segment_id = ? WHERE workspace_id = ? AND segment_id = ?")
+                .bind(n.id.to_string())
+                .bind(ws.to_string())
+                .bind(old.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
         sqlx::query(
             "INSERT INTO purge_entries (job_id, seq, entry) \
              VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM purge_entries WHERE job_id = ?), ?)",
@@ -2677,6 +2867,39 @@ mod tests {
         let d = cat.delete_segments(old.id, &[seg_id], crate::DeletionReason::Retention, 9).await.unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].rows, d[0].bytes), (3, 4));
+    }
+
+    #[tokio::test]
+    async fn version_6_catalog_migrates_to_7_keeping_deletion_records_and_their_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v6.db");
+        let old = ws("from-v6");
+        let (a, b) = (SegmentId::new(), SegmentId::new());
+        let first = {
+            let cat = SqliteCatalog::open_at_version(&path, 6).await.unwrap();
+            create_workspace_v5(&cat, &old).await;
+            for id in [a, b] {
+                sqlx::query(
+                    "INSERT INTO segments (id, workspace_id, table_name, path, min_time, max_time, row_count, byte_count, \
+                     columns, created_at) VALUES (?, ?, 'logs', 'p', 1, 2, 3, 4, '[]', 5)",
+                )
+                .bind(id.to_string())
+                .bind(old.id.to_string())
+                .execute(&cat.pool)
+                .await
+                .unwrap();
+            }
+            let d = cat.delete_segments(old.id, &[a], crate::DeletionReason::Retention, 9).await.unwrap();
+            cat.close().await;
+            d
+        };
+        let cat = SqliteCatalog::open(&path).await.unwrap();
+        const { assert!(SCHEMA_VERSION >= 7) };
+        assert_eq!(cat.list_deletions(old.id, 10).await.unwrap(), first, "kept as it was");
+        let second = cat.delete_segments(old.id, &[b], crate::DeletionReason::Retention, 10).await.unwrap();
+        assert!(second[0].seq > first[0].seq, "the sequence goes on: {} after {}", second[0].seq, first[0].seq);
+        assert!(cat.rows_expired_within(old.id, &TableName::new("logs").unwrap(), 0, 5).await.unwrap());
+        assert!(cat.late_segments(old.id, &TableName::new("logs").unwrap()).await.unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

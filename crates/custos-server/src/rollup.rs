@@ -32,17 +32,24 @@
 //! rows expire, and the sweeper drops expired segments without reading
 //! them. When a retention is shorter than that (or was just reduced), the
 //! sweeper rolls the missing days up first ([`before_expiry`]): raw rows
-//! never expire before their day is rolled up. The rollup segments and the
-//! new mark are committed in one catalog transaction, so a day is rolled
-//! up exactly once; rows that arrive for a day after it was rolled up are
-//! not added to it.
+//! never expire before their day is rolled up. The rollup segments (one per
+//! day) and the new mark are committed in one catalog transaction, so a day
+//! is rolled up exactly once.
+//!
+//! # Late rows
+//!
+//! Rows committed for a day after it was rolled up are recorded late by the
+//! catalog, and every pass first rolls those days up again
+//! ([`roll_up_late_days`]): from all their raw rows, replacing the day's
+//! rollup segments, while none of the day's rows has expired; otherwise
+//! the late rows on their own, added beside the day's rollup.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
-use custos_catalog::{Segment, Workspace};
+use custos_catalog::{RollupCommit, Segment, Workspace};
 use custos_model::registry::Registry;
 use custos_model::{AgentId, Event, Level, PiiClass, SegmentId, TableName, TimestampMicros, Value, ValueType};
 use custos_store::retention::{self as rules, DAY_MICROS};
@@ -57,6 +64,12 @@ const PERCENTILES: [(&str, f64); 3] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)
 
 fn day_floor(t: TimestampMicros) -> TimestampMicros {
     t.div_euclid(DAY_MICROS) * DAY_MICROS
+}
+
+/// SQL for the UTC day (its start, microseconds) of a row's `time`,
+/// rounding down before 1970 too.
+fn day_sql() -> String {
+    format!("(CAST(\"time\" AS BIGINT) - ((CAST(\"time\" AS BIGINT) % {DAY_MICROS}) + {DAY_MICROS}) % {DAY_MICROS})")
 }
 
 fn quote(name: &str) -> String {
@@ -84,7 +97,7 @@ fn shape(reg: &Registry, table: &TableName, present: &[String]) -> Option<(Vec<S
 
 /// The SQL that aggregates `src` over `[start, end)`.
 fn rollup_sql(dims: &[String], measures: &[String], start: TimestampMicros, end: TimestampMicros, k: u32) -> String {
-    let mut cols = vec![format!("(CAST(\"time\" AS BIGINT) / {DAY_MICROS}) * {DAY_MICROS} AS \"day\"")];
+    let mut cols = vec![format!("{} AS \"day\"", day_sql())];
     cols.extend(dims.iter().map(|d| quote(d)));
     cols.push("count(*) AS \"events\"".into());
     cols.push("count(DISTINCT \"host\") AS \"hosts\"".into());
@@ -154,22 +167,84 @@ fn to_events(batches: &[RecordBatch], table: &TableName, category: custos_model:
 
 /// Rolls up every complete day of `table` not rolled up yet: days that
 /// ended at least [`ROLLUP_DELAY`] before `now` (late rows of a day still
-/// arrive meanwhile). Returns the rollup rows written.
+/// arrive meanwhile), after rolling up again the days that late rows
+/// reached ([`roll_up_late_days`]). Returns the rollup rows written.
 pub async fn roll_up_complete_days(s: &Arc<AppState>, ws: &Workspace, table: &TableName, now: TimestampMicros) -> Result<u64, ServerError> {
-    roll_up_until(s, ws, table, day_floor(now.saturating_sub(ROLLUP_DELAY))).await
+    let again = roll_up_late_days(s, ws, table).await?;
+    Ok(again + roll_up_until(s, ws, table, day_floor(now.saturating_sub(ROLLUP_DELAY))).await?)
 }
 
 /// Makes sure every day up to the end of the last day `expiring` reaches
-/// is rolled up before those segments are dropped (it already is unless
-/// the retention is shorter than [`ROLLUP_DELAY`] plus a day, or was just
-/// reduced). Returns the rollup rows written.
+/// is rolled up, late rows included, before those segments are dropped (it
+/// already is unless the retention is shorter than [`ROLLUP_DELAY`] plus a
+/// day, or was just reduced). Returns the rollup rows written.
 pub async fn before_expiry(s: &Arc<AppState>, ws: &Workspace, table: &TableName, expiring: &[Segment]) -> Result<u64, ServerError> {
     let Some(last) = expiring.iter().map(|x| x.max_time).max() else { return Ok(0) };
-    roll_up_until(s, ws, table, day_floor(last).saturating_add(DAY_MICROS)).await
+    let again = roll_up_late_days(s, ws, table).await?;
+    Ok(again + roll_up_until(s, ws, table, day_floor(last).saturating_add(DAY_MICROS)).await?)
 }
 
 /// How long after a day ends it is rolled up.
 pub const ROLLUP_DELAY: TimestampMicros = DAY_MICROS;
+
+/// The rollup rows of `segments` over `[from, to)`, one per day and group
+/// (`None`: `table` is not a registry table, so nothing is known to be
+/// non-identifying). Rows of accepted purges are left out; damaged
+/// segments are recorded as data loss and fail the rollup.
+async fn aggregate(
+    s: &Arc<AppState>,
+    ws: &Workspace,
+    table: &TableName,
+    target: &TableName,
+    segments: Vec<Segment>,
+    from: TimestampMicros,
+    to: TimestampMicros,
+) -> Result<Option<Vec<Event>>, ServerError> {
+    let hidden = crate::query::Visibility::hiding(crate::purge::hidden(s, ws.id).await?).hidden_in(table);
+    let incidents = crate::query::Incidents::default();
+    let provider = SegmentTable::new(segments, s.storage.clone(), s.keys.clone(), 1).with_hidden(hidden).with_incidents(incidents.clone());
+    let present: Vec<String> = provider.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let Some((dims, measures, category)) = shape(Registry::builtin(), table, &present) else { return Ok(None) };
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    ctx.register_table("src", Arc::new(provider)).map_err(|e| ServerError::Internal(format!("rollup: {e}")))?;
+    let sql = rollup_sql(&dims, &measures, from, to, s.config.retention.rollup_min_hosts);
+    let batches = async { ctx.sql(&sql).await?.collect().await }.await;
+    let found: Vec<crate::query::Incident> = incidents.lock().map(|v| v.clone()).unwrap_or_default();
+    for i in found {
+        crate::query::record_data_loss(s, ws.id, &i).await;
+    }
+    let batches = batches.map_err(|e| ServerError::Internal(format!("rollup of {table} in workspace {}: {e}", ws.id)))?;
+    Ok(Some(to_events(&batches, target, category)?))
+}
+
+/// Writes `events` (rollup rows) as sealed segments of their rollup table,
+/// one per day, so that a day rolled up again replaces its own segments
+/// only. Returns their catalog entries (not registered yet).
+async fn write_days(s: &Arc<AppState>, ws: &Workspace, target: &TableName, events: Vec<Event>) -> Result<Vec<Segment>, ServerError> {
+    let nil: AgentId = "00000000-0000-0000-0000-000000000000"
+        .parse()
+        .map_err(|e| ServerError::Internal(format!("nil agent id: {e}")))?;
+    let mut days: BTreeMap<TimestampMicros, Vec<Event>> = BTreeMap::new();
+    for ev in events {
+        days.entry(day_floor(ev.time)).or_default().push(ev);
+    }
+    let mut written = Vec::new();
+    for (_, rows) in days {
+        let mut builder = custos_store::SegmentBuilder::new(ws.id, target.clone());
+        for ev in &rows {
+            builder.push(nil, ev);
+        }
+        let id = SegmentId::new();
+        let keys = s.keys.clone();
+        let encoded = tokio::task::spawn_blocking(move || builder.finish_sealed(id, keys.as_ref()))
+            .await
+            .map_err(|e| ServerError::Internal(format!("rollup encode task: {e}")))??;
+        let entry = crate::ingest::catalog_entry(ws.id, target.clone(), id, &encoded, s.clock.now());
+        s.storage.put(&entry.path, encoded.bytes).await?;
+        written.push(entry);
+    }
+    Ok(written)
+}
 
 /// Rolls up the days of `table` from its rollup mark (or its first row's
 /// day) to `end` (exclusive, a day boundary); returns the rows written.
@@ -187,48 +262,122 @@ async fn roll_up_until(s: &Arc<AppState>, ws: &Workspace, table: &TableName, end
         return Ok(0);
     }
     let segments = s.catalog.list_segments(ws.id, table, Some((start, end - 1))).await?;
-    // Rows of accepted purges are not aggregated either.
-    let hidden = crate::query::Visibility::hiding(crate::purge::hidden(s, ws.id).await?).hidden_in(table);
-    let incidents = crate::query::Incidents::default();
-    let provider = SegmentTable::new(segments, s.storage.clone(), s.keys.clone(), 1).with_hidden(hidden).with_incidents(incidents.clone());
-    let present: Vec<String> = provider.schema().fields().iter().map(|f| f.name().clone()).collect();
-    let Some((dims, measures, category)) = shape(Registry::builtin(), table, &present) else {
-        // Not a registry table: nothing is known to be non-identifying.
-        s.catalog.commit_rollup(ws.id, table, &[], end, s.clock.now()).await?;
+    let read: Vec<SegmentId> = segments.iter().map(|x| x.id).collect();
+    let events = aggregate(s, ws, table, &target, segments, start, end).await?.unwrap_or_default();
+    let rows = events.len() as u64;
+    let written = write_days(s, ws, &target, events).await?;
+    let commit = RollupCommit { segments: written, until: Some(end), read, ranges: vec![(start, end)], ..RollupCommit::default() };
+    s.catalog.commit_rollup(ws.id, table, &commit, s.clock.now()).await?;
+    tracing::info!(workspace = %ws.id, table = %table, rollup = %target, rows, from = start, to = end, "rolled up");
+    Ok(rows)
+}
+
+/// Rolls up again the days that late rows reached: rows committed for a
+/// day after it was rolled up (the catalog records their segments at
+/// ingest, [`custos_catalog::Catalog::late_segments`]).
+///
+/// A day none of whose rows has expired yet is rolled up again from all
+/// its raw rows, and its rollup segments are replaced in the same catalog
+/// transaction: the result is exactly what rolling it up once, with the
+/// late rows on time, would have given. A day some of whose rows already
+/// expired cannot be recomputed; its late rows are rolled up on their own
+/// and added beside the day's existing rollup rows (k-anonymity applies to
+/// them alone). Either way the late records are cleared in that same
+/// transaction, so a crash repeats the work and never adds rows twice.
+/// Returns the rollup rows written.
+pub async fn roll_up_late_days(s: &Arc<AppState>, ws: &Workspace, table: &TableName) -> Result<u64, ServerError> {
+    let late = s.catalog.late_segments(ws.id, table).await?;
+    if late.is_empty() {
+        return Ok(0);
+    }
+    let late_done: Vec<SegmentId> = late.iter().map(|l| l.segment_id).collect();
+    let (Some(target), Some(mark)) = (rules::rollup_table(table), s.catalog.rollup_mark(ws.id, table).await?) else {
+        s.catalog.commit_rollup(ws.id, table, &RollupCommit { late_done, ..RollupCommit::default() }, s.clock.now()).await?;
         return Ok(0);
     };
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-    ctx.register_table("src", Arc::new(provider)).map_err(|e| ServerError::Internal(format!("rollup: {e}")))?;
-    let sql = rollup_sql(&dims, &measures, start, end, s.config.retention.rollup_min_hosts);
-    let batches = async { ctx.sql(&sql).await?.collect().await }.await;
-    let found: Vec<crate::query::Incident> = incidents.lock().map(|v| v.clone()).unwrap_or_default();
-    for i in found {
-        crate::query::record_data_loss(s, ws.id, &i).await;
-    }
-    let batches = batches.map_err(|e| ServerError::Internal(format!("rollup of {table} in workspace {}: {e}", ws.id)))?;
-    let events = to_events(&batches, &target, category)?;
-    let rows = events.len() as u64;
-    let mut written = Vec::new();
-    if !events.is_empty() {
-        let nil: AgentId = "00000000-0000-0000-0000-000000000000"
-            .parse()
-            .map_err(|e| ServerError::Internal(format!("nil agent id: {e}")))?;
-        let mut builder = custos_store::SegmentBuilder::new(ws.id, target.clone());
-        for ev in &events {
-            builder.push(nil, ev);
+    // The late segments still registered (a dropped one's rows are gone).
+    let lo = late.iter().map(|l| l.min_time).min().unwrap_or(mark);
+    let hi = late.iter().map(|l| l.max_time).max().unwrap_or(mark).min(mark - 1);
+    let wanted: std::collections::HashSet<SegmentId> = late_done.iter().copied().collect();
+    let late_segs: Vec<Segment> = if lo <= hi {
+        s.catalog.list_segments(ws.id, table, Some((lo, hi))).await?.into_iter().filter(|x| wanted.contains(&x.id)).collect()
+    } else {
+        Vec::new()
+    };
+    let days = late_days(s, late_segs.clone(), mark).await?;
+    let mut commit = RollupCommit { late_done, ..RollupCommit::default() };
+    let mut events = Vec::new();
+    let mut whole = Vec::new();
+    for day in days {
+        let next = day.saturating_add(DAY_MICROS);
+        if s.catalog.rows_expired_within(ws.id, table, day, next).await? {
+            let mine: Vec<Segment> = late_segs.iter().filter(|x| x.min_time < next && x.max_time >= day).cloned().collect();
+            let added = aggregate(s, ws, table, &target, mine, day, next).await?.unwrap_or_default();
+            tracing::info!(workspace = %ws.id, table = %table, day, rows = added.len(), "late rows of a partly expired day rolled up on their own");
+            events.extend(added);
+        } else {
+            let segs = s.catalog.list_segments(ws.id, table, Some((day, next - 1))).await?;
+            commit.read.extend(segs.iter().map(|x| x.id));
+            commit.ranges.push((day, next));
+            events.extend(aggregate(s, ws, table, &target, segs, day, next).await?.unwrap_or_default());
+            whole.push((day, next));
         }
-        let id = SegmentId::new();
-        let keys = s.keys.clone();
-        let encoded = tokio::task::spawn_blocking(move || builder.finish_sealed(id, keys.as_ref()))
-            .await
-            .map_err(|e| ServerError::Internal(format!("rollup encode task: {e}")))??;
-        let entry = crate::ingest::catalog_entry(ws.id, target.clone(), id, &encoded, s.clock.now());
-        s.storage.put(&entry.path, encoded.bytes).await?;
-        written.push(entry);
     }
-    s.catalog.commit_rollup(ws.id, table, &written, end, s.clock.now()).await?;
-    tracing::info!(workspace = %ws.id, table = %table, rollup = %target, rows, from = start, to = end, "rolled up before expiry");
+    // The rollup segments of the days rolled up again are replaced; one
+    // that also holds other days (written before rollups were per day)
+    // is rewritten without these days.
+    let mut old: BTreeMap<SegmentId, Segment> = BTreeMap::new();
+    for &(day, next) in &whole {
+        for x in s.catalog.list_segments(ws.id, &target, Some((day, next - 1))).await? {
+            old.insert(x.id, x);
+        }
+    }
+    for x in old.values() {
+        commit.replaces.push(x.id);
+        if whole.iter().any(|&(d, n)| x.min_time >= d && x.max_time < n) {
+            continue;
+        }
+        let bytes = s.storage.get(&x.path).await?;
+        let (keys, ranges, id) = (s.keys.clone(), whole.clone(), SegmentId::new());
+        let outcome =
+            tokio::task::spawn_blocking(move || custos_store::purge::remove_time_ranges(&bytes, &ranges, id, Some(keys.as_ref())))
+                .await
+                .map_err(|e| ServerError::Internal(format!("rollup rewrite task: {e}")))??;
+        if let Some(enc) = outcome.replacement {
+            let entry = crate::ingest::catalog_entry(ws.id, target.clone(), id, &enc, s.clock.now());
+            s.storage.put(&entry.path, enc.bytes).await?;
+            commit.segments.push(entry);
+        }
+    }
+    let rows = events.len() as u64;
+    commit.segments.extend(write_days(s, ws, &target, events).await?);
+    s.catalog.commit_rollup(ws.id, table, &commit, s.clock.now()).await?;
+    tracing::info!(workspace = %ws.id, table = %table, rollup = %target, rows, days = whole.len(), replaced = commit.replaces.len(), "late rows rolled up");
     Ok(rows)
+}
+
+/// The days (before `mark`) on which `segments` hold rows, read from
+/// their `time` column alone.
+async fn late_days(s: &Arc<AppState>, segments: Vec<Segment>, mark: TimestampMicros) -> Result<Vec<TimestampMicros>, ServerError> {
+    if segments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let provider = SegmentTable::new(segments, s.storage.clone(), s.keys.clone(), 1);
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    ctx.register_table("late", Arc::new(provider)).map_err(|e| ServerError::Internal(format!("late days: {e}")))?;
+    let sql = format!(
+        "SELECT DISTINCT {} AS \"day\" FROM late WHERE CAST(\"time\" AS BIGINT) < {mark} ORDER BY 1",
+        day_sql()
+    );
+    let batches = async { ctx.sql(&sql).await?.collect().await }
+        .await
+        .map_err(|e| ServerError::Internal(format!("late days: {e}")))?;
+    let mut days = Vec::new();
+    for b in &batches {
+        let col = b.column(0).as_primitive_opt::<arrow::datatypes::Int64Type>().ok_or_else(|| ServerError::Internal("late days: not integers".into()))?;
+        days.extend(col.iter().flatten());
+    }
+    Ok(days)
 }
 
 #[cfg(test)]

@@ -376,13 +376,43 @@ pub fn purge_segment(
     new_id: custos_model::SegmentId,
     keys: Option<&dyn crate::KeyProvider>,
 ) -> Result<PurgeOutcome, crate::StoreError> {
+    remove_rows(bytes, new_id, keys, "purge", |b| p.matches(b))
+}
+
+/// Removes the rows whose time is in one of the `ranges` (`[from, to)`)
+/// from the segment `bytes`, as [`purge_segment`] does for a predicate:
+/// what rolling days up again does to an older rollup segment that spans
+/// more days than those.
+pub fn remove_time_ranges(
+    bytes: &[u8],
+    ranges: &[(custos_model::TimestampMicros, custos_model::TimestampMicros)],
+    new_id: custos_model::SegmentId,
+    keys: Option<&dyn crate::KeyProvider>,
+) -> Result<PurgeOutcome, crate::StoreError> {
+    remove_rows(bytes, new_id, keys, "time range", |b| {
+        let time = b
+            .column_by_name("time")
+            .and_then(|c| c.as_any().downcast_ref::<arrow::array::TimestampMicrosecondArray>())
+            .ok_or_else(|| arrow::error::ArrowError::SchemaError("rows without a time column".into()))?;
+        Ok(time.iter().map(|t| Some(t.is_some_and(|t| ranges.iter().any(|&(from, to)| t >= from && t < to)))).collect())
+    })
+}
+
+/// Removes the rows `matches` selects (see [`purge_segment`]).
+fn remove_rows(
+    bytes: &[u8],
+    new_id: custos_model::SegmentId,
+    keys: Option<&dyn crate::KeyProvider>,
+    what: &str,
+    mut matches: impl FnMut(&RecordBatch) -> Result<BooleanArray, arrow::error::ArrowError>,
+) -> Result<PurgeOutcome, crate::StoreError> {
     let d = crate::decode_segment_with(bytes, None, keys)?;
     let seg = d.header.segment_id.to_string();
-    let err = |e: arrow::error::ArrowError| crate::StoreError::Encode { segment: seg.clone(), reason: format!("purge: {e}") };
+    let err = |e: arrow::error::ArrowError| crate::StoreError::Encode { segment: seg.clone(), reason: format!("{what}: {e}") };
     let mut kept = Vec::with_capacity(d.batches.len());
     let mut removed = 0u64;
     for b in &d.batches {
-        let m = p.matches(b).map_err(err)?;
+        let m = matches(b).map_err(err)?;
         removed += m.true_count() as u64;
         let k = arrow::compute::filter_record_batch(b, &arrow::compute::not(&m).map_err(err)?).map_err(err)?;
         if k.num_rows() > 0 {
@@ -528,6 +558,27 @@ mod tests {
 
     fn concat(batches: &[RecordBatch]) -> RecordBatch {
         arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap()
+    }
+
+    #[test]
+    fn removing_time_ranges_keeps_every_row_outside_it_unchanged() {
+        let rows: Vec<(u8, i64, Option<i64>)> = (0..100).map(|i| ((i % 3) as u8, i * 10, None)).collect();
+        let mut b = crate::SegmentBuilder::new(custos_model::WorkspaceId::new(), custos_model::TableName::new("logs").unwrap());
+        let agent = custos_model::AgentId::new();
+        for e in &events(&rows) {
+            b.push(agent, e);
+        }
+        let enc = b.finish(custos_model::SegmentId::new()).unwrap();
+        let all = concat(&crate::decode_segment(&enc.bytes).unwrap().batches);
+        let out = remove_time_ranges(&enc.bytes, &[(200, 500), (900, 910)], custos_model::SegmentId::new(), None).unwrap();
+        assert_eq!((out.rows_before, out.rows_removed), (100, 31));
+        let got = concat(&crate::decode_segment(&out.replacement.unwrap().bytes).unwrap().batches);
+        let keep: BooleanArray = (0..100).map(|i| Some(!(20..50).contains(&i) && i != 90)).collect();
+        assert_eq!(got, arrow::compute::filter_record_batch(&all, &keep).unwrap());
+        let none = remove_time_ranges(&enc.bytes, &[(2000, 3000)], custos_model::SegmentId::new(), None).unwrap();
+        assert!(none.rows_removed == 0 && none.replacement.is_none());
+        let whole = remove_time_ranges(&enc.bytes, &[(0, 1000)], custos_model::SegmentId::new(), None).unwrap();
+        assert!(whole.rows_removed == 100 && whole.replacement.is_none());
     }
 
     proptest! {

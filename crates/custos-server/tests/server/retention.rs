@@ -302,3 +302,151 @@ async fn rollups_keep_de_identified_daily_aggregates_of_groups_of_at_least_k_hos
     sweep(&env).await;
     assert_eq!(count(&env, &owner, &ws, "performance_rollup").await, 0);
 }
+
+/// The performance rollup of the workspace, per day: (time, events, hosts,
+/// cpu_percent_avg).
+async fn rollup_days(env: &Env, owner: &str, ws: &str) -> Vec<(i64, i64, i64, f64)> {
+    env.rows(owner, ws, "SELECT CAST(time AS BIGINT), events, hosts, cpu_percent_avg FROM performance_rollup ORDER BY 1, 2")
+        .await
+        .iter()
+        .map(|r| (r[0].as_i64().unwrap(), r[1].as_i64().unwrap(), r[2].as_i64().unwrap(), r[3].as_f64().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn late_rows_for_a_rolled_up_day_roll_it_up_again_replacing_only_its_rollup_before_they_expire() {
+    let env = Env::start().await;
+    let (ws, owner) = env.workspace_with("late-rollup", "owner").await;
+    let info = env.ok(&owner, Method::GET, &format!("/v1/workspaces/{ws}/retention"), None).await;
+    assert_eq!(info["default_days"], json!(31));
+    let now = env.clock.now();
+    let d = (now - 3 * DAY).div_euclid(DAY) * DAY;
+    let e = d - DAY;
+    const HOUR: i64 = 3600 * 1_000_000;
+    for i in 1..=5 {
+        let host = format!("web-{i}");
+        let a = env.agent(&ws, &host).await;
+        a.ship(vec![perf(e + HOUR, &host, 50.0), perf(d + i * HOUR, &host, 10.0)]).await;
+    }
+    count(&env, &owner, &ws, "performance").await;
+    let r = sweep(&env).await;
+    assert_eq!(r["rollup_rows"], json!(2), "{r}");
+    assert_eq!(rollup_days(&env, &owner, &ws).await, vec![(e, 5, 5, 50.0), (d, 5, 5, 10.0)]);
+    let e_rollup: Vec<_> = segments(&env, &ws, "performance_rollup").await.into_iter().filter(|s| s.min_time == e).collect();
+    assert_eq!(e_rollup.len(), 1, "one rollup segment per day");
+
+    // A sixth host's row for day D arrives two days late.
+    let late = env.agent(&ws, "web-6").await;
+    late.ship(vec![perf(d + 5 * HOUR, "web-6", 70.0)]).await;
+    count(&env, &owner, &ws, "performance").await;
+    let r = sweep(&env).await;
+    assert_eq!(r["rollup_rows"], json!(1), "day D rolled up again: {r}");
+    assert_eq!(rollup_days(&env, &owner, &ws).await, vec![(e, 5, 5, 50.0), (d, 6, 6, 20.0)], "replaced, not added");
+    let e_after: Vec<_> = segments(&env, &ws, "performance_rollup").await.into_iter().filter(|s| s.min_time == e).collect();
+    assert_eq!(e_after, e_rollup, "the other day's rollup is untouched");
+    let dels = env.ok(&owner, Method::GET, &format!("/v1/workspaces/{ws}/deletions"), None).await;
+    let dels = dels.as_array().unwrap();
+    assert_eq!(dels.len(), 1, "{dels:?}");
+    assert_eq!((dels[0]["reason"].as_str(), dels[0]["table"].as_str()), (Some("rollup"), Some("performance_rollup")));
+    assert!(dels[0]["object_deleted_at"].is_string(), "the replaced object is removed: {}", dels[0]);
+
+    // Nothing more to do on the next pass; after the raw rows expire the
+    // day's aggregate counts the late row.
+    assert_eq!(sweep(&env).await["rollup_rows"], json!(0));
+    env.clock.advance(40 * DAY);
+    let r = sweep(&env).await;
+    assert_eq!(r["rows_deleted"], json!(11), "{r}");
+    assert_eq!(count(&env, &owner, &ws, "performance").await, 0);
+    assert_eq!(rollup_days(&env, &owner, &ws).await, vec![(e, 5, 5, 50.0), (d, 6, 6, 20.0)]);
+}
+
+#[tokio::test]
+async fn late_rows_for_a_day_whose_rows_began_to_expire_are_rolled_up_on_their_own_beside_it() {
+    let env = Env::start().await;
+    let (ws, owner) = env.workspace_with("late-partial", "owner").await;
+    let now = env.clock.now();
+    let d = (now - 3 * DAY).div_euclid(DAY) * DAY;
+    const HOUR: i64 = 3600 * 1_000_000;
+    for i in 1..=5 {
+        let host = format!("early-{i}");
+        env.agent(&ws, &host).await.ship(vec![perf(d + HOUR, &host, 10.0)]).await;
+        count(&env, &owner, &ws, "performance").await;
+    }
+    assert_eq!(sweep(&env).await["rollup_rows"], json!(1));
+    // 31 days on, day D's first hours have expired and their segments
+    // are gone: D can no longer be rolled up again from its raw rows.
+    env.clock.advance(d + 2 * HOUR + 31 * DAY - now);
+    let r = sweep(&env).await;
+    assert_eq!(r["segments_deleted"], json!(5), "{r}");
+    // Late rows for D's last hours, from five other hosts, and from four
+    // more (too few to be aggregated on their own).
+    for i in 1..=5 {
+        let host = format!("late-{i}");
+        env.agent(&ws, &host).await.ship(vec![perf(d + 20 * HOUR, &host, 40.0)]).await;
+    }
+    count(&env, &owner, &ws, "performance").await;
+    let r = sweep(&env).await;
+    assert_eq!(r["rollup_rows"], json!(1), "{r}");
+    assert_eq!(rollup_days(&env, &owner, &ws).await, vec![(d, 5, 5, 10.0), (d, 5, 5, 40.0)], "added beside the day's rollup");
+    for i in 1..=4 {
+        let host = format!("few-{i}");
+        env.agent(&ws, &host).await.ship(vec![perf(d + 21 * HOUR, &host, 90.0)]).await;
+    }
+    count(&env, &owner, &ws, "performance").await;
+    assert_eq!(sweep(&env).await["rollup_rows"], json!(0), "four hosts are fewer than k");
+    // Once the late rows expire too, the day keeps both rollup rows.
+    env.clock.advance(DAY);
+    sweep(&env).await;
+    assert_eq!(count(&env, &owner, &ws, "performance").await, 0);
+    let total: i64 = rollup_days(&env, &owner, &ws).await.iter().map(|r| r.1).sum();
+    assert_eq!(total, 10);
+}
+
+#[tokio::test]
+async fn a_day_rolled_up_again_inside_an_older_multi_day_rollup_segment_rewrites_it_keeping_the_other_days() {
+    let env = Env::start().await;
+    let (ws, owner) = env.workspace_with("late-legacy", "owner").await;
+    let now = env.clock.now();
+    let d = (now - 3 * DAY).div_euclid(DAY) * DAY;
+    let e = d - DAY;
+    const HOUR: i64 = 3600 * 1_000_000;
+    for i in 1..=5 {
+        let host = format!("web-{i}");
+        env.agent(&ws, &host).await.ship(vec![perf(d + i * HOUR, &host, 10.0)]).await;
+    }
+    count(&env, &owner, &ws, "performance").await;
+    // Days E and D rolled up into one segment, as before rollups were
+    // written per day (E's row is made up: its raw rows are long gone).
+    let st = env.server.state();
+    let wsid: custos_model::WorkspaceId = ws.parse().unwrap();
+    let target = TableName::new("performance_rollup").unwrap();
+    let row = |day: i64, events: i64, avg: f64| {
+        let mut r = ev("performance_rollup", day, "", "");
+        r.level = Level::Enhanced;
+        r.attrs.insert("events".into(), Value::Int(events));
+        r.attrs.insert("hosts".into(), Value::Int(events));
+        r.attrs.insert("cpu_percent_avg".into(), Value::Float(avg));
+        r
+    };
+    let mut b = custos_store::SegmentBuilder::new(wsid, target.clone());
+    let nil: custos_model::AgentId = "00000000-0000-0000-0000-000000000000".parse().unwrap();
+    b.push(nil, &row(e, 7, 33.0));
+    b.push(nil, &row(d, 5, 10.0));
+    let id = custos_model::SegmentId::new();
+    let enc = b.finish_sealed(id, st.keys.as_ref()).unwrap();
+    let entry = custos_server::ingest::catalog_entry(wsid, target.clone(), id, &enc, now);
+    st.storage.put(&entry.path, enc.bytes).await.unwrap();
+    let commit = custos_catalog::RollupCommit { segments: vec![entry.clone()], until: Some(d + DAY), ..Default::default() };
+    st.catalog.commit_rollup(wsid, &TableName::new("performance").unwrap(), &commit, now).await.unwrap();
+    assert_eq!(rollup_days(&env, &owner, &ws).await, vec![(e, 7, 7, 33.0), (d, 5, 5, 10.0)]);
+
+    env.agent(&ws, "web-6").await.ship(vec![perf(d + 5 * HOUR, "web-6", 70.0)]).await;
+    count(&env, &owner, &ws, "performance").await;
+    let r = sweep(&env).await;
+    assert_eq!(r["rollup_rows"], json!(1), "{r}");
+    assert_eq!(rollup_days(&env, &owner, &ws).await, vec![(e, 7, 7, 33.0), (d, 6, 6, 20.0)], "E kept as it was, D replaced");
+    let segs = segments(&env, &ws, "performance_rollup").await;
+    assert_eq!(segs.len(), 2, "E's rows rewritten on their own, D's new rollup: {segs:?}");
+    assert!(!segs.iter().any(|s| s.id == entry.id));
+    assert!(matches!(st.storage.get(&entry.path).await, Err(custos_store::StoreError::NotFound { .. })), "the old object is removed");
+}
