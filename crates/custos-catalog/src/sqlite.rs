@@ -1061,6 +1061,48 @@ async fn add_redactions_in_tx(
     Ok(())
 }
 
+/// Removes segment `id` of `ws` from the catalog and writes its deletion
+/// record, in `tx`; `None` when it is not registered.
+async fn delete_segment_in_tx(
+    tx: &mut sqlx::SqliteConnection,
+    ws: WorkspaceId,
+    id: SegmentId,
+    reason: DeletionReason,
+    now: TimestampMicros,
+) -> Result<Option<(Segment, Deletion)>> {
+    let sql = format!("DELETE FROM segments WHERE id = ? AND workspace_id = ? RETURNING {SEGMENT_COLUMNS}");
+    let Some(row) = sqlx::query(AssertSqlSafe(sql))
+        .bind(id.to_string())
+        .bind(ws.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+    else {
+        return Ok(None);
+    };
+    let seg = segment_from_row(&row)?;
+    let sql = format!(
+        "INSERT INTO deletions (workspace_id, table_name, segment_id, path, row_count, byte_count, min_time, \
+         max_time, reason, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {DELETION_COLUMNS}"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(ws.to_string())
+        .bind(seg.table.as_str())
+        .bind(seg.id.to_string())
+        .bind(seg.path.as_str())
+        .bind(to_i64("segment row count", seg.rows)?)
+        .bind(to_i64("segment byte count", seg.bytes)?)
+        .bind(seg.min_time)
+        .bind(seg.max_time)
+        .bind(reason.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+    let deletion = deletion_from_row(&row)?;
+    Ok(Some((seg, deletion)))
+}
+
 /// Records as late the segments with rows before their table's rollup
 /// mark (a no-op for tables without one, rollup tables among them).
 async fn record_late_in_tx(tx: &mut sqlx::SqliteConnection, segments: &[Segment], now: TimestampMicros) -> Result<()> {
@@ -2263,36 +2305,9 @@ impl Catalog for SqliteCatalog {
         }
         let mut out = Vec::new();
         for id in ids {
-            let sql = format!("DELETE FROM segments WHERE id = ? AND workspace_id = ? RETURNING {SEGMENT_COLUMNS}");
-            let Some(row) = sqlx::query(AssertSqlSafe(sql))
-                .bind(id.to_string())
-                .bind(ws.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?
-            else {
-                continue;
-            };
-            let seg = segment_from_row(&row)?;
-            let sql = format!(
-                "INSERT INTO deletions (workspace_id, table_name, segment_id, path, row_count, byte_count, min_time, \
-                 max_time, reason, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {DELETION_COLUMNS}"
-            );
-            let row = sqlx::query(AssertSqlSafe(sql))
-                .bind(ws.to_string())
-                .bind(seg.table.as_str())
-                .bind(seg.id.to_string())
-                .bind(seg.path.as_str())
-                .bind(to_i64("segment row count", seg.rows)?)
-                .bind(to_i64("segment byte count", seg.bytes)?)
-                .bind(seg.min_time)
-                .bind(seg.max_time)
-                .bind(reason.as_str())
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?;
-            out.push(deletion_from_row(&row)?);
+            if let Some((_, d)) = delete_segment_in_tx(&mut tx, ws, *id, reason, now).await? {
+                out.push(d);
+            }
         }
         tx.commit().await.map_err(db)?;
         Ok(out)
@@ -2376,37 +2391,12 @@ impl Catalog for SqliteCatalog {
                 return Err(CatalogError::WorkspaceLocked { id: ws, reason: lock.reason });
             }
             for id in &c.replaces {
-                let sql = format!("DELETE FROM segments WHERE id = ? AND workspace_id = ? RETURNING {SEGMENT_COLUMNS}");
-                let Some(row) = sqlx::query(AssertSqlSafe(sql))
-                    .bind(id.to_string())
-                    .bind(ws.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db)?
-                else {
+                let Some((_, d)) = delete_segment_in_tx(&mut tx, ws, *id, DeletionReason::Rollup, now).await? else {
                     // Gone since the rollup listed it: the replacement
                     // would stand beside rows it does not know about.
                     return Err(CatalogError::Database(format!("rollup segment {id} of workspace {ws} is no longer registered")));
                 };
-                let seg = segment_from_row(&row)?;
-                let sql = format!(
-                    "INSERT INTO deletions (workspace_id, table_name, segment_id, path, row_count, byte_count, min_time, \
-                     max_time, reason, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'rollup', ?) RETURNING {DELETION_COLUMNS}"
-                );
-                let row = sqlx::query(AssertSqlSafe(sql))
-                    .bind(ws.to_string())
-                    .bind(seg.table.as_str())
-                    .bind(seg.id.to_string())
-                    .bind(seg.path.as_str())
-                    .bind(to_i64("segment row count", seg.rows)?)
-                    .bind(to_i64("segment byte count", seg.bytes)?)
-                    .bind(seg.min_time)
-                    .bind(seg.max_time)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                deletions.push(deletion_from_row(&row)?);
+                deletions.push(d);
             }
         }
         if let Err(failure) = commit_in_tx(&mut tx, &c.segments, &[], &[], &[], now).await {
@@ -2651,17 +2641,9 @@ impl Catalog for SqliteCatalog {
         if let Some(lock) = lock_in_tx(&mut tx, ws).await? {
             return Err(CatalogError::WorkspaceLocked { id: ws, reason: lock.reason });
         }
-        let sql = format!("DELETE FROM segments WHERE id = ? AND workspace_id = ? RETURNING {SEGMENT_COLUMNS}");
-        let Some(row) = sqlx::query(AssertSqlSafe(sql))
-            .bind(old.to_string())
-            .bind(ws.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?
-        else {
+        let Some((seg, deletion)) = delete_segment_in_tx(&mut tx, ws, old, DeletionReason::Purge, now).await? else {
             return Err(CatalogError::Database(format!("segment {old} of workspace {ws} is not registered")));
         };
-        let seg = segment_from_row(&row)?;
         if let Some(n) = new {
             if n.workspace_id != ws || n.table != seg.table {
                 return Err(CatalogError::Database(format!("segment {} does not replace {old}: another workspace or table", n.id)));
@@ -2673,24 +2655,6 @@ impl Catalog for SqliteCatalog {
                 Err(CommitFailure::Other(e)) => return Err(e),
             }
         }
-        let sql = format!(
-            "INSERT INTO deletions (workspace_id, table_name, segment_id, path, row_count, byte_count, min_time, \
-             max_time, reason, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'purge', ?) RETURNING {DELETION_COLUMNS}"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(ws.to_string())
-            .bind(seg.table.as_str())
-            .bind(seg.id.to_string())
-            .bind(seg.path.as_str())
-            .bind(to_i64("segment row count", seg.rows)?)
-            .bind(to_i64("segment byte count", seg.bytes)?)
-            .bind(seg.min_time)
-            .bind(seg.max_time)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?;
-        let deletion = deletion_from_row(&row)?;
         // A late segment's record follows its rewrite (its days are still
         // to be rolled up again, from the rows left).
         // With no rows left the record stays: its time range still names
