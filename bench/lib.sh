@@ -211,7 +211,9 @@ setup_workspace() {
     log "workspace $WS_ID, agent enrolled in $AGENT_STATE"
 }
 
-# write_agent_config FILE GLOB: one file source over GLOB into table logs.
+# write_agent_config FILE GLOB: one file source over GLOB into table logs,
+# consent level full (below warning a log line's level is full; at the
+# default level, enhanced, most lines would not be collected).
 write_agent_config() {
     cat >"$1" <<EOF
 [agent]
@@ -224,6 +226,9 @@ type = "file"
 paths = [$(json_str "$2")]
 table = "logs"
 start_at = "beginning"
+
+[telemetry]
+level = "full"
 EOF
 }
 
