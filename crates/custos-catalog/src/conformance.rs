@@ -33,7 +33,7 @@ use std::sync::Arc;
 const T0: TimestampMicros = 1_704_067_200_000_000;
 
 /// How many checks [`run_all`] runs.
-pub const CHECKS: usize = 90;
+pub const CHECKS: usize = 91;
 
 /// Run every check against `cat`, which should start empty (but the checks
 /// do not rely on it). Returns the number of checks run ([`CHECKS`]).
@@ -137,6 +137,7 @@ pub async fn run_all(cat: Arc<dyn Catalog>) -> usize {
         segment_indexes_are_kept_per_segment_and_go_with_it(c);
         purge_jobs_move_from_pending_to_running_to_completed(c);
         purge_jobs_are_cancelled_only_while_pending_and_never_created_while_locked(c);
+        only_jobs_still_hiding_rows_are_listed_for_queries(c);
         purge_steps_replace_segments_atomically_and_refuse_while_locked(c);
         deleting_a_workspace_tombstones_it_revokes_its_agents_and_frees_its_name(c);
     }
@@ -3278,6 +3279,32 @@ pub async fn purge_jobs_move_from_pending_to_running_to_completed(cat: &dyn Cata
     assert_eq!(listed.iter().map(|x| x.id).collect::<Vec<_>>(), vec![j2.id, j.id]);
     assert_eq!(listed[0].tables, Vec::<TableName>::new());
     assert!(matches!(cat.get_purge(JobId::new()).await, Ok(None)));
+}
+
+/// The jobs queries read are the pending, running and failed ones of the
+/// workspace, oldest first: completed and cancelled jobs hide nothing.
+pub async fn only_jobs_still_hiding_rows_are_listed_for_queries(cat: &dyn Catalog) {
+    let ws = new_workspace(cat, "purge-hiding", T0).await;
+    let other = new_workspace(cat, "purge-hiding-other", T0).await;
+    let at = T0 + 60_000 * DAY;
+    let job = |n: i64, not_before: TimestampMicros| {
+        let mut j = purge_job(ws.id, not_before);
+        j.created_at = T0 + n;
+        j
+    };
+    let (done, failed, running, cancelled, pending) = (job(1, at), job(2, at), job(3, at), job(4, at + DAY), job(5, at + DAY));
+    for j in [&done, &failed, &running, &cancelled, &pending] {
+        ok(cat.create_purge(j).await, "create");
+    }
+    ok(cat.create_purge(&purge_job(other.id, at + DAY)).await, "other workspace");
+    ok(cat.claim_purges(at).await, "claim");
+    ok(cat.finish_purge(done.id, Ok("{}".into()), at + 1).await, "complete");
+    ok(cat.finish_purge(failed.id, Err("disk on fire".into()), at + 1).await, "fail");
+    ok(cat.cancel_purge(cancelled.id, at + 1).await, "cancel");
+    let got = ok(cat.hiding_purges(ws.id).await, "hiding");
+    let got: Vec<(JobId, PurgeState)> = got.iter().map(|j| (j.id, j.state)).collect();
+    assert_eq!(got, vec![(failed.id, PurgeState::Failed), (running.id, PurgeState::Running), (pending.id, PurgeState::Pending)]);
+    assert_eq!(ok(cat.list_purges(ws.id).await, "all").len(), 5);
 }
 
 /// Cancel works on a pending job only; a locked workspace accepts no job.

@@ -1049,6 +1049,11 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn get_purge(&self, id: JobId) -> Result<Option<PurgeJob>>;
     /// A workspace's purge jobs, newest first.
     async fn list_purges(&self, ws: WorkspaceId) -> Result<Vec<PurgeJob>>;
+    /// A workspace's purge jobs whose predicate still hides rows from
+    /// queries ([`PurgeState::hides_rows`]: pending, running or failed),
+    /// oldest first. Every query reads these, so completed and cancelled
+    /// jobs, however many, cost it nothing.
+    async fn hiding_purges(&self, ws: WorkspaceId) -> Result<Vec<PurgeJob>>;
     /// Cancel a pending job; any other state is refused with
     /// [`CatalogError::PurgeState`].
     async fn cancel_purge(&self, id: JobId, now: TimestampMicros) -> Result<PurgeJob>;

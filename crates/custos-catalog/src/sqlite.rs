@@ -21,7 +21,7 @@
 //! | `retention_changes` | `id`                                    | `table_name` '' = the workspace default; `state` pending/applied/cancelled, at most one pending per scope; `decided_at` set unless pending (v6) |
 //! | `deletions`       | `seq` (autoincrement)                     | one row per deleted segment: table, segment, path, rows, bytes, time range, `reason` retention/purge/table/workspace/rollup (rollup: v7), `deleted_at`, `object_deleted_at` NULL until the object is gone; indexes on (ws, seq), (ws, table, min_time) (v6) |
 //! | `segment_indexes` | `segment_id` → `segments` (on delete cascade) | Bloom filters of a segment's identity columns, JSON (v6) |
-//! | `purge_jobs`      | `id`                                      | → `workspaces`; `tables` JSON array ([] = all), canonical `predicate`, `state` pending/running/completed/cancelled/failed, `not_before`, `receipt` (signed JSON) (v6) |
+//! | `purge_jobs`      | `id`                                      | → `workspaces`; `tables` JSON array ([] = all), canonical `predicate`, `state` pending/running/completed/cancelled/failed, `not_before`, `receipt` (signed JSON) (v6); partial index on (ws, created_at) of the jobs still hiding rows (v7) |
 //! | `purge_entries`   | (`job_id`, `seq`)                         | a running purge's receipt lines, one per segment, committed with the segment's rewrite (v6) |
 //! | `rollup_marks`    | (`workspace_id`, `table_name`)            | rows of the (raw) table before `rolled_up_until` are in its rollup table (v6) |
 //! | `rollup_late`     | (`workspace_id`, `table_name`, `segment_id`) | a raw segment committed with rows before its table's rollup mark: its time range, `recorded_at`; removed when its days are rolled up again (v7) |
@@ -365,6 +365,10 @@ ALTER TABLE deletions_v7 RENAME TO deletions;
 CREATE INDEX deletions_by_ws ON deletions (workspace_id, seq);
 CREATE INDEX deletions_pending_objects ON deletions (seq) WHERE object_deleted_at IS NULL;
 CREATE INDEX deletions_by_table_time ON deletions (workspace_id, table_name, min_time);
+
+-- The jobs every query reads (those still hiding rows), without the
+-- completed ones.
+CREATE INDEX purge_jobs_hiding ON purge_jobs (workspace_id, created_at) WHERE state IN ('pending', 'running', 'failed');
 "#,
 ];
 
@@ -2570,6 +2574,15 @@ impl Catalog for SqliteCatalog {
 
     async fn list_purges(&self, ws: WorkspaceId) -> Result<Vec<PurgeJob>> {
         let sql = format!("SELECT {PURGE_COLUMNS} FROM purge_jobs WHERE workspace_id = ? ORDER BY created_at DESC, rowid DESC");
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(ws.to_string()).fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(purge_from_row).collect()
+    }
+
+    async fn hiding_purges(&self, ws: WorkspaceId) -> Result<Vec<PurgeJob>> {
+        let sql = format!(
+            "SELECT {PURGE_COLUMNS} FROM purge_jobs WHERE workspace_id = ? AND state IN ('pending', 'running', 'failed') \
+             ORDER BY created_at, rowid"
+        );
         let rows = sqlx::query(AssertSqlSafe(sql)).bind(ws.to_string()).fetch_all(&self.pool).await.map_err(db)?;
         rows.iter().map(purge_from_row).collect()
     }

@@ -44,10 +44,7 @@ pub const RECEIPT_KIND: &str = "purge-receipt";
 /// The predicates of a workspace's accepted purges, for queries.
 pub async fn hidden(s: &AppState, ws: WorkspaceId) -> Result<Vec<(Vec<TableName>, Predicate)>, ServerError> {
     let mut out = Vec::new();
-    for j in s.catalog.list_purges(ws).await? {
-        if !j.state.hides_rows() {
-            continue;
-        }
+    for j in s.catalog.hiding_purges(ws).await? {
         match Predicate::parse(&j.predicate) {
             Ok(p) => out.push((j.tables.clone(), p)),
             // Stored canonical, so this is a damaged catalog row: fail the
