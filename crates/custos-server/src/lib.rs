@@ -71,6 +71,10 @@ pub struct AppState {
     pub purge_kick: Arc<tokio::sync::Notify>,
     /// One purge pass at a time (the runner, `purge::run_due` callers).
     pub purge_lock: Arc<tokio::sync::Mutex<()>>,
+    /// One retention pass at a time (the background sweeper and `custos
+    /// retention sweep`): two passes would roll the same days up twice,
+    /// one of them failing its commit.
+    pub sweep_lock: Arc<tokio::sync::Mutex<()>>,
     /// Counters of retention, purge and deletion, for `/metrics`.
     pub governance: Arc<GovernanceStats>,
 }
@@ -211,6 +215,7 @@ impl Server {
             signer,
             purge_kick: Arc::new(tokio::sync::Notify::new()),
             purge_lock: Arc::new(tokio::sync::Mutex::new(())),
+            sweep_lock: Arc::new(tokio::sync::Mutex::new(())),
             governance: Arc::new(GovernanceStats::default()),
         });
         let janitor = {

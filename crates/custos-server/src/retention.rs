@@ -193,8 +193,10 @@ pub async fn system_record(s: &AppState, action: &str, outcome: &str, ws: Worksp
     }
 }
 
-/// One pass of the sweeper (see the module docs).
+/// One pass of the sweeper (see the module docs). Passes run one at a
+/// time ([`AppState::sweep_lock`]).
 pub async fn sweep(s: &Arc<AppState>) -> Result<SweepReport, ServerError> {
+    let _one = s.sweep_lock.lock().await;
     let started = Instant::now();
     let now = s.clock.now();
     let mut report = SweepReport::default();

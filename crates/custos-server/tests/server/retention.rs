@@ -450,3 +450,32 @@ async fn a_day_rolled_up_again_inside_an_older_multi_day_rollup_segment_rewrites
     assert!(!segs.iter().any(|s| s.id == entry.id));
     assert!(matches!(st.storage.get(&entry.path).await, Err(custos_store::StoreError::NotFound { .. })), "the old object is removed");
 }
+
+#[tokio::test]
+async fn concurrent_sweeps_roll_each_day_up_once_and_leave_no_stray_rollup_objects() {
+    let env = Env::start().await;
+    let (ws, owner) = env.workspace_with("two-sweeps", "owner").await;
+    let now = env.clock.now();
+    let d = (now - 3 * DAY).div_euclid(DAY) * DAY;
+    for i in 1..=5 {
+        let host = format!("web-{i}");
+        env.agent(&ws, &host).await.ship(vec![perf(d + i * 1_000_000, &host, 10.0)]).await;
+    }
+    count(&env, &owner, &ws, "performance").await;
+    // The background sweeper and `custos retention sweep` at once.
+    let st = env.server.state().clone();
+    let (a, b) = tokio::join!(custos_server::retention::sweep(&st), custos_server::retention::sweep(&st));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.rollup_rows + b.rollup_rows, 1, "{a:?} {b:?}");
+    assert_eq!(rollup_days(&env, &owner, &ws).await, vec![(d, 5, 5, 10.0)]);
+    let audit = env.ok(&owner, Method::GET, &format!("/v1/workspaces/{ws}/audit"), None).await;
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|r| r["action"].as_str()).collect();
+    assert!(!actions.contains(&"rollup.failed"), "{actions:?}");
+    let wsid: custos_model::WorkspaceId = ws.parse().unwrap();
+    let target = TableName::new("performance_rollup").unwrap();
+    let mut stored: Vec<String> = st.storage.list(&custos_store::table_prefix(wsid, &target)).await.unwrap().into_iter().map(|o| o.path).collect();
+    let mut registered: Vec<String> = segments(&env, &ws, "performance_rollup").await.into_iter().map(|s| s.path).collect();
+    stored.sort();
+    registered.sort();
+    assert_eq!(stored, registered, "every rollup object is registered");
+}
