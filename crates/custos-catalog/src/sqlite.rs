@@ -2428,48 +2428,37 @@ impl Catalog for SqliteCatalog {
                 Err(Failure::Other(e)) => return Err(e),
             }
         }
-        for id in &c.late_done {
-            sqlx::query("DELETE FROM rollup_late WHERE workspace_id = ? AND table_name = ? AND segment_id = ?")
-                .bind(ws.to_string())
-                .bind(table.as_str())
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-        }
+        let ids = |ids: &[SegmentId]| serde_json::to_string(&ids.iter().map(|id| id.to_string()).collect::<Vec<_>>());
+        let done = ids(&c.late_done).map_err(|e| CatalogError::Database(e.to_string()))?;
+        sqlx::query(
+            "DELETE FROM rollup_late WHERE workspace_id = ? AND table_name = ? \
+             AND segment_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(ws.to_string())
+        .bind(table.as_str())
+        .bind(done)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         // Raw segments committed while the rollup read: late.
-        let read: std::collections::HashSet<String> = c.read.iter().map(|id| id.to_string()).collect();
+        let read = ids(&c.read).map_err(|e| CatalogError::Database(e.to_string()))?;
         for (from, to) in &c.ranges {
-            let rows = sqlx::query(
-                "SELECT id, min_time, max_time FROM segments \
-                 WHERE workspace_id = ? AND table_name = ? AND min_time < ? AND max_time >= ?",
+            sqlx::query(
+                "INSERT INTO rollup_late (workspace_id, table_name, segment_id, min_time, max_time, recorded_at) \
+                 SELECT workspace_id, table_name, id, min_time, max_time, ? FROM segments \
+                 WHERE workspace_id = ? AND table_name = ? AND min_time < ? AND max_time >= ? \
+                 AND id NOT IN (SELECT value FROM json_each(?)) \
+                 ON CONFLICT (workspace_id, table_name, segment_id) DO NOTHING",
             )
+            .bind(now)
             .bind(ws.to_string())
             .bind(table.as_str())
             .bind(to)
             .bind(from)
-            .fetch_all(&mut *tx)
+            .bind(read.as_str())
+            .execute(&mut *tx)
             .await
             .map_err(db)?;
-            for r in rows {
-                let id: String = get(&r, "id")?;
-                if read.contains(&id) {
-                    continue;
-                }
-                sqlx::query(
-                    "INSERT INTO rollup_late (workspace_id, table_name, segment_id, min_time, max_time, recorded_at) \
-                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace_id, table_name, segment_id) DO NOTHING",
-                )
-                .bind(ws.to_string())
-                .bind(table.as_str())
-                .bind(id)
-                .bind(get::<i64>(&r, "min_time")?)
-                .bind(get::<i64>(&r, "max_time")?)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            }
         }
         tx.commit().await.map_err(db)?;
         Ok(deletions)
@@ -2669,9 +2658,8 @@ impl Catalog for SqliteCatalog {
             }
         }
         // A late segment's record follows its rewrite (its days are still
-        // to be rolled up again, from the rows left).
-        // With no rows left the record stays: its time range still names
-        // the days.
+        // to be rolled up again, from the rows left); with no rows left it
+        // stays, its time range still naming the days.
         if let Some(n) = new {
             sqlx::query("UPDATE rollup_late SET segment_id = ? WHERE workspace_id = ? AND segment_id = ?")
                 .bind(n.id.to_string())

@@ -52,6 +52,7 @@ use arrow::datatypes::DataType;
 use custos_catalog::{RollupCommit, Segment, Workspace};
 use custos_model::registry::Registry;
 use custos_model::{AgentId, Event, Level, PiiClass, SegmentId, TableName, TimestampMicros, Value, ValueType};
+use custos_store::purge::Predicate;
 use custos_store::retention::{self as rules, DAY_MICROS};
 use datafusion::catalog::TableProvider;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -187,70 +188,89 @@ pub async fn before_expiry(s: &Arc<AppState>, ws: &Workspace, table: &TableName,
 /// How long after a day ends it is rolled up.
 pub const ROLLUP_DELAY: TimestampMicros = DAY_MICROS;
 
-/// The rollup rows of `segments` over `[from, to)`, one per day and group
-/// (`None`: `table` is not a registry table, so nothing is known to be
-/// non-identifying). Rows of accepted purges are left out; damaged
-/// segments are recorded as data loss and fail the rollup.
-async fn aggregate(
-    s: &Arc<AppState>,
-    ws: &Workspace,
-    table: &TableName,
-    target: &TableName,
-    segments: Vec<Segment>,
-    from: TimestampMicros,
-    to: TimestampMicros,
-) -> Result<Option<Vec<Event>>, ServerError> {
-    let hidden = crate::query::Visibility::hiding(crate::purge::hidden(s, ws.id).await?).hidden_in(table);
-    let incidents = crate::query::Incidents::default();
-    let provider = SegmentTable::new(segments, s.storage.clone(), s.keys.clone(), 1).with_hidden(hidden).with_incidents(incidents.clone());
-    let present: Vec<String> = provider.schema().fields().iter().map(|f| f.name().clone()).collect();
-    let Some((dims, measures, category)) = shape(Registry::builtin(), table, &present) else { return Ok(None) };
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-    ctx.register_table("src", Arc::new(provider)).map_err(|e| ServerError::Internal(format!("rollup: {e}")))?;
-    let sql = rollup_sql(&dims, &measures, from, to, s.config.retention.rollup_min_hosts);
-    let batches = async { ctx.sql(&sql).await?.collect().await }.await;
-    let found: Vec<crate::query::Incident> = incidents.lock().map(|v| v.clone()).unwrap_or_default();
-    for i in found {
-        crate::query::record_data_loss(s, ws.id, &i).await;
-    }
-    let batches = batches.map_err(|e| ServerError::Internal(format!("rollup of {table} in workspace {}: {e}", ws.id)))?;
-    Ok(Some(to_events(&batches, target, category)?))
+/// One rollup of a raw table: what its steps share, read once.
+struct Rollup<'a> {
+    s: &'a Arc<AppState>,
+    ws: &'a Workspace,
+    /// The raw table.
+    table: &'a TableName,
+    /// Its rollup table.
+    target: TableName,
+    /// The predicates of accepted purges hiding rows of `table`: those
+    /// rows are not aggregated either.
+    hidden: Vec<Predicate>,
 }
 
-/// Writes `events` (rollup rows) as sealed segments of their rollup table,
-/// one per day, so that a day rolled up again replaces its own segments
-/// only. Returns their catalog entries (not registered yet).
-async fn write_days(s: &Arc<AppState>, ws: &Workspace, target: &TableName, events: Vec<Event>) -> Result<Vec<Segment>, ServerError> {
-    let nil: AgentId = "00000000-0000-0000-0000-000000000000"
-        .parse()
-        .map_err(|e| ServerError::Internal(format!("nil agent id: {e}")))?;
-    let mut days: BTreeMap<TimestampMicros, Vec<Event>> = BTreeMap::new();
-    for ev in events {
-        days.entry(day_floor(ev.time)).or_default().push(ev);
+impl<'a> Rollup<'a> {
+    /// `None` for a table that has no rollup table (a rollup table itself).
+    async fn of(s: &'a Arc<AppState>, ws: &'a Workspace, table: &'a TableName) -> Result<Option<Self>, ServerError> {
+        let Some(target) = rules::rollup_table(table) else { return Ok(None) };
+        let hidden = crate::query::Visibility::hiding(crate::purge::hidden(s, ws.id).await?).hidden_in(table);
+        Ok(Some(Self { s, ws, table, target, hidden }))
     }
-    let mut written = Vec::new();
-    for (_, rows) in days {
-        let mut builder = custos_store::SegmentBuilder::new(ws.id, target.clone());
-        for ev in &rows {
-            builder.push(nil, ev);
+
+    /// The rollup rows of `segments` over `[from, to)`, one per day and
+    /// group (`None`: not a registry table, so nothing is known to be
+    /// non-identifying). Damaged segments are recorded as data loss and
+    /// fail the rollup.
+    async fn aggregate(&self, segments: Vec<Segment>, from: TimestampMicros, to: TimestampMicros) -> Result<Option<Vec<Event>>, ServerError> {
+        let (s, ws, table) = (self.s, self.ws, self.table);
+        let incidents = crate::query::Incidents::default();
+        let provider = SegmentTable::new(segments, s.storage.clone(), s.keys.clone(), 1)
+            .with_hidden(self.hidden.clone())
+            .with_incidents(incidents.clone());
+        let present: Vec<String> = provider.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let Some((dims, measures, category)) = shape(Registry::builtin(), table, &present) else { return Ok(None) };
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        ctx.register_table("src", Arc::new(provider)).map_err(|e| ServerError::Internal(format!("rollup: {e}")))?;
+        let sql = rollup_sql(&dims, &measures, from, to, s.config.retention.rollup_min_hosts);
+        let batches = async { ctx.sql(&sql).await?.collect().await }.await;
+        let found: Vec<crate::query::Incident> = incidents.lock().map(|v| v.clone()).unwrap_or_default();
+        for i in found {
+            crate::query::record_data_loss(s, ws.id, &i).await;
         }
-        let id = SegmentId::new();
-        let keys = s.keys.clone();
-        let encoded = tokio::task::spawn_blocking(move || builder.finish_sealed(id, keys.as_ref()))
-            .await
-            .map_err(|e| ServerError::Internal(format!("rollup encode task: {e}")))??;
-        let entry = crate::ingest::catalog_entry(ws.id, target.clone(), id, &encoded, s.clock.now());
-        s.storage.put(&entry.path, encoded.bytes).await?;
-        written.push(entry);
+        let batches = batches.map_err(|e| ServerError::Internal(format!("rollup of {table} in workspace {}: {e}", ws.id)))?;
+        Ok(Some(to_events(&batches, &self.target, category)?))
     }
-    Ok(written)
+
+    /// Writes `events` (rollup rows) as sealed segments of the rollup
+    /// table, one per day, so that a day rolled up again replaces its own
+    /// segments only. Returns their catalog entries (not registered yet).
+    async fn write_days(&self, events: Vec<Event>) -> Result<Vec<Segment>, ServerError> {
+        let (s, ws, target) = (self.s, self.ws, &self.target);
+        let nil: AgentId = "00000000-0000-0000-0000-000000000000"
+            .parse()
+            .map_err(|e| ServerError::Internal(format!("nil agent id: {e}")))?;
+        let mut days: BTreeMap<TimestampMicros, Vec<Event>> = BTreeMap::new();
+        for ev in events {
+            days.entry(day_floor(ev.time)).or_default().push(ev);
+        }
+        let mut written = Vec::new();
+        for (_, rows) in days {
+            let mut builder = custos_store::SegmentBuilder::new(ws.id, target.clone());
+            for ev in &rows {
+                builder.push(nil, ev);
+            }
+            let id = SegmentId::new();
+            let keys = s.keys.clone();
+            let encoded = tokio::task::spawn_blocking(move || builder.finish_sealed(id, keys.as_ref()))
+                .await
+                .map_err(|e| ServerError::Internal(format!("rollup encode task: {e}")))??;
+            let entry = crate::ingest::catalog_entry(ws.id, target.clone(), id, &encoded, s.clock.now());
+            s.storage.put(&entry.path, encoded.bytes).await?;
+            written.push(entry);
+        }
+        Ok(written)
+    }
 }
 
 /// Rolls up the days of `table` from its rollup mark (or its first row's
 /// day) to `end` (exclusive, a day boundary); returns the rows written.
 /// Rollup tables themselves are not rolled up.
 async fn roll_up_until(s: &Arc<AppState>, ws: &Workspace, table: &TableName, end: TimestampMicros) -> Result<u64, ServerError> {
-    let Some(target) = rules::rollup_table(table) else { return Ok(0) };
+    if rules::rollup_table(table).is_none() {
+        return Ok(0);
+    }
     let start = match s.catalog.rollup_mark(ws.id, table).await? {
         Some(m) => m,
         None => match s.catalog.list_segments(ws.id, table, None).await?.iter().map(|x| x.min_time).min() {
@@ -261,14 +281,15 @@ async fn roll_up_until(s: &Arc<AppState>, ws: &Workspace, table: &TableName, end
     if start >= end {
         return Ok(0);
     }
+    let Some(r) = Rollup::of(s, ws, table).await? else { return Ok(0) };
     let segments = s.catalog.list_segments(ws.id, table, Some((start, end - 1))).await?;
     let read: Vec<SegmentId> = segments.iter().map(|x| x.id).collect();
-    let events = aggregate(s, ws, table, &target, segments, start, end).await?.unwrap_or_default();
+    let events = r.aggregate(segments, start, end).await?.unwrap_or_default();
     let rows = events.len() as u64;
-    let written = write_days(s, ws, &target, events).await?;
+    let written = r.write_days(events).await?;
     let commit = RollupCommit { segments: written, until: Some(end), read, ranges: vec![(start, end)], ..RollupCommit::default() };
     s.catalog.commit_rollup(ws.id, table, &commit, s.clock.now()).await?;
-    tracing::info!(workspace = %ws.id, table = %table, rollup = %target, rows, from = start, to = end, "rolled up");
+    tracing::info!(workspace = %ws.id, table = %table, rollup = %r.target, rows, from = start, to = end, "rolled up");
     Ok(rows)
 }
 
@@ -291,7 +312,7 @@ pub async fn roll_up_late_days(s: &Arc<AppState>, ws: &Workspace, table: &TableN
         return Ok(0);
     }
     let late_done: Vec<SegmentId> = late.iter().map(|l| l.segment_id).collect();
-    let (Some(target), Some(mark)) = (rules::rollup_table(table), s.catalog.rollup_mark(ws.id, table).await?) else {
+    let (Some(r), Some(mark)) = (Rollup::of(s, ws, table).await?, s.catalog.rollup_mark(ws.id, table).await?) else {
         s.catalog.commit_rollup(ws.id, table, &RollupCommit { late_done, ..RollupCommit::default() }, s.clock.now()).await?;
         return Ok(0);
     };
@@ -312,14 +333,14 @@ pub async fn roll_up_late_days(s: &Arc<AppState>, ws: &Workspace, table: &TableN
         let next = day.saturating_add(DAY_MICROS);
         if s.catalog.rows_expired_within(ws.id, table, day, next).await? {
             let mine: Vec<Segment> = late_segs.iter().filter(|x| x.min_time < next && x.max_time >= day).cloned().collect();
-            let added = aggregate(s, ws, table, &target, mine, day, next).await?.unwrap_or_default();
+            let added = r.aggregate(mine, day, next).await?.unwrap_or_default();
             tracing::info!(workspace = %ws.id, table = %table, day, rows = added.len(), "late rows of a partly expired day rolled up on their own");
             events.extend(added);
         } else {
             let segs = s.catalog.list_segments(ws.id, table, Some((day, next - 1))).await?;
             commit.read.extend(segs.iter().map(|x| x.id));
             commit.ranges.push((day, next));
-            events.extend(aggregate(s, ws, table, &target, segs, day, next).await?.unwrap_or_default());
+            events.extend(r.aggregate(segs, day, next).await?.unwrap_or_default());
             whole.push((day, next));
         }
     }
@@ -328,7 +349,7 @@ pub async fn roll_up_late_days(s: &Arc<AppState>, ws: &Workspace, table: &TableN
     // is rewritten without these days.
     let mut old: BTreeMap<SegmentId, Segment> = BTreeMap::new();
     for &(day, next) in &whole {
-        for x in s.catalog.list_segments(ws.id, &target, Some((day, next - 1))).await? {
+        for x in s.catalog.list_segments(ws.id, &r.target, Some((day, next - 1))).await? {
             old.insert(x.id, x);
         }
     }
@@ -344,15 +365,15 @@ pub async fn roll_up_late_days(s: &Arc<AppState>, ws: &Workspace, table: &TableN
                 .await
                 .map_err(|e| ServerError::Internal(format!("rollup rewrite task: {e}")))??;
         if let Some(enc) = outcome.replacement {
-            let entry = crate::ingest::catalog_entry(ws.id, target.clone(), id, &enc, s.clock.now());
+            let entry = crate::ingest::catalog_entry(ws.id, r.target.clone(), id, &enc, s.clock.now());
             s.storage.put(&entry.path, enc.bytes).await?;
             commit.segments.push(entry);
         }
     }
     let rows = events.len() as u64;
-    commit.segments.extend(write_days(s, ws, &target, events).await?);
+    commit.segments.extend(r.write_days(events).await?);
     s.catalog.commit_rollup(ws.id, table, &commit, s.clock.now()).await?;
-    tracing::info!(workspace = %ws.id, table = %table, rollup = %target, rows, days = whole.len(), replaced = commit.replaces.len(), "late rows rolled up");
+    tracing::info!(workspace = %ws.id, table = %table, rollup = %r.target, rows, days = whole.len(), replaced = commit.replaces.len(), "late rows rolled up");
     Ok(rows)
 }
 
