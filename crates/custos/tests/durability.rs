@@ -126,8 +126,12 @@ fn an_outage_of_more_than_two_hours_evicts_least_important_first_then_everything
     // Every 8 minutes (± 10 %) until two hours after the first failure.
     let steady = after_steady - after_backoff;
     assert!((12..=16).contains(&steady), "steady attempts: {steady} (total {after_steady})");
-    // Then hourly.
-    for _ in 0..120 {
+    // Then hourly. The last steady attempt can come up to 8 min + 10 %
+    // after the two hours, and the first hourly one 1 h + 10 % after that:
+    // at most 7200 + 528 + 3960 = 11688 s after the first failure. Step to
+    // 12000 s (7800 + 140 × 30); a second hourly attempt cannot come before
+    // 7200 + 2 × 3240 = 13680 s.
+    for _ in 0..140 {
         step(Duration::from_secs(30));
     }
     // The clock stands still now; under load the agent's retry timer may
